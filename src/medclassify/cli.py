@@ -1,0 +1,179 @@
+"""The ``medclassify`` command: a thin layer that fills the library's config objects and calls it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+from . import __version__
+from .data import MEDMNIST_SIZES, dataset_catalog, default_data_dir
+from .errors import MedclassifyError
+from .training.config import TrainConfig, flag
+
+TRAIN_EXAMPLES = """examples:
+  medclassify train --dataset bloodmnist --size 28
+  medclassify train --dataset organcmnist --size 64 --epochs 20 --data-dir ~/medmnist
+  medclassify train --data-dir chest_xray --size 64 --channels 1     # train/NORMAL, train/PNEUMONIA ...
+  medclassify train --config run.yaml --seed 3                        # YAML keys = TrainConfig fields
+  medclassify train --out runs/blood28 --resume                       # continue an interrupted run
+"""
+
+DEMO_OUT = "runs/demo"
+
+
+class Parser(argparse.ArgumentParser):
+    """Argument errors as one line and exit code 2, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; unset options are absent so YAML values show through."""
+    parser.add_argument("--config", metavar="YAML", help="read TrainConfig fields from a YAML file; options given here override it")
+    for f in fields(TrainConfig):
+        kwargs = {"help": f"{f.metadata['help']} (default: {f.default})", "default": argparse.SUPPRESS, "dest": f.name}
+        if f.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = int if "int" in f.type else float if "float" in f.type else str
+            kwargs["metavar"] = f.name.upper()
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag(f.name), **kwargs)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="medclassify", description="Train, evaluate and compare CNNs for medical image classification.",
+                    formatter_class=_formatter)
+    parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model and evaluate it on the test split", epilog=TRAIN_EXAMPLES, formatter_class=_formatter)
+    _add_train_options(train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="re-evaluate a saved run", formatter_class=_formatter,
+        epilog="examples:\n  medclassify evaluate runs/bloodmnist_28_paper-cnn_seed0\n  medclassify evaluate runs/demo --checkpoint last\n")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'medclassify train'")
+    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint to evaluate (default: best)")
+    evaluate.add_argument("--data-dir", help="where the data are now, if they moved since training")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+    datasets = commands.add_parser("datasets", help="list the available datasets and which files are on disk", formatter_class=_formatter,
+                                   epilog="example:\n  medclassify datasets --data-dir ~/medmnist\n")
+    datasets.add_argument("--data-dir", help=f"where to look for files (default: {default_data_dir()})")
+
+    models = commands.add_parser("models", help="list the registered models and their parameter counts", formatter_class=_formatter,
+                                 epilog="example:\n  medclassify models --size 64 --channels 1 --classes 11\n")
+    models.add_argument("--size", type=int, default=28, help="input size for the parameter count (default: 28)")
+    models.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels (default: 3)")
+    models.add_argument("--classes", type=int, default=8, help="number of classes (default: 8)")
+
+    demo = commands.add_parser(
+        "demo", help="train and evaluate the paper's CNN on the bundled synthetic sample (offline, ~1 min)", formatter_class=_formatter,
+        epilog="The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n")
+    demo.add_argument("--out", default=DEMO_OUT, help=f"run folder (default: {DEMO_OUT})")
+    demo.add_argument("--data-dir", help="where to write the generated sample (default: the OS cache)")
+    demo.add_argument("--epochs", type=int, default=10, help="epochs (default: 10, the paper's)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    return parser
+
+
+def _print_results(result) -> None:
+    from .evaluation import summary_line
+
+    print(summary_line("val ", result.metrics["val"]))
+    print(summary_line("test", result.metrics["test"]))
+    print(f"best epoch {result.metrics['best_epoch']}; results in {result.run_dir}/ "
+          "(config.json, history.csv, metrics.json, predictions.csv, best.pt, last.pt)")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    values = vars(args).copy()
+    yaml_path = values.pop("config", None)
+    values.pop("command")
+    base = TrainConfig.from_yaml(yaml_path).to_dict() if yaml_path else {}
+    config = TrainConfig.from_dict({**base, **values})
+    try:
+        result = train(config)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last finished epoch is saved in {config.run_dir()}/last.pt - run the same command "
+              "with --resume to continue", file=sys.stderr)
+        return 130
+    _print_results(result)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .training import train
+
+    if args.epochs < 1:
+        raise MedclassifyError(f"--epochs must be >= 1, got {args.epochs}")
+    out = Path(args.out)
+    config = TrainConfig(dataset="synthcells", size=28, model="paper-cnn", out=str(out), data_dir=args.data_dir,
+                         epochs=args.epochs, quiet=args.quiet, resume=(out / "last.pt").is_file())
+    print("medclassify demo: the paper's CNN on 'synthcells', a SYNTHETIC sample of generated cell-like images "
+          "(not medical data)", file=sys.stderr)
+    _print_results(train(config))
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import summary_line
+    from .evaluation.run import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_dir=args.data_dir, device=args.device)
+    print(summary_line("val ", metrics["val"]))
+    print(summary_line("test", metrics["test"]))
+    print(f"wrote {Path(args.run_dir) / 'metrics.json'} and predictions.csv")
+    return 0
+
+
+def _run_datasets(args: argparse.Namespace) -> int:
+    root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    print(f"{'dataset':<16}{'task':<28}{'ch':>3}{'classes':>8}  {'train/val/test':<20}{'sizes':<16}on disk in {root}")
+    for name, info in dataset_catalog().items():
+        on_disk = [str(s) for s in MEDMNIST_SIZES if (root / info.filename(s)).is_file()]
+        counts = "/".join(str(info.n_samples[s]) for s in ("train", "val", "test"))
+        task = info.task + (" (synthetic)" if info.synthetic else "")
+        print(f"{name:<16}{task:<28}{info.n_channels:>3}{len(info.class_names):>8}  {counts:<20}"
+              f"{','.join(map(str, info.sizes)):<16}{','.join(on_disk) or '-'}")
+    print("\nfolder: your own images in DIR/train/<class>/ (optional val/, test/): medclassify train --data-dir DIR")
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .models import available_models, count_parameters, create_model
+
+    print(f"{'model':<14}{'parameters':>12}  description   ({args.channels} channel(s), {args.classes} classes, {args.size} px)")
+    for name, entry in available_models().items():
+        params = count_parameters(create_model(name, args.channels, args.classes, args.size))
+        print(f"{name:<14}{params:>12,}  {entry.description}")
+    return 0
+
+
+COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"medclassify: warning: {message}", file=file or sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
+    try:
+        return COMMANDS[args.command](args)
+    except MedclassifyError as exc:
+        print(f"medclassify {args.command}: error: {exc}", file=sys.stderr)
+        return 2

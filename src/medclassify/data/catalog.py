@@ -1,0 +1,106 @@
+"""Which datasets medclassify knows: the 2D MedMNIST collection (from the ``medmnist`` package's
+own metadata) and the synthetic sample that ships with medclassify."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from medmnist.info import INFO
+
+from ..errors import ConfigError
+
+MEDMNIST_SIZES = (28, 64, 128, 224)
+SYNTHETIC_NAME = "synthcells"
+FOLDER_NAME = "folder"
+
+MULTI_LABEL = "multi-label, binary-class"
+BINARY = "binary-class"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    task: str
+    n_channels: int
+    class_names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    n_samples: dict
+    description: str
+    license: str
+    synthetic: bool = False
+
+    def filename(self, size: int) -> str:
+        """MedMNIST's file naming: ``bloodmnist.npz`` at 28 px, ``bloodmnist_64.npz`` above."""
+        return f"{self.name}.npz" if size == 28 else f"{self.name}_{size}.npz"
+
+    def url(self, size: int) -> str | None:
+        if self.synthetic:
+            return None
+        return INFO[self.name]["url" if size == 28 else f"url_{size}"]
+
+    def md5(self, size: int) -> str | None:
+        if self.synthetic:
+            return None
+        return INFO[self.name]["MD5" if size == 28 else f"MD5_{size}"]
+
+
+def _from_medmnist(flag: str) -> DatasetInfo:
+    meta = INFO[flag]
+    labels = meta["label"]
+    return DatasetInfo(
+        name=flag,
+        task=meta["task"],
+        n_channels=int(meta["n_channels"]),
+        class_names=tuple(labels[str(i)] for i in range(len(labels))),
+        sizes=MEDMNIST_SIZES,
+        n_samples=dict(meta["n_samples"]),
+        description=meta["description"],
+        license=meta["license"],
+    )
+
+
+SYNTHCELLS = DatasetInfo(
+    name=SYNTHETIC_NAME,
+    task="multi-class",
+    n_channels=3,
+    class_names=("small dark cell", "large pale cell", "bilobed cell", "ring cell"),
+    sizes=MEDMNIST_SIZES,
+    n_samples={"train": 1200, "val": 200, "test": 400},
+    description="Synthetic cell-like RGB images generated deterministically by medclassify "
+    "(no real medical data); classes differ in shape, size and colour.",
+    license="CC0 (generated)",
+    synthetic=True,
+)
+
+
+def medmnist_2d_flags() -> list[str]:
+    """2D datasets of the collection, in the ``medmnist`` package's order (3D flags end in ``3d``)."""
+    return [flag for flag in INFO if not flag.endswith("3d")]
+
+
+def dataset_catalog() -> dict[str, DatasetInfo]:
+    catalog = {flag: _from_medmnist(flag) for flag in medmnist_2d_flags()}
+    catalog[SYNTHETIC_NAME] = SYNTHCELLS
+    return catalog
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    catalog = dataset_catalog()
+    key = name.lower()
+    if key not in catalog:
+        raise ConfigError(
+            f"unknown dataset '{name}'; choose one of: {', '.join(catalog)}, "
+            f"or '{FOLDER_NAME}' for an image folder (see 'medclassify datasets')"
+        )
+    return catalog[key]
+
+
+def default_data_dir() -> Path:
+    """The OS cache folder (``$XDG_CACHE_HOME/medclassify``, else ``~/.cache/medclassify``)."""
+    env = os.environ.get("MEDCLASSIFY_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "medclassify"

@@ -1,0 +1,122 @@
+"""In-memory datasets: every split is decoded once into a uint8 tensor, and batches are built by
+indexing it. No per-image PIL decoding or Python transform runs during training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .catalog import MULTI_LABEL
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64 N (single-label tasks) or float32 N x L (multi-label)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class LoadedDataset:
+    name: str
+    task: str
+    class_names: list[str]
+    channels: int
+    size: int
+    splits: dict[str, Split]
+    source: dict = field(default_factory=dict)  # provenance recorded in config.json
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == MULTI_LABEL
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``(x / 255 - mean) / std`` per channel, i.e. torchvision's ToTensor followed by Normalize."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x H x W -> normalised float32, in one fused multiply-add."""
+        channels = images.shape[1]
+        std = torch.tensor(self.std, device=images.device).view(1, channels, 1, 1)
+        mean = torch.tensor(self.mean, device=images.device).view(1, channels, 1, 1)
+        scale = 1.0 / (255.0 * std)
+        return torch.addcmul(-mean / std, images.float(), scale)
+
+
+NORMALIZE_CHOICES = ("dataset", "half", "none")
+
+
+def compute_normalization(images: torch.Tensor, mode: str, chunk: int = 4096) -> Normalization:
+    """``dataset``: per-channel mean/std of the training images; ``half``: MedMNIST's example
+    (0.5, 0.5); ``none``: plain [0, 1] scaling."""
+    channels = images.shape[1]
+    if mode == "half":
+        return Normalization((0.5,) * channels, (0.5,) * channels)
+    if mode == "none":
+        return Normalization((0.0,) * channels, (1.0,) * channels)
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):  # chunks keep 224 px datasets within memory
+        block = images[start : start + chunk].to(torch.float64) / 255.0
+        total += block.sum(dim=(0, 2, 3))
+        total_sq += (block**2).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    return Normalization(tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std))
+
+
+class BatchLoader:
+    """Yields normalised ``(images, labels)`` batches of a :class:`Split` on ``device``.
+
+    Shuffling uses its own seeded ``torch.Generator`` whose state is saved in checkpoints, so a
+    resumed run draws the same batches as an uninterrupted one.
+    """
+
+    # Splits up to this size are copied to an accelerator once instead of batch by batch.
+    DEVICE_RESIDENT_BYTES = 2 << 30
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        normalization: Normalization,
+        device: torch.device,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        self.batch_size = batch_size
+        self.normalization = normalization
+        self.device = device
+        self.shuffle = shuffle
+        self.generator = generator
+        resident = device.type == "cpu" or split.images.nbytes <= self.DEVICE_RESIDENT_BYTES
+        self.images = split.images.to(device) if resident else split.images
+        self.labels = split.labels.to(device) if resident else split.labels
+
+    def __len__(self) -> int:
+        return math.ceil(self.images.shape[0] / self.batch_size)
+
+    def __iter__(self):
+        n = self.images.shape[0]
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            index = order[start : start + self.batch_size].to(self.images.device)
+            images = self.images[index].to(self.device, non_blocking=True)
+            labels = self.labels[index].to(self.device, non_blocking=True)
+            yield self.normalization.apply(images), labels

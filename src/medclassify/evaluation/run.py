@@ -1,0 +1,50 @@
+"""Re-evaluate a saved run folder: ``medclassify evaluate RUN_DIR``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from ..data import Normalization
+from ..errors import CheckpointError
+from ..models import create_model
+from ..training.checkpoint import load_checkpoint
+from ..training.config import TrainConfig
+from ..training.environment import select_device
+from ..training.trainer import load_run_data
+from .results import evaluate_model, write_results
+
+
+def evaluate_run(
+    run_dir: str | Path, checkpoint: str = "best", data_dir: str | None = None, device: str = "auto"
+) -> dict:
+    """Rebuild the run's data and model, evaluate the checkpoint on val and test, and rewrite
+    ``metrics.json`` and ``predictions.csv``. Returns the metrics."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir}: not a medclassify run folder (no config.json)")
+    try:
+        record = json.loads(config_path.read_text())
+        config = TrainConfig.from_dict(record["config"], source=str(config_path))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{config_path}: not a readable run config ({exc})") from None
+    if data_dir:
+        config.data_dir = data_dir
+    state = load_checkpoint(run_dir / f"{checkpoint}.pt")
+    target = select_device(device)
+    data = load_run_data(config)
+    if data.source["md5"] != state["dataset"]["md5"]:
+        warnings.warn(f"the data differ from those the run was trained on (MD5 {state['dataset']['md5']} -> {data.source['md5']})", stacklevel=2)
+    spec = state["model"]
+    model = create_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["image_size"])
+    model.load_state_dict(state["model_state"])
+    model.to(target)
+    prep = state["preprocessing"]
+    normalization = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
+    metrics, outputs = evaluate_model(model, data, normalization, target, config.eval_batch_size)
+    extra = {"checkpoint": f"{checkpoint}.pt", "best_epoch": state.get("epoch") if checkpoint == "best" else None,
+             "select_metric": config.select_metric}
+    write_results(run_dir, metrics, outputs, data, extra)
+    return metrics

@@ -1,0 +1,209 @@
+"""The training recipe, read top to bottom: data -> model -> optimiser -> epochs (train, validate,
+checkpoint) -> test evaluation of the best checkpoint.
+
+Defaults are the paper's: cross-entropy, Adam (lr 1e-3), 10 epochs, batch 32, shuffled training set.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data import BatchLoader, LoadedDataset, Normalization, compute_normalization, load_dataset
+from ..errors import CheckpointError
+from ..evaluation import classification_metrics, evaluate_model, loss_function, predict_split, summary_line, write_results
+from ..io import write_csv, write_json
+from ..models import count_parameters, create_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .environment import environment_record, seed_everything, select_device
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s"]
+# Options that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"epochs", "device", "resume", "quiet", "num_threads", "eval_batch_size", "out", "data_dir", "download", "verify", "amp"}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def load_run_data(config: TrainConfig) -> LoadedDataset:
+    return load_dataset(
+        config.dataset_name,
+        config.size,
+        config.data_dir,
+        channels=config.channels,
+        verify=config.verify,
+        download=config.download,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        split_seed=config.seed,
+    )
+
+
+def model_spec(config: TrainConfig, data: LoadedDataset) -> dict:
+    return {"name": config.model, "in_channels": data.channels, "num_classes": data.num_classes, "image_size": data.size}
+
+
+def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Normalization) -> dict:
+    """What a checkpoint needs to rebuild the model and its preprocessing without the run folder."""
+    return {
+        "model": model_spec(config, data),
+        "preprocessing": {"size": data.size, "channels": data.channels, **normalization.as_dict()},
+        "dataset": {"name": data.name, "task": data.task, "class_names": data.class_names, "md5": data.source["md5"]},
+        "medclassify_version": __version__,
+    }
+
+
+def _is_better(value: float, best: float | None, metric: str) -> bool:
+    if value != value:  # NaN never improves
+        return False
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise CheckpointError(f"{path}: cannot resume with different settings ({detail})")
+
+
+def train_one_epoch(model, loader: BatchLoader, optimizer, criterion, scaler, amp: bool, progress) -> float:
+    model.train()
+    loss_sum, count = 0.0, 0
+    for images, targets in loader:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(loader.device.type, dtype=torch.float16, enabled=amp):
+            loss = criterion(model(images).float(), targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.item() * len(targets)
+        count += len(targets)
+        progress.update(len(targets))
+        progress.set_postfix(loss=f"{loss_sum / count:.4f}", refresh=False)
+    return loss_sum / count
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Train, validate every epoch, keep the best checkpoint, and evaluate it on the test split."""
+    config.validate()
+    run_dir = config.run_dir()
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if config.resume and not last_path.is_file():
+        raise CheckpointError(f"--resume: {last_path} does not exist; there is no interrupted run to continue")
+    if not config.resume and last_path.is_file():
+        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    log = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    # ---- data --------------------------------------------------------------------------------
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = select_device(config.device)
+    seed_everything(config.seed)
+    data = load_run_data(config)
+    normalization = compute_normalization(data.splits["train"].images, config.normalize)
+    amp = config.amp and device.type == "cuda"
+
+    # ---- model, loss, optimiser ----------------------------------------------------------------
+    model = create_model(config.model, data.channels, data.num_classes, data.size).to(device)
+    criterion = loss_function(data.multi_label)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    start_epoch, best_value, best_epoch = 1, None, 0
+
+    if config.resume:
+        state = load_checkpoint(last_path)
+        _check_resumable(state["config"], config, last_path)
+        if state["dataset"]["md5"] != data.source["md5"]:
+            raise CheckpointError(f"{last_path}: the data changed since the run started (MD5 {state['dataset']['md5']} -> {data.source['md5']})")
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scaler.load_state_dict(state["scaler_state"])
+        shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
+        log(f"resuming {run_dir} after epoch {state['epoch']}")
+
+    metadata = bundle_metadata(config, data, normalization)
+    source = {k: v for k, v in data.source.items() if k != "files"}
+    write_json(
+        run_dir / "config.json",
+        {
+            "config": config.to_dict(),
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "resumed_after_epoch": start_epoch - 1 if config.resume else None,
+            "environment": environment_record(device),
+            "data": {**metadata["dataset"], "channels": data.channels, "size": data.size, "source": source},
+            "preprocessing": metadata["preprocessing"],
+            "model": {**metadata["model"], "parameters": count_parameters(model)},
+        },
+    )
+    if "files" in data.source:  # image folders: which file went to which split
+        rows = [(path, split) for split, paths in data.source["files"].items() for path in paths]
+        write_csv(run_dir / "split.csv", ["file", "split"], rows)
+
+    # ---- epochs ------------------------------------------------------------------------------
+    train_loader = BatchLoader(data.splits["train"], config.batch_size, normalization, device, shuffle=True, generator=shuffle)
+    val_loader = BatchLoader(data.splits["val"], config.eval_batch_size, normalization, device)
+    log(f"training {config.model} ({count_parameters(model):,} parameters) on {data.name} {data.size}px, "
+        f"{len(data.splits['train'])} images, {config.epochs} epochs, device {device}")
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        with tqdm(total=len(data.splits["train"]), desc=f"epoch {epoch}/{config.epochs}", unit="img",
+                  disable=config.quiet, leave=False, file=sys.stderr) as progress:
+            train_loss = train_one_epoch(model, train_loader, optimizer, criterion, scaler, amp, progress)
+        seconds = time.perf_counter() - started
+        y_true, y_prob, val_loss = predict_split(model, val_loader, data.multi_label, amp)
+        val = classification_metrics(y_true, y_prob, data.task, data.class_names)
+        row = {
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val["acc"],
+            "val_auc": val["auc"], "val_f1": val["f1_macro"], "seconds": round(seconds, 3),
+            "images_per_s": round(len(data.splits["train"]) / seconds, 1),
+        }
+        history.append(row)
+        selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
+        improved = _is_better(selected, best_value, config.select_metric)
+        if improved:
+            best_value, best_epoch = selected, epoch
+            save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row})
+        state = {
+            **metadata, "config": config.to_dict(), "epoch": epoch, "history": history,
+            "best_value": best_value, "best_epoch": best_epoch, "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(),
+            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+        }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(last_path, state)
+        write_csv(run_dir / "history.csv", HISTORY_COLUMNS, ([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS] for r in history))
+        log(f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+            f"val acc {val['acc']:.4f}  val AUC {val['auc']:.4f}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s"
+            + ("  *best" if improved else ""))
+
+    # ---- test evaluation of the best checkpoint ------------------------------------------------
+    if best_epoch == 0:  # the metric was never defined (e.g. NaN AUC): keep the last weights
+        best_epoch = config.epochs
+        save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]})
+    model.load_state_dict(load_checkpoint(best_path)["model_state"])
+    metrics, outputs = evaluate_model(model, data, normalization, device, config.eval_batch_size, amp)
+    write_results(run_dir, metrics, outputs, data, {"checkpoint": "best.pt", "best_epoch": best_epoch, "select_metric": config.select_metric})
+    return RunResult(run_dir, {"best_epoch": best_epoch, **metrics}, history)

@@ -1,0 +1,73 @@
+"""Fixtures that write small files in the official MedMNIST ``.npz`` layout and image folders.
+
+The images hold a learnable pattern: class k is a bright square at the k-th cell of a grid, on a
+noisy dark background, so a short training run must beat chance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def pattern_images(labels: np.ndarray, size: int, channels: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    grid = math.ceil(math.sqrt(n_classes))
+    cell = size // grid
+    images = rng.normal(40, 20, size=(len(labels), size, size, channels))
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), grid)
+        images[i, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell, :] += 150
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    return images[..., 0] if channels == 1 else images
+
+
+def write_medmnist_npz(
+    path: Path, size: int = 28, channels: int = 3, n_classes: int = 8, counts=(160, 40, 80), seed: int = 0, **overrides
+) -> Path:
+    """Write an official-layout file; ``overrides`` replace or (with value None) drop keys."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), counts):
+        labels = np.arange(n) % n_classes
+        rng.shuffle(labels)
+        arrays[f"{split}_images"] = pattern_images(labels, size, channels, n_classes, rng)
+        arrays[f"{split}_labels"] = labels[:, None].astype(np.uint8)
+    for key, value in overrides.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def blood_dir(tmp_path: Path) -> Path:
+    """bloodmnist.npz (28 px, RGB, 8 classes) and bloodmnist_64.npz in a data folder."""
+    write_medmnist_npz(tmp_path / "data" / "bloodmnist.npz")
+    write_medmnist_npz(tmp_path / "data" / "bloodmnist_64.npz", size=64, counts=(96, 32, 48))
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def pneumonia_dir(tmp_path: Path) -> Path:
+    """pneumoniamnist.npz: 28 px grey, binary."""
+    write_medmnist_npz(tmp_path / "data" / "pneumoniamnist.npz", channels=1, n_classes=2, counts=(120, 30, 60))
+    return tmp_path / "data"
+
+
+def write_image_folder(root: Path, splits=("train",), per_class: int = 12, size: int = 40, mode: str = "L", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for label, name in enumerate(("NORMAL", "PNEUMONIA")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            images = pattern_images(np.full(per_class, label), size, 1 if mode == "L" else 3, 2, rng)
+            for i, array in enumerate(images):
+                Image.fromarray(array).convert(mode).save(folder / f"{name.lower()}_{i:03d}.{'png' if i % 2 else 'jpg'}")
+    return root

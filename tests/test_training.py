@@ -1,0 +1,186 @@
+import csv
+import importlib.metadata
+import json
+
+import numpy as np
+import pytest
+import torch
+from medmnist.evaluator import getACC, getAUC
+
+from medclassify import TrainConfig, evaluate_run, train
+from medclassify.errors import CheckpointError, ConfigError
+from medclassify.io import file_md5
+from medclassify.training import load_checkpoint, trainer
+
+RUN_FILES = {"config.json", "history.csv", "best.pt", "last.pt", "metrics.json", "predictions.csv"}
+
+
+def config_for(data_dir, out, **overrides):
+    values = dict(dataset="bloodmnist", size=28, data_dir=str(data_dir), out=str(out), epochs=3, verify=False, quiet=True, seed=1)
+    return TrainConfig(**{**values, **overrides})
+
+
+def read_history(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in csv.DictReader(f)]
+
+
+@pytest.fixture
+def blood_run(blood_dir, tmp_path):
+    return train(config_for(blood_dir, tmp_path / "run"))
+
+
+def test_short_run_beats_chance_and_writes_the_run_folder(blood_run):
+    run_dir = blood_run.run_dir
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "no temporary files left behind"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["acc"] > 0.5, "8 classes: chance is 0.125"
+    assert metrics["test"]["auc"] > 0.8 and set(metrics) >= {"val", "test", "best_epoch"}
+    assert len(metrics["test"]["per_class"]) == 8 and np.array(metrics["test"]["confusion_matrix"]).shape == (8, 8)
+
+    history = read_history(run_dir)
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert list(history[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1"]
+    best_epoch = max(history, key=lambda r: float(r["val_auc"]))["epoch"]
+    assert metrics["best_epoch"] == int(best_epoch)
+
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["config"]["lr"] == 1e-3 and record["config"]["batch_size"] == 32
+    assert record["data"]["source"]["md5"] == file_md5(run_dir.parent / "data" / "bloodmnist.npz")
+    assert record["environment"]["packages"]["torch"] == importlib.metadata.version("torch")
+    assert record["config"]["seed"] == 1 and record["environment"]["python"]
+    assert len(record["preprocessing"]["mean"]) == 3 and record["model"]["parameters"] == 421_960
+
+
+def test_predictions_csv_agrees_with_medmnist_evaluator(blood_run):
+    with open(blood_run.run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 80
+    y_true = np.array([int(r["true"]) for r in rows])
+    y_score = np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows])
+    test = blood_run.metrics["test"]
+    assert getACC(y_true, y_score, "multi-class") == pytest.approx(test["acc"], abs=1e-9)
+    assert getAUC(y_true, y_score, "multi-class") == pytest.approx(test["auc"], abs=1e-5)
+
+
+def test_checkpoints_load_with_weights_only_and_rebuild_the_model(blood_run):
+    state = torch.load(blood_run.run_dir / "best.pt", weights_only=True)
+    assert state["model"] == {"name": "paper-cnn", "in_channels": 3, "num_classes": 8, "image_size": 28}
+    assert state["preprocessing"]["size"] == 28 and len(state["dataset"]["class_names"]) == 8
+    assert load_checkpoint(blood_run.run_dir / "last.pt")["epoch"] == 3
+
+
+def test_bad_checkpoint_files_get_one_clear_line(tmp_path, blood_run):
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt: not a readable medclassify checkpoint"):
+        load_checkpoint(tmp_path / "notes.pt")
+    data = (blood_run.run_dir / "best.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt: not a readable medclassify checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a medclassify checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_same_seed_same_numbers(blood_dir, tmp_path, blood_run):
+    again = train(config_for(blood_dir, tmp_path / "again"))
+    assert read_history(again.run_dir) == read_history(blood_run.run_dir)
+    assert again.metrics["test"]["auc"] == blood_run.metrics["test"]["auc"]
+    other = train(config_for(blood_dir, tmp_path / "other", seed=2, epochs=1))
+    assert read_history(other.run_dir)[0] != read_history(blood_run.run_dir)[0]
+
+
+def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_run, monkeypatch):
+    real_epoch = trainer.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
+    config = config_for(blood_dir, tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+
+    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+        train(config)
+    config.resume = True
+    resumed = train(config)
+    assert read_history(resumed.run_dir) == read_history(blood_run.run_dir)
+    assert resumed.metrics["test"] == blood_run.metrics["test"]
+    assert json.loads((resumed.run_dir / "config.json").read_text())["resumed_after_epoch"] == 1
+
+
+def test_resume_refuses_changed_settings_or_missing_run(blood_dir, tmp_path, blood_run):
+    with pytest.raises(CheckpointError, match=r"cannot resume with different settings \(lr: 0.001 -> 0.01\)"):
+        train(config_for(blood_dir, blood_run.run_dir, lr=0.01, resume=True))
+    with pytest.raises(CheckpointError, match="--resume: .*last.pt does not exist"):
+        train(config_for(blood_dir, tmp_path / "nothing", resume=True))
+
+
+def test_64px_run_uses_the_extra_block(blood_dir, tmp_path):
+    result = train(config_for(blood_dir, tmp_path / "run64", size=64, epochs=1))
+    record = json.loads((result.run_dir / "config.json").read_text())
+    assert record["model"]["image_size"] == 64 and record["model"]["parameters"] == 1_142_984
+    assert {"acc", "auc", "f1_macro"} <= set(result.metrics["test"])
+
+
+def test_binary_grey_run_reports_sensitivity_and_specificity(pneumonia_dir, tmp_path):
+    result = train(config_for(pneumonia_dir, tmp_path / "pneu", dataset="pneumoniamnist", epochs=3))
+    assert {"sensitivity", "specificity"} <= set(result.metrics["test"])
+    assert result.metrics["test"]["acc"] > 0.7
+
+
+def test_image_folder_run_records_its_split(tmp_path):
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "xray", per_class=20)
+    result = train(TrainConfig(data_dir=str(root), size=32, out=str(tmp_path / "run"), epochs=1, quiet=True))
+    with open(result.run_dir / "split.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert json.loads((result.run_dir / "config.json").read_text())["data"]["class_names"] == ["NORMAL", "PNEUMONIA"]
+
+
+def test_evaluate_run_reproduces_the_saved_metrics(blood_run):
+    saved = json.loads((blood_run.run_dir / "metrics.json").read_text())
+    metrics = evaluate_run(blood_run.run_dir)
+    assert metrics["test"]["acc"] == saved["test"]["acc"]
+    assert metrics["test"]["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"size": 30}, "--size 30 is not available for bloodmnist; choose one of 28, 64, 128, 224"),
+        ({"lr": 0.0}, "--lr must be a number > 0, got 0.0"),
+        ({"epochs": 0}, "--epochs must be a whole number >= 1, got 0"),
+        ({"batch_size": -4}, "--batch-size must be a whole number >= 1, got -4"),
+        ({"model": "resnet999"}, "--model: unknown model 'resnet999'"),
+        ({"dataset": "bloodmnst"}, "unknown dataset 'bloodmnst'"),
+        ({"select_metric": "precision"}, "--select-metric must be one of auc, acc, f1, loss"),
+        ({"device": "tpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_impossible_values_are_rejected_before_any_work(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(config_for(tmp_path, tmp_path / "run", **overrides))
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_config_fills_the_same_fields(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: bloodmnist\nsize: 64\nbatch-size: 16\nlr: 0.0005\n")
+    config = TrainConfig.from_yaml(path)
+    assert (config.dataset, config.size, config.batch_size, config.lr, config.epochs) == ("bloodmnist", 64, 16, 0.0005, 10)
+    path.write_text("dataset: bloodmnist\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) learning_rate"):
+        TrainConfig.from_yaml(path)
