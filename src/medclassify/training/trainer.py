@@ -169,7 +169,7 @@ def train(config: TrainConfig) -> RunResult:
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         with tqdm(total=len(data.splits["train"]), desc=f"epoch {epoch}/{config.epochs}", unit="img",
-                  disable=config.quiet, leave=False, file=sys.stderr) as progress:
+                  disable=True if config.quiet else None, leave=False, file=sys.stderr) as progress:
             train_loss = train_one_epoch(model, train_loader, optimizer, criterion, scaler, amp, progress)
         seconds = time.perf_counter() - started
         y_true, y_prob, val_loss = predict_split(model, val_loader, data.multi_label, amp)
