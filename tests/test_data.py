@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 import warnings
 from urllib.error import URLError
 
@@ -186,3 +187,23 @@ def test_synthetic_sample_is_deterministic_and_in_the_official_layout(tmp_path):
     path = ensure_synthcells(tmp_path, 64)
     data = load_dataset("synthcells", 64, tmp_path)
     assert path.name == "synthcells_64.npz" and data.splits["val"].images.shape == (200, 3, 64, 64)
+
+
+def test_download_moves_a_complete_file_into_place(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    source = write_medmnist_npz(tmp_path / "server" / "bloodmnist.npz")
+    requested = {}
+
+    def fake_download(url, root, filename, md5=None):
+        requested.update(url=url, md5=md5)
+        (tmp_path / "cache").joinpath(".seen").write_text(root)  # where the partial file would live
+        (Path(root) / filename).write_bytes(source.read_bytes())
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+    (tmp_path / "cache").mkdir()
+    data = load_dataset("bloodmnist", 28, tmp_path / "cache", verify=False)
+    assert requested == {"url": INFO["bloodmnist"]["url"], "md5": INFO["bloodmnist"]["MD5"]}
+    assert len(data.splits["train"]) == 160
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".seen", "bloodmnist.npz"], "the temporary folder is gone"
+    assert Path((tmp_path / "cache" / ".seen").read_text()).parent == tmp_path / "cache", "downloads land in a temporary folder first"

@@ -21,6 +21,15 @@ TRAIN_EXAMPLES = """examples:
   medclassify train --out runs/blood28 --resume                       # continue an interrupted run
 """
 
+MAIN_EXAMPLES = """examples:
+  medclassify demo                                    # offline, on the bundled synthetic sample
+  medclassify datasets
+  medclassify train --dataset bloodmnist --size 28
+  medclassify evaluate runs/bloodmnist_28_paper-cnn_seed0
+
+'medclassify COMMAND --help' shows each command's options.
+"""
+
 DEMO_OUT = "runs/demo"
 
 
@@ -52,7 +61,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> Parser:
     parser = Parser(prog="medclassify", description="Train, evaluate and compare CNNs for medical image classification.",
-                    formatter_class=_formatter)
+                    formatter_class=_formatter, epilog=MAIN_EXAMPLES)
     parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
