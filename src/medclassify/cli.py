@@ -86,6 +86,17 @@ def build_parser() -> Parser:
     models.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels (default: 3)")
     models.add_argument("--classes", type=int, default=8, help="number of classes (default: 8)")
 
+    run = commands.add_parser(
+        "run", help="run a study (datasets x sizes x models x seeds) and write its results table", formatter_class=_formatter,
+        epilog="examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --out runs/my-study\n\n"
+               "Running the same command again skips complete experiments and resumes an interrupted one.\n")
+    run.add_argument("study", metavar="STUDY_YAML", help="the study file (name, datasets, sizes, models, seeds, train)")
+    run.add_argument("--out", help="study folder (default: runs/STUDY_NAME)")
+    run.add_argument("--data-dir", help="folder with the data files, for every experiment")
+    run.add_argument("--seeds", type=int, help="repeat each experiment with seeds 0..N-1 (overrides the file)")
+    run.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals (default: 1000)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+
     demo = commands.add_parser(
         "demo", help="train and evaluate the paper's CNN on the bundled synthetic sample (offline, ~1 min)", formatter_class=_formatter,
         epilog="The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n")
@@ -137,6 +148,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_study(args: argparse.Namespace) -> int:
+    from .experiments import Study, collect_results, run_study, write_results_table
+
+    study = Study.from_yaml(args.study)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise MedclassifyError(f"--seeds must be >= 1, got {args.seeds}")
+        study.seeds = list(range(args.seeds))
+    if args.bootstrap < 1:
+        raise MedclassifyError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    study_dir = Path(args.out) if args.out else Path("runs") / study.name
+    try:
+        run_study(study, study_dir, data_dir=args.data_dir, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to finish the study", file=sys.stderr)
+        return 130
+    write_results_table(collect_results(study, study_dir, n_boot=args.bootstrap), study_dir)
+    print((study_dir / "results.md").read_text(), end="")
+    print(f"results in {study_dir}/ (results.csv, results.md, runs/)")
+    return 0
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import summary_line
     from .evaluation.run import evaluate_run
@@ -171,7 +204,7 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
+COMMANDS = {"run": _run_study, "train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
