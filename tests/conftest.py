@@ -71,3 +71,16 @@ def write_image_folder(root: Path, splits=("train",), per_class: int = 12, size:
             for i, array in enumerate(images):
                 Image.fromarray(array).convert(mode).save(folder / f"{name.lower()}_{i:03d}.{'png' if i % 2 else 'jpg'}")
     return root
+
+
+DATASET_SHAPES = {"bloodmnist": (3, 8), "pneumoniamnist": (1, 2), "organcmnist": (1, 11)}
+
+
+def write_study_files(data: Path, datasets, sizes=(28, 64), counts=(64, 24, 40)) -> Path:
+    """Official-layout files for every dataset x size of a test study."""
+    for name in datasets:
+        channels, n_classes = DATASET_SHAPES[name]
+        for size in sizes:
+            filename = f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
+            write_medmnist_npz(data / filename, size=size, channels=channels, n_classes=n_classes, counts=counts)
+    return data

@@ -1,26 +1,19 @@
-import csv
 import json
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from conftest import write_medmnist_npz
-from medclassify.cli import main
+from conftest import write_study_files
 from medclassify.errors import ConfigError
-from medclassify.experiments import Study, collect_results, run_study, write_results_table
-from medclassify.experiments.results import bootstrap_ci
+from medclassify.experiments import Study, load_experiments, results_rows, run_study, write_results_table
+from medclassify.reporting.stats import Side, bootstrap_interval
 from medclassify.training import trainer
 
 
 @pytest.fixture
 def two_datasets(tmp_path):
-    data = tmp_path / "data"
-    for size in (28, 64):
-        suffix = "" if size == 28 else f"_{size}"
-        write_medmnist_npz(data / f"bloodmnist{suffix}.npz", size=size, counts=(64, 24, 40))
-        write_medmnist_npz(data / f"pneumoniamnist{suffix}.npz", size=size, channels=1, n_classes=2, counts=(64, 24, 40))
-    return data
+    return write_study_files(tmp_path / "data", ["bloodmnist", "pneumoniamnist"])
 
 
 def tiny_study(**extra):
@@ -54,27 +47,6 @@ def test_bad_studies_are_rejected_before_training(values, message):
         tiny_study(**values)
 
 
-def test_tiny_study_end_to_end_and_table_matches_the_runs(two_datasets, tmp_path, capsys):
-    study_yaml = tmp_path / "study.yaml"
-    study_yaml.write_text(
-        "name: tiny\ndatasets: [bloodmnist, pneumoniamnist]\nsizes: [28, 64]\nmodels: [paper-cnn]\n"
-        "seeds: [0]\ntrain: {epochs: 1, verify: false}\n"
-    )
-    out = tmp_path / "study"
-    code = main(["run", str(study_yaml), "--out", str(out), "--data-dir", str(two_datasets), "--bootstrap", "50", "--quiet"])
-    assert code == 0 and "results in" in capsys.readouterr().out
-    with open(out / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["experiment"] for r in rows] == ["bloodmnist_28_paper-cnn", "bloodmnist_64_paper-cnn", "pneumoniamnist_28_paper-cnn", "pneumoniamnist_64_paper-cnn"]
-    for row in rows:
-        metrics = json.loads((out / "runs" / f"{row['experiment']}_seed0" / "metrics.json").read_text())
-        for name in ("acc", "f1_macro", "auc"):
-            assert float(row[f"test_{name}"]) == pytest.approx(metrics["test"][name], rel=1e-5)
-            assert float(row[f"test_{name}_ci_low"]) <= float(row[f"test_{name}"]) + 1e-9 <= float(row[f"test_{name}_ci_high"]) + 2e-9
-    markdown = (out / "results.md").read_text()
-    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + 4 and "macro-AUC (95% CI)" in markdown
-
-
 def test_interrupted_study_finishes_without_redoing_completed_experiments(two_datasets, tmp_path, monkeypatch):
     study = tiny_study(datasets=["pneumoniamnist"])
     real_train = trainer.train
@@ -101,7 +73,7 @@ def test_interrupted_study_finishes_without_redoing_completed_experiments(two_da
 def test_several_seeds_give_mean_and_standard_deviation(two_datasets, tmp_path):
     study = tiny_study(datasets=["pneumoniamnist"], sizes=[28], seeds=2)
     run_study(study, tmp_path / "s", data_dir=str(two_datasets), quiet=True)
-    (row,) = collect_results(study, tmp_path / "s", n_boot=20)
+    (row,) = results_rows(load_experiments(study, tmp_path / "s"), n_boot=20)
     aucs = [json.loads((tmp_path / "s" / "runs" / f"pneumoniamnist_28_paper-cnn_seed{s}" / "metrics.json").read_text())["test"]["auc"] for s in (0, 1)]
     assert row["seeds"] == "0 1"
     assert row["test_auc"] == pytest.approx(np.mean(aucs)) and row["test_auc_std"] == pytest.approx(np.std(aucs, ddof=1))
@@ -116,7 +88,7 @@ def test_bootstrap_interval_covers_the_metric_and_narrows_with_more_data():
         y = np.arange(n) % 2
         p1 = np.clip(0.5 + (y - 0.5) * 0.3 + rng.normal(0, 0.25, n), 0, 1)
         scores = np.stack([1 - p1, p1], 1)
-        low, high = bootstrap_ci(y, [scores], "binary-class", n_boot=200)["auc"]
+        low, high = bootstrap_interval(Side(y, [scores], "binary-class"), n_boot=200)["auc"]
         return low, roc_auc_score(y, p1), high
 
     low, auc, high = interval(100)

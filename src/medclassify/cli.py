@@ -87,15 +87,18 @@ def build_parser() -> Parser:
     models.add_argument("--classes", type=int, default=8, help="number of classes (default: 8)")
 
     run = commands.add_parser(
-        "run", help="run a study (datasets x sizes x models x seeds) and write its results table", formatter_class=_formatter,
-        epilog="examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --out runs/my-study\n\n"
+        "run", help="run a study (datasets x sizes x models x seeds): results table, figures and report", formatter_class=_formatter,
+        epilog="examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n\n"
                "Running the same command again skips complete experiments and resumes an interrupted one.\n")
     run.add_argument("study", metavar="STUDY_YAML", help="the study file (name, datasets, sizes, models, seeds, train)")
-    run.add_argument("--out", help="study folder (default: runs/STUDY_NAME)")
-    run.add_argument("--data-dir", help="folder with the data files, for every experiment")
-    run.add_argument("--seeds", type=int, help="repeat each experiment with seeds 0..N-1 (overrides the file)")
-    run.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals (default: 1000)")
-    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_study_options(run)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run the paper's four experiments (studies/paper.yaml) and write its results section", formatter_class=_formatter,
+        epilog="examples:\n  medclassify reproduce --data-dir ~/medmnist\n  medclassify reproduce --seeds 3 --lang zh\n\n"
+               "BloodMNIST and OrganCMNIST at 28 and 64 px, the paper's CNN and recipe. Missing files are downloaded\n"
+               "first; when that is impossible it stops before training and lists every missing file.\n")
+    _add_study_options(reproduce)
 
     demo = commands.add_parser(
         "demo", help="train and evaluate the paper's CNN on the bundled synthetic sample (offline, ~1 min)", formatter_class=_formatter,
@@ -105,6 +108,17 @@ def build_parser() -> Parser:
     demo.add_argument("--epochs", type=int, default=10, help="epochs (default: 10, the paper's)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     return parser
+
+
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="study folder (default: runs/STUDY_NAME)")
+    parser.add_argument("--data-dir", help="folder with the data files, for every experiment")
+    parser.add_argument("--seeds", type=int, help="repeat each experiment with seeds 0..N-1 (overrides the file)")
+    parser.add_argument("--workers", type=int, default=1, help="experiments trained at once, in separate processes sharing the cores (default: 1)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals (default: 1000)")
+    parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language of report.md/.html (default: en)")
+    parser.add_argument("--no-verify", action="store_true", help="accept data files whose MD5 differs from the official one")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _print_results(result) -> None:
@@ -149,24 +163,32 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from .experiments import Study, collect_results, run_study, write_results_table
+    from importlib.resources import files
 
-    study = Study.from_yaml(args.study)
+    from .experiments import Study, run_study
+    from .reporting.report import write_study_outputs
+
+    path = getattr(args, "study", None) or files("medclassify") / "studies" / "paper.yaml"
+    study = Study.from_yaml(path)
+    for option in ("seeds", "workers", "bootstrap"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise MedclassifyError(f"--{option} must be >= 1, got {value}")
     if args.seeds is not None:
-        if args.seeds < 1:
-            raise MedclassifyError(f"--seeds must be >= 1, got {args.seeds}")
         study.seeds = list(range(args.seeds))
-    if args.bootstrap < 1:
-        raise MedclassifyError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    if args.no_verify:
+        study.train["verify"] = False
     study_dir = Path(args.out) if args.out else Path("runs") / study.name
     try:
-        run_study(study, study_dir, data_dir=args.data_dir, quiet=args.quiet)
+        run_study(study, study_dir, data_dir=args.data_dir, quiet=args.quiet, workers=args.workers)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to finish the study", file=sys.stderr)
         return 130
-    write_results_table(collect_results(study, study_dir, n_boot=args.bootstrap), study_dir)
-    print((study_dir / "results.md").read_text(), end="")
-    print(f"results in {study_dir}/ (results.csv, results.md, runs/)")
+    if not args.quiet:
+        print("writing the results table, figures and report ...", file=sys.stderr)
+    outputs = write_study_outputs(study, study_dir, n_boot=args.bootstrap, lang=args.lang)
+    print(outputs["results"].read_text(), end="")
+    print(f"report: {outputs['report']} and {outputs['report_html']}; figures in {study_dir / 'figures'}/")
     return 0
 
 
@@ -204,7 +226,7 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run_study, "train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
+COMMANDS = {"run": _run_study, "reproduce": _run_study, "train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -1,12 +1,19 @@
-"""Run every experiment of a study, skipping those already complete and resuming interrupted ones."""
+"""Run every experiment of a study, skipping those already complete and resuming interrupted ones,
+one after another or in parallel worker processes that share the machine's cores."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from ..errors import ConfigError, DataError
 from ..training import TrainConfig, train
 from .study import Study
 
@@ -14,7 +21,7 @@ from .study import Study
 @dataclass
 class ExperimentStatus:
     config: TrainConfig
-    state: str  # "done" (found complete), "trained"
+    state: str  # "done" (found complete) or "trained"
 
     @property
     def run_dir(self) -> Path:
@@ -31,26 +38,89 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def run_study(study: Study, study_dir: str | Path, data_dir: str | None = None, quiet: bool = False) -> list[ExperimentStatus]:
-    """Train the study's experiments one after another into ``study_dir/runs/``.
+def missing_data_files(configs: list[TrainConfig]) -> list[str]:
+    """Every MedMNIST file the study needs that is not on disk and cannot be downloaded."""
+    from ..data import default_data_dir, get_dataset_info
+    from ..data.npz import locate
+
+    missing, seen = [], set()
+    for config in configs:
+        if config.dataset_name == "folder" or (config.dataset_name, config.size) in seen:
+            continue
+        seen.add((config.dataset_name, config.size))
+        info = get_dataset_info(config.dataset_name)
+        if info.synthetic:
+            continue
+        folder = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
+        try:
+            locate(info, config.size, folder, download_missing=config.download)
+        except DataError:
+            missing.append(f"{info.filename(config.size)} from {info.url(config.size)} into {folder}")
+    return missing
+
+
+def _train_in_worker(config: TrainConfig) -> TrainConfig:
+    train(config)
+    return config
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_study(
+    study: Study, study_dir: str | Path, data_dir: str | None = None, quiet: bool = False, workers: int = 1
+) -> list[ExperimentStatus]:
+    """Train the study's experiments into ``study_dir/runs/``.
 
     A run folder with ``metrics.json`` is complete and skipped; one with only ``last.pt`` was
     interrupted and is resumed, so running the same study again finishes it without redoing work.
+    With ``workers`` > 1, experiments run in that many processes, each with its share of the cores;
+    every experiment is seeded on its own, so the numbers equal those of a sequential run.
     """
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     study_dir = Path(study_dir)
     configs = study.configs(study_dir, data_dir)
+    missing = missing_data_files(configs)
+    if missing:
+        raise DataError(f"{len(missing)} data file(s) missing, nothing was trained; download " + "; ".join(missing))
     pending = [c for c in configs if not is_complete(c)]
+    for config in pending:
+        config.resume = (config.run_dir() / "last.pt").is_file()
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    log(f"study '{study.name}': {len(configs)} experiments, {len(configs) - len(pending)} already complete")
+    log(f"study '{study.name}': {len(configs)} experiments, {len(configs) - len(pending)} already complete"
+        + (f", {workers} workers" if workers > 1 else ""))
     statuses = [ExperimentStatus(c, "done") for c in configs if is_complete(c)]
     started = time.perf_counter()
-    for k, config in enumerate(pending, start=1):
-        config.resume = (config.run_dir() / "last.pt").is_file()
-        log(f"[{k}/{len(pending)}] {config.run_dir().name}" + (" (resuming)" if config.resume else ""))
-        train(config)
+
+    def finished(config: TrainConfig) -> None:
         statuses.append(ExperimentStatus(config, "trained"))
+        k = len(statuses) - (len(configs) - len(pending))
         elapsed = time.perf_counter() - started
-        left = elapsed / k * (len(pending) - k)
-        log(f"[{k}/{len(pending)}] done; {_duration(elapsed)} so far, about {_duration(left)} left")
+        log(f"[{k}/{len(pending)}] {config.run_dir().name} done; {_duration(elapsed)} so far, "
+            f"about {_duration(elapsed / k * (len(pending) - k))} left")
+
+    if workers == 1 or len(pending) <= 1:
+        for k, config in enumerate(pending, start=1):
+            log(f"[{k}/{len(pending)}] {config.run_dir().name}" + (" (resuming)" if config.resume else ""))
+            train(config)
+            finished(config)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_train_in_worker, config): config for config in pending}
+            log(f"running {len(pending)} experiments, {threads} thread(s) each")
+            remaining = set(futures)
+            try:
+                while remaining:
+                    done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finished(future.result())
+            except BaseException:
+                for future in remaining:
+                    future.cancel()
+                raise
     order = {c.run_dir(): i for i, c in enumerate(configs)}
     return sorted(statuses, key=lambda s: order[s.run_dir])

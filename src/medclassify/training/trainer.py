@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..data import BatchLoader, LoadedDataset, Normalization, compute_normalization, load_dataset
 from ..errors import CheckpointError
-from ..evaluation import classification_metrics, evaluate_model, loss_function, predict_split, summary_line, write_results
+from ..evaluation import classification_metrics, evaluate_model, loss_function, predict_split, write_results
 from ..io import write_csv, write_json
 from ..models import count_parameters, create_model
 from .checkpoint import load_checkpoint, save_checkpoint

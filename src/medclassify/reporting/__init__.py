@@ -1,0 +1,1 @@
+"""Reporting: statistics between experiments, figures, and the written study report."""

@@ -1,0 +1,171 @@
+import base64
+import csv
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_medmnist_npz, write_study_files
+from medclassify.cli import main
+from medclassify.experiments import Study, load_experiments, run_study
+from medclassify.reporting.discussion import compare, overfitting
+from medclassify.reporting.report import write_study_outputs
+from medclassify.reporting.stats import Side, mcnemar
+
+
+def probabilities(rng, n, k):
+    raw = rng.random((n, k))
+    return raw / raw.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("task, k", [("multi-class", 5), ("binary-class", 2), ("multi-label, binary-class", 4)])
+def test_bootstrap_fast_path_equals_the_sklearn_metrics(task, k):
+    rng = np.random.default_rng(0)
+    n = 120
+    y = (rng.random((n, k)) < 0.4).astype(int) if task.startswith("multi-label") else np.arange(n) % k
+    scores = [rng.random((n, k)) if task.startswith("multi-label") else probabilities(rng, n, k) for _ in range(2)]
+    side = Side(y, scores, task)
+    for _ in range(5):
+        index = rng.integers(0, n, n)
+        fast = side.resampled(index)
+        for name in ("acc", "f1_macro", "auc"):
+            assert fast[name] == pytest.approx(side.metric(name, index), abs=1e-12)
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_discordant_pairs():
+    y = np.zeros(20, dtype=int)
+    right, wrong = np.array([0.9, 0.1]), np.array([0.1, 0.9])
+    # a right on images 0..9, b right on 0..5 and 10..16: a alone right on 6..9 (4), b alone on 10..16 (7)
+    a = Side(y, [np.array([right if i < 10 else wrong for i in range(20)])], "binary-class")
+    b = Side(y, [np.array([right if i < 6 or 10 <= i < 17 else wrong for i in range(20)])], "binary-class")
+    result = mcnemar(a, b)
+    # two-sided exact p: 2 * P(X <= 4 | n = 11, 1/2) = 2 * (1 + 11 + 55 + 165 + 330) / 2048
+    assert (result["only_a_correct"], result["only_b_correct"]) == (4, 7)
+    assert result["p_value"] == pytest.approx(2 * 562 / 2048)
+
+
+def write_size_fixture(data, learnable_size):
+    """pneumoniamnist at 28 and 64 px where only ``learnable_size`` carries the class pattern."""
+    for size in (28, 64):
+        name = "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
+        write_medmnist_npz(data / name, size=size, channels=1, n_classes=2, counts=(160, 40, 200), seed=size)
+        if size != learnable_size:  # same labels, images of pure noise: nothing to learn
+            with np.load(data / name) as archive:
+                arrays = dict(archive)
+            rng = np.random.default_rng(1)
+            for split in ("train", "val", "test"):
+                arrays[f"{split}_images"] = rng.integers(0, 255, arrays[f"{split}_images"].shape, dtype=np.uint8)
+            np.savez(data / name, **arrays)
+
+
+@pytest.mark.parametrize("winner, loser", [(64, 28), (28, 64)])
+def test_report_conclusion_follows_the_size_that_wins(tmp_path, winner, loser):
+    data = tmp_path / "data"
+    write_size_fixture(data, learnable_size=winner)
+    study = Study.from_dict({"name": "sizes", "datasets": ["pneumoniamnist"], "sizes": [28, 64], "train": {"epochs": 3, "verify": False}})
+    run_study(study, tmp_path / "s", data_dir=str(data), quiet=True)
+    (comparison,) = compare(load_experiments(study, tmp_path / "s"), n_boot=200)
+    assert comparison.factor == "size" and comparison.paired
+    assert comparison.verdict == ("better" if winner == 64 else "worse")
+    outputs = write_study_outputs(study, tmp_path / "s", n_boot=200)
+    report = outputs["report"].read_text()
+    if winner == 64:
+        assert "pneumoniamnist, paper-cnn: 64 px beats 28 px." in report
+    else:
+        assert "pneumoniamnist, paper-cnn: 64 px is worse than 28 px." in report
+    assert "do not differ significantly" not in report
+
+
+def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, capsys):
+    data = write_study_files(tmp_path / "data", ["bloodmnist", "pneumoniamnist"])
+    study_yaml = tmp_path / "tiny.yaml"
+    study_yaml.write_text("name: tiny\ndatasets: [bloodmnist, pneumoniamnist]\nsizes: [28, 64]\ntrain: {epochs: 1}\n")
+    out = tmp_path / "study"
+    for lang in ("en", "zh"):
+        code = main(["run", str(study_yaml), "--out", str(out), "--data-dir", str(data), "--no-verify", "--bootstrap", "30", "--quiet", "--lang", lang])
+        assert code == 0
+        html = (out / "report.html").read_text(encoding="utf-8")
+        if lang == "en":
+            english = html
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["experiment"] for r in rows] == [f"{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)]
+    for row in rows:
+        metrics = json.loads((out / "runs" / f"{row['experiment']}_seed0" / "metrics.json").read_text())
+        for name in ("acc", "f1_macro", "auc"):
+            assert float(row[f"test_{name}"]) == pytest.approx(metrics["test"][name], rel=1e-5)
+            assert float(row[f"test_{name}_ci_low"]) - 1e-9 <= float(row[f"test_{name}"]) <= float(row[f"test_{name}_ci_high"]) + 1e-9
+    markdown = (out / "results.md").read_text()
+    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + 4 and "macro-AUC (95% CI)" in markdown
+
+    figures = out / "figures"
+    expected = ["loss_curves", "bloodmnist_comparison", "pneumoniamnist_comparison", "all_experiments"] + [
+        f"confusion_{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)]
+    for name in expected:
+        with Image.open(figures / f"{name}.png") as image:
+            image.verify()
+        assert Image.open(figures / f"{name}.png").info.get("dpi", (0,))[0] == pytest.approx(150, abs=1)
+        assert ET.parse(figures / f"{name}.svg").getroot().tag.endswith("svg")
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', english)
+    assert len(embedded) == len(expected) and all(base64.b64decode(e)[:8] == b"\x89PNG\r\n\x1a\n" for e in embedded)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "讨论" in report and "实验环境" in report and "表 2" in report, "the last run wrote the Chinese report"
+    for section in ("Experimental environment", "Datasets", "Model architectures", "Training settings", "Table 2", "Discussion",
+                    "Which dataset is harder?", "Does image size matter?", "Over-fitting check", "Limitations"):
+        assert section in english
+    assert "McNemar" in english and "421,960" in english
+
+
+def test_overfitting_rule_reads_the_loss_curves():
+    class Fake:
+        histories = [[{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.6, 0.4, 0.2, 0.1], [0.9, 0.5, 0.45, 0.55, 0.6])]]
+
+    verdict = overfitting(Fake())
+    assert verdict["overfits"] and verdict["best_epoch"] == 3 and verdict["rise"] == pytest.approx(0.6 / 0.45 - 1)
+    # val barely rises (+5 %) but ends at 2.5x the still-falling training loss: over-fitting too
+    Fake.histories = [[{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.5, 0.3, 0.2], [0.9, 0.5, 0.48, 0.504])]]
+    assert overfitting(Fake())["overfits"] and overfitting(Fake())["gap"] == pytest.approx(2.52)
+    Fake.histories = [[{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.6, 0.4], [0.9, 0.5, 0.42])]]
+    assert not overfitting(Fake())["overfits"], "validation loss still at its minimum at the end"
+    Fake.histories = [[{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.6, 0.5], [0.9, 0.5, 0.52])]]
+    assert not overfitting(Fake())["overfits"], "+4 % and close to the training loss"
+
+
+def test_reproduce_lists_every_missing_file_before_training(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    write_medmnist_npz(tmp_path / "bloodmnist.npz")
+    code = main(["reproduce", "--data-dir", str(tmp_path), "--out", str(tmp_path / "paper")])
+    err = capsys.readouterr().err
+    assert code == 2 and "3 data file(s) missing, nothing was trained" in err and err.count("\n") == 1
+    for name in ("bloodmnist_64.npz", "organcmnist.npz", "organcmnist_64.npz"):
+        assert f"{name} from https://" in err
+    assert "bloodmnist.npz from" not in err and not (tmp_path / "paper").exists()
+
+
+def test_reproduce_end_to_end_on_fixture_files(tmp_path, capsys):
+    data = write_study_files(tmp_path / "data", ["bloodmnist", "organcmnist"], counts=(66, 22, 44))
+    code = main(["reproduce", "--data-dir", str(data), "--out", str(tmp_path / "paper"), "--no-verify", "--bootstrap", "20", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("| paper-cnn |") == 4
+    assert len(list((tmp_path / "paper" / "runs").glob("*/metrics.json"))) == 4
+    history = (tmp_path / "paper" / "runs" / "organcmnist_64_paper-cnn_seed0" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 10, "the paper's recipe: 10 epochs"
+
+
+def test_parallel_workers_give_the_numbers_of_a_sequential_run(tmp_path):
+    data = write_study_files(tmp_path / "data", ["pneumoniamnist"], counts=(64, 16, 32))
+    study = Study.from_dict({"name": "w", "datasets": ["pneumoniamnist"], "sizes": [28, 64], "train": {"epochs": 2, "verify": False}})
+    run_study(study, tmp_path / "seq", data_dir=str(data), quiet=True)
+    run_study(study, tmp_path / "par", data_dir=str(data), quiet=True, workers=2)
+    for run in ("pneumoniamnist_28_paper-cnn_seed0", "pneumoniamnist_64_paper-cnn_seed0"):
+        seq = (tmp_path / "seq" / "runs" / run / "predictions.csv").read_text()
+        par = (tmp_path / "par" / "runs" / run / "predictions.csv").read_text()
+        assert seq == par
