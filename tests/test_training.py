@@ -41,7 +41,7 @@ def test_short_run_beats_chance_and_writes_the_run_folder(blood_run):
 
     history = read_history(run_dir)
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
-    assert list(history[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1"]
+    assert list(history[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "lr"]
     best_epoch = max(history, key=lambda r: float(r["val_auc"]))["epoch"]
     assert metrics["best_epoch"] == int(best_epoch)
 

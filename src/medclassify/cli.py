@@ -54,6 +54,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         else:
             kwargs["type"] = int if "int" in f.type else float if "float" in f.type else str
             kwargs["metavar"] = f.name.upper()
+            if f.type.startswith("list"):
+                kwargs["nargs"] = "+"
             if f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag(f.name), **kwargs)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 
 from ..errors import ConfigError
+from .augment import AUGMENT_CHOICES, BatchAugment, tta_views
 from .catalog import (
     FOLDER_NAME,
     MEDMNIST_SIZES,
+    ORIENTATIONS,
     SYNTHETIC_NAME,
     DatasetInfo,
     dataset_catalog,
@@ -21,6 +23,10 @@ from .npz import load_npz_dataset
 from .synthetic import ensure_synthcells
 
 __all__ = [
+    "AUGMENT_CHOICES",
+    "ORIENTATIONS",
+    "BatchAugment",
+    "tta_views",
     "FOLDER_NAME",
     "MEDMNIST_SIZES",
     "NORMALIZE_CHOICES",
@@ -62,6 +68,7 @@ def load_dataset(
     if info.synthetic:
         ensure_synthcells(root, size)
     loaded = load_npz_dataset(info, size, root, verify=verify and not info.synthetic, download_missing=download)
+    loaded.orientation = info.orientation
     if channels is not None and channels != loaded.channels:
         if loaded.channels != 1:
             raise ConfigError(f"--channels {channels}: {dataset} has {loaded.channels} channels; only grey data can be expanded to 3")

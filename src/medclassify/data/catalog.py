@@ -18,6 +18,19 @@ FOLDER_NAME = "folder"
 MULTI_LABEL = "multi-label, binary-class"
 BINARY = "binary-class"
 
+# Which geometric transforms keep a label true ("free": any flip or rotation; "mirror-x": left-right
+# mirroring and small rotations; "fixed": small rotations and shifts only). medmnist.INFO does not
+# say this, so it is medclassify's metadata, by imaging modality:
+ORIENTATION = {
+    # microscopy, histology, dermatoscopy, fundus: no canonical orientation
+    "pathmnist": "free", "dermamnist": "free", "bloodmnist": "free", "tissuemnist": "free", "retinamnist": "free",
+    # OCT and ultrasound B-scans: depth runs downwards, left-right mirroring is harmless
+    "octmnist": "mirror-x", "breastmnist": "mirror-x",
+    # chest X-rays keep their orientation; abdominal CT has left/right organs (kidney, femur, lung)
+    "chestmnist": "fixed", "pneumoniamnist": "fixed", "organamnist": "fixed", "organcmnist": "fixed", "organsmnist": "fixed",
+}
+ORIENTATIONS = ("free", "mirror-x", "fixed")
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -30,6 +43,7 @@ class DatasetInfo:
     description: str
     license: str
     synthetic: bool = False
+    orientation: str = "fixed"  # see ORIENTATION
 
     def filename(self, size: int) -> str:
         """MedMNIST's file naming: ``bloodmnist.npz`` at 28 px, ``bloodmnist_64.npz`` above."""
@@ -58,6 +72,7 @@ def _from_medmnist(flag: str) -> DatasetInfo:
         n_samples=dict(meta["n_samples"]),
         description=meta["description"],
         license=meta["license"],
+        orientation=ORIENTATION.get(flag, "fixed"),
     )
 
 
@@ -72,6 +87,7 @@ SYNTHCELLS = DatasetInfo(
     "(no real medical data); classes differ in shape, size and colour.",
     license="CC0 (generated)",
     synthetic=True,
+    orientation="free",
 )
 
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import WeightedRandomSampler
 
 from .catalog import MULTI_LABEL
 
@@ -29,6 +30,7 @@ class LoadedDataset:
     size: int
     splits: dict[str, Split]
     source: dict = field(default_factory=dict)  # provenance recorded in config.json
+    orientation: str = "fixed"  # which geometric transforms keep labels true (catalog.ORIENTATION)
 
     @property
     def multi_label(self) -> bool:
@@ -56,6 +58,13 @@ class Normalization:
         mean = torch.tensor(self.mean, device=images.device).view(1, channels, 1, 1)
         scale = 1.0 / (255.0 * std)
         return torch.addcmul(-mean / std, images.float(), scale)
+
+    def apply_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images already scaled to [0, 1] (e.g. after augmentation) -> normalised."""
+        channels = images.shape[1]
+        std = torch.tensor(self.std, device=images.device).view(1, channels, 1, 1)
+        mean = torch.tensor(self.mean, device=images.device).view(1, channels, 1, 1)
+        return (images - mean) / std
 
 
 NORMALIZE_CHOICES = ("dataset", "half", "none")
@@ -85,7 +94,9 @@ class BatchLoader:
     """Yields normalised ``(images, labels)`` batches of a :class:`Split` on ``device``.
 
     Shuffling uses its own seeded ``torch.Generator`` whose state is saved in checkpoints, so a
-    resumed run draws the same batches as an uninterrupted one.
+    resumed run draws the same batches as an uninterrupted one. ``sample_weights`` draws each epoch's
+    images with replacement in proportion to the weights (``WeightedRandomSampler``), and
+    ``augment`` transforms the [0, 1] images of every batch before normalisation.
     """
 
     # Splits up to this size are copied to an accelerator once instead of batch by batch.
@@ -99,8 +110,12 @@ class BatchLoader:
         device: torch.device,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        sample_weights: torch.Tensor | None = None,
+        augment=None,
     ):
         self.batch_size = batch_size
+        self.sample_weights = sample_weights
+        self.augment = augment
         self.normalization = normalization
         self.device = device
         self.shuffle = shuffle
@@ -114,9 +129,17 @@ class BatchLoader:
 
     def __iter__(self):
         n = self.images.shape[0]
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.sample_weights is not None:
+            order = torch.tensor(list(WeightedRandomSampler(self.sample_weights, n, replacement=True, generator=self.generator)))
+        elif self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size].to(self.images.device)
             images = self.images[index].to(self.device, non_blocking=True)
             labels = self.labels[index].to(self.device, non_blocking=True)
-            yield self.normalization.apply(images), labels
+            if self.augment is None:
+                yield self.normalization.apply(images), labels
+            else:
+                yield self.normalization.apply_unit(self.augment(images.float().div_(255.0))), labels

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import BatchLoader
+from ..data import BatchLoader, tta_views
 
 
 def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -20,19 +20,21 @@ def loss_function(multi_label: bool) -> nn.Module:
 
 @torch.no_grad()
 def predict_split(
-    model: nn.Module, loader: BatchLoader, multi_label: bool, amp: bool = False
+    model: nn.Module, loader: BatchLoader, multi_label: bool, amp: bool = False, tta_orientation: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Returns ``(y_true, y_prob, mean loss)`` over every sample of the loader."""
+    """Returns ``(y_true, y_prob, mean loss)`` over every sample of the loader. With
+    ``tta_orientation`` the probabilities are averaged over the label-safe flips of each image
+    (the loss stays that of the plain images)."""
     model.eval()
     criterion = loss_function(multi_label)
     labels, probs, loss_sum, count = [], [], 0.0, 0
     device_type = loader.device.type
     for images, targets in loader:
+        views = tta_views(images, tta_orientation) if tta_orientation else [images]
         with torch.autocast(device_type, dtype=torch.float16, enabled=amp):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += criterion(logits, targets).item() * len(targets)
+            logits = [model(view).float() for view in views]
+        loss_sum += criterion(logits[0], targets).item() * len(targets)
         count += len(targets)
         labels.append(targets.cpu())
-        probs.append(probabilities(logits, multi_label).cpu())
+        probs.append(torch.stack([probabilities(l, multi_label) for l in logits]).mean(0).cpu())
     return torch.cat(labels).numpy(), torch.cat(probs).numpy().astype(np.float64), loss_sum / max(count, 1)

@@ -22,12 +22,13 @@ def evaluate_model(
     batch_size: int = 256,
     amp: bool = False,
     splits: tuple[str, ...] = ("val", "test"),
+    tta_orientation: str | None = None,
 ) -> tuple[dict, dict]:
     """Returns ``(metrics per split, (y_true, y_prob) per split)``."""
     metrics, outputs = {}, {}
     for split in splits:
         loader = BatchLoader(data.splits[split], batch_size, normalization, device)
-        y_true, y_prob, loss = predict_split(model, loader, data.multi_label, amp)
+        y_true, y_prob, loss = predict_split(model, loader, data.multi_label, amp, tta_orientation)
         metrics[split] = {"loss": loss, **classification_metrics(y_true, y_prob, data.task, data.class_names)}
         outputs[split] = (y_true, y_prob)
     return metrics, outputs

@@ -43,8 +43,9 @@ def evaluate_run(
     model.to(target)
     prep = state["preprocessing"]
     normalization = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
-    metrics, outputs = evaluate_model(model, data, normalization, target, config.eval_batch_size)
+    metrics, outputs = evaluate_model(model, data, normalization, target, config.eval_batch_size,
+                                      tta_orientation=data.orientation if config.tta else None)
     extra = {"checkpoint": f"{checkpoint}.pt", "best_epoch": state.get("epoch") if checkpoint == "best" else None,
-             "select_metric": config.select_metric}
+             "select_metric": config.select_metric, "tta": config.tta}
     write_results(run_dir, metrics, outputs, data, extra)
     return metrics

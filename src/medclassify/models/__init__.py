@@ -1,7 +1,7 @@
 """Models, created by name from a registry."""
 
-from . import bn_cnn, paper_cnn  # noqa: F401  (registers the models)
+from . import bn_cnn, paper_cnn, paper_cnn_bn, torchvision_models  # noqa: F401  (registers the models)
 from .paper_cnn import PaperCNN, paper_cnn_blocks
-from .registry import available_models, count_parameters, create_model, register_model
+from .registry import available_models, count_parameters, create_model, head_module, register_model
 
-__all__ = ["PaperCNN", "available_models", "count_parameters", "create_model", "paper_cnn_blocks", "register_model"]
+__all__ = ["PaperCNN", "available_models", "count_parameters", "create_model", "head_module", "paper_cnn_blocks", "register_model"]

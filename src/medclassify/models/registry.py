@@ -1,7 +1,8 @@
 """Models are created by name: ``create_model("paper-cnn", in_channels=3, num_classes=8, image_size=28)``.
 
-Each builder takes ``(in_channels, num_classes, image_size)`` and returns an ``nn.Module`` whose
-output is one logit per class.
+Each builder takes ``(in_channels, num_classes, image_size)`` (and ``pretrained`` when it offers
+ImageNet weights) and returns an ``nn.Module`` whose output is one logit per class. Its final layer
+is named ``classifier`` or ``fc``, so that ``--freeze-backbone`` can find the head.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ class ModelEntry:
     name: str
     builder: Builder
     description: str
+    pretrained: bool = False  # whether ImageNet weights exist for it
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
+def register_model(name: str, description: str, pretrained: bool = False) -> Callable[[Builder], Builder]:
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, description)
+        _REGISTRY[name] = ModelEntry(name, builder, description, pretrained)
         return builder
 
     return decorator
@@ -40,10 +42,24 @@ def available_models() -> dict[str, ModelEntry]:
     return dict(_REGISTRY)
 
 
-def create_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def create_model(name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name].builder(in_channels, num_classes, image_size)
+    entry = _REGISTRY[name]
+    if not pretrained:
+        return entry.builder(in_channels, num_classes, image_size)
+    if not entry.pretrained:
+        with_weights = [n for n, e in _REGISTRY.items() if e.pretrained]
+        raise ConfigError(f"--pretrained: model '{name}' has no ImageNet weights; models with weights: {', '.join(with_weights)}")
+    return entry.builder(in_channels, num_classes, image_size, pretrained=True)
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    """The classification head (``classifier`` or ``fc``) that a frozen backbone leaves trainable."""
+    for name in ("classifier", "fc"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return getattr(model, name)
+    raise ConfigError(f"{type(model).__name__} has no 'classifier' or 'fc' head to train alone")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import yaml
 
-from ..data import FOLDER_NAME, NORMALIZE_CHOICES, get_dataset_info
+from ..data import AUGMENT_CHOICES, FOLDER_NAME, NORMALIZE_CHOICES, ORIENTATIONS, get_dataset_info
 from ..errors import ConfigError
 from ..models import available_models
 
 SELECT_METRICS = ("auc", "acc", "f1", "loss")
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def option(default, help: str, *, choices=None):
@@ -33,7 +34,7 @@ class TrainConfig:
     out: str | None = option(None, "run folder to write (default: runs/DATASET_SIZE_MODEL_seedSEED)")
     epochs: int = option(10, "training epochs")
     batch_size: int = option(32, "training batch size")
-    lr: float = option(1e-3, "Adam learning rate")
+    lr: float = option(1e-3, "learning rate (the peak rate with a schedule)")
     seed: int = option(0, "random seed for weights, shuffling and folder splits")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU)")
     select_metric: str = option("auc", "validation metric that picks the best checkpoint", choices=SELECT_METRICS)
@@ -49,18 +50,47 @@ class TrainConfig:
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
     num_threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     eval_batch_size: int = option(256, "batch size for validation and test")
+    recipe: str | None = option(None, "a named recipe from the package's recipes/ folder (see 'medclassify recipes'); other options override it")
+    pretrained: bool = option(False, "start from torchvision's ImageNet weights (resnet18, resnet50, vgg11-bn, mobilenet-v3-small)")
+    freeze_backbone: bool = option(False, "train only the classification head")
+    unfreeze_after: int | None = option(None, "with --freeze-backbone: fine-tune every layer after this many epochs")
+    augment: str = option("none", "batch augmentation: none (the paper), light (flips/rotation/shift as the data allow), strong (adds crop scale and intensity jitter)", choices=AUGMENT_CHOICES)
+    orientation: str | None = option(None, "which geometric transforms keep labels true: free, mirror-x or fixed (default: the dataset's metadata; image folders: fixed)", choices=ORIENTATIONS)
+    optimizer: str = option("adam", "adam (the paper), adamw or sgd (with --momentum)", choices=("adam", "adamw", "sgd"))
+    weight_decay: float = option(0.0, "weight decay")
+    momentum: float = option(0.9, "SGD momentum (Nesterov)")
+    schedule: str = option("none", "learning-rate schedule, stepped every batch", choices=("none", "cosine", "onecycle", "step"))
+    milestones: list[int] | None = option(None, "step schedule: epochs after which the rate is multiplied by --gamma")
+    gamma: float = option(0.1, "step schedule: the factor at each milestone")
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
+    class_weights: str = option("none", "balanced: weight the loss by n / (k * n_class)", choices=("none", "balanced"))
+    sampler: str = option("shuffle", "shuffle (the paper) or balanced: draw every class equally often", choices=("shuffle", "balanced"))
+    loss: str = option("ce", "ce (cross-entropy) or focal", choices=("ce", "focal"))
+    focal_gamma: float = option(2.0, "focal loss gamma (0 gives cross-entropy)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy targets, as torch.nn.CrossEntropyLoss")
+    early_stopping: int = option(0, "stop after this many epochs without improvement of --select-metric (0: off)")
+    grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
+    tta: bool = option(False, "test-time augmentation: average the predictions over the label-safe flips")
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
     quiet: bool = option(False, "no progress bars or epoch lines")
 
     # ---- filling ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+        """Fill the fields from a mapping; a ``recipe`` key first fills them from that recipe."""
         known = {f.name for f in fields(cls)}
         keys = {k.replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(keys) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        if keys.get("recipe"):
+            keys = {**load_recipe(keys["recipe"]), **keys}
         return cls(**keys)
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides) -> "TrainConfig":
+        """A named recipe with some fields overridden, e.g. ``from_recipe("paper-bn-aug", dataset="bloodmnist")``."""
+        return cls.from_dict({**overrides, "recipe": name})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -92,6 +122,8 @@ class TrainConfig:
     # ---- checking ----------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         """Raise :class:`ConfigError` naming the option for any impossible value."""
+        if self.recipe:
+            load_recipe(self.recipe)  # an unknown name fails here, naming the choices
         name = self.dataset_name
         if name == FOLDER_NAME:
             if not self.data_dir:
@@ -125,7 +157,42 @@ class TrainConfig:
                 raise ConfigError(f"{flag(f.name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        for key in ("weight_decay", "focal_gamma", "grad_clip", "momentum"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{flag(key)} must be a number >= 0, got {value!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma!r}")
+        for key in ("warmup_epochs", "early_stopping"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{flag(key)} must be a whole number >= 0, got {value!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"--warmup-epochs {self.warmup_epochs} must be fewer than --epochs {self.epochs}")
+        if self.schedule == "step" and not self.milestones:
+            raise ConfigError("--schedule step needs --milestones, e.g. --milestones 5 8")
+        if self.milestones and any(not isinstance(m, int) or not 0 < m < self.epochs for m in self.milestones):
+            raise ConfigError(f"--milestones must be epochs between 1 and {self.epochs - 1}, got {self.milestones}")
+        if self.unfreeze_after is not None and (not self.freeze_backbone or not 0 < self.unfreeze_after < self.epochs):
+            raise ConfigError(f"--unfreeze-after needs --freeze-backbone and a value between 1 and {self.epochs - 1}")
+        if self.pretrained and not available_models()[self.model].pretrained:
+            with_weights = [n for n, e in available_models().items() if e.pretrained]
+            raise ConfigError(f"--pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}")
         return self
+
+
+def available_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def load_recipe(name: str) -> dict:
+    recipes = available_recipes()
+    if name not in recipes:
+        raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)}")
+    values = yaml.safe_load(recipes[name].read_text()) or {}
+    return {k.replace("-", "_"): v for k, v in values.items()}
 
 
 def flag(field_name: str) -> str:

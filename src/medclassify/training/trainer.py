@@ -16,16 +16,25 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import BatchLoader, LoadedDataset, Normalization, compute_normalization, load_dataset
+from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, compute_normalization, load_dataset
 from ..errors import CheckpointError
-from ..evaluation import classification_metrics, evaluate_model, loss_function, predict_split, write_results
+from ..evaluation import classification_metrics, evaluate_model, predict_split, write_results
 from ..io import write_csv, write_json
 from ..models import count_parameters, create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .environment import environment_record, seed_everything, select_device
+from .recipe import (
+    EarlyStopping,
+    balanced_sample_weights,
+    build_loss,
+    build_optimizer,
+    build_scheduler,
+    freeze_batchnorm_statistics,
+    set_backbone_trainable,
+)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s", "lr"]
 # Options that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "device", "resume", "quiet", "num_threads", "eval_batch_size", "out", "data_dir", "download", "verify", "amp"}
 
@@ -38,7 +47,7 @@ class RunResult:
 
 
 def load_run_data(config: TrainConfig) -> LoadedDataset:
-    return load_dataset(
+    data = load_dataset(
         config.dataset_name,
         config.size,
         config.data_dir,
@@ -49,6 +58,9 @@ def load_run_data(config: TrainConfig) -> LoadedDataset:
         test_fraction=config.test_fraction,
         split_seed=config.seed,
     )
+    if config.orientation:
+        data.orientation = config.orientation
+    return data
 
 
 def model_spec(config: TrainConfig, data: LoadedDataset) -> dict:
@@ -60,7 +72,8 @@ def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Nor
     return {
         "model": model_spec(config, data),
         "preprocessing": {"size": data.size, "channels": data.channels, **normalization.as_dict()},
-        "dataset": {"name": data.name, "task": data.task, "class_names": data.class_names, "md5": data.source["md5"]},
+        "dataset": {"name": data.name, "task": data.task, "class_names": data.class_names, "md5": data.source["md5"],
+                    "orientation": data.orientation},
         "medclassify_version": __version__,
     }
 
@@ -81,16 +94,24 @@ def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
         raise CheckpointError(f"{path}: cannot resume with different settings ({detail})")
 
 
-def train_one_epoch(model, loader: BatchLoader, optimizer, criterion, scaler, amp: bool, progress) -> float:
+def train_one_epoch(model, loader: BatchLoader, optimizer, criterion, scaler, amp: bool, progress,
+                    scheduler=None, grad_clip: float = 0.0, frozen_backbone: bool = False) -> float:
     model.train()
+    if frozen_backbone:
+        freeze_batchnorm_statistics(model)
     loss_sum, count = 0.0, 0
     for images, targets in loader:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(loader.device.type, dtype=torch.float16, enabled=amp):
             loss = criterion(model(images).float(), targets)
         scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.item() * len(targets)
         count += len(targets)
         progress.update(len(targets))
@@ -119,11 +140,16 @@ def train(config: TrainConfig) -> RunResult:
     amp = config.amp and device.type == "cuda"
 
     # ---- model, loss, optimiser ----------------------------------------------------------------
-    model = create_model(config.model, data.channels, data.num_classes, data.size).to(device)
-    criterion = loss_function(data.multi_label)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained).to(device)
+    train_split = data.splits["train"]
+    criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
+    optimizer = build_optimizer(config, model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     shuffle = torch.Generator().manual_seed(config.seed)
+    augment_rng = torch.Generator(device).manual_seed(config.seed + 1)
+    steps_per_epoch = -(-len(train_split) // config.batch_size)
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
+    stopper = EarlyStopping(config.early_stopping, "min" if config.select_metric == "loss" else "max")
     history: list[dict] = []
     start_epoch, best_value, best_epoch = 1, None, 0
 
@@ -135,6 +161,10 @@ def train(config: TrainConfig) -> RunResult:
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scaler.load_state_dict(state["scaler_state"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler_state"])
+        stopper.load_state_dict(state["early_stopping"])
+        augment_rng.set_state(state["augment_rng"])
         shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
@@ -162,26 +192,38 @@ def train(config: TrainConfig) -> RunResult:
         write_csv(run_dir / "split.csv", ["file", "split"], rows)
 
     # ---- epochs ------------------------------------------------------------------------------
-    train_loader = BatchLoader(data.splits["train"], config.batch_size, normalization, device, shuffle=True, generator=shuffle)
+    train_loader = BatchLoader(
+        train_split, config.batch_size, normalization, device, shuffle=True, generator=shuffle,
+        sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
+        augment=BatchAugment(config.augment, data.orientation, augment_rng) if config.augment != "none" else None,
+    )
     val_loader = BatchLoader(data.splits["val"], config.eval_batch_size, normalization, device)
     log(f"training {config.model} ({count_parameters(model):,} parameters) on {data.name} {data.size}px, "
         f"{len(data.splits['train'])} images, {config.epochs} epochs, device {device}")
+    stopped_early = bool(history) and stopper.patience > 0 and stopper.bad_epochs >= stopper.patience
     for epoch in range(start_epoch, config.epochs + 1):
+        if stopped_early:
+            break
+        frozen = config.freeze_backbone and (config.unfreeze_after is None or epoch <= config.unfreeze_after)
+        if config.freeze_backbone:
+            set_backbone_trainable(model, not frozen)
         started = time.perf_counter()
         with tqdm(total=len(data.splits["train"]), desc=f"epoch {epoch}/{config.epochs}", unit="img",
                   disable=True if config.quiet else None, leave=False, file=sys.stderr) as progress:
-            train_loss = train_one_epoch(model, train_loader, optimizer, criterion, scaler, amp, progress)
+            train_loss = train_one_epoch(model, train_loader, optimizer, criterion, scaler, amp, progress,
+                                         scheduler, config.grad_clip, frozen)
         seconds = time.perf_counter() - started
         y_true, y_prob, val_loss = predict_split(model, val_loader, data.multi_label, amp)
         val = classification_metrics(y_true, y_prob, data.task, data.class_names)
         row = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val["acc"],
             "val_auc": val["auc"], "val_f1": val["f1_macro"], "seconds": round(seconds, 3),
-            "images_per_s": round(len(data.splits["train"]) / seconds, 1),
+            "images_per_s": round(len(data.splits["train"]) / seconds, 1), "lr": optimizer.param_groups[0]["lr"],
         }
         history.append(row)
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
         improved = _is_better(selected, best_value, config.select_metric)
+        stopped_early = stopper.step(selected)
         if improved:
             best_value, best_epoch = selected, epoch
             save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row})
@@ -189,8 +231,11 @@ def train(config: TrainConfig) -> RunResult:
             **metadata, "config": config.to_dict(), "epoch": epoch, "history": history,
             "best_value": best_value, "best_epoch": best_epoch, "model_state": model.state_dict(),
             "optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(),
-            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state(),
+            "early_stopping": stopper.state_dict(),
         }
+        if scheduler is not None:
+            state["scheduler_state"] = scheduler.state_dict()
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_checkpoint(last_path, state)
@@ -198,12 +243,16 @@ def train(config: TrainConfig) -> RunResult:
         log(f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             f"val acc {val['acc']:.4f}  val AUC {val['auc']:.4f}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s"
             + ("  *best" if improved else ""))
+        if stopped_early:
+            log(f"early stopping: no better validation {config.select_metric} for {config.early_stopping} epochs")
 
     # ---- test evaluation of the best checkpoint ------------------------------------------------
     if best_epoch == 0:  # the metric was never defined (e.g. NaN AUC): keep the last weights
-        best_epoch = config.epochs
+        best_epoch = len(history)
         save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]})
     model.load_state_dict(load_checkpoint(best_path)["model_state"])
-    metrics, outputs = evaluate_model(model, data, normalization, device, config.eval_batch_size, amp)
-    write_results(run_dir, metrics, outputs, data, {"checkpoint": "best.pt", "best_epoch": best_epoch, "select_metric": config.select_metric})
-    return RunResult(run_dir, {"best_epoch": best_epoch, **metrics}, history)
+    metrics, outputs = evaluate_model(model, data, normalization, device, config.eval_batch_size, amp,
+                                      tta_orientation=data.orientation if config.tta else None)
+    extra = {"checkpoint": "best.pt", "best_epoch": best_epoch, "epochs_run": len(history), "select_metric": config.select_metric, "tta": config.tta}
+    write_results(run_dir, metrics, outputs, data, extra)
+    return RunResult(run_dir, {"best_epoch": best_epoch, "epochs_run": len(history), **metrics}, history)
