@@ -94,3 +94,19 @@ def test_help_has_examples(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--batch-size" in out and "--no-verify" in out
+
+
+def test_recipes_and_models_commands_list_what_train_accepts(capsys):
+    code, out, _ = run_cli(capsys, "recipes")
+    assert code == 0 and all(f"{name}\n" in out for name in ("paper", "paper-bn-aug", "cnn-bn-cpu", "resnet18-fast", "resnet18-best"))
+    assert "model=bn-cnn" in out
+    code, out, _ = run_cli(capsys, "models", "--channels", "1", "--classes", "11", "--size", "64")
+    assert code == 0 and "1,142,795" in out and "resnet18" in out and "[ImageNet weights]" in out
+
+
+def test_train_accepts_recipe_options_from_the_command_line(capsys, blood_dir, tmp_path):
+    code, out, _ = run_cli(capsys, "train", "--dataset", "bloodmnist", "--data-dir", str(blood_dir), "--no-verify", "--quiet",
+                           "--recipe", "paper-bn-aug", "--epochs", "2", "--schedule", "step", "--milestones", "1", "--out", str(tmp_path / "r"))
+    assert code == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert (config["model"], config["augment"], config["schedule"], config["milestones"], config["epochs"]) == ("paper-cnn-bn", "light", "step", [1], 2)

@@ -88,6 +88,9 @@ def build_parser() -> Parser:
     models.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels (default: 3)")
     models.add_argument("--classes", type=int, default=8, help="number of classes (default: 8)")
 
+    commands.add_parser("recipes", help="list the named training recipes (--recipe NAME)", formatter_class=_formatter,
+                        epilog="example:\n  medclassify train --dataset bloodmnist --recipe paper-bn-aug\n")
+
     run = commands.add_parser(
         "run", help="run a study (datasets x sizes x models x seeds): results table, figures and report", formatter_class=_formatter,
         epilog="examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n\n"
@@ -221,14 +224,24 @@ def _run_datasets(args: argparse.Namespace) -> int:
 def _run_models(args: argparse.Namespace) -> int:
     from .models import available_models, count_parameters, create_model
 
-    print(f"{'model':<14}{'parameters':>12}  description   ({args.channels} channel(s), {args.classes} classes, {args.size} px)")
+    print(f"{'model':<20}{'parameters':>12}  description   ({args.channels} channel(s), {args.classes} classes, {args.size} px)")
     for name, entry in available_models().items():
         params = count_parameters(create_model(name, args.channels, args.classes, args.size))
-        print(f"{name:<14}{params:>12,}  {entry.description}")
+        print(f"{name:<20}{params:>12,}  {entry.description}" + ("  [ImageNet weights]" if entry.pretrained else ""))
     return 0
 
 
-COMMANDS = {"run": _run_study, "reproduce": _run_study, "train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
+def _run_recipes(args: argparse.Namespace) -> int:
+    from .training.config import available_recipes, load_recipe
+
+    for name, path in available_recipes().items():
+        comment = " ".join(line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+        settings = ", ".join(f"{k}={v}" for k, v in load_recipe(name).items())
+        print(f"{name}\n  {comment}\n  {settings}\n")
+    return 0
+
+
+COMMANDS = {"recipes": _run_recipes, "run": _run_study, "reproduce": _run_study, "train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
