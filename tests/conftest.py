@@ -84,3 +84,21 @@ def write_study_files(data: Path, datasets, sizes=(28, 64), counts=(64, 24, 40))
             filename = f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
             write_medmnist_npz(data / filename, size=size, channels=channels, n_classes=n_classes, counts=counts)
     return data
+
+
+def interrupt_training_at_epoch(monkeypatch, epoch: int):
+    """Make the ``epoch``-th epoch of training raise KeyboardInterrupt, as a user's Ctrl-C would.
+    Returns the real epoch function, to put back before resuming."""
+    from medclassify.training import trainer
+
+    real = trainer.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    return real

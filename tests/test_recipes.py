@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import interrupt_training_at_epoch
 from medclassify import TrainConfig, train
 from medclassify.data import BatchAugment, compute_normalization, tta_views
 from medclassify.data.memory import BatchLoader, Split
@@ -80,11 +81,23 @@ def test_label_smoothing_matches_pytorchs_definition():
 def test_early_stopping_stops_at_the_right_epoch_on_a_scripted_history():
     history = [0.80, 0.85, 0.84, 0.86, 0.85, 0.85, 0.84, 0.90]
     stopper = EarlyStopping(patience=3, mode="max")
-    stopped_at = next(epoch for epoch, value in enumerate(history, 1) if stopper.step(value))
-    assert stopped_at == 7 and stopper.best == 0.86  # best at 4, then 5, 6, 7 without improvement
+    improved = []
+    for epoch, value in enumerate(history, 1):
+        improved.append(stopper.step(value))
+        if stopper.should_stop:
+            break
+    assert epoch == 7 and stopper.best == 0.86  # best at 4, then 5, 6, 7 without improvement
+    assert improved == [True, True, False, True, False, False, False]
     losses = EarlyStopping(patience=2, mode="min")
-    assert [losses.step(v) for v in (1.0, 0.9, 0.95, math.nan)] == [False, False, False, True]
-    assert not any(EarlyStopping(patience=0).step(v) for v in (3, 2, 1))
+    stops = []
+    for value in (1.0, 0.9, 0.95, math.nan):
+        losses.step(value)
+        stops.append(losses.should_stop)
+    assert stops == [False, False, False, True], "NaN never improves"
+    never = EarlyStopping(patience=0)
+    for value in (3, 2, 1):
+        never.step(value)
+    assert not never.should_stop
 
 
 def test_early_stopping_ends_a_run_and_records_it(blood_dir, tmp_path):
@@ -253,15 +266,7 @@ def test_resume_with_schedule_and_augmentation_matches_an_uninterrupted_run(bloo
     base = dict(dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, epochs=3, model="paper-cnn-bn",
                 schedule="cosine", warmup_epochs=1, augment="strong", optimizer="adamw", weight_decay=1e-4)
     straight = train(TrainConfig(**base, out=str(tmp_path / "straight")))
-    real_epoch, calls = trainer.train_one_epoch, {"n": 0}
-
-    def interrupt_second(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second)
+    real_epoch = interrupt_training_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**base, out=str(tmp_path / "resumed")))
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from medmnist.evaluator import getACC, getAUC
 
+from conftest import interrupt_training_at_epoch
 from medclassify import TrainConfig, evaluate_run, train
 from medclassify.errors import CheckpointError, ConfigError
 from medclassify.io import file_md5
@@ -93,16 +94,7 @@ def test_same_seed_same_numbers(blood_dir, tmp_path, blood_run):
 
 
 def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_run, monkeypatch):
-    real_epoch = trainer.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
+    real_epoch = interrupt_training_at_epoch(monkeypatch, 2)
     config = config_for(blood_dir, tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         train(config)

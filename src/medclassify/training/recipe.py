@@ -113,20 +113,25 @@ def build_scheduler(config, optimizer, steps_per_epoch: int):
 
 
 class EarlyStopping:
-    """Stop when the monitored metric has not improved for ``patience`` epochs (0: never)."""
+    """Tracks the best value of the monitored metric (which also picks the best checkpoint) and
+    says when it has not improved for ``patience`` epochs (0: never stop early)."""
 
     def __init__(self, patience: int, mode: str = "max"):
         self.patience, self.mode = patience, mode
         self.best, self.bad_epochs = None, 0
 
     def step(self, value: float) -> bool:
-        """Record one epoch's value; True when training should stop now."""
+        """Record one epoch's value; True when it is the best so far (NaN never is)."""
         improved = not math.isnan(value) and (
             self.best is None or (value < self.best if self.mode == "min" else value > self.best))
         if improved:
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:

@@ -78,14 +78,6 @@ def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Nor
     }
 
 
-def _is_better(value: float, best: float | None, metric: str) -> bool:
-    if value != value:  # NaN never improves
-        return False
-    if best is None:
-        return True
-    return value < best if metric == "loss" else value > best
-
-
 def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
@@ -151,7 +143,7 @@ def train(config: TrainConfig) -> RunResult:
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     stopper = EarlyStopping(config.early_stopping, "min" if config.select_metric == "loss" else "max")
     history: list[dict] = []
-    start_epoch, best_value, best_epoch = 1, None, 0
+    start_epoch, best_epoch = 1, 0
 
     if config.resume:
         state = load_checkpoint(last_path)
@@ -169,7 +161,7 @@ def train(config: TrainConfig) -> RunResult:
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
+        history, best_epoch = state["history"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log(f"resuming {run_dir} after epoch {state['epoch']}")
 
@@ -200,9 +192,8 @@ def train(config: TrainConfig) -> RunResult:
     val_loader = BatchLoader(data.splits["val"], config.eval_batch_size, normalization, device)
     log(f"training {config.model} ({count_parameters(model):,} parameters) on {data.name} {data.size}px, "
         f"{len(data.splits['train'])} images, {config.epochs} epochs, device {device}")
-    stopped_early = bool(history) and stopper.patience > 0 and stopper.bad_epochs >= stopper.patience
     for epoch in range(start_epoch, config.epochs + 1):
-        if stopped_early:
+        if stopper.should_stop:
             break
         frozen = config.freeze_backbone and (config.unfreeze_after is None or epoch <= config.unfreeze_after)
         if config.freeze_backbone:
@@ -222,14 +213,13 @@ def train(config: TrainConfig) -> RunResult:
         }
         history.append(row)
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
-        improved = _is_better(selected, best_value, config.select_metric)
-        stopped_early = stopper.step(selected)
+        improved = stopper.step(selected)
         if improved:
-            best_value, best_epoch = selected, epoch
+            best_epoch = epoch
             save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row})
         state = {
             **metadata, "config": config.to_dict(), "epoch": epoch, "history": history,
-            "best_value": best_value, "best_epoch": best_epoch, "model_state": model.state_dict(),
+            "best_epoch": best_epoch, "model_state": model.state_dict(),
             "optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(),
             "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state(),
             "early_stopping": stopper.state_dict(),
@@ -243,7 +233,7 @@ def train(config: TrainConfig) -> RunResult:
         log(f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             f"val acc {val['acc']:.4f}  val AUC {val['auc']:.4f}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s"
             + ("  *best" if improved else ""))
-        if stopped_early:
+        if stopper.should_stop:
             log(f"early stopping: no better validation {config.select_metric} for {config.early_stopping} epochs")
 
     # ---- test evaluation of the best checkpoint ------------------------------------------------
