@@ -14,9 +14,10 @@ import numpy as np
 
 from ..io import atomic_path, write_csv
 from ..reporting.stats import METRICS, Side, bootstrap_interval
+from ..reporting.texts import METRIC_NAMES
 from .study import Study
 
-LABELS = {"acc": "accuracy", "f1_macro": "macro-F1", "auc": "macro-AUC"}
+LABELS = METRIC_NAMES["en"]
 MULTI_LABEL = "multi-label, binary-class"
 
 

@@ -12,8 +12,9 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
+from .texts import METRIC_NAMES  # noqa: E402
 
-METRIC_LABELS = {"acc": "accuracy", "f1_macro": "macro-F1", "auc": "macro-AUC"}
+METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
 
