@@ -86,6 +86,42 @@ def write_study_files(data: Path, datasets, sizes=(28, 64), counts=(64, 24, 40))
     return data
 
 
+QUADRANT_CLASSES = ["bottom-left", "bottom-right", "none", "top-left", "top-right"]  # folder names, sorted
+QUADRANT_OF_CLASS = {"top-left": 0, "top-right": 1, "bottom-left": 2, "bottom-right": 3}
+
+
+def quadrant_images(class_name: str, n: int, size: int = 28, channels: int = 1, seed: int = 1) -> np.ndarray:
+    """Noise, plus for every class but 'none' a bright square filling most of one quadrant. The
+    'none' class makes the model look for the square in every class, instead of recognising one
+    corner class by the absence of the other three."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(40, 20, size=(n, size, size, channels))
+    if class_name != "none":
+        row, col = divmod(QUADRANT_OF_CLASS[class_name], 2)
+        half, margin = size // 2, size // 14
+        images[:, row * half + margin : (row + 1) * half - margin, col * half + margin : (col + 1) * half - margin, :] += 150
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    return images[..., 0] if channels == 1 else images
+
+
+@pytest.fixture(scope="session")
+def quadrant_run(tmp_path_factory) -> Path:
+    """A grey paper-cnn trained on the quadrant task (an image folder of PNGs): the class is the
+    quadrant holding a bright square (or 'none')."""
+    from medclassify.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("quadrants")
+    for k, name in enumerate(QUADRANT_CLASSES):
+        folder = root / "data" / "train" / name
+        folder.mkdir(parents=True)
+        for i, array in enumerate(quadrant_images(name, 50, seed=k)):
+            Image.fromarray(array).save(folder / f"{i:03d}.png")
+    result = train(TrainConfig(dataset="folder", data_dir=str(root / "data"), size=28, channels=1, epochs=6,
+                               out=str(root / "run"), quiet=True, num_threads=2))
+    assert result.metrics["test"]["acc"] >= 0.95
+    return result.run_dir
+
+
 def interrupt_training_at_epoch(monkeypatch, epoch: int):
     """Make the ``epoch``-th epoch of training raise KeyboardInterrupt, as a user's Ctrl-C would.
     Returns the real epoch function, to put back before resuming."""

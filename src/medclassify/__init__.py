@@ -1,24 +1,21 @@
-"""medclassify: train, evaluate, compare, explain and serve CNNs for medical image classification."""
+"""medclassify: train, evaluate, compare, explain and serve CNNs for medical image classification.
+
+Attributes load on first use: ``medclassify predict`` with an ONNX model starts without importing torch.
+"""
+
+import lazy_loader as lazy
 
 __version__ = "0.1.0"
 
-from .data import dataset_catalog, load_dataset  # noqa: E402
-from .errors import MedclassifyError  # noqa: E402
-from .evaluation import classification_metrics  # noqa: E402
-from .evaluation.run import evaluate_run  # noqa: E402
-from .models import available_models, create_model  # noqa: E402
-from .training import RunResult, TrainConfig, train  # noqa: E402
-
-__all__ = [
-    "MedclassifyError",
-    "RunResult",
-    "TrainConfig",
-    "__version__",
-    "available_models",
-    "classification_metrics",
-    "create_model",
-    "dataset_catalog",
-    "evaluate_run",
-    "load_dataset",
-    "train",
-]
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "data": ["dataset_catalog", "load_dataset"],
+        "errors": ["MedclassifyError"],
+        "evaluation": ["classification_metrics"],
+        "evaluation.run": ["evaluate_run"],
+        "inference": ["Predictor", "export_model"],
+        "models": ["available_models", "create_model"],
+        "training": ["RunResult", "TrainConfig", "train"],
+    },
+)

@@ -9,9 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .data import MEDMNIST_SIZES, dataset_catalog, default_data_dir
 from .errors import MedclassifyError
-from .training.config import TrainConfig, flag
 
 TRAIN_EXAMPLES = """examples:
   medclassify train --dataset bloodmnist --size 28
@@ -26,6 +24,9 @@ MAIN_EXAMPLES = """examples:
   medclassify datasets
   medclassify train --dataset bloodmnist --size 28
   medclassify evaluate runs/bloodmnist_28_paper-cnn_seed0
+  medclassify predict runs/demo image.png
+  medclassify explain runs/demo image.png
+  medclassify export runs/demo
 
 'medclassify COMMAND --help' shows each command's options.
 """
@@ -46,6 +47,8 @@ def _formatter(prog):
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; unset options are absent so YAML values show through."""
+    from .training.config import TrainConfig, flag
+
     parser.add_argument("--config", metavar="YAML", help="read TrainConfig fields from a YAML file; options given here override it")
     for f in fields(TrainConfig):
         kwargs = {"help": f"{f.metadata['help']} (default: {f.default})", "default": argparse.SUPPRESS, "dest": f.name}
@@ -61,58 +64,96 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag(f.name), **kwargs)
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="medclassify", description="Train, evaluate and compare CNNs for medical image classification.",
-                    formatter_class=_formatter, epilog=MAIN_EXAMPLES)
-    parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+def _add_evaluate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'medclassify train'")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint to evaluate (default: best)")
+    parser.add_argument("--data-dir", help="where the data are now, if they moved since training")
+    _add_device_option(parser)
 
-    train = commands.add_parser("train", help="train a model and evaluate it on the test split", epilog=TRAIN_EXAMPLES, formatter_class=_formatter)
-    _add_train_options(train)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="re-evaluate a saved run", formatter_class=_formatter,
-        epilog="examples:\n  medclassify evaluate runs/bloodmnist_28_paper-cnn_seed0\n  medclassify evaluate runs/demo --checkpoint last\n")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'medclassify train'")
-    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint to evaluate (default: best)")
-    evaluate.add_argument("--data-dir", help="where the data are now, if they moved since training")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
 
-    datasets = commands.add_parser("datasets", help="list the available datasets and which files are on disk", formatter_class=_formatter,
-                                   epilog="example:\n  medclassify datasets --data-dir ~/medmnist\n")
-    datasets.add_argument("--data-dir", help=f"where to look for files (default: {default_data_dir()})")
 
-    models = commands.add_parser("models", help="list the registered models and their parameter counts", formatter_class=_formatter,
-                                 epilog="example:\n  medclassify models --size 64 --channels 1 --classes 11\n")
-    models.add_argument("--size", type=int, default=28, help="input size for the parameter count (default: 28)")
-    models.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels (default: 3)")
-    models.add_argument("--classes", type=int, default=8, help="number of classes (default: 8)")
+def _add_datasets_options(parser: argparse.ArgumentParser) -> None:
+    from .data import default_data_dir
 
-    commands.add_parser("recipes", help="list the named training recipes (--recipe NAME)", formatter_class=_formatter,
-                        epilog="example:\n  medclassify train --dataset bloodmnist --recipe paper-bn-aug\n")
+    parser.add_argument("--data-dir", help=f"where to look for files (default: {default_data_dir()})")
 
-    run = commands.add_parser(
-        "run", help="run a study (datasets x sizes x models x seeds): results table, figures and report", formatter_class=_formatter,
-        epilog="examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n\n"
-               "Running the same command again skips complete experiments and resumes an interrupted one.\n")
-    run.add_argument("study", metavar="STUDY_YAML", help="the study file (name, datasets, sizes, models, seeds, train)")
-    _add_study_options(run)
 
-    reproduce = commands.add_parser(
-        "reproduce", help="run the paper's four experiments (studies/paper.yaml) and write its results section", formatter_class=_formatter,
-        epilog="examples:\n  medclassify reproduce --data-dir ~/medmnist\n  medclassify reproduce --seeds 3 --lang zh\n\n"
-               "BloodMNIST and OrganCMNIST at 28 and 64 px, the paper's CNN and recipe. Missing files are downloaded\n"
-               "first; when that is impossible it stops before training and lists every missing file.\n")
-    _add_study_options(reproduce)
+def _add_models_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=28, help="input size for the parameter count (default: 28)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels (default: 3)")
+    parser.add_argument("--classes", type=int, default=8, help="number of classes (default: 8)")
 
-    demo = commands.add_parser(
-        "demo", help="train and evaluate the paper's CNN on the bundled synthetic sample (offline, ~1 min)", formatter_class=_formatter,
-        epilog="The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n")
-    demo.add_argument("--out", default=DEMO_OUT, help=f"run folder (default: {DEMO_OUT})")
-    demo.add_argument("--data-dir", help="where to write the generated sample (default: the OS cache)")
-    demo.add_argument("--epochs", type=int, default=10, help="epochs (default: 10, the paper's)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    return parser
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", metavar="STUDY_YAML", help="the study file (name, datasets, sizes, models, seeds, train)")
+    _add_study_options(parser)
+
+
+def _add_demo_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=DEMO_OUT, help=f"run folder (default: {DEMO_OUT})")
+    parser.add_argument("--data-dir", help="where to write the generated sample (default: the OS cache)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs (default: 10, the paper's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+
+
+def _add_predict_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN_OR_MODEL", help="run folder, .pt bundle (e.g. best.pt) or exported .onnx model")
+    parser.add_argument("images", metavar="IMAGE", nargs="+",
+                        help="image files or folders: PNG, JPEG, BMP, TIFF, DICOM (.dcm), .npy/.npz arrays")
+    parser.add_argument("--out", metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
+    parser.add_argument("--top", type=int, default=3, help="classes listed per image (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                        help="auto: the run's model.onnx when it was exported from its best.pt, else PyTorch (default: auto)")
+    _add_device_option(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_explain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN_OR_BUNDLE", help="run folder or .pt bundle (Grad-CAM needs the PyTorch model)")
+    parser.add_argument("images", metavar="IMAGE", nargs="*", help="image files or folders; none: a grid over the run's --split")
+    parser.add_argument("--out", metavar="DIR", help="folder for the PNG files (default: RUN/explain)")
+    parser.add_argument("--target", metavar="CLASS", help="explain this class (name or index) instead of the predicted one")
+    parser.add_argument("--layer", metavar="NAME", help="target layer, a dotted module name (default: the model's last convolutional block)")
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="split for the grid figure (default: test)")
+    parser.add_argument("--per-class", type=int, default=2, help="correct and wrong examples per class in the grid (default: 2)")
+    parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
+    _add_device_option(parser)
+
+
+def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN_OR_BUNDLE", help="run folder (its best.pt) or .pt bundle")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
+    parser.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx or RUN/model.ts)")
+    parser.add_argument("--data-dir", help="where the run's data are now, for the parity check on the test split")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed logit difference to PyTorch (default: 1e-4)")
+
+
+EVALUATE_EPILOG = "examples:\n  medclassify evaluate runs/bloodmnist_28_paper-cnn_seed0\n  medclassify evaluate runs/demo --checkpoint last\n"
+PREDICT_EPILOG = """examples:
+  medclassify predict runs/demo cell.png
+  medclassify predict runs/blood28 new_images/ --out predictions.csv
+  medclassify predict runs/blood28/model.onnx scan.dcm stack.npz --out predictions.json
+
+Each image is converted as the training images were: 8-bit RGB (DICOM: rescale slope/intercept, then
+the file's window; MONOCHROME1 inverted), bicubic resize to the model's size, grey by luma for
+one-channel models, the run's normalisation. Unreadable files are reported and skipped.
+"""
+EXPLAIN_EPILOG = """examples:
+  medclassify explain runs/demo cell.png --out cams/            # overlay PNG per image
+  medclassify explain runs/demo cell.png --target 3 --layer features.3
+  medclassify explain runs/demo                                  # grid of right and wrong test images
+"""
+EXPORT_EPILOG = """examples:
+  medclassify export runs/demo                     # runs/demo/model.onnx; predict then uses it
+  medclassify export runs/demo --format torchscript --out demo.ts
+
+The logits of the exported model are compared with PyTorch's on the run's test split (random images
+when the data are not at hand); the file is written only when they agree within --tolerance.
+"""
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +177,7 @@ def _print_results(result) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training import TrainConfig, train
 
     values = vars(args).copy()
     yaml_path = values.pop("config", None)
@@ -154,7 +195,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training import TrainConfig, train
 
     if args.epochs < 1:
         raise MedclassifyError(f"--epochs must be >= 1, got {args.epochs}")
@@ -209,6 +250,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_datasets(args: argparse.Namespace) -> int:
+    from .data import MEDMNIST_SIZES, dataset_catalog, default_data_dir
+
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     print(f"{'dataset':<16}{'task':<28}{'ch':>3}{'classes':>8}  {'train/val/test':<20}{'sizes':<16}on disk in {root}")
     for name, info in dataset_catalog().items():
@@ -241,7 +284,120 @@ def _run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"recipes": _run_recipes, "run": _run_study, "reproduce": _run_study, "train": _run_train, "evaluate": _run_evaluate, "datasets": _run_datasets, "models": _run_models, "demo": _run_demo}
+def _write_predictions(path: Path, predictions, top: int, describe: str) -> None:
+    from .io import write_csv, write_json
+
+    if path.suffix.lower() == ".json":
+        write_json(path, {"model": describe, "predictions": predictions.records(top),
+                          "skipped": [{"file": f, "error": e} for f, e in predictions.skipped]})
+        return
+    header = ["file", "prediction", "probability", f"top{top}"] + [f"p_{name}" for name in predictions.class_names]
+    rows = ([r["file"], r["prediction"], f"{r['probability']:.6f}", "; ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]),
+             *(f"{p:.6f}" for p in r["probabilities"].values())] for r in predictions.records(top))
+    write_csv(path, header, rows)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .inference.predictor import Predictor
+
+    if args.top < 1 or args.batch_size < 1:
+        raise MedclassifyError("--top and --batch-size must be >= 1")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise MedclassifyError(f"--out {out}: expected a .csv or .json file name")
+    predictor = Predictor.from_run(args.model, device=args.device, backend=args.backend)
+    predictions = predictor.predict(args.images, batch_size=args.batch_size, progress=not args.quiet)
+    for _, reason in predictions.skipped:
+        print(f"medclassify predict: skipped {reason}", file=sys.stderr)
+    if not len(predictions):
+        raise MedclassifyError(f"none of the {len(predictions.skipped)} file(s) given is a readable image")
+    width = min(max(len(name) for name in predictions.sources), 60)
+    print(f"{'file':<{width}}  {'prediction':<20} {'prob':>6}  top {args.top}")
+    for i, name in enumerate(predictions.sources):
+        shown = name if len(name) <= width else "…" + name[-width + 1:]
+        top = ", ".join(f"{c} {p:.3f}" for c, p in predictions.top(i, args.top))
+        print(f"{shown:<{width}}  {predictions.predicted(i):<20} {predictions.probabilities[i].max():>6.3f}  {top}")
+    if out is not None:
+        _write_predictions(out, predictions, args.top, predictor.describe())
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_images, explain_split, write_overlays
+    from .inference.predictor import Predictor
+
+    source = Path(args.model)
+    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "explain"
+    if not args.images:
+        if args.per_class < 1:
+            raise MedclassifyError(f"--per-class must be >= 1, got {args.per_class}")
+        if not source.is_dir():
+            raise MedclassifyError(f"{source}: the grid over a split needs the run folder; or name IMAGE files to explain")
+        print(f"wrote {explain_split(source, out, args.split, args.per_class, args.layer, args.data_dir, args.device)}")
+        return 0
+    predictor = Predictor.from_run(source, device=args.device, backend="torch")
+    explanations, skipped = explain_images(predictor, args.images, args.target, args.layer)
+    for _, reason in skipped:
+        print(f"medclassify explain: skipped {reason}", file=sys.stderr)
+    if not explanations:
+        raise MedclassifyError(f"none of the {len(skipped)} file(s) given is a readable image")
+    for explanation, path in zip(explanations, write_overlays(explanations, out)):
+        print(f"{explanation.source}: {explanation.class_name} p={explanation.probability:.3f} -> {path}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .inference.export import export_model
+
+    result = export_model(args.model, args.out, args.format, args.data_dir, args.tolerance)
+    print(f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.2f} MB); largest logit difference to PyTorch "
+          f"{result.max_abs_diff:.2e} over {result.parity_images} images of the {result.parity_data}")
+    return 0
+
+
+# name: (help, epilog, options, run)
+COMMANDS = {
+    "demo": ("train and evaluate the paper's CNN on the bundled synthetic sample (offline, ~1 min)",
+             "The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n",
+             _add_demo_options, _run_demo),
+    "train": ("train a model and evaluate it on the test split", TRAIN_EXAMPLES, _add_train_options, _run_train),
+    "evaluate": ("re-evaluate a saved run", EVALUATE_EPILOG, _add_evaluate_options, _run_evaluate),
+    "predict": ("classify new images (PNG, JPEG, BMP, TIFF, DICOM, .npy/.npz) with a run or an exported model",
+                PREDICT_EPILOG, _add_predict_options, _run_predict),
+    "explain": ("Grad-CAM heatmaps for images, or a grid of right and wrong test predictions", EXPLAIN_EPILOG,
+                _add_explain_options, _run_explain),
+    "export": ("export a run's model to ONNX or TorchScript, checked against PyTorch", EXPORT_EPILOG, _add_export_options, _run_export),
+    "datasets": ("list the available datasets and which files are on disk",
+                 "example:\n  medclassify datasets --data-dir ~/medmnist\n", _add_datasets_options, _run_datasets),
+    "models": ("list the registered models and their parameter counts",
+               "example:\n  medclassify models --size 64 --channels 1 --classes 11\n", _add_models_options, _run_models),
+    "recipes": ("list the named training recipes (--recipe NAME)",
+                "example:\n  medclassify train --dataset bloodmnist --recipe paper-bn-aug\n", lambda parser: None, _run_recipes),
+    "run": ("run a study (datasets x sizes x models x seeds): results table, figures and report",
+            "examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n\n"
+            "Running the same command again skips complete experiments and resumes an interrupted one.\n",
+            _add_run_options, _run_study),
+    "reproduce": ("run the paper's four experiments (studies/paper.yaml) and write its results section",
+                  "examples:\n  medclassify reproduce --data-dir ~/medmnist\n  medclassify reproduce --seeds 3 --lang zh\n\n"
+                  "BloodMNIST and OrganCMNIST at 28 and 64 px, the paper's CNN and recipe. Missing files are downloaded\n"
+                  "first; when that is impossible it stops before training and lists every missing file.\n",
+                  _add_study_options, _run_study),
+}
+
+
+def build_parser(only: str | None = None) -> Parser:
+    """Every command; with ``only``, the options of that command alone, so that a command such as
+    ``predict`` starts without importing what the others need (torch for ``train``'s choices)."""
+    parser = Parser(prog="medclassify", description="Train, evaluate, compare, explain and use CNNs for medical image classification.",
+                    formatter_class=_formatter, epilog=MAIN_EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    for name, (help_text, epilog, add_options, _) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, epilog=epilog, formatter_class=_formatter)
+        if only in (None, name):
+            add_options(sub)
+    return parser
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -249,10 +405,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     warnings.showwarning = _one_line_warning
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][3](args)
     except MedclassifyError as exc:
         print(f"medclassify {args.command}: error: {exc}", file=sys.stderr)
         return 2

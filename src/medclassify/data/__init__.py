@@ -1,79 +1,21 @@
-"""Data: the dataset catalog, MedMNIST files, image folders and the in-memory batch loader."""
+"""Data: the dataset catalog, MedMNIST files, image folders, single image files and the in-memory
+batch loader.
 
-from __future__ import annotations
+Attributes load on first use, so that reading an image file (``data.images``) does not import torch.
+"""
 
-from pathlib import Path
+import lazy_loader as lazy
 
-
-from ..errors import ConfigError
-from .augment import AUGMENT_CHOICES, BatchAugment, tta_views
-from .catalog import (
-    FOLDER_NAME,
-    MEDMNIST_SIZES,
-    ORIENTATIONS,
-    SYNTHETIC_NAME,
-    DatasetInfo,
-    dataset_catalog,
-    default_data_dir,
-    get_dataset_info,
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "augment": ["AUGMENT_CHOICES", "BatchAugment", "tta_views"],
+        "catalog": ["FOLDER_NAME", "MEDMNIST_SIZES", "ORIENTATIONS", "SYNTHETIC_NAME", "DatasetInfo", "dataset_catalog",
+                    "default_data_dir", "get_dataset_info"],
+        "folders": ["load_folder_dataset"],
+        "loading": ["load_dataset"],
+        "memory": ["NORMALIZE_CHOICES", "BatchLoader", "LoadedDataset", "Normalization", "Split", "compute_normalization"],
+        "npz": ["load_npz_dataset"],
+        "synthetic": ["ensure_synthcells"],
+    },
 )
-from .folders import load_folder_dataset
-from .memory import NORMALIZE_CHOICES, BatchLoader, LoadedDataset, Normalization, Split, compute_normalization
-from .npz import load_npz_dataset
-from .synthetic import ensure_synthcells
-
-__all__ = [
-    "AUGMENT_CHOICES",
-    "ORIENTATIONS",
-    "BatchAugment",
-    "tta_views",
-    "FOLDER_NAME",
-    "MEDMNIST_SIZES",
-    "NORMALIZE_CHOICES",
-    "SYNTHETIC_NAME",
-    "BatchLoader",
-    "DatasetInfo",
-    "LoadedDataset",
-    "Normalization",
-    "Split",
-    "compute_normalization",
-    "dataset_catalog",
-    "default_data_dir",
-    "get_dataset_info",
-    "load_dataset",
-]
-
-
-def load_dataset(
-    dataset: str,
-    size: int,
-    data_dir: str | Path | None = None,
-    *,
-    channels: int | None = None,
-    verify: bool = True,
-    download: bool = True,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-) -> LoadedDataset:
-    """Load every split of a MedMNIST dataset, the synthetic sample, or an image folder into memory.
-
-    ``channels`` converts a MedMNIST dataset (grey -> RGB by repeating the channel); for folders it
-    picks grey or colour (default: what most images are).
-    """
-    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if dataset == FOLDER_NAME:
-        return load_folder_dataset(root, size, channels, val_fraction, test_fraction, split_seed)
-    info = get_dataset_info(dataset)
-    if info.synthetic:
-        ensure_synthcells(root, size)
-    loaded = load_npz_dataset(info, size, root, verify=verify and not info.synthetic, download_missing=download)
-    loaded.orientation = info.orientation
-    if channels is not None and channels != loaded.channels:
-        if loaded.channels != 1:
-            raise ConfigError(f"--channels {channels}: {dataset} has {loaded.channels} channels; only grey data can be expanded to 3")
-        for split in loaded.splits.values():
-            split.images = split.images.expand(-1, channels, -1, -1).contiguous()
-        loaded.channels = channels
-    return loaded
-

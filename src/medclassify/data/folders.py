@@ -19,9 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
+from .images import pil_to_rgb, resize_rgb, to_channels
 from .memory import LoadedDataset, Split
-
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
@@ -34,16 +33,11 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray, bool, str] | None:
         data = path.read_bytes()
         with Image.open(path) as image:
             image.load()
-            grey = image.mode in GREY_MODES
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit and float images: scale to 8 bits
-                array = np.asarray(image, dtype=np.float64)
-                span = array.max() - array.min()
-                array = (array - array.min()) / (span if span > 0 else 1.0) * 255.0
-                image = Image.fromarray(array.astype(np.uint8))
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            rgb, grey = pil_to_rgb(image)
+            pixels = resize_rgb(rgb, size)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
-    return np.asarray(rgb, dtype=np.uint8), grey, hashlib.md5(data).hexdigest()
+    return pixels, grey, hashlib.md5(data).hexdigest()
 
 
 def _scan(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
@@ -53,13 +47,6 @@ def _scan(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
         if class_dir.is_dir():
             files += [(p, label) for p in sorted(class_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     return files
-
-
-def _to_tensor(arrays: list[np.ndarray], channels: int) -> torch.Tensor:
-    stacked = np.stack(arrays)  # N x H x W x 3
-    if channels == 1:  # ITU-R 601-2 luma, the same weights as Pillow's convert("L")
-        stacked = np.rint(stacked @ np.array([0.299, 0.587, 0.114]))[..., None].astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)))
 
 
 def load_folder_dataset(
@@ -113,7 +100,7 @@ def load_folder_dataset(
         empty = [class_names[k] for k in range(len(class_names)) if counts[k] == 0]
         if split == "train" and empty:
             raise DataError(f"{train_dir}: class folder(s) {', '.join(empty)} hold no readable images")
-        images = _to_tensor([decoded[p][0] for p, _ in items], channels)
+        images = torch.from_numpy(to_channels(np.stack([decoded[p][0] for p, _ in items]), channels))
         splits[split] = Split(images, torch.tensor([label for _, label in items], dtype=torch.int64))
 
     listing = sorted((str(p.relative_to(root)), decoded[p][2]) for items in files.values() for p, _ in items)

@@ -2,7 +2,8 @@
 
 Each builder takes ``(in_channels, num_classes, image_size)`` (and ``pretrained`` when it offers
 ImageNet weights) and returns an ``nn.Module`` whose output is one logit per class. Its final layer
-is named ``classifier`` or ``fc``, so that ``--freeze-backbone`` can find the head.
+is named ``classifier`` or ``fc``, so that ``--freeze-backbone`` can find the head, and
+``cam_layer`` names the last convolutional block, where Grad-CAM looks.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ class ModelEntry:
     builder: Builder
     description: str
     pretrained: bool = False  # whether ImageNet weights exist for it
+    cam_layer: str = "features"  # dotted name of the last convolutional block (Grad-CAM's target layer)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str, pretrained: bool = False) -> Callable[[Builder], Builder]:
+def register_model(name: str, description: str, pretrained: bool = False, cam_layer: str = "features") -> Callable[[Builder], Builder]:
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, description, pretrained)
+        _REGISTRY[name] = ModelEntry(name, builder, description, pretrained, cam_layer)
         return builder
 
     return decorator
@@ -42,10 +44,14 @@ def available_models() -> dict[str, ModelEntry]:
     return dict(_REGISTRY)
 
 
-def create_model(name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+def get_model_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(_REGISTRY)}")
-    entry = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def create_model(name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    entry = get_model_entry(name)
     if not pretrained:
         return entry.builder(in_channels, num_classes, image_size)
     if not entry.pretrained:

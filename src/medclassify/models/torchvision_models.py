@@ -63,12 +63,12 @@ def _resnet(factory, weights, in_channels: int, num_classes: int, image_size: in
     return model
 
 
-@register_model("resnet18", "torchvision ResNet-18; stride-1 stem, no max-pool up to 64 px", pretrained=True)
+@register_model("resnet18", "torchvision ResNet-18; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
 def resnet18(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     return _resnet(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, in_channels, num_classes, image_size, pretrained)
 
 
-@register_model("resnet50", "torchvision ResNet-50; stride-1 stem, no max-pool up to 64 px", pretrained=True)
+@register_model("resnet50", "torchvision ResNet-50; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
 def resnet50(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     return _resnet(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, in_channels, num_classes, image_size, pretrained)
 

@@ -18,12 +18,13 @@ METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
 
-def save_figure(figure, path_without_suffix: Path) -> list[Path]:
+def save_figure(figure, path_without_suffix: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """Write the figure atomically in each format (PNG at 150 dpi) and close it."""
     paths = []
-    for suffix, options in ((".png", {"dpi": 150}), (".svg", {})):
-        path = path_without_suffix.with_suffix(suffix)
+    for fmt in formats:
+        path = path_without_suffix.with_name(f"{path_without_suffix.name}.{fmt}")
         with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=suffix[1:], bbox_inches="tight", **options)
+            figure.savefig(tmp, format=fmt, bbox_inches="tight", **({"dpi": 150} if fmt == "png" else {}))
         paths.append(path)
     plt.close(figure)
     return paths

@@ -1,7 +1,16 @@
-"""Training: the run configuration, the recipe, checkpoints and reproducibility."""
+"""Training: the run configuration, the recipe, checkpoints and reproducibility.
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .trainer import RunResult, train
+Attributes load on first use, so that loading a checkpoint for prediction does not import the
+training recipe and its dependencies.
+"""
 
-__all__ = ["RunResult", "TrainConfig", "load_checkpoint", "save_checkpoint", "train"]
+import lazy_loader as lazy
+
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "checkpoint": ["load_checkpoint", "save_checkpoint"],
+        "config": ["TrainConfig"],
+        "trainer": ["RunResult", "train"],
+    },
+)

@@ -245,4 +245,7 @@ def train(config: TrainConfig) -> RunResult:
                                       tta_orientation=data.orientation if config.tta else None)
     extra = {"checkpoint": "best.pt", "best_epoch": best_epoch, "epochs_run": len(history), "select_metric": config.select_metric, "tta": config.tta}
     write_results(run_dir, metrics, outputs, data, extra)
+    bundle = load_checkpoint(best_path)  # the bundle also carries the test figures, for whoever applies it
+    bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
+    save_checkpoint(best_path, bundle)
     return RunResult(run_dir, {"best_epoch": best_epoch, "epochs_run": len(history), **metrics}, history)

@@ -1,0 +1,220 @@
+"""Single image files for prediction: PNG, JPEG, BMP, TIFF, DICOM and NumPy arrays, converted the
+way the training images were.
+
+The conversion, step by step:
+
+1. Decode to 8-bit pixels. Pillow formats: the first frame; 16-bit and float images are scaled from
+   their own minimum and maximum to 0-255 (as image folders are for training). DICOM (pydicom):
+   every frame; the modality LUT (Rescale Slope/Intercept, e.g. to Hounsfield units) is applied,
+   then the file's first window (Window Center/Width, DICOM's LINEAR function) maps values to 0-255,
+   or the image's own minimum and maximum when the file has no window; MONOCHROME1 is inverted so
+   that bright means dense, as in MONOCHROME2. ``.npy``/``.npz``: uint8 arrays as they are, other
+   integer or float arrays scaled like 16-bit images (floats in [0, 1] are multiplied by 255).
+2. Grey images are repeated to RGB, RGBA/palette images are converted to RGB (alpha dropped).
+3. Resize to the model's size x size with bicubic interpolation, not keeping the aspect ratio
+   (how MedMNIST and image folders are resized).
+4. For a one-channel model, RGB is reduced to grey with the ITU-R 601-2 luma weights (Pillow's
+   ``convert("L")``), as for grey training folders.
+5. The model's per-channel normalisation ``(x / 255 - mean) / std`` is applied by the predictor.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+ARRAY_SUFFIXES = (".npy", ".npz")
+IMAGE_SUFFIXES = PILLOW_SUFFIXES + DICOM_SUFFIXES + ARRAY_SUFFIXES
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass
+class SourceImage:
+    """One image at its original size: ``pixels`` is uint8 H x W x 3 (grey images repeated)."""
+
+    name: str
+    pixels: np.ndarray
+    grey: bool
+
+
+def scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Integer and float pixels to 0-255: floats in [0, 1] times 255, anything else from its own
+    minimum and maximum."""
+    if array.dtype == np.uint8:
+        return array
+    array = np.asarray(array, dtype=np.float64)
+    low, high = float(array.min()), float(array.max())
+    if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+        return np.rint(array * 255.0).astype(np.uint8)
+    span = high - low
+    return np.rint((array - low) / (span if span > 0 else 1.0) * 255.0).astype(np.uint8)
+
+
+def pil_to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
+    """An opened Pillow image as 8-bit RGB, and whether it was grey."""
+    grey = image.mode in GREY_MODES
+    if image.mode in WIDE_MODES:
+        image = Image.fromarray(scale_to_uint8(np.asarray(image)))
+    return image.convert("RGB"), grey
+
+
+def _rgb(array: np.ndarray) -> np.ndarray:
+    """uint8 H x W (x 1|3|4) -> H x W x 3."""
+    if array.ndim == 2:
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def dicom_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM's LINEAR VOI function (PS3.3 C.11.2.1.2.1) with an output range of 0-255."""
+    scaled = ((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5) * 255.0
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def _first(value) -> float:
+    """The first of a multi-valued DICOM attribute (files may list several windows)."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def read_dicom(path: Path) -> list[SourceImage]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, convert_color_space
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, NotImplementedError) as exc:
+        raise DataError(f"{path}: not a readable DICOM image ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if photometric.startswith("MONOCHROME"):
+        pixels = pixels if frames > 1 else pixels[None]
+        values = apply_modality_lut(pixels, ds).astype(np.float64)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            grey = dicom_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
+        else:
+            grey = np.stack([scale_to_uint8(frame) for frame in values])
+        if photometric == "MONOCHROME1":
+            grey = 255 - grey
+        arrays, is_grey = [_rgb(frame) for frame in grey], True
+    else:
+        if photometric.startswith("YBR"):
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        pixels = pixels if frames > 1 else pixels[None]
+        arrays, is_grey = [_rgb(scale_to_uint8(frame)) for frame in pixels], False
+    return _named(path, arrays, is_grey)
+
+
+def array_images(name: str | Path, array: np.ndarray) -> list[SourceImage]:
+    """H x W, H x W x C, N x H x W, N x H x W x C or N x C x H x W (C = 1, 3 or 4)."""
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[None]
+    elif array.ndim == 2:
+        array = array[None]
+    if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4):
+        array = array.transpose(0, 2, 3, 1)
+    if array.ndim not in (3, 4) or min(array.shape[1:3]) < 1 or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
+        raise DataError(f"{name}: array of shape {array.shape} is not an image or a stack of images "
+                        "(expected H x W, H x W x C, N x H x W or N x H x W x C with C = 1, 3 or 4)")
+    if array.dtype.kind not in "uif":
+        raise DataError(f"{name}: array of dtype {array.dtype} is not pixel data")
+    grey = array.ndim == 3 or array.shape[3] == 1
+    return _named(name, [_rgb(scale_to_uint8(image)) for image in array], grey)
+
+
+def read_array_file(path: Path) -> list[SourceImage]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return array_images(path, loaded)
+        with loaded:
+            keys = list(loaded.files)
+            key = "images" if "images" in keys else "test_images" if "test_images" in keys else keys[0] if len(keys) == 1 else None
+            if key is None:
+                raise DataError(f"{path}: holds arrays {', '.join(keys)}; expected one array, or one named 'images' or 'test_images'")
+            array = loaded[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable NumPy file ({str(exc).splitlines()[0][:200]})") from None
+    return array_images(path, array)
+
+
+def read_pillow(path: Path) -> list[SourceImage]:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb, grey = pil_to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+    return [SourceImage(str(path), np.asarray(rgb, dtype=np.uint8), grey)]
+
+
+def _named(path: str | Path, arrays: list[np.ndarray], grey: bool) -> list[SourceImage]:
+    if len(arrays) == 1:
+        return [SourceImage(str(path), arrays[0], grey)]
+    return [SourceImage(f"{path}[{i}]", array, grey) for i, array in enumerate(arrays)]
+
+
+def is_dicom(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble, whatever their name."""
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def read_image_file(path: str | Path) -> list[SourceImage]:
+    """Every image in one file (several for multi-frame DICOM and image stacks); one-line
+    :class:`DataError` when the file is not a readable image."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in ARRAY_SUFFIXES:
+        return read_array_file(path)
+    if suffix in DICOM_SUFFIXES or is_dicom(path):
+        return read_dicom(path)
+    return read_pillow(path)
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """Files named directly, and the image files (by suffix) anywhere under named folders, sorted."""
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        else:
+            found.append(item)
+    return found
+
+
+def resize_rgb(rgb: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """RGB pixels to uint8 size x size x 3, bicubic, aspect ratio not kept."""
+    image = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 N x H x W x 3 -> uint8 N x C x H x W, grey by ITU-R 601-2 luma for one channel."""
+    if channels == 1:
+        rgb = np.rint(rgb @ LUMA)[..., None].astype(np.uint8)
+    return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
+
+
+def model_input(images: list[SourceImage], size: int, channels: int) -> np.ndarray:
+    """uint8 N x C x size x size, converted as the training images were."""
+    return to_channels(np.stack([resize_rgb(image.pixels, size) for image in images]), channels)

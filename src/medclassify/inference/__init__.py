@@ -1,0 +1,14 @@
+"""Using a trained model: prediction on new images (PyTorch or ONNX Runtime) and export.
+
+Attributes load on first use, so that predicting with an ONNX model does not import torch.
+"""
+
+import lazy_loader as lazy
+
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "predictor": ["Predictions", "Predictor"],
+        "export": ["ExportResult", "export_model"],
+    },
+)

@@ -1,0 +1,150 @@
+"""Export a trained model for runtimes without medclassify: ONNX (ONNX Runtime, small devices) or
+TorchScript (LibTorch), with the bundle's metadata inside the file and a parity check.
+
+The exported file is written beside itself under a temporary name, compared with PyTorch on the
+run's test split (or, when those data are not at hand, on random images), and only renamed into
+place when every logit agrees within the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, DataError
+from ..io import atomic_path, file_md5
+from .predictor import ONNX_FILENAME, ONNX_METADATA_KEY, Predictor
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
+TORCHSCRIPT_METADATA = "medclassify.json"
+PARITY_TOLERANCE = 1e-4
+RANDOM_PARITY_IMAGES = 64
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    bytes: int
+    max_abs_diff: float
+    parity_images: int
+    parity_data: str  # "test split" or "random images"
+
+
+def onnx_properties(metadata: dict) -> dict[str, str]:
+    """ONNX metadata_props: the whole bundle description as JSON, and its main fields on their own
+    so that other runtimes can read them without parsing medclassify's layout."""
+    prep, data = metadata["preprocessing"], metadata["dataset"]
+    return {
+        ONNX_METADATA_KEY: json.dumps(metadata),
+        "class_names": json.dumps(data["class_names"]),
+        "task": data["task"],
+        "image_size": str(prep["size"]),
+        "channels": str(prep["channels"]),
+        "mean": json.dumps(prep["mean"]),
+        "std": json.dumps(prep["std"]),
+        "input": "float32 N x C x H x W, (pixel / 255 - mean) / std; output: logits N x classes",
+    }
+
+
+def write_onnx(model: torch.nn.Module, metadata: dict, path: Path, channels: int, size: int) -> None:
+    """ONNX with a dynamic batch axis (input ``images``, output ``logits``) and the metadata."""
+    import onnx
+
+    example = torch.zeros(2, channels, size, size)
+    program = torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    proto = program.model_proto  # in memory, so that the weights end up inside the one file
+    for key, value in onnx_properties(metadata).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def write_torchscript(model: torch.nn.Module, metadata: dict, path: Path, channels: int, size: int) -> None:
+    with warnings.catch_warnings():  # torch marks TorchScript deprecated; LibTorch still loads it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model.eval(), torch.zeros(2, channels, size, size))
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+
+
+def _torchscript_runner(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return loaded(torch.from_numpy(batch)).numpy()
+
+    return run
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"images": batch})[0]
+
+
+def parity_pixels(run_dir: Path | None, predictor: Predictor, data_dir: str | None) -> tuple[np.ndarray, str]:
+    """uint8 test images of the run, or seeded random images when the run's data are not at hand."""
+    if run_dir is not None and (run_dir / "config.json").is_file():
+        from ..evaluation.run import read_run_config
+        from ..training.trainer import load_run_data
+
+        config = read_run_config(run_dir)
+        if data_dir:
+            config.data_dir = data_dir
+        try:
+            return load_run_data(config).splits["test"].images.numpy(), "test split"
+        except DataError as exc:
+            warnings.warn(f"parity checked on random images: the run's test data are not at hand ({exc})", stacklevel=2)
+    shape = (RANDOM_PARITY_IMAGES, predictor.channels, predictor.size, predictor.size)
+    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), "random images"
+
+
+def max_logit_difference(reference, candidate, pixels: np.ndarray, normalise, batch_size: int = 256) -> float:
+    worst = 0.0
+    for start in range(0, len(pixels), batch_size):
+        batch = normalise(pixels[start : start + batch_size])
+        worst = max(worst, float(np.abs(reference(batch) - candidate(batch)).max()))
+    return worst
+
+
+def export_model(source: str | Path, out: str | Path | None = None, format: str = "onnx", data_dir: str | None = None,
+                 tolerance: float = PARITY_TOLERANCE) -> ExportResult:
+    """Export a run folder's ``best.pt`` (or a ``.pt`` bundle) to ``out``; default: ``RUN/model.onnx``
+    (``model.ts`` for TorchScript), or the bundle's name with the format's suffix."""
+    if format not in FORMATS:
+        raise CheckpointError(f"--format {format}: expected one of {', '.join(FORMATS)}")
+    source = Path(source)
+    if source.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{source}: already an exported ONNX model; export from the run folder or its best.pt")
+    predictor = Predictor.from_run(source, device="cpu", backend="torch")
+    run_dir = source if source.is_dir() else None
+    if out is None:
+        out = source / (ONNX_FILENAME if format == "onnx" else "model" + FORMATS[format]) if run_dir else source.with_suffix(FORMATS[format])
+    out = Path(out)
+    metadata = {**predictor.metadata, "checkpoint_md5": file_md5(predictor.source), "format": format}
+    pixels, parity_data = parity_pixels(run_dir, predictor, data_dir)
+    with atomic_path(out) as tmp:
+        if format == "onnx":
+            write_onnx(predictor.model, metadata, tmp, predictor.channels, predictor.size)
+            runner = _onnx_runner(tmp)
+        else:
+            write_torchscript(predictor.model, metadata, tmp, predictor.channels, predictor.size)
+            runner = _torchscript_runner(tmp)
+        difference = max_logit_difference(predictor.logits, runner, pixels, predictor.normalise)
+        if not difference <= tolerance:
+            raise CheckpointError(f"{out}: the {format} model differs from PyTorch by {difference:.3g} on the "
+                                  f"{parity_data} (tolerance {tolerance:g}); nothing was written")
+        size = tmp.stat().st_size
+    return ExportResult(out, format, size, difference, len(pixels), parity_data)
