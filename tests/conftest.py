@@ -122,6 +122,19 @@ def quadrant_run(tmp_path_factory) -> Path:
     return result.run_dir
 
 
+@pytest.fixture(scope="session")
+def exported_run(quadrant_run, tmp_path_factory) -> Path:
+    """A copy of the quadrant run with its model.onnx."""
+    import shutil
+
+    from medclassify.inference import export_model
+
+    run = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(quadrant_run, run)
+    export_model(run)
+    return run
+
+
 def interrupt_training_at_epoch(monkeypatch, epoch: int):
     """Make the ``epoch``-th epoch of training raise KeyboardInterrupt, as a user's Ctrl-C would.
     Returns the real epoch function, to put back before resuming."""

@@ -183,17 +183,6 @@ def test_bundle_is_self_describing(quadrant_run):
     assert bundle["medclassify_version"] and bundle["val_metrics"]["epoch"] == bundle["epoch"]
 
 
-@pytest.fixture(scope="session")
-def exported_run(quadrant_run, tmp_path_factory) -> Path:
-    """A copy of the quadrant run with its model.onnx."""
-    import shutil
-
-    run = tmp_path_factory.mktemp("exported") / "run"
-    shutil.copytree(quadrant_run, run)
-    export_model(run)
-    return run
-
-
 def test_onnx_export_parity_metadata_and_dynamic_batch(exported_run, tmp_path):
     import onnxruntime
 

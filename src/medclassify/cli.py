@@ -132,6 +132,18 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed logit difference to PyTorch (default: 1e-4)")
 
 
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", metavar="RUN_OR_MODEL", nargs="+",
+                        help="run folders, .pt bundles or .onnx files; NAME=PATH names a model (default: the folder's or file's name)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file in MB (default: 10)")
+    parser.add_argument("--max-pixels", type=int, default=50_000_000, help="largest accepted image in pixels (default: 50,000,000)")
+    parser.add_argument("--max-files", type=int, default=32, help="most files in one request (default: 32)")
+    parser.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass of queued requests (default: 64)")
+    _add_device_option(parser)
+
+
 EVALUATE_EPILOG = "examples:\n  medclassify evaluate runs/bloodmnist_28_paper-cnn_seed0\n  medclassify evaluate runs/demo --checkpoint last\n"
 PREDICT_EPILOG = """examples:
   medclassify predict runs/demo cell.png
@@ -356,6 +368,40 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from .serve import ServeSettings, create_app, load_served_models
+
+    for option in ("max_upload_mb", "max_pixels", "max_files", "max_batch"):
+        if getattr(args, option) <= 0:
+            raise MedclassifyError(f"--{option.replace('_', '-')} must be > 0, got {getattr(args, option)}")
+    models = load_served_models(args.models, device=args.device)
+    settings = ServeSettings(args.max_upload_mb, args.max_pixels, args.max_files, args.max_batch)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("medclassify.serve")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    for served in models.values():
+        print(f"serving '{served.name}': {served.predictor.describe()}", file=sys.stderr)
+    print(f"web page: http://{args.host}:{args.port}/  API documentation: http://{args.host}:{args.port}/docs", file=sys.stderr)
+    uvicorn.run(create_app(models, settings), host=args.host, port=args.port, access_log=False, log_level="warning")
+    return 0
+
+
+SERVE_EPILOG = """examples:
+  medclassify serve runs/blood28                          # http://127.0.0.1:8000/
+  medclassify serve blood=runs/blood28 organ=runs/organ64/model.onnx --port 9000
+
+API: GET /v1/models, POST /v1/predict (multipart 'files'; ?model=NAME&explain=true&top=3),
+GET /health, GET /metrics (Prometheus), GET /docs (OpenAPI). Listens on this machine only unless
+--host says otherwise; put it behind an authenticating proxy before exposing it.
+"""
+
+
 # name: (help, epilog, options, run)
 COMMANDS = {
     "demo": ("train and evaluate the paper's CNN on the bundled synthetic sample (offline, ~1 min)",
@@ -368,6 +414,8 @@ COMMANDS = {
     "explain": ("Grad-CAM heatmaps for images, or a grid of right and wrong test predictions", EXPLAIN_EPILOG,
                 _add_explain_options, _run_explain),
     "export": ("export a run's model to ONNX or TorchScript, checked against PyTorch", EXPORT_EPILOG, _add_export_options, _run_export),
+    "serve": ("serve models over HTTP: a JSON API and a web page for drag-and-drop prediction with Grad-CAM", SERVE_EPILOG,
+              _add_serve_options, _run_serve),
     "datasets": ("list the available datasets and which files are on disk",
                  "example:\n  medclassify datasets --data-dir ~/medmnist\n", _add_datasets_options, _run_datasets),
     "models": ("list the registered models and their parameter counts",

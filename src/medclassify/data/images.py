@@ -20,9 +20,11 @@ The conversion, step by step:
 
 from __future__ import annotations
 
+import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,9 +35,18 @@ PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 ARRAY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = PILLOW_SUFFIXES + DICOM_SUFFIXES + ARRAY_SUFFIXES
+MAGIC_NUMBERS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 LUMA = np.array([0.299, 0.587, 0.114])
+
+
+class UnsupportedImage(DataError):
+    """The content is not one of the accepted image formats."""
+
+
+class ImageTooLarge(DataError):
+    """The image has more pixels than allowed."""
 
 
 @dataclass
@@ -91,18 +102,20 @@ def _first(value) -> float:
         return float(value)
 
 
-def read_dicom(path: Path) -> list[SourceImage]:
+def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = None) -> list[SourceImage]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, convert_color_space
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if max_pixels is not None and int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames > max_pixels:
+            raise ImageTooLarge(f"{name}: {frames} frame(s) of {ds.Columns} x {ds.Rows} pixels exceed the limit of {max_pixels:,} pixels")
         pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, NotImplementedError) as exc:
-        raise DataError(f"{path}: not a readable DICOM image ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, NotImplementedError, KeyError, TypeError) as exc:
+        raise DataError(f"{name}: not a readable DICOM image ({_first_line(exc)})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     if photometric.startswith("MONOCHROME"):
         pixels = pixels if frames > 1 else pixels[None]
         values = apply_modality_lut(pixels, ds).astype(np.float64)
@@ -118,7 +131,7 @@ def read_dicom(path: Path) -> list[SourceImage]:
             pixels = convert_color_space(pixels, photometric, "RGB")
         pixels = pixels if frames > 1 else pixels[None]
         arrays, is_grey = [_rgb(scale_to_uint8(frame)) for frame in pixels], False
-    return _named(path, arrays, is_grey)
+    return _named(name, arrays, is_grey)
 
 
 def array_images(name: str | Path, array: np.ndarray) -> list[SourceImage]:
@@ -150,18 +163,28 @@ def read_array_file(path: Path) -> list[SourceImage]:
                 raise DataError(f"{path}: holds arrays {', '.join(keys)}; expected one array, or one named 'images' or 'test_images'")
             array = loaded[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable NumPy file ({str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: not a readable NumPy file ({_first_line(exc)})") from None
     return array_images(path, array)
 
 
-def read_pillow(path: Path) -> list[SourceImage]:
+def read_pillow(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = None,
+                formats: tuple[str, ...] | None = None) -> list[SourceImage]:
+    """The first frame of a Pillow-readable image; ``formats`` restricts the decoders tried."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source, formats=formats) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageTooLarge(f"{name}: {image.width} x {image.height} pixels exceed the limit of {max_pixels:,} pixels")
             image.load()
             rgb, grey = pil_to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
-    return [SourceImage(str(path), np.asarray(rgb, dtype=np.uint8), grey)]
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not a readable image (Pillow cannot identify its format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{name}: not a readable image ({_first_line(exc)})") from None
+    return [SourceImage(str(name), np.asarray(rgb, dtype=np.uint8), grey)]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def _named(path: str | Path, arrays: list[np.ndarray], grey: bool) -> list[SourceImage]:
@@ -187,8 +210,30 @@ def read_image_file(path: str | Path) -> list[SourceImage]:
     if suffix in ARRAY_SUFFIXES:
         return read_array_file(path)
     if suffix in DICOM_SUFFIXES or is_dicom(path):
-        return read_dicom(path)
-    return read_pillow(path)
+        return read_dicom(path, path)
+    return read_pillow(path, path)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format from a file's first bytes, whatever its name says."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "DICOM"
+    for signature, name in MAGIC_NUMBERS:
+        if head.startswith(signature):
+            return name
+    return None
+
+
+def read_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> list[SourceImage]:
+    """An uploaded PNG, JPEG, TIFF, BMP or DICOM file, recognised by its content. Raises
+    :class:`UnsupportedImage` for any other content, :class:`ImageTooLarge` above ``max_pixels``
+    and :class:`DataError` for a corrupt file."""
+    kind = sniff_format(data[:132])
+    if kind is None:
+        raise UnsupportedImage(f"{name}: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)")
+    if kind == "DICOM":
+        return read_dicom(io.BytesIO(data), name, max_pixels)
+    return read_pillow(io.BytesIO(data), name, max_pixels, formats=(kind,))
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:

@@ -67,7 +67,7 @@ def cam_maps(predictor: Predictor, batch: np.ndarray, targets: list[int], layer:
     return maps.astype(np.float32)
 
 
-def _resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
     resized = np.asarray(Image.fromarray(heatmap, mode="F").resize((width, height), Image.Resampling.BILINEAR))
     return np.clip(resized, 0.0, 1.0)
 
@@ -85,9 +85,18 @@ def explain_images(predictor: Predictor, images, target: str | int | None = None
     explanations = []
     for source, heatmap, k, probs in zip(sources, maps, chosen, probabilities):
         height, width = source.pixels.shape[:2]
-        explanations.append(Explanation(source.name, source.pixels, _resize_map(heatmap, height, width),
+        explanations.append(Explanation(source.name, source.pixels, resize_map(heatmap, height, width),
                                         predictor.class_names[k], float(probs[k]), predictor.class_names[int(probs.argmax())]))
     return explanations, skipped
+
+
+def overlay_pixels(pixels: np.ndarray, heatmap: np.ndarray, min_side: int = 224) -> np.ndarray:
+    """uint8 H x W x 3: the image blended with the heatmap in the 'jet' colours of the figures,
+    enlarged (nearest neighbour) to at least ``min_side`` pixels so that small inputs stay visible."""
+    colours = matplotlib.colormaps["jet"](heatmap)[..., :3] * 255.0
+    blended = np.rint((1 - HEATMAP_ALPHA) * pixels + HEATMAP_ALPHA * colours).astype(np.uint8)
+    scale = max(1, -(-min_side // min(blended.shape[:2])))
+    return blended.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else blended
 
 
 def _show(ax, pixels: np.ndarray, heatmap: np.ndarray | None = None) -> None:

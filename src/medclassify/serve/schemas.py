@@ -1,0 +1,59 @@
+"""Request and response models of the HTTP API (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BLOOD_CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    models: int = Field(description="number of loaded models", examples=[1])
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="the name to pass as ?model=", examples=["blood28"])
+    version: str = Field(description="first 12 hex digits of the weights' MD5", examples=["3f9a1c0d2b7e"])
+    architecture: str = Field(examples=["paper-cnn"])
+    dataset: str = Field(examples=["bloodmnist"])
+    task: str = Field(examples=["multi-class"])
+    classes: list[str] = Field(examples=[BLOOD_CLASSES])
+    image_size: int = Field(description="images are resized to image_size x image_size", examples=[28])
+    channels: int = Field(examples=[3])
+    backend: str = Field(description="pytorch or onnxruntime", examples=["onnxruntime"])
+    explain: bool = Field(description="whether ?explain=true (Grad-CAM) is available", examples=[True])
+    test_metrics: dict[str, float | int | None] | None = Field(
+        description="the run's test-split figures (n, acc, auc, f1_macro)", examples=[{"n": 3421, "acc": 0.9243, "auc": 0.9942, "f1_macro": 0.9145}])
+    medclassify_version: str | None = Field(examples=["0.1.0"])
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ClassScore(BaseModel):
+    label: str = Field(examples=["neutrophil"])
+    probability: float = Field(ge=0.0, le=1.0, examples=[0.97])
+
+
+class Prediction(BaseModel):
+    filename: str = Field(description="the uploaded file's name; '[i]' marks frame i of a multi-frame DICOM", examples=["cell.png"])
+    prediction: str = Field(description="the predicted class (multi-label tasks: every label above 0.5, joined by '; ')", examples=["neutrophil"])
+    probability: float = Field(ge=0.0, le=1.0, description="the highest class probability", examples=[0.97])
+    top: list[ClassScore] = Field(description="the most probable classes, best first")
+    probabilities: dict[str, float] = Field(description="every class's probability", examples=[{"neutrophil": 0.97, "eosinophil": 0.02}])
+    heatmap: str | None = Field(None, description="with ?explain=true: the Grad-CAM overlay of the predicted class, a PNG data URL",
+                                examples=["data:image/png;base64,iVBORw0KGgo..."])
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str = Field(examples=["blood28"])
+    version: str = Field(examples=["3f9a1c0d2b7e"])
+    predictions: list[Prediction]
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong", examples=["scan.gif: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)"])
