@@ -17,6 +17,8 @@ TRAIN_EXAMPLES = """examples:
   medclassify train --data-dir chest_xray --size 64 --channels 1     # train/NORMAL, train/PNEUMONIA ...
   medclassify train --config run.yaml --seed 3                        # YAML keys = TrainConfig fields
   medclassify train --out runs/blood28 --resume                       # continue an interrupted run
+  medclassify train --dataset bloodmnist --nproc 2                    # DistributedDataParallel, 2 processes
+  torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m medclassify train ...
 """
 
 MAIN_EXAMPLES = """examples:
@@ -50,6 +52,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from .training.config import TrainConfig, flag
 
     parser.add_argument("--config", metavar="YAML", help="read TrainConfig fields from a YAML file; options given here override it")
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine: launches torchrun for DistributedDataParallel "
+                        "(one per GPU, or CPU processes with Gloo); --batch-size stays the effective batch (default: 1)")
     for f in fields(TrainConfig):
         kwargs = {"help": f"{f.metadata['help']} (default: {f.default})", "default": argparse.SUPPRESS, "dest": f.name}
         if f.type == "bool":
@@ -173,6 +177,9 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder with the data files, for every experiment")
     parser.add_argument("--seeds", type=int, help="repeat each experiment with seeds 0..N-1 (overrides the file)")
     parser.add_argument("--workers", type=int, default=1, help="experiments trained at once, in separate processes sharing the cores (default: 1)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: a process pool on this machine; ray: Ray tasks (pip install 'medclassify[ray]') (default: local)")
+    parser.add_argument("--address", help="with --backend ray: the cluster to join, e.g. auto or ray://HEAD:10001 (default: start Ray here)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals (default: 1000)")
     parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language of report.md/.html (default: en)")
     parser.add_argument("--no-verify", action="store_true", help="accept data files whose MD5 differs from the official one")
@@ -188,21 +195,49 @@ def _print_results(result) -> None:
           "(config.json, history.csv, metrics.json, predictions.csv, best.pt, last.pt)")
 
 
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` less ``option VALUE`` / ``option=VALUE``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
 def _run_train(args: argparse.Namespace) -> int:
+    import os
+
     from .training import TrainConfig, train
 
+    if args.nproc < 1:
+        raise MedclassifyError(f"--nproc must be >= 1, got {args.nproc}")
     values = vars(args).copy()
     yaml_path = values.pop("config", None)
-    values.pop("command")
+    for launcher_only in ("command", "nproc", "argv"):
+        values.pop(launcher_only)
     base = TrainConfig.from_yaml(yaml_path).to_dict() if yaml_path else {}
     config = TrainConfig.from_dict({**base, **values})
+    if args.nproc > 1:  # the options are checked here once, not by every process torchrun starts
+        if "WORLD_SIZE" in os.environ:
+            raise MedclassifyError("--nproc: already running under torchrun; give the process count to torchrun only")
+        config.validate()
+        if config.batch_size % args.nproc:
+            raise MedclassifyError(f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {args.nproc} processes")
+        from .training.distributed import launch
+
+        return launch(args.nproc, _without_option(args.argv, "--nproc"))
     try:
         result = train(config)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last finished epoch is saved in {config.run_dir()}/last.pt - run the same command "
               "with --resume to continue", file=sys.stderr)
         return 130
-    _print_results(result)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_results(result)
     return 0
 
 
@@ -238,7 +273,7 @@ def _run_study(args: argparse.Namespace) -> int:
         study.train["verify"] = False
     study_dir = Path(args.out) if args.out else Path("runs") / study.name
     try:
-        run_study(study, study_dir, data_dir=args.data_dir, quiet=args.quiet, workers=args.workers)
+        run_study(study, study_dir, data_dir=args.data_dir, quiet=args.quiet, workers=args.workers, backend=args.backend, address=args.address)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to finish the study", file=sys.stderr)
         return 130
@@ -423,7 +458,8 @@ COMMANDS = {
     "recipes": ("list the named training recipes (--recipe NAME)",
                 "example:\n  medclassify train --dataset bloodmnist --recipe paper-bn-aug\n", lambda parser: None, _run_recipes),
     "run": ("run a study (datasets x sizes x models x seeds): results table, figures and report",
-            "examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n\n"
+            "examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n"
+            "  medclassify run study.yaml --backend ray --address auto --workers 8   # on a Ray cluster\n\n"
             "Running the same command again skips complete experiments and resumes an interrupted one.\n",
             _add_run_options, _run_study),
     "reproduce": ("run the paper's four experiments (studies/paper.yaml) and write its results section",
@@ -456,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    args.argv = argv
     warnings.showwarning = _one_line_warning
     try:
         return COMMANDS[args.command][3](args)

@@ -96,7 +96,9 @@ class BatchLoader:
     Shuffling uses its own seeded ``torch.Generator`` whose state is saved in checkpoints, so a
     resumed run draws the same batches as an uninterrupted one. ``sample_weights`` draws each epoch's
     images with replacement in proportion to the weights (``WeightedRandomSampler``), and
-    ``augment`` transforms the [0, 1] images of every batch before normalisation.
+    ``augment`` transforms the [0, 1] images of every batch before normalisation. ``sampler`` (e.g.
+    a ``DistributedSampler``: this process's share, reshuffled per epoch) gives the order instead,
+    and ``epoch_size`` is how many weighted draws make an epoch (default: the split's size).
     """
 
     # Splits up to this size are copied to an accelerator once instead of batch by batch.
@@ -112,8 +114,12 @@ class BatchLoader:
         generator: torch.Generator | None = None,
         sample_weights: torch.Tensor | None = None,
         augment=None,
+        sampler=None,
+        epoch_size: int | None = None,
     ):
         self.batch_size = batch_size
+        self.sampler = sampler
+        self.epoch_size = epoch_size
         self.sample_weights = sample_weights
         self.augment = augment
         self.normalization = normalization
@@ -125,11 +131,18 @@ class BatchLoader:
         self.labels = split.labels.to(device) if resident else split.labels
 
     def __len__(self) -> int:
-        return math.ceil(self.images.shape[0] / self.batch_size)
+        return math.ceil(self._epoch_length() / self.batch_size)
+
+    def _epoch_length(self) -> int:
+        if self.sampler is not None:
+            return len(self.sampler)
+        return self.epoch_size or self.images.shape[0]
 
     def __iter__(self):
-        n = self.images.shape[0]
-        if self.sample_weights is not None:
+        n = self._epoch_length()
+        if self.sampler is not None:
+            order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        elif self.sample_weights is not None:
             order = torch.tensor(list(WeightedRandomSampler(self.sample_weights, n, replacement=True, generator=self.generator)))
         elif self.shuffle:
             order = torch.randperm(n, generator=self.generator)

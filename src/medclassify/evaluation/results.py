@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import BatchLoader, LoadedDataset, Normalization
+from ..data import LoadedDataset, Normalization
 from ..io import write_csv, write_json
 from .metrics import classification_metrics, predicted_labels
-from .predict import predict_split
+from .predict import predict_split_sharded
 
 
 def evaluate_model(
@@ -23,12 +23,14 @@ def evaluate_model(
     amp: bool = False,
     splits: tuple[str, ...] = ("val", "test"),
     tta_orientation: str | None = None,
+    context=None,
 ) -> tuple[dict, dict]:
-    """Returns ``(metrics per split, (y_true, y_prob) per split)``."""
+    """Returns ``(metrics per split, (y_true, y_prob) per split)``; with ``context`` (several
+    processes) every process predicts its share and gets the gathered whole."""
     metrics, outputs = {}, {}
     for split in splits:
-        loader = BatchLoader(data.splits[split], batch_size, normalization, device)
-        y_true, y_prob, loss = predict_split(model, loader, data.multi_label, amp, tta_orientation)
+        y_true, y_prob, loss = predict_split_sharded(model, data.splits[split], batch_size, normalization, device,
+                                                     data.multi_label, amp, tta_orientation, context)
         metrics[split] = {"loss": loss, **classification_metrics(y_true, y_prob, data.task, data.class_names)}
         outputs[split] = (y_true, y_prob)
     return metrics, outputs

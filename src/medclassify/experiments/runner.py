@@ -68,18 +68,26 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+BACKENDS = ("local", "ray")
+
+
 def run_study(
-    study: Study, study_dir: str | Path, data_dir: str | None = None, quiet: bool = False, workers: int = 1
+    study: Study, study_dir: str | Path, data_dir: str | None = None, quiet: bool = False, workers: int = 1,
+    backend: str = "local", address: str | None = None,
 ) -> list[ExperimentStatus]:
     """Train the study's experiments into ``study_dir/runs/``.
 
     A run folder with ``metrics.json`` is complete and skipped; one with only ``last.pt`` was
     interrupted and is resumed, so running the same study again finishes it without redoing work.
     With ``workers`` > 1, experiments run in that many processes, each with its share of the cores;
-    every experiment is seeded on its own, so the numbers equal those of a sequential run.
+    every experiment is seeded on its own, so the numbers equal those of a sequential run. With
+    ``backend="ray"`` they are Ray tasks instead, on the cluster at ``address`` (default: a Ray
+    instance started on this machine), ``workers`` at a time.
     """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     study_dir = Path(study_dir)
     configs = study.configs(study_dir, data_dir)
     missing = missing_data_files(configs)
@@ -101,7 +109,9 @@ def run_study(
         log(f"[{k}/{len(pending)}] {config.run_dir().name} done; {_duration(elapsed)} so far, "
             f"about {_duration(elapsed / k * (len(pending) - k))} left")
 
-    if workers == 1 or len(pending) <= 1:
+    if backend == "ray":
+        _run_on_ray(pending, workers, address, finished, log)
+    elif workers == 1 or len(pending) <= 1:
         for k, config in enumerate(pending, start=1):
             log(f"[{k}/{len(pending)}] {config.run_dir().name}" + (" (resuming)" if config.resume else ""))
             train(config)
@@ -124,3 +134,36 @@ def run_study(
                 raise
     order = {c.run_dir(): i for i, c in enumerate(configs)}
     return sorted(statuses, key=lambda s: order[s.run_dir])
+
+
+def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, finished, log) -> None:
+    """Each experiment a Ray task that runs the same ``train`` as the local backend, at most
+    ``workers`` at a time, each reserving its share of the cluster's CPUs (Ray sets the task's
+    thread count from it). The run folders must be reachable under the same path from every node (a
+    shared file system) for the study folder to collect them."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: pip install 'medclassify[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    queue, running = list(pending), {}
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        task = ray.remote(num_cpus=max(1, int(cpus // workers)), max_retries=0)(_train_in_worker)
+        log(f"running {len(pending)} experiments on Ray ({cpus:g} CPUs), {workers} at a time")
+        while queue or running:
+            while queue and len(running) < workers:
+                config = queue.pop(0)
+                running[task.remote(config)] = config
+            done, _ = ray.wait(list(running), num_returns=1)
+            running.pop(done[0])
+            finished(ray.get(done[0]))
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()

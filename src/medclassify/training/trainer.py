@@ -6,6 +6,8 @@ Defaults are the paper's: cross-entropy, Adam (lr 1e-3), 10 epochs, batch 32, sh
 
 from __future__ import annotations
 
+import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,17 +15,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, compute_normalization, load_dataset
-from ..errors import CheckpointError
-from ..evaluation import classification_metrics, evaluate_model, predict_split, write_results
+from ..errors import CheckpointError, ConfigError
+from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
 from ..io import write_csv, write_json
 from ..models import count_parameters, create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .environment import environment_record, seed_everything, select_device
+from .distributed import Distributed, barrier, gather, init_distributed, shutdown
+from .environment import environment_record, seed_everything
 from .recipe import (
     EarlyStopping,
     balanced_sample_weights,
@@ -112,20 +117,35 @@ def train_one_epoch(model, loader: BatchLoader, optimizer, criterion, scaler, am
 
 
 def train(config: TrainConfig) -> RunResult:
-    """Train, validate every epoch, keep the best checkpoint, and evaluate it on the test split."""
+    """Train, validate every epoch, keep the best checkpoint, and evaluate it on the test split.
+
+    Under ``torchrun`` every process runs this function: DistributedDataParallel over the processes,
+    each with its share of every batch; rank 0 alone prints and writes files."""
     config.validate()
+    context, device = init_distributed(config.device)
+    try:
+        return _train(config, context, device)
+    finally:
+        shutdown(context)
+
+
+def _train(config: TrainConfig, context: Distributed, device: torch.device) -> RunResult:
     run_dir = config.run_dir()
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if config.resume and not last_path.is_file():
         raise CheckpointError(f"--resume: {last_path} does not exist; there is no interrupted run to continue")
     if not config.resume and last_path.is_file():
         raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-    log = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if config.batch_size % context.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes")
+    main = context.is_main
+    log = (lambda *a: None) if config.quiet or not main else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     # ---- data --------------------------------------------------------------------------------
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = select_device(config.device)
+    elif context.enabled and device.type == "cpu":  # processes on one machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
     seed_everything(config.seed)
     data = load_run_data(config)
     normalization = compute_normalization(data.splits["train"].images, config.normalize)
@@ -137,9 +157,14 @@ def train(config: TrainConfig) -> RunResult:
     criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
     optimizer = build_optimizer(config, model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    augment_rng = torch.Generator(device).manual_seed(config.seed + 1)
-    steps_per_epoch = -(-len(train_split) // config.batch_size)
+    # each process draws its own shuffles and augmentations; one process draws exactly what it always did
+    shuffle = torch.Generator().manual_seed(config.seed + context.rank)
+    augment_rng = torch.Generator(device).manual_seed(config.seed + 1 + context.rank)
+    batch_size = config.batch_size // context.world_size
+    sampler = DistributedSampler(train_split, context.world_size, context.rank, shuffle=True, seed=config.seed) \
+        if context.enabled and config.sampler != "balanced" else None
+    epoch_size = -(-len(train_split) // context.world_size)
+    steps_per_epoch = -(-epoch_size // batch_size)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     stopper = EarlyStopping(config.early_stopping, "min" if config.select_metric == "loss" else "max")
     history: list[dict] = []
@@ -150,61 +175,78 @@ def train(config: TrainConfig) -> RunResult:
         _check_resumable(state["config"], config, last_path)
         if state["dataset"]["md5"] != data.source["md5"]:
             raise CheckpointError(f"{last_path}: the data changed since the run started (MD5 {state['dataset']['md5']} -> {data.source['md5']})")
+        # one RNG record per process (runs from before distributed training kept one, at the top level)
+        process_rng = state.get("process_rng") or [{k: state[k] for k in ("shuffle_rng", "torch_rng", "augment_rng", "cuda_rng") if k in state}]
+        saved_world = len(process_rng)
+        if saved_world != context.world_size:
+            raise CheckpointError(f"{last_path}: the run used {saved_world} process(es); resume it with the same number, not {context.world_size}")
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scaler.load_state_dict(state["scaler_state"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler_state"])
         stopper.load_state_dict(state["early_stopping"])
-        augment_rng.set_state(state["augment_rng"])
-        shuffle.set_state(state["shuffle_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        rng = process_rng[context.rank]
+        augment_rng.set_state(rng["augment_rng"])
+        shuffle.set_state(rng["shuffle_rng"])
+        torch.set_rng_state(rng["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in rng:
+            torch.cuda.set_rng_state(rng["cuda_rng"], device)
         history, best_epoch = state["history"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log(f"resuming {run_dir} after epoch {state['epoch']}")
 
     metadata = bundle_metadata(config, data, normalization)
     source = {k: v for k, v in data.source.items() if k != "files"}
-    write_json(
-        run_dir / "config.json",
-        {
-            "config": config.to_dict(),
-            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "resumed_after_epoch": start_epoch - 1 if config.resume else None,
-            "environment": environment_record(device),
-            "data": {**metadata["dataset"], "channels": data.channels, "size": data.size, "source": source},
-            "preprocessing": metadata["preprocessing"],
-            "model": {**metadata["model"], "parameters": count_parameters(model)},
-        },
-    )
-    if "files" in data.source:  # image folders: which file went to which split
-        rows = [(path, split) for split, paths in data.source["files"].items() for path in paths]
-        write_csv(run_dir / "split.csv", ["file", "split"], rows)
+    if main:
+        write_json(
+            run_dir / "config.json",
+            {
+                "config": config.to_dict(),
+                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "resumed_after_epoch": start_epoch - 1 if config.resume else None,
+                "environment": environment_record(device),
+                "distributed": context.record(config.batch_size),
+                "data": {**metadata["dataset"], "channels": data.channels, "size": data.size, "source": source},
+                "preprocessing": metadata["preprocessing"],
+                "model": {**metadata["model"], "parameters": count_parameters(model)},
+            },
+        )
+        if "files" in data.source:  # image folders: which file went to which split
+            rows = [(path, split) for split, paths in data.source["files"].items() for path in paths]
+            write_csv(run_dir / "split.csv", ["file", "split"], rows)
 
     # ---- epochs ------------------------------------------------------------------------------
     train_loader = BatchLoader(
-        train_split, config.batch_size, normalization, device, shuffle=True, generator=shuffle,
+        train_split, batch_size, normalization, device, shuffle=True, generator=shuffle, sampler=sampler,
         sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
+        epoch_size=epoch_size if context.enabled else None,
         augment=BatchAugment(config.augment, data.orientation, augment_rng) if config.augment != "none" else None,
     )
-    val_loader = BatchLoader(data.splits["val"], config.eval_batch_size, normalization, device)
     log(f"training {config.model} ({count_parameters(model):,} parameters) on {data.name} {data.size}px, "
-        f"{len(data.splits['train'])} images, {config.epochs} epochs, device {device}")
+        f"{len(data.splits['train'])} images, {config.epochs} epochs, device {device}"
+        + (f", {context.world_size} processes ({context.backend}) of {batch_size} images per batch" if context.enabled else ""))
+    frozen = None
     for epoch in range(start_epoch, config.epochs + 1):
         if stopper.should_stop:
             break
-        frozen = config.freeze_backbone and (config.unfreeze_after is None or epoch <= config.unfreeze_after)
-        if config.freeze_backbone:
-            set_backbone_trainable(model, not frozen)
+        now_frozen = config.freeze_backbone and (config.unfreeze_after is None or epoch <= config.unfreeze_after)
+        if now_frozen != frozen:  # DDP syncs the parameters that require gradients when it is built
+            if config.freeze_backbone:
+                set_backbone_trainable(model, not now_frozen)
+            trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if context.enabled else model
+            frozen = now_frozen
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         started = time.perf_counter()
-        with tqdm(total=len(data.splits["train"]), desc=f"epoch {epoch}/{config.epochs}", unit="img",
-                  disable=True if config.quiet else None, leave=False, file=sys.stderr) as progress:
-            train_loss = train_one_epoch(model, train_loader, optimizer, criterion, scaler, amp, progress,
+        with tqdm(total=epoch_size, desc=f"epoch {epoch}/{config.epochs}", unit="img",
+                  disable=True if config.quiet or not main else None, leave=False, file=sys.stderr) as progress:
+            local_loss = train_one_epoch(trained, train_loader, optimizer, criterion, scaler, amp, progress,
                                          scheduler, config.grad_clip, frozen)
+        train_loss = statistics.fmean(gather(context, local_loss))  # every process saw epoch_size images
         seconds = time.perf_counter() - started
-        y_true, y_prob, val_loss = predict_split(model, val_loader, data.multi_label, amp)
+        y_true, y_prob, val_loss = predict_split_sharded(model, data.splits["val"], config.eval_batch_size, normalization, device,
+                                                         data.multi_label, amp, context=context)
         val = classification_metrics(y_true, y_prob, data.task, data.class_names)
         row = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val["acc"],
@@ -213,23 +255,26 @@ def train(config: TrainConfig) -> RunResult:
         }
         history.append(row)
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
-        improved = stopper.step(selected)
+        improved = stopper.step(selected)  # every process sees the same gathered metrics, so they agree
         if improved:
             best_epoch = epoch
-            save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row})
-        state = {
-            **metadata, "config": config.to_dict(), "epoch": epoch, "history": history,
-            "best_epoch": best_epoch, "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(),
-            "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state(),
-            "early_stopping": stopper.state_dict(),
-        }
-        if scheduler is not None:
-            state["scheduler_state"] = scheduler.state_dict()
+            if main:
+                save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row})
+        rng = {"shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state()}
         if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(last_path, state)
-        write_csv(run_dir / "history.csv", HISTORY_COLUMNS, ([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS] for r in history))
+            rng["cuda_rng"] = torch.cuda.get_rng_state(device)
+        process_rng = gather(context, rng)
+        if main:
+            state = {
+                **metadata, "config": config.to_dict(), "epoch": epoch, "history": history,
+                "best_epoch": best_epoch, "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(),
+                "process_rng": process_rng, "early_stopping": stopper.state_dict(),
+            }
+            if scheduler is not None:
+                state["scheduler_state"] = scheduler.state_dict()
+            save_checkpoint(last_path, state)
+            write_csv(run_dir / "history.csv", HISTORY_COLUMNS, ([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS] for r in history))
         log(f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             f"val acc {val['acc']:.4f}  val AUC {val['auc']:.4f}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s"
             + ("  *best" if improved else ""))
@@ -239,13 +284,17 @@ def train(config: TrainConfig) -> RunResult:
     # ---- test evaluation of the best checkpoint ------------------------------------------------
     if best_epoch == 0:  # the metric was never defined (e.g. NaN AUC): keep the last weights
         best_epoch = len(history)
-        save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]})
+        if main:
+            save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]})
+    barrier(context)  # best.pt is complete before every process reads it
     model.load_state_dict(load_checkpoint(best_path)["model_state"])
     metrics, outputs = evaluate_model(model, data, normalization, device, config.eval_batch_size, amp,
-                                      tta_orientation=data.orientation if config.tta else None)
-    extra = {"checkpoint": "best.pt", "best_epoch": best_epoch, "epochs_run": len(history), "select_metric": config.select_metric, "tta": config.tta}
-    write_results(run_dir, metrics, outputs, data, extra)
-    bundle = load_checkpoint(best_path)  # the bundle also carries the test figures, for whoever applies it
-    bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
-    save_checkpoint(best_path, bundle)
+                                      tta_orientation=data.orientation if config.tta else None, context=context)
+    if main:
+        extra = {"checkpoint": "best.pt", "best_epoch": best_epoch, "epochs_run": len(history), "select_metric": config.select_metric, "tta": config.tta}
+        write_results(run_dir, metrics, outputs, data, extra)
+        bundle = load_checkpoint(best_path)  # the bundle also carries the test figures, for whoever applies it
+        bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
+        save_checkpoint(best_path, bundle)
+    barrier(context)
     return RunResult(run_dir, {"best_epoch": best_epoch, "epochs_run": len(history), **metrics}, history)
