@@ -78,6 +78,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
     telemetry = Telemetry()
 
     batchers = {name: MicroBatcher(served.predictor.predict_pixels, settings.max_batch) for name, served in models.items()}
+    explain_locks = {name: asyncio.Lock() for name in models}  # Grad-CAM hooks the model: one request at a time
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -162,7 +163,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         predictions = Predictions([s.name for s in sources], probabilities, predictor.class_names, predictor.multi_label)
         heatmaps = [None] * len(sources)
         if explain:
-            async with served.explain_lock:  # Grad-CAM hooks the model: one at a time
+            async with explain_locks[served.name]:
                 try:
                     heatmaps = await asyncio.to_thread(served.heatmaps, sources, [int(k) for k in probabilities.argmax(axis=1)])
                 except MedclassifyError as exc:

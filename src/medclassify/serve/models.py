@@ -9,7 +9,7 @@ import io
 import queue
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -76,7 +76,6 @@ class ServedModel:
     predictor: Predictor
     version: str
     explainer: Predictor | None = None  # PyTorch predictor for Grad-CAM, loaded on first use
-    explain_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def can_explain(self) -> bool:
