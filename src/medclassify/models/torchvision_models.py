@@ -16,12 +16,19 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from ..errors import ConfigError
 from .registry import register_model
 
 SMALL_INPUT = 64
+
+
+def _torchvision_models():
+    """torchvision.models, imported when a torchvision model is built: importing it costs more than a
+    second, which the small CNNs (and prediction with them) need not pay."""
+    from torchvision import models
+
+    return models
 
 
 def imagenet_state_dict(weights) -> dict:
@@ -65,16 +72,19 @@ def _resnet(factory, weights, in_channels: int, num_classes: int, image_size: in
 
 @register_model("resnet18", "torchvision ResNet-18; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
 def resnet18(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    tvm = _torchvision_models()
     return _resnet(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, in_channels, num_classes, image_size, pretrained)
 
 
 @register_model("resnet50", "torchvision ResNet-50; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
 def resnet50(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    tvm = _torchvision_models()
     return _resnet(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, in_channels, num_classes, image_size, pretrained)
 
 
 @register_model("vgg11-bn", "torchvision VGG-11 with BatchNorm; pools that would empty the map dropped, GAP head", pretrained=True)
 def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    tvm = _torchvision_models()
     model = tvm.vgg11_bn(weights=None)
     if pretrained:
         model.load_state_dict(imagenet_state_dict(tvm.VGG11_BN_Weights.IMAGENET1K_V1))
@@ -93,6 +103,7 @@ def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bo
 
 @register_model("mobilenet-v3-small", "torchvision MobileNetV3-Small for small devices; stride-1 stem up to 64 px", pretrained=True)
 def mobilenet_v3_small(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    tvm = _torchvision_models()
     model = tvm.mobilenet_v3_small(weights=None)
     if pretrained:
         model.load_state_dict(imagenet_state_dict(tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1))
