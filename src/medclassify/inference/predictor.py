@@ -211,14 +211,15 @@ class Predictor:
         return self.backend.model
 
     # ---- images -> model input ---------------------------------------------------------------
-    def read(self, images) -> tuple[list[SourceImage], list[tuple[str, str]]]:
-        """Files, folders, PIL images or arrays -> source images, and the files that could not be read."""
+    def read(self, images, first_index: int = 0) -> tuple[list[SourceImage], list[tuple[str, str]]]:
+        """Files, folders, PIL images or arrays -> source images, and the items that could not be
+        read; in-memory images are named by their position, counted from ``first_index``."""
         sources, skipped = [], []
-        for i, item in enumerate(_expand(images)):
+        for i, item in enumerate(_expand(images), start=first_index):
             try:
                 sources += self._read_one(item, i)
             except DataError as exc:
-                skipped.append((str(item), str(exc)))
+                skipped.append((str(item) if isinstance(item, (str, Path)) else f"item {i}", str(exc)))
         return sources, skipped
 
     @staticmethod
@@ -254,7 +255,7 @@ class Predictor:
         names, probs, skipped = [], [], []
         with tqdm(total=len(items), unit="file", disable=None if progress and len(items) > 1 else True, leave=False) as bar:
             for start in range(0, len(items), batch_size):
-                sources, failed = self.read(items[start : start + batch_size])
+                sources, failed = self.read(items[start : start + batch_size], first_index=start)
                 skipped += failed
                 if sources:
                     probs.append(self.predict_pixels(model_input(sources, self.size, self.channels), batch_size))
