@@ -23,14 +23,6 @@ from .registry import register_model
 SMALL_INPUT = 64
 
 
-def _torchvision_models():
-    """torchvision.models, imported when a torchvision model is built: importing it costs more than a
-    second, which the small CNNs (and prediction with them) need not pay."""
-    from torchvision import models
-
-    return models
-
-
 def imagenet_state_dict(weights) -> dict:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / Path(urlparse(weights.url).path).name
@@ -44,6 +36,18 @@ def imagenet_state_dict(weights) -> dict:
         ) from None
 
 
+def torchvision_model(name: str, weights: str, pretrained: bool) -> nn.Module:
+    """torchvision's ``name`` without weights, with its ImageNet ``weights`` loaded when ``pretrained``.
+    torchvision is imported here, when such a model is built: importing it costs more than a second,
+    which the small CNNs (and prediction with them) need not pay."""
+    from torchvision import models
+
+    model = models.get_model(name, weights=None)
+    if pretrained:
+        model.load_state_dict(imagenet_state_dict(models.get_weight(weights)))
+    return model
+
+
 def adapted_conv(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
     """The same RGB convolution for ``in_channels`` (1 or 3) inputs and ``stride``, keeping its
     weights (summed over the colour axis for one channel)."""
@@ -55,10 +59,8 @@ def adapted_conv(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
     return new
 
 
-def _resnet(factory, weights, in_channels: int, num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-    model = factory(weights=None)
-    if pretrained:
-        model.load_state_dict(imagenet_state_dict(weights))
+def _resnet(name: str, weights: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
+    model = torchvision_model(name, weights, pretrained)
     small = image_size <= SMALL_INPUT
     if small and not pretrained:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -72,22 +74,17 @@ def _resnet(factory, weights, in_channels: int, num_classes: int, image_size: in
 
 @register_model("resnet18", "torchvision ResNet-18; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
 def resnet18(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    tvm = _torchvision_models()
-    return _resnet(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, in_channels, num_classes, image_size, pretrained)
+    return _resnet("resnet18", "ResNet18_Weights.IMAGENET1K_V1", in_channels, num_classes, image_size, pretrained)
 
 
 @register_model("resnet50", "torchvision ResNet-50; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
 def resnet50(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    tvm = _torchvision_models()
-    return _resnet(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, in_channels, num_classes, image_size, pretrained)
+    return _resnet("resnet50", "ResNet50_Weights.IMAGENET1K_V2", in_channels, num_classes, image_size, pretrained)
 
 
 @register_model("vgg11-bn", "torchvision VGG-11 with BatchNorm; pools that would empty the map dropped, GAP head", pretrained=True)
 def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    tvm = _torchvision_models()
-    model = tvm.vgg11_bn(weights=None)
-    if pretrained:
-        model.load_state_dict(imagenet_state_dict(tvm.VGG11_BN_Weights.IMAGENET1K_V1))
+    model = torchvision_model("vgg11_bn", "VGG11_BN_Weights.IMAGENET1K_V1", pretrained)
     model.features[0] = adapted_conv(model.features[0], in_channels, stride=1)
     side = image_size
     for i, layer in enumerate(model.features):
@@ -103,10 +100,7 @@ def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bo
 
 @register_model("mobilenet-v3-small", "torchvision MobileNetV3-Small for small devices; stride-1 stem up to 64 px", pretrained=True)
 def mobilenet_v3_small(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    tvm = _torchvision_models()
-    model = tvm.mobilenet_v3_small(weights=None)
-    if pretrained:
-        model.load_state_dict(imagenet_state_dict(tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1))
+    model = torchvision_model("mobilenet_v3_small", "MobileNet_V3_Small_Weights.IMAGENET1K_V1", pretrained)
     model.features[0][0] = adapted_conv(model.features[0][0], in_channels, stride=1 if image_size <= SMALL_INPUT else 2)
     model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
     return model
