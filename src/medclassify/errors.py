@@ -15,3 +15,10 @@ class DataError(MedclassifyError):
 
 class CheckpointError(MedclassifyError):
     """A checkpoint or run folder cannot be used."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first message line (at most ``limit`` characters), or its type when it has no
+    message: what a one-line error may quote of a library's long or multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -29,7 +29,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -114,7 +114,7 @@ def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None
             raise ImageTooLarge(f"{name}: {frames} frame(s) of {ds.Columns} x {ds.Rows} pixels exceed the limit of {max_pixels:,} pixels")
         pixels = ds.pixel_array
     except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, NotImplementedError, KeyError, TypeError) as exc:
-        raise DataError(f"{name}: not a readable DICOM image ({_first_line(exc)})") from None
+        raise DataError(f"{name}: not a readable DICOM image ({first_line(exc)})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric.startswith("MONOCHROME"):
         pixels = pixels if frames > 1 else pixels[None]
@@ -163,7 +163,7 @@ def read_array_file(path: Path) -> list[SourceImage]:
                 raise DataError(f"{path}: holds arrays {', '.join(keys)}; expected one array, or one named 'images' or 'test_images'")
             array = loaded[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable NumPy file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable NumPy file ({first_line(exc)})") from None
     return array_images(path, array)
 
 
@@ -179,12 +179,8 @@ def read_pillow(source: Path | BinaryIO, name: str | Path, max_pixels: int | Non
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (Pillow cannot identify its format)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{name}: not a readable image ({_first_line(exc)})") from None
+        raise DataError(f"{name}: not a readable image ({first_line(exc)})") from None
     return [SourceImage(str(name), np.asarray(rgb, dtype=np.uint8), grey)]
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def _named(path: str | Path, arrays: list[np.ndarray], grey: bool) -> list[SourceImage]:

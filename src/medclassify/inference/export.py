@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,18 +67,23 @@ def write_onnx(model: torch.nn.Module, metadata: dict, path: Path, channels: int
     onnx.save(proto, str(path))
 
 
-def write_torchscript(model: torch.nn.Module, metadata: dict, path: Path, channels: int, size: int) -> None:
-    with warnings.catch_warnings():  # torch marks TorchScript deprecated; LibTorch still loads it
+@contextmanager
+def _torchscript_allowed():
+    """torch marks TorchScript deprecated; LibTorch still loads it, and the user asked for it."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def write_torchscript(model: torch.nn.Module, metadata: dict, path: Path, channels: int, size: int) -> None:
+    with _torchscript_allowed():
         traced = torch.jit.trace(model.eval(), torch.zeros(2, channels, size, size))
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
 
 
 def _torchscript_runner(path: Path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
+    with _torchscript_allowed():
         loaded = torch.jit.load(str(path), map_location="cpu")
 
     def run(batch: np.ndarray) -> np.ndarray:

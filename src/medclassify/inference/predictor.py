@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.images import SourceImage, array_images, image_files, model_input, pil_to_rgb, read_image_file
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError, first_line
 from ..io import file_md5
 
 MULTI_LABEL = "multi-label, binary-class"
@@ -56,7 +56,7 @@ class TorchBackend:
         try:
             self.model.load_state_dict(state["model_state"])
         except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: the weights do not fit model '{spec['name']}' ({str(exc).splitlines()[0][:200]})") from None
+            raise CheckpointError(f"{path}: the weights do not fit model '{spec['name']}' ({first_line(exc)})") from None
         self.device = select_device(device)
         self.model.eval().to(self.device)
         self._torch = torch
@@ -75,7 +75,7 @@ class OnnxBackend:
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for every kind of bad file
-            raise CheckpointError(f"{path}: not a readable ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
+            raise CheckpointError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         self.input_name = self.session.get_inputs()[0].name
         metadata = self.session.get_modelmeta().custom_metadata_map
         if ONNX_METADATA_KEY not in metadata:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..io import atomic_path
 
 FORMAT = "medclassify.checkpoint"
@@ -26,8 +26,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file fails in many ways inside the unpickler
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable medclassify checkpoint ({first_line[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable medclassify checkpoint ({first_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medclassify checkpoint (no '{FORMAT}' marker)")
     if data.get("format_version", 0) > FORMAT_VERSION:
