@@ -344,6 +344,14 @@ def _write_predictions(path: Path, predictions, top: int, describe: str) -> None
     write_csv(path, header, rows)
 
 
+def _report_skipped(command: str, skipped: list[tuple[str, str]], n_read: int) -> None:
+    """One line per unreadable file; an error when no file could be read."""
+    for _, reason in skipped:
+        print(f"medclassify {command}: skipped {reason}", file=sys.stderr)
+    if not n_read:
+        raise MedclassifyError(f"none of the {len(skipped)} file(s) given is a readable image")
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor
 
@@ -354,10 +362,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise MedclassifyError(f"--out {out}: expected a .csv or .json file name")
     predictor = Predictor.from_run(args.model, device=args.device, backend=args.backend)
     predictions = predictor.predict(args.images, batch_size=args.batch_size, progress=not args.quiet)
-    for _, reason in predictions.skipped:
-        print(f"medclassify predict: skipped {reason}", file=sys.stderr)
-    if not len(predictions):
-        raise MedclassifyError(f"none of the {len(predictions.skipped)} file(s) given is a readable image")
+    _report_skipped("predict", predictions.skipped, len(predictions))
     width = min(max(len(name) for name in predictions.sources), 60)
     print(f"{'file':<{width}}  {'prediction':<20} {'prob':>6}  top {args.top}")
     for i, name in enumerate(predictions.sources):
@@ -385,10 +390,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         return 0
     predictor = Predictor.from_run(source, device=args.device, backend="torch")
     explanations, skipped = explain_images(predictor, args.images, args.target, args.layer)
-    for _, reason in skipped:
-        print(f"medclassify explain: skipped {reason}", file=sys.stderr)
-    if not explanations:
-        raise MedclassifyError(f"none of the {len(skipped)} file(s) given is a readable image")
+    _report_skipped("explain", skipped, len(explanations))
     for explanation, path in zip(explanations, write_overlays(explanations, out)):
         print(f"{explanation.source}: {explanation.class_name} p={explanation.probability:.3f} -> {path}")
     return 0

@@ -16,16 +16,20 @@ from ..training.trainer import load_run_data
 from .results import evaluate_model, write_results
 
 
-def read_run_config(run_dir: Path) -> TrainConfig:
-    """The TrainConfig a run folder was trained with (its ``config.json``)."""
+def read_run_config(run_dir: Path, data_dir: str | None = None) -> TrainConfig:
+    """The TrainConfig a run folder was trained with (its ``config.json``); ``data_dir``: where the
+    data are now, if they moved since training."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir}: not a medclassify run folder (no config.json)")
     try:
         record = json.loads(config_path.read_text())
-        return TrainConfig.from_dict(record["config"], source=str(config_path))
+        config = TrainConfig.from_dict(record["config"], source=str(config_path))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{config_path}: not a readable run config ({exc})") from None
+    if data_dir:
+        config.data_dir = data_dir
+    return config
 
 
 def evaluate_run(
@@ -34,9 +38,7 @@ def evaluate_run(
     """Rebuild the run's data and model, evaluate the checkpoint on val and test, and rewrite
     ``metrics.json`` and ``predictions.csv``. Returns the metrics."""
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    if data_dir:
-        config.data_dir = data_dir
+    config = read_run_config(run_dir, data_dir)
     state = load_checkpoint(run_dir / f"{checkpoint}.pt")
     target = select_device(device)
     data = load_run_data(config)

@@ -189,9 +189,7 @@ def explain_split(run_dir: str | Path, out: Path, split: str = "test", per_class
     from ..training.trainer import load_run_data
 
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    if data_dir:
-        config.data_dir = data_dir
+    config = read_run_config(run_dir, data_dir)
     predictor = Predictor.from_run(run_dir, device=device, backend="torch")
     data = load_run_data(config)
     images = data.splits[split]

@@ -106,9 +106,7 @@ def parity_pixels(run_dir: Path | None, predictor: Predictor, data_dir: str | No
         from ..evaluation.run import read_run_config
         from ..training.trainer import load_run_data
 
-        config = read_run_config(run_dir)
-        if data_dir:
-            config.data_dir = data_dir
+        config = read_run_config(run_dir, data_dir)
         try:
             return load_run_data(config).splits["test"].images.numpy(), "test split"
         except DataError as exc:

@@ -165,7 +165,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         if explain:
             async with explain_locks[served.name]:
                 try:
-                    heatmaps = await asyncio.to_thread(served.heatmaps, sources, [int(k) for k in probabilities.argmax(axis=1)])
+                    heatmaps = await asyncio.to_thread(served.heatmaps, sources, pixels, [int(k) for k in probabilities.argmax(axis=1)])
                 except MedclassifyError as exc:
                     raise HTTPException(400, str(exc)) from None
         for i in range(len(predictions)):

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..data.images import SourceImage, model_input
+from ..data.images import SourceImage
 from ..errors import CheckpointError, ConfigError
 from ..explain.gradcam import cam_maps, overlay_pixels, resize_map
 from ..inference.predictor import Predictor, onnx_metadata
@@ -106,10 +106,11 @@ class ServedModel:
             self.explainer = self.predictor if torch_backed else Predictor.from_run(self.path, device="cpu", backend="torch")
         return self.explainer
 
-    def heatmaps(self, sources: list[SourceImage], classes: list[int]) -> list[str]:
-        """Grad-CAM overlays of the given classes as PNG data URLs (runs in a worker thread)."""
+    def heatmaps(self, sources: list[SourceImage], pixels: np.ndarray, classes: list[int]) -> list[str]:
+        """Grad-CAM overlays of the given classes as PNG data URLs, from the sources and their model
+        input ``pixels`` (the bundle's size and channels; runs in a worker thread)."""
         predictor = self.explain_predictor()
-        maps = cam_maps(predictor, predictor.normalise(model_input(sources, predictor.size, predictor.channels)), classes)
+        maps = cam_maps(predictor, predictor.normalise(pixels), classes)
         urls = []
         for source, heatmap in zip(sources, maps):
             height, width = source.pixels.shape[:2]

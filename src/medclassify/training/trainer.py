@@ -287,13 +287,14 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         if main:
             save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]})
     barrier(context)  # best.pt is complete before every process reads it
-    model.load_state_dict(load_checkpoint(best_path)["model_state"])
+    bundle = load_checkpoint(best_path)
+    model.load_state_dict(bundle["model_state"])
     metrics, outputs = evaluate_model(model, data, normalization, device, config.eval_batch_size, amp,
                                       tta_orientation=data.orientation if config.tta else None, context=context)
     if main:
         extra = {"checkpoint": "best.pt", "best_epoch": best_epoch, "epochs_run": len(history), "select_metric": config.select_metric, "tta": config.tta}
         write_results(run_dir, metrics, outputs, data, extra)
-        bundle = load_checkpoint(best_path)  # the bundle also carries the test figures, for whoever applies it
+        # the bundle also carries the test figures, for whoever applies it
         bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
         save_checkpoint(best_path, bundle)
     barrier(context)
