@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_path, file_md5
 from .predictor import ONNX_FILENAME, ONNX_METADATA_KEY, Predictor
 
@@ -129,6 +129,8 @@ def export_model(source: str | Path, out: str | Path | None = None, format: str 
     (``model.ts`` for TorchScript), or the bundle's name with the format's suffix."""
     if format not in FORMATS:
         raise CheckpointError(f"--format {format}: expected one of {', '.join(FORMATS)}")
+    if not tolerance >= 0:
+        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
     source = Path(source)
     if source.suffix.lower() == ".onnx":
         raise CheckpointError(f"{source}: already an exported ONNX model; export from the run folder or its best.pt")
