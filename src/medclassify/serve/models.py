@@ -34,7 +34,6 @@ class MicroBatcher:
         self.run = run
         self.max_batch = max_batch
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.batch_sizes: list[int] = []  # recent batch sizes
         self.worker = threading.Thread(target=self._work, name="medclassify-batcher", daemon=True)
         self.worker.start()
 
@@ -62,7 +61,6 @@ class MicroBatcher:
                 for _, future in items:
                     future.set_exception(exc)
                 continue
-            self.batch_sizes = (self.batch_sizes + [count])[-1000:]
             offset = 0
             for pixels, future in items:
                 future.set_result(results[offset : offset + len(pixels)])
