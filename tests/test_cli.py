@@ -101,7 +101,7 @@ def test_recipes_and_models_commands_list_what_train_accepts(capsys):
     assert code == 0 and all(f"{name}\n" in out for name in ("paper", "paper-bn-aug", "cnn-bn-cpu", "resnet18-fast", "resnet18-best"))
     assert "model=bn-cnn" in out
     code, out, _ = run_cli(capsys, "models", "--channels", "1", "--classes", "11", "--size", "64")
-    assert code == 0 and "1,142,795" in out and "resnet18" in out and "[ImageNet weights]" in out
+    assert code == 0 and "1,142,795" in out and "resnet18" in out and "[--pretrained: ImageNet weights available]" in out
 
 
 def test_train_accepts_recipe_options_from_the_command_line(capsys, blood_dir, tmp_path):

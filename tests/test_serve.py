@@ -121,10 +121,13 @@ def test_limits(served):
         assert answer.status_code == 413 and "40 x 31 pixels exceed the limit of 900 pixels" in answer.json()["detail"]
         small = png_bytes(quadrant_images("top-left", 1)[0])
         answer = client.post("/v1/predict", files=[upload(f"{i}.png", small) for i in range(3)])
-        assert answer.status_code == 413 and answer.json()["detail"] == "3 files in one request; the limit is 2"
+        assert answer.status_code == 413 and answer.json()["detail"] == "more than 2 files in one request; the limit is 2"
         answer = client.post("/v1/predict", files=[upload("huge.png", bytes(3 << 20))])  # over the whole-request limit
-        assert answer.status_code == 413
-        assert client.post("/v1/predict").status_code == 422  # no file at all
+        assert answer.status_code == 413 and answer.json()["detail"].startswith("the request is larger than its limit of 1.02 MB")
+        missing = client.post("/v1/predict")  # no file at all
+        assert missing.status_code == 422 and missing.json() == {"detail": "body.files: Field required"}
+        bad_top = client.post("/v1/predict?top=0", files=[upload("a.png", small)])
+        assert bad_top.status_code == 422 and bad_top.json()["detail"] == "query.top: Input should be greater than or equal to 1"
 
 
 def test_twenty_parallel_requests_are_all_answered_correctly(client):

@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_r
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
 
-    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+    with pytest.raises(CheckpointError, match=r"already holds a run \(config.json, best.pt, last.pt\); pass --resume"):
         train(config)
     config.resume = True
     resumed = train(config)

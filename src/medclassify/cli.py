@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -55,16 +56,20 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine: launches torchrun for DistributedDataParallel "
                         "(one per GPU, or CPU processes with Gloo); --batch-size stays the effective batch (default: 1)")
     for f in fields(TrainConfig):
-        kwargs = {"help": f"{f.metadata['help']} (default: {f.default})", "default": argparse.SUPPRESS, "dest": f.name}
+        help_text = f.metadata["help"]
+        if "default" not in help_text and f.default is not None:  # some helps say in words what None means
+            help_text += f" (default: {f.default})"
+        kwargs = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}
         if f.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = int if "int" in f.type else float if "float" in f.type else str
-            kwargs["metavar"] = f.name.upper()
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]  # argparse shows them as {a,b,c}
+            else:
+                kwargs["metavar"] = f.name.upper()
             if f.type.startswith("list"):
                 kwargs["nargs"] = "+"
-            if f.metadata["choices"]:
-                kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag(f.name), **kwargs)
 
 
@@ -85,10 +90,14 @@ def _add_datasets_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help=f"where to look for files (default: {default_data_dir()})")
 
 
+MODEL_SIZES = (8, 1024)  # what image folders accept; MedMNIST sizes lie inside
+MAX_CLASSES = 10_000
+
+
 def _add_models_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=28, help="input size for the parameter count (default: 28)")
+    parser.add_argument("--size", type=int, default=28, help=f"input size for the parameter count, {MODEL_SIZES[0]} to {MODEL_SIZES[1]} (default: 28)")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels (default: 3)")
-    parser.add_argument("--classes", type=int, default=8, help="number of classes (default: 8)")
+    parser.add_argument("--classes", type=int, default=8, help="number of classes, at least 2 (default: 8)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +154,17 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=50_000_000, help="largest accepted image in pixels (default: 50,000,000)")
     parser.add_argument("--max-files", type=int, default=32, help="most files in one request (default: 32)")
     parser.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass of queued requests (default: 64)")
+    parser.add_argument("--max-request-pixels", type=int, default=100_000_000,
+                        help="most pixels of all images in one request together (default: 100,000,000)")
+    parser.add_argument("--max-decoding-pixels", type=int, default=50_000_000,
+                        help="most pixels being decoded at once, all requests together (default: 50,000,000, one largest image)")
+    parser.add_argument("--max-inflight-mb", type=float, default=1024.0,
+                        help="most upload MB held at once, all requests together; more is 503 (default: 1024)")
+    parser.add_argument("--read-timeout", type=float, default=10.0, help="seconds a request body may pause (default: 10)")
+    parser.add_argument("--body-timeout", type=float, default=120.0, help="seconds for a whole request body (default: 120)")
+    parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds for a request's headers (default: 10)")
+    parser.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (default: 5)")
+    parser.add_argument("--max-connections", type=int, default=100, help="most open connections; more are answered 503 (default: 100)")
     _add_device_option(parser)
 
 
@@ -209,8 +229,6 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import os
-
     from .training import TrainConfig, train
 
     if args.nproc < 1:
@@ -220,15 +238,25 @@ def _run_train(args: argparse.Namespace) -> int:
     for launcher_only in ("command", "nproc", "argv"):
         values.pop(launcher_only)
     base = TrainConfig.from_yaml(yaml_path).to_dict() if yaml_path else {}
+    if values.get("resume") and "out" in values and not yaml_path:  # --out RUN --resume: the run's own settings
+        from .evaluation.run import read_run_config
+
+        base = read_run_config(Path(values["out"])).to_dict()
     config = TrainConfig.from_dict({**base, **values})
-    if args.nproc > 1:  # the options are checked here once, not by every process torchrun starts
+    if args.nproc > 1:  # the options and the data are checked here once, not by every process torchrun starts
         if "WORLD_SIZE" in os.environ:
             raise MedclassifyError("--nproc: already running under torchrun; give the process count to torchrun only")
         config.validate()
         if config.batch_size % args.nproc:
             raise MedclassifyError(f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {args.nproc} processes")
+        from .experiments.runner import missing_data_files
         from .training.distributed import launch
+        from .training.trainer import check_run_folder
 
+        check_run_folder(config)
+        missing = missing_data_files([config])  # downloads what it can, once, before the processes start
+        if missing:
+            raise MedclassifyError(f"data file missing, nothing was trained; download {missing[0]}")
         return launch(args.nproc, _without_option(args.argv, "--nproc"))
     try:
         result = train(config)
@@ -237,6 +265,8 @@ def _run_train(args: argparse.Namespace) -> int:
               "with --resume to continue", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
+        if result.already_complete:
+            print(f"{result.run_dir} is already complete; nothing was trained or written", file=sys.stderr)
         _print_results(result)
     return 0
 
@@ -251,7 +281,10 @@ def _run_demo(args: argparse.Namespace) -> int:
                          epochs=args.epochs, quiet=args.quiet, resume=(out / "last.pt").is_file())
     print("medclassify demo: the paper's CNN on 'synthcells', a SYNTHETIC sample of generated cell-like images "
           "(not medical data)", file=sys.stderr)
-    _print_results(train(config))
+    result = train(config)
+    if result.already_complete:
+        print(f"{result.run_dir} is already complete; nothing was trained or written (remove it to train again)", file=sys.stderr)
+    _print_results(result)
     return 0
 
 
@@ -289,10 +322,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import summary_line
     from .evaluation.run import evaluate_run
 
+    from .evaluation.run import result_files
+
     metrics = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_dir=args.data_dir, device=args.device)
     print(summary_line("val ", metrics["val"]))
     print(summary_line("test", metrics["test"]))
-    print(f"wrote {Path(args.run_dir) / 'metrics.json'} and predictions.csv")
+    metrics_file, predictions_file = result_files(args.checkpoint)
+    print(f"wrote {Path(args.run_dir) / metrics_file} and {predictions_file}")
     return 0
 
 
@@ -314,10 +350,14 @@ def _run_datasets(args: argparse.Namespace) -> int:
 def _run_models(args: argparse.Namespace) -> int:
     from .models import available_models, count_parameters, create_model
 
+    if not MODEL_SIZES[0] <= args.size <= MODEL_SIZES[1]:
+        raise MedclassifyError(f"--size must be from {MODEL_SIZES[0]} to {MODEL_SIZES[1]} pixels, got {args.size}")
+    if not 2 <= args.classes <= MAX_CLASSES:
+        raise MedclassifyError(f"--classes must be from 2 to {MAX_CLASSES:,}, got {args.classes}")
     print(f"{'model':<20}{'parameters':>12}  description   ({args.channels} channel(s), {args.classes} classes, {args.size} px)")
     for name, entry in available_models().items():
         params = count_parameters(create_model(name, args.channels, args.classes, args.size))
-        print(f"{name:<20}{params:>12,}  {entry.description}" + ("  [ImageNet weights]" if entry.pretrained else ""))
+        print(f"{name:<20}{params:>12,}  {entry.description}" + ("  [--pretrained: ImageNet weights available]" if entry.pretrained else ""))
     return 0
 
 
@@ -363,12 +403,16 @@ def _run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_run(args.model, device=args.device, backend=args.backend)
     predictions = predictor.predict(args.images, batch_size=args.batch_size, progress=not args.quiet)
     _report_skipped("predict", predictions.skipped, len(predictions))
+    from .reporting.texts import shorten
+
     width = min(max(len(name) for name in predictions.sources), 60)
-    print(f"{'file':<{width}}  {'prediction':<20} {'prob':>6}  top {args.top}")
+    labels = [shorten(predictions.predicted(i), 40) for i in range(len(predictions))]
+    label_width = max(len("prediction"), *map(len, labels))
+    print(f"{'file':<{width}}  {'prediction':<{label_width}} {'prob':>6}  top {args.top}")
     for i, name in enumerate(predictions.sources):
         shown = name if len(name) <= width else "…" + name[-width + 1:]
-        top = ", ".join(f"{c} {p:.3f}" for c, p in predictions.top(i, args.top))
-        print(f"{shown:<{width}}  {predictions.predicted(i):<20} {predictions.probabilities[i].max():>6.3f}  {top}")
+        top = ", ".join(f"{shorten(c, 40)} {p:.3f}" for c, p in predictions.top(i, args.top))
+        print(f"{shown:<{width}}  {labels[i]:<{label_width}} {predictions.probabilities[i].max():>6.3f}  {top}")
     if out is not None:
         _write_predictions(out, predictions, args.top, predictor.describe())
         print(f"wrote {out}", file=sys.stderr)
@@ -412,11 +456,16 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from .serve import ServeSettings, create_app, load_served_models
 
-    for option in ("max_upload_mb", "max_pixels", "max_files", "max_batch"):
-        if getattr(args, option) <= 0:
-            raise MedclassifyError(f"--{option.replace('_', '-')} must be > 0, got {getattr(args, option)}")
+    from dataclasses import fields as settings_fields
+
+    from .serve.limits import header_timeout_protocol
+
+    if not 1 <= args.port <= 65535:
+        raise MedclassifyError(f"--port must be from 1 to 65535, got {args.port}")
+    if args.max_connections < 1:
+        raise MedclassifyError(f"--max-connections must be >= 1, got {args.max_connections}")
+    settings = ServeSettings(**{f.name: getattr(args, f.name) for f in settings_fields(ServeSettings)}).validate()
     models = load_served_models(args.models, device=args.device)
-    settings = ServeSettings(args.max_upload_mb, args.max_pixels, args.max_files, args.max_batch)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("medclassify.serve")
@@ -425,7 +474,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     for served in models.values():
         print(f"serving '{served.name}': {served.predictor.describe()}", file=sys.stderr)
     print(f"web page: http://{args.host}:{args.port}/  API documentation: http://{args.host}:{args.port}/docs", file=sys.stderr)
-    uvicorn.run(create_app(models, settings), host=args.host, port=args.port, access_log=False, log_level="warning")
+    uvicorn.run(create_app(models, settings), host=args.host, port=args.port, access_log=False, log_level="warning",
+                http=header_timeout_protocol(settings.header_timeout), timeout_keep_alive=settings.keep_alive,
+                h11_max_incomplete_event_size=16 * 1024, limit_concurrency=args.max_connections)
     return 0
 
 
@@ -441,7 +492,7 @@ GET /health, GET /metrics (Prometheus), GET /docs (OpenAPI). Listens on this mac
 
 # name: (help, epilog, options, run)
 COMMANDS = {
-    "demo": ("train and evaluate the paper's CNN on the bundled synthetic sample (offline, ~1 min)",
+    "demo": ("train and evaluate the paper's CNN on the bundled synthetic sample (offline, about 15 s on 2 CPU cores)",
              "The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n",
              _add_demo_options, _run_demo),
     "train": ("train a model and evaluate it on the test split", TRAIN_EXAMPLES, _add_train_options, _run_train),
@@ -493,11 +544,21 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    parser = build_parser(command if command in COMMANDS else None)
+    if not argv:  # a bare 'medclassify' shows what it can do
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv)
     args.argv = argv
     warnings.showwarning = _one_line_warning
     try:
-        return COMMANDS[args.command][3](args)
+        code = COMMANDS[args.command][3](args)
+        sys.stdout.flush()  # here, so that a reader who left (a closed pipe) is caught below
+        return code
     except MedclassifyError as exc:
-        print(f"medclassify {args.command}: error: {exc}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one message, not one per process
+            print(f"medclassify {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. 'medclassify datasets | head': the reader left, which is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -17,6 +17,15 @@ class CheckpointError(MedclassifyError):
     """A checkpoint or run folder cannot be used."""
 
 
+class OutputError(MedclassifyError):
+    """An output cannot be written (read-only folder, a parent that is a file, a full disk), or its
+    folder is in use by another medclassify process."""
+
+
+class TrainingDiverged(MedclassifyError):
+    """The loss or the model's outputs stopped being finite numbers."""
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first message line (at most ``limit`` characters), or its type when it has no
     message: what a one-line error may quote of a library's long or multi-line message."""

@@ -21,7 +21,9 @@ The conversion, step by step:
 from __future__ import annotations
 
 import io
+import math
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +41,12 @@ MAGIC_NUMBERS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 LUMA = np.array([0.299, 0.587, 0.114])
+# Largest image (all frames of a DICOM file, all images of an array file together) read by default:
+# the check comes from the file's header, before any pixel is decoded.
+MAX_PIXELS = 50_000_000
+# DICOM elements larger than this are left on disk until needed (pixel data) or never read (the rest).
+DICOM_DEFER_BYTES = 1 << 20
+DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 
 
 class UnsupportedImage(DataError):
@@ -46,7 +54,11 @@ class UnsupportedImage(DataError):
 
 
 class ImageTooLarge(DataError):
-    """The image has more pixels than allowed."""
+    """The image has more pixels (or its file more data) than allowed."""
+
+
+class NonFinitePixels(ValueError):
+    """Pixel values or display settings that are NaN or infinite: no class can be read from them."""
 
 
 @dataclass
@@ -65,6 +77,8 @@ def scale_to_uint8(array: np.ndarray) -> np.ndarray:
         return array
     array = np.asarray(array, dtype=np.float64)
     low, high = float(array.min()), float(array.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise NonFinitePixels("holds NaN or infinite pixel values")
     if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
         return np.rint(array * 255.0).astype(np.uint8)
     span = high - low
@@ -102,35 +116,83 @@ def _first(value) -> float:
         return float(value)
 
 
-def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = None) -> list[SourceImage]:
+def _dicom_header(fp: BinaryIO, name: str | Path):
+    """The data set without its large elements (pixel data and anything over
+    :data:`DICOM_DEFER_BYTES` stay unread). Deflate-compressed data sets are refused before
+    inflating: their inflated size cannot be known from the file."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, convert_color_space
+    from pydicom.filereader import read_dataset, read_preamble
 
     try:
-        ds = pydicom.dcmread(source)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if max_pixels is not None and int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames > max_pixels:
-            raise ImageTooLarge(f"{name}: {frames} frame(s) of {ds.Columns} x {ds.Rows} pixels exceed the limit of {max_pixels:,} pixels")
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, NotImplementedError, KeyError, TypeError) as exc:
+        read_preamble(fp, False)
+        meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag >> 16 != 2)
+        syntax = str(meta.get("TransferSyntaxUID", ""))
+        if syntax == DEFLATED_DICOM:
+            raise ImageTooLarge(f"{name}: a Deflate-compressed DICOM data set (transfer syntax {DEFLATED_DICOM}) is not accepted, "
+                                "since its size is unknown until it is inflated; store it uncompressed or with compressed pixel data")
+        fp.seek(0)
+        return pydicom.dcmread(fp, defer_size=DICOM_DEFER_BYTES)
+    except (InvalidDicomError, AttributeError, ValueError, OSError, NotImplementedError, KeyError, TypeError, EOFError) as exc:
         raise DataError(f"{name}: not a readable DICOM image ({first_line(exc)})") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric.startswith("MONOCHROME"):
-        pixels = pixels if frames > 1 else pixels[None]
-        values = apply_modality_lut(pixels, ds).astype(np.float64)
-        if "WindowCenter" in ds and "WindowWidth" in ds:
-            grey = dicom_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
-        else:
-            grey = np.stack([scale_to_uint8(frame) for frame in values])
-        if photometric == "MONOCHROME1":
-            grey = 255 - grey
-        arrays, is_grey = [_rgb(frame) for frame in grey], True
-    else:
-        if photometric.startswith("YBR"):
-            pixels = convert_color_space(pixels, photometric, "RGB")
-        pixels = pixels if frames > 1 else pixels[None]
-        arrays, is_grey = [_rgb(scale_to_uint8(frame)) for frame in pixels], False
+
+
+def _dicom_pixel_count(ds, name: str | Path) -> int:
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DataError(f"{name}: not a readable DICOM image (no valid Rows/Columns: {first_line(exc)})") from None
+    if min(rows, columns, frames) < 1 or samples not in (1, 3):
+        raise DataError(f"{name}: not a readable DICOM image ({frames} frame(s) of {columns} x {rows} pixels, {samples} samples per pixel)")
+    return rows * columns * frames
+
+
+def _check_pixels(name: str | Path, count: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and count > max_pixels:
+        raise ImageTooLarge(f"{name}: {what} exceed the limit of {max_pixels:,} pixels")
+
+
+def _finite_window(ds, name: str | Path) -> tuple[float, float] | None:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise DataError(f"{name}: Window Center/Width ({center}, {width}) are not finite numbers")
+    return center, width
+
+
+def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = MAX_PIXELS) -> list[SourceImage]:
+    from pydicom.pixels import apply_modality_lut, convert_color_space
+
+    with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as fp:
+        ds = _dicom_header(fp, name)
+        count = _dicom_pixel_count(ds, name)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        _check_pixels(name, count, max_pixels, f"{frames} frame(s) of {ds.Columns} x {ds.Rows} pixels")
+        try:
+            pixels = ds.pixel_array
+            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+            if photometric.startswith("MONOCHROME"):
+                pixels = pixels if frames > 1 else pixels[None]
+                values = apply_modality_lut(pixels, ds).astype(np.float64)
+                if not np.isfinite(values).all():
+                    raise DataError(f"{name}: the modality LUT (Rescale Slope/Intercept) gives NaN or infinite values")
+                window = _finite_window(ds, name)
+                grey = dicom_window(values, *window) if window else np.stack([scale_to_uint8(frame) for frame in values])
+                if photometric == "MONOCHROME1":
+                    grey = 255 - grey
+                arrays, is_grey = [_rgb(frame) for frame in grey], True
+            else:
+                if photometric.startswith("YBR"):
+                    pixels = convert_color_space(pixels, photometric, "RGB")
+                pixels = pixels if frames > 1 else pixels[None]
+                arrays, is_grey = [_rgb(scale_to_uint8(frame)) for frame in pixels], False
+        except DataError:
+            raise
+        except (AttributeError, ValueError, RuntimeError, OSError, NotImplementedError, KeyError, TypeError, MemoryError) as exc:
+            raise DataError(f"{name}: not a readable DICOM image ({first_line(exc)})") from None
     return _named(name, arrays, is_grey)
 
 
@@ -148,38 +210,95 @@ def array_images(name: str | Path, array: np.ndarray) -> list[SourceImage]:
     if array.dtype.kind not in "uif":
         raise DataError(f"{name}: array of dtype {array.dtype} is not pixel data")
     grey = array.ndim == 3 or array.shape[3] == 1
-    return _named(name, [_rgb(scale_to_uint8(image)) for image in array], grey)
-
-
-def read_array_file(path: Path) -> list[SourceImage]:
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return array_images(path, loaded)
-        with loaded:
-            keys = list(loaded.files)
+        images = [_rgb(scale_to_uint8(image)) for image in array]
+    except NonFinitePixels as exc:
+        raise DataError(f"{name}: {exc}") from None
+    return _named(name, images, grey)
+
+
+def _read_header(stream: BinaryIO, version: tuple[int, int]) -> tuple[tuple[int, ...], np.dtype]:
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype
+
+
+def npz_member_header(archive: zipfile.ZipFile, key: str, name: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of array ``key`` of an ``.npz`` archive from its header, without loading it;
+    a header that declares more data than the archive stores for it is refused."""
+    info = archive.getinfo(f"{key}.npy")
+    with archive.open(info) as member:
+        shape, dtype = _read_header(member, np.lib.format.read_magic(member))
+        stored = info.file_size - member.tell()
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != stored:
+        raise DataError(f"{name}: '{key}' declares shape {tuple(shape)} ({declared:,} bytes) but the file stores {stored:,} bytes for it")
+    return shape, dtype
+
+
+def check_array_size(name: str | Path, shape: tuple[int, ...], max_pixels: int | None) -> None:
+    """Refuse an array from its header alone: more than ``max_pixels`` values per channel (4
+    channels at most)."""
+    count = math.prod(shape)
+    _check_pixels(name, count, None if max_pixels is None else 4 * max_pixels, f"the {count:,} values of an array of shape {tuple(shape)}")
+
+
+def read_array_file(path: Path, max_pixels: int | None = MAX_PIXELS) -> list[SourceImage]:
+    """``.npy`` or ``.npz`` images; every array's shape and size is checked from its header first."""
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                shape, dtype = _read_header(f, np.lib.format.read_magic(f))
+                if math.prod(shape) * dtype.itemsize > path.stat().st_size - f.tell():
+                    raise DataError(f"{path}: its header declares shape {tuple(shape)}, more than the file stores")
+                check_array_size(path, shape, max_pixels)
+            return array_images(path, np.load(path, allow_pickle=False))
+        with zipfile.ZipFile(path) as archive:
+            keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
             key = "images" if "images" in keys else "test_images" if "test_images" in keys else keys[0] if len(keys) == 1 else None
             if key is None:
-                raise DataError(f"{path}: holds arrays {', '.join(keys)}; expected one array, or one named 'images' or 'test_images'")
+                raise DataError(f"{path}: holds arrays {', '.join(keys) or '(none)'}; expected one array, or one named 'images' or 'test_images'")
+            shape, _ = npz_member_header(archive, key, path)
+            check_array_size(path, shape, max_pixels)
+        with np.load(path, allow_pickle=False) as loaded:
             array = loaded[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, MemoryError) as exc:
         raise DataError(f"{path}: not a readable NumPy file ({first_line(exc)})") from None
     return array_images(path, array)
 
 
-def read_pillow(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = None,
-                formats: tuple[str, ...] | None = None) -> list[SourceImage]:
-    """The first frame of a Pillow-readable image; ``formats`` restricts the decoders tried."""
+def _pillow_open(source: Path | BinaryIO, name: str | Path, formats: tuple[str, ...] | None):
     try:
-        with Image.open(source, formats=formats) as image:
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageTooLarge(f"{name}: {image.width} x {image.height} pixels exceed the limit of {max_pixels:,} pixels")
-            image.load()
-            rgb, grey = pil_to_rgb(image)
+        return Image.open(source, formats=formats)
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (Pillow cannot identify its format)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fires before our header check can
+        raise ImageTooLarge(f"{name}: {first_line(exc)}") from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"{name}: not a readable image ({first_line(exc)})") from None
+
+
+def read_pillow(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = MAX_PIXELS,
+                formats: tuple[str, ...] | None = None, draft_side: int | None = None) -> list[SourceImage]:
+    """The first frame of a Pillow-readable image; ``formats`` restricts the decoders tried;
+    ``draft_side``: JPEGs are decoded at a reduced scale that keeps both sides at least this long."""
+    with _pillow_open(source, name, formats) as image:
+        _check_pixels(name, image.width * image.height, max_pixels, f"{image.width} x {image.height} pixels")
+        try:
+            if draft_side and image.format == "JPEG":
+                image.draft(image.mode, (draft_side, draft_side))
+            image.load()
+            rgb, grey = pil_to_rgb(image)
+        except NonFinitePixels as exc:
+            raise DataError(f"{name}: {exc}") from None
+        except (OSError, ValueError, MemoryError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{name}: not a readable image ({first_line(exc)})") from None
     return [SourceImage(str(name), np.asarray(rgb, dtype=np.uint8), grey)]
 
 
@@ -196,18 +315,18 @@ def is_dicom(path: Path) -> bool:
         return f.read(4) == b"DICM"
 
 
-def read_image_file(path: str | Path) -> list[SourceImage]:
+def read_image_file(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> list[SourceImage]:
     """Every image in one file (several for multi-frame DICOM and image stacks); one-line
-    :class:`DataError` when the file is not a readable image."""
+    :class:`DataError` when the file is not a readable image or holds more than ``max_pixels``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
-        return read_array_file(path)
+        return read_array_file(path, max_pixels)
     if suffix in DICOM_SUFFIXES or is_dicom(path):
-        return read_dicom(path, path)
-    return read_pillow(path, path)
+        return read_dicom(path, path, max_pixels)
+    return read_pillow(path, path, max_pixels)
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -220,16 +339,35 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def read_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> list[SourceImage]:
-    """An uploaded PNG, JPEG, TIFF, BMP or DICOM file, recognised by its content. Raises
-    :class:`UnsupportedImage` for any other content, :class:`ImageTooLarge` above ``max_pixels``
-    and :class:`DataError` for a corrupt file."""
+def _upload_format(data: bytes, name: str) -> str:
     kind = sniff_format(data[:132])
     if kind is None:
         raise UnsupportedImage(f"{name}: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)")
+    return kind
+
+
+def image_bytes_pixels(data: bytes, name: str, max_pixels: int | None = MAX_PIXELS) -> int:
+    """The pixel count of an uploaded image (every DICOM frame) from its header, without decoding
+    it; the same errors as :func:`read_image_bytes`."""
+    kind = _upload_format(data, name)
+    if kind == "DICOM":
+        ds = _dicom_header(io.BytesIO(data), name)
+        count = _dicom_pixel_count(ds, name)
+        _check_pixels(name, count, max_pixels, f"{int(ds.get('NumberOfFrames', 1) or 1)} frame(s) of {ds.Columns} x {ds.Rows} pixels")
+        return count
+    with _pillow_open(io.BytesIO(data), name, (kind,)) as image:
+        _check_pixels(name, image.width * image.height, max_pixels, f"{image.width} x {image.height} pixels")
+        return image.width * image.height
+
+
+def read_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_PIXELS, draft_side: int | None = None) -> list[SourceImage]:
+    """An uploaded PNG, JPEG, TIFF, BMP or DICOM file, recognised by its content. Raises
+    :class:`UnsupportedImage` for any other content, :class:`ImageTooLarge` above ``max_pixels``
+    (or a data set refused for its size) and :class:`DataError` for a corrupt file."""
+    kind = _upload_format(data, name)
     if kind == "DICOM":
         return read_dicom(io.BytesIO(data), name, max_pixels)
-    return read_pillow(io.BytesIO(data), name, max_pixels, formats=(kind,))
+    return read_pillow(io.BytesIO(data), name, max_pixels, formats=(kind,), draft_side=draft_side)
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:

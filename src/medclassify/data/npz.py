@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..io import file_md5
+from ..io import file_md5, make_folder
 from .catalog import MULTI_LABEL, DatasetInfo
+from .images import npz_member_header
 from .memory import LoadedDataset, Split
 
 SPLITS = ("train", "val", "test")
@@ -31,14 +32,21 @@ def download(info: DatasetInfo, size: int, data_dir: Path) -> Path:
     from torchvision.datasets.utils import download_url  # imported lazily: it pulls in requests
 
     target = data_dir / info.filename(size)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
-        try:
-            download_url(info.url(size), tmp, info.filename(size), md5=info.md5(size))
-        except Exception as exc:  # network errors come as URLError, OSError or RuntimeError
-            reason = str(getattr(exc, "reason", exc)).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(missing_file_message(info, size, data_dir, reason)) from None
-        shutil.move(str(Path(tmp) / info.filename(size)), target)
+    created = [folder for folder in (data_dir, *data_dir.parents) if not folder.exists()]
+    make_folder(data_dir)
+    try:
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
+            try:
+                download_url(info.url(size), tmp, info.filename(size), md5=info.md5(size))
+            except Exception as exc:  # network errors come as URLError, OSError or RuntimeError
+                reason = str(getattr(exc, "reason", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DataError(missing_file_message(info, size, data_dir, reason)) from None
+            shutil.move(str(Path(tmp) / info.filename(size)), target)
+    except BaseException:
+        for folder in created:  # a failed download leaves no empty folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     return target
 
 
@@ -108,6 +116,9 @@ def read_npz(path: Path, info: DatasetInfo, size: int) -> dict[str, Split]:
                     f"{path}: missing keys {', '.join(sorted(expected - keys))}; expected the MedMNIST "
                     "layout train_/val_/test_ images and labels"
                 )
+            with zipfile.ZipFile(path) as members:  # declared shapes first: a lying header allocates nothing
+                for key in sorted(expected):
+                    npz_member_header(members, key, path)
             splits = {}
             for name in SPLITS:
                 images = _to_nchw(archive[f"{name}_images"], path, f"{name}_images", size, info.n_channels)
@@ -117,7 +128,7 @@ def read_npz(path: Path, info: DatasetInfo, size: int) -> dict[str, Split]:
                 splits[name] = Split(images, labels)
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, MemoryError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); delete it and download it again") from None
     return splits
 

@@ -14,10 +14,10 @@ import math
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    classification_report,
     confusion_matrix,
     f1_score,
     multilabel_confusion_matrix,
+    precision_recall_fscore_support,
     roc_auc_score,
 )
 
@@ -82,14 +82,8 @@ def classification_metrics(
     n_classes = y_score.shape[1]
     names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
     y_pred = predicted_labels(y_score, task)
-    report = classification_report(
-        y_true,
-        y_pred,
-        labels=list(range(n_classes)),
-        target_names=names,
-        output_dict=True,
-        zero_division=0,
-    )
+    # per class by position, not by name: a class may be called 'accuracy' or 'macro avg'
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=list(range(n_classes)), zero_division=0)
     aucs = per_class_auc(y_true, y_score, task)
     result = {
         "n": int(y_true.shape[0]),
@@ -98,10 +92,10 @@ def classification_metrics(
         "f1_macro": macro_f1(y_true, y_score, task),
         "per_class": {
             name: {
-                "precision": report[name]["precision"],
-                "recall": report[name]["recall"],
-                "f1": report[name]["f1-score"],
-                "support": int(report[name]["support"]),
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
                 **({"auc": aucs[i]} if task != BINARY else {}),
             }
             for i, name in enumerate(names)

@@ -52,10 +52,11 @@ def write_predictions(path: Path, y_true: np.ndarray, y_prob: np.ndarray, data: 
     write_csv(path, header, rows)
 
 
-def write_results(run_dir: Path, metrics: dict, outputs: dict, data: LoadedDataset, extra: dict | None = None) -> None:
-    write_json(run_dir / "metrics.json", {**(extra or {}), **metrics})
+def write_results(run_dir: Path, metrics: dict, outputs: dict, data: LoadedDataset, extra: dict | None = None,
+                  metrics_file: str = "metrics.json", predictions_file: str = "predictions.csv") -> None:
+    write_json(run_dir / metrics_file, {**(extra or {}), **metrics})
     y_true, y_prob = outputs["test"]
-    write_predictions(run_dir / "predictions.csv", y_true, y_prob, data)
+    write_predictions(run_dir / predictions_file, y_true, y_prob, data)
 
 
 def summary_line(split: str, metrics: dict) -> str:

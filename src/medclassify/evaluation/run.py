@@ -6,8 +6,9 @@ import json
 import warnings
 from pathlib import Path
 
-from ..data import Normalization
+from ..data import LoadedDataset, Normalization
 from ..errors import CheckpointError
+from ..io import folder_lock
 from ..models import create_model
 from ..training.checkpoint import load_checkpoint
 from ..training.config import TrainConfig
@@ -32,16 +33,45 @@ def read_run_config(run_dir: Path, data_dir: str | None = None) -> TrainConfig:
     return config
 
 
+def result_files(checkpoint: str) -> tuple[str, str]:
+    """The metrics and predictions files of an evaluation: the best checkpoint's are the run's own
+    (``metrics.json``, ``predictions.csv``); another checkpoint's are kept apart beside them."""
+    if checkpoint == "best":
+        return "metrics.json", "predictions.csv"
+    return f"metrics_{checkpoint}.json", f"predictions_{checkpoint}.csv"
+
+
+def check_bundle_fits(state: dict, data: LoadedDataset, path: Path) -> None:
+    """The checkpoint's model must take the data's images and predict its classes."""
+    spec, dataset = state["model"], state["dataset"]
+    found = {"classes": (spec["num_classes"], data.num_classes), "channels": (spec["in_channels"], data.channels),
+             "image size": (spec["image_size"], data.size), "task": (dataset["task"], data.task),
+             "class names": (list(dataset["class_names"]), list(data.class_names))}
+    wrong = [f"{what} {have!r} vs {need!r}" for what, (have, need) in found.items() if have != need]
+    if wrong:
+        raise CheckpointError(f"{path}: the model does not fit the run's data ({'; '.join(wrong)}); nothing was written")
+
+
 def evaluate_run(
     run_dir: str | Path, checkpoint: str = "best", data_dir: str | None = None, device: str = "auto"
 ) -> dict:
-    """Rebuild the run's data and model, evaluate the checkpoint on val and test, and rewrite
-    ``metrics.json`` and ``predictions.csv``. Returns the metrics."""
+    """Rebuild the run's data and model, evaluate the checkpoint on val and test, and write its
+    :func:`result_files` (the best checkpoint rewrites ``metrics.json`` and ``predictions.csv``).
+    Returns the metrics."""
     run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise CheckpointError(f"--checkpoint {checkpoint}: expected best or last")
     config = read_run_config(run_dir, data_dir)
-    state = load_checkpoint(run_dir / f"{checkpoint}.pt")
+    with folder_lock(run_dir, "evaluate"):
+        return _evaluate(run_dir, config, checkpoint, device)
+
+
+def _evaluate(run_dir: Path, config: TrainConfig, checkpoint: str, device: str) -> dict:
+    path = run_dir / f"{checkpoint}.pt"
+    state = load_checkpoint(path)
     target = select_device(device)
     data = load_run_data(config)
+    check_bundle_fits(state, data, path)
     if data.source["md5"] != state["dataset"]["md5"]:
         warnings.warn(f"the data differ from those the run was trained on (MD5 {state['dataset']['md5']} -> {data.source['md5']})", stacklevel=2)
     spec = state["model"]
@@ -52,7 +82,8 @@ def evaluate_run(
     normalization = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
     metrics, outputs = evaluate_model(model, data, normalization, target, config.eval_batch_size,
                                       tta_orientation=data.orientation if config.tta else None)
-    extra = {"checkpoint": f"{checkpoint}.pt", "best_epoch": state.get("epoch") if checkpoint == "best" else None,
-             "select_metric": config.select_metric, "tta": config.tta}
-    write_results(run_dir, metrics, outputs, data, extra)
+    extra = {"checkpoint": f"{checkpoint}.pt", "epoch": state.get("epoch"), "select_metric": config.select_metric, "tta": config.tta}
+    if checkpoint == "best":
+        extra["best_epoch"] = state.get("epoch")
+    write_results(run_dir, metrics, outputs, data, extra, *result_files(checkpoint))
     return metrics

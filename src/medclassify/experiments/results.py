@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def load_experiments(study: Study, study_dir: str | Path) -> list[Experiment]:
         groups.setdefault((config.dataset_name, config.size, config.model), []).append(config.run_dir())
     experiments = []
     for (dataset, size, model), run_dirs in groups.items():
-        done = [d for d in run_dirs if (d / "metrics.json").is_file()]
+        done = [d for d in run_dirs if _best_metrics(d) is not None]
         if not done:
             continue
         records = [json.loads((d / "config.json").read_text()) for d in done]
@@ -88,12 +89,30 @@ def load_experiments(study: Study, study_dir: str | Path) -> list[Experiment]:
         predictions = [read_predictions(d, multi_label) for d in done]
         experiments.append(Experiment(
             dataset, size, model, done,
-            metrics=[json.loads((d / "metrics.json").read_text()) for d in done],
+            metrics=[_best_metrics(d) for d in done],
             records=records,
             histories=[read_csv(d / "history.csv") for d in done],
             side=Side(predictions[0][0], [p for _, p in predictions], records[0]["data"]["task"]),
         ))
     return experiments
+
+
+def _best_metrics(run_dir: Path) -> dict | None:
+    """The run's metrics.json when it holds the best checkpoint's test figures; anything else in
+    the folder (a hand-written or foreign file) is left out with a warning."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        usable = isinstance(metrics, dict) and metrics.get("checkpoint", "best.pt") == "best.pt" and isinstance(metrics.get("test"), dict) \
+            and all(k in metrics["test"] for k in METRICS)
+    except ValueError:
+        usable = False
+    if not usable:
+        warnings.warn(f"{path}: not the best checkpoint's test metrics; this run is left out of the results", stacklevel=3)
+        return None
+    return metrics
 
 
 def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict]:
@@ -106,7 +125,8 @@ def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict
         for name in METRICS:
             row[f"test_{name}"], row[f"test_{name}_std"] = e.mean(name), e.std(name)
             row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
-        row["best_epoch"] = float(np.mean([m["best_epoch"] for m in e.metrics]))
+        epochs = [m["best_epoch"] for m in e.metrics if isinstance(m.get("best_epoch"), (int, float))]
+        row["best_epoch"] = float(np.mean(epochs)) if epochs else float("nan")
         row["train_seconds"] = float(np.mean([sum(float(r["seconds"]) for r in h) for h in e.histories]))
         row["images_per_s"] = float(np.mean([np.mean([float(r["images_per_s"]) for r in h]) for h in e.histories]))
         rows.append(row)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -146,8 +148,10 @@ def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, f
     except ImportError:
         raise ConfigError("--backend ray needs Ray: pip install 'medclassify[ray]'") from None
     started_here = not ray.is_initialized()
+    ray_temp = None
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray_temp = tempfile.mkdtemp(prefix="ray-") if address is None else None  # a local instance's files go with it
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp)
     queue, running = list(pending), {}
     try:
         cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -167,3 +171,5 @@ def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, f
     finally:
         if started_here:
             ray.shutdown()
+        if ray_temp is not None:
+            shutil.rmtree(ray_temp, ignore_errors=True)

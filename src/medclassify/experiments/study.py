@@ -19,15 +19,45 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..errors import ConfigError
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, validation_line
 
 GRID_KEYS = ("dataset", "size", "model", "seed")
 # Settings a study decides per experiment; the shared ``train`` block may not set them.
 RESERVED = set(GRID_KEYS) | {"out", "resume", "quiet"}
+MAX_SEEDS = 1000
+MAX_CELLS = 10_000
+# The study's name becomes a folder name under runs/: letters, digits, '.', '_' and '-', no path.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+def _non_empty(item, max_length: int = 1000):
+    return Annotated[list[item], Field(min_length=1, max_length=max_length)]
+
+
+class _Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    match: dict[StrictStr, Any] = {}
+    train: dict[StrictStr, Any] = {}
+
+
+class StudySchema(BaseModel):
+    """The study YAML's shape and types, checked before anything runs (TrainConfig keys inside
+    ``train`` are checked by TrainConfig's own types)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+    datasets: _non_empty(StrictStr)
+    sizes: _non_empty(StrictInt)
+    models: _non_empty(StrictStr) = ["paper-cnn"]
+    seeds: _non_empty(StrictInt, MAX_SEEDS) = [0]
+    train: dict[StrictStr, Any] = {}
+    experiments: list[_Experiment] = []
 
 
 @dataclass
@@ -42,26 +72,31 @@ class Study:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "study") -> "Study":
-        known = {"name", "datasets", "sizes", "models", "seeds", "train", "experiments"}
+        known = set(StudySchema.model_fields)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; a study has {', '.join(sorted(known))}")
-        for key in ("name", "datasets", "sizes"):
-            if key not in values:
-                raise ConfigError(f"{source}: '{key}' is required")
-        seeds = values.get("seeds", [0])
-        if isinstance(seeds, int) and not isinstance(seeds, bool):
-            if seeds < 1:
-                raise ConfigError(f"{source}: 'seeds' must be a count >= 1 or a list of seeds, got {seeds}")
-            seeds = list(range(seeds))
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}; a study has {', '.join(sorted(known))}")
+        values = dict(values)
+        seeds = values.get("seeds")
+        if isinstance(seeds, int) and not isinstance(seeds, bool):  # a count: seeds 0 .. N-1
+            if not 1 <= seeds <= MAX_SEEDS:
+                raise ConfigError(f"{source}: seeds: a count from 1 to {MAX_SEEDS} or a list of seeds, got {seeds}")
+            values["seeds"] = list(range(seeds))
+        for key in ("datasets", "sizes", "models", "seeds"):  # one value stands for a list of one
+            if key in values and not isinstance(values[key], list):
+                values[key] = [values[key]]
+        try:
+            checked = StudySchema.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(validation_line(source, exc)) from None
         study = cls(
-            name=str(values["name"]),
-            datasets=[str(d).lower() for d in _as_list(values["datasets"])],
-            sizes=[int(s) for s in _as_list(values["sizes"])],
-            models=[str(m) for m in _as_list(values.get("models", ["paper-cnn"]))],
-            seeds=[int(s) for s in _as_list(seeds)],
-            train=dict(values.get("train") or {}),
-            experiments=list(values.get("experiments") or []),
+            name=checked.name,
+            datasets=[d.lower() for d in checked.datasets],
+            sizes=checked.sizes,
+            models=checked.models,
+            seeds=checked.seeds,
+            train=dict(checked.train),
+            experiments=[entry.model_dump() for entry in checked.experiments],
         )
         study.validate(source)
         return study
@@ -77,6 +112,9 @@ class Study:
         return cls.from_dict(values, source=str(path))
 
     def validate(self, source: str = "study") -> None:
+        cells = len(self.datasets) * len(self.sizes) * len(self.models) * len(self.seeds)
+        if cells > MAX_CELLS:
+            raise ConfigError(f"{source}: the grid has {cells:,} experiments; at most {MAX_CELLS:,} are run in one study")
         reserved = sorted(RESERVED & {k.replace("-", "_") for k in self.train})
         if reserved:
             raise ConfigError(f"{source}: 'train' may not set {', '.join(reserved)}; the grid and the study folder decide them")
@@ -86,10 +124,10 @@ class Study:
             bad = sorted(set(entry.get("match") or {}) - set(GRID_KEYS))
             if bad:
                 raise ConfigError(f"{source}: experiments[{i}].match may use {', '.join(GRID_KEYS)}, not {', '.join(bad)}")
-        for config in self.configs(Path(".")):  # every cell must be a valid run before any starts
+        for config in self.configs(Path("."), source=source):  # every cell must be a valid run before any starts
             config.validate()
 
-    def configs(self, study_dir: Path, data_dir: str | None = None) -> list[TrainConfig]:
+    def configs(self, study_dir: Path, data_dir: str | None = None, source: str = "study") -> list[TrainConfig]:
         """One TrainConfig per grid cell, writing into ``study_dir/runs/<experiment>``."""
         configs = []
         for dataset, size, model, seed in itertools.product(self.datasets, self.sizes, self.models, self.seeds):
@@ -101,13 +139,9 @@ class Study:
             if data_dir:
                 settings["data_dir"] = data_dir
             out = study_dir / "runs" / experiment_name(dataset, size, model, seed)
-            configs.append(TrainConfig.from_dict({**settings, **cell, "out": str(out), "quiet": True}, source=f"study cell {out.name}"))
+            configs.append(TrainConfig.from_dict({**settings, **cell, "out": str(out), "quiet": True}, source=f"{source}: experiment {out.name}"))
         return configs
 
 
 def experiment_name(dataset: str, size: int, model: str, seed: int) -> str:
     return f"{dataset}_{size}_{model}_seed{seed}"
-
-
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -25,6 +25,7 @@ from ..errors import ConfigError  # noqa: E402
 from ..inference.predictor import Predictor  # noqa: E402
 from ..models import get_model_entry  # noqa: E402
 from ..reporting.figures import save_figure  # noqa: E402
+from ..reporting.texts import shorten  # noqa: E402
 
 HEATMAP_ALPHA = 0.45
 
@@ -39,13 +40,31 @@ class Explanation:
     predicted: str  # the model's decision
 
 
-def target_layer(model: torch.nn.Module, model_name: str, layer: str | None = None) -> torch.nn.Module:
-    name = layer or get_model_entry(model_name).cam_layer
+def feature_map_layers(model: torch.nn.Module, channels: int, size: int) -> list[str]:
+    """Names of the modules whose output is a feature map (N x C x H x W): Grad-CAM can target
+    those, not a flattening or linear layer."""
+    shapes: dict[str, int] = {}
+    hooks = [module.register_forward_hook(lambda m, i, output, name=name: shapes.__setitem__(name, getattr(output, "ndim", 0)))
+             for name, module in model.named_modules() if name]
+    was_training = model.training
     try:
-        return model.get_submodule(name)
-    except AttributeError:
-        blocks = ", ".join(n for n, _ in model.named_modules() if n and n.count(".") <= 1)
-        raise ConfigError(f"--layer {name}: model '{model_name}' has no such module; its modules include: {blocks}") from None
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, size, size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return [name for name, ndim in shapes.items() if ndim == 4]
+
+
+def target_layer(model: torch.nn.Module, model_name: str, layer: str | None = None, channels: int = 3, size: int = 28) -> torch.nn.Module:
+    name = layer or get_model_entry(model_name).cam_layer
+    usable = feature_map_layers(model, channels, size)
+    if name not in usable:
+        top = [n for n in usable if n.count(".") <= 1]
+        why = "has no such module" if name not in dict(model.named_modules()) else "has that module, but its output is not a feature map"
+        raise ConfigError(f"--layer {name}: model '{model_name}' {why}; layers Grad-CAM can use include: {', '.join(top)}")
+    return model.get_submodule(name)
 
 
 def class_index(predictor: Predictor, target: str | int) -> int:
@@ -62,7 +81,8 @@ def cam_maps(predictor: Predictor, batch: np.ndarray, targets: list[int], layer:
     """Grad-CAM maps (N x size x size, each scaled to [0, 1]) for normalised input ``batch``."""
     model = predictor.model
     device = next(model.parameters()).device
-    with GradCAM(model=model, target_layers=[target_layer(model, predictor.metadata["model"]["name"], layer)]) as cam:
+    layer_module = target_layer(model, predictor.metadata["model"]["name"], layer, predictor.channels, predictor.size)
+    with GradCAM(model=model, target_layers=[layer_module]) as cam:
         maps = cam(input_tensor=torch.from_numpy(batch).to(device), targets=[ClassifierOutputTarget(k) for k in targets])
     return maps.astype(np.float32)
 
@@ -113,9 +133,10 @@ def save_overlay(explanation: Explanation, out: Path) -> Path:
     _show(left, explanation.pixels)
     left.set_title("image")
     _show(right, explanation.pixels, explanation.heatmap)
-    right.set_title(f"Grad-CAM: {explanation.class_name}")
-    decided = "" if explanation.predicted == explanation.class_name else f"; predicted {explanation.predicted}"
-    figure.suptitle(f"{Path(explanation.source).name} - {explanation.class_name} p={explanation.probability:.3f}{decided}")
+    right.set_title(f"Grad-CAM: {shorten(explanation.class_name, 40)}")
+    decided = "" if explanation.predicted == explanation.class_name else f"; predicted {shorten(explanation.predicted, 40)}"
+    figure.suptitle(f"{shorten(Path(explanation.source).name, 60)} - {shorten(explanation.class_name, 40)} "
+                    f"p={explanation.probability:.3f}{decided}")
     return save_figure(figure, out, formats=("png",))[0]
 
 
@@ -130,9 +151,10 @@ def overlay_name(source: str, taken: set[str]) -> str:
     return name
 
 
-def write_overlays(explanations: list[Explanation], out_dir: Path) -> list[Path]:
+def write_overlays(explanations: list[Explanation], out_dir: str | Path) -> list[Path]:
+    """One ``NAME_gradcam.png`` per explanation in ``out_dir``; returns their paths."""
     taken: set[str] = set()
-    return [save_overlay(e, out_dir / overlay_name(e.source, taken)) for e in explanations]
+    return [save_overlay(e, Path(out_dir) / overlay_name(e.source, taken)) for e in explanations]
 
 
 def split_examples(y_true: np.ndarray, probabilities: np.ndarray, per_class: int) -> dict[int, dict[str, list[int]]]:
@@ -175,9 +197,9 @@ def split_grid(predictor: Predictor, pixels: np.ndarray, y_true: np.ndarray, out
             rgb = np.repeat(pixels[i], 3, axis=0) if pixels.shape[1] == 1 else pixels[i]
             _show(ax, rgb.transpose(1, 2, 0), found[i])
             guess = int(probabilities[i].argmax())
-            ax.set_title(f"{'✓' if guess == k else '✗'} {names[guess][:18]} {probabilities[i, guess]:.2f}", fontsize=8,
+            ax.set_title(f"{'✓' if guess == k else '✗'} {shorten(names[guess], 18)} {probabilities[i, guess]:.2f}", fontsize=8,
                          color="black" if guess == k else "firebrick")
-        axes[k, 0].set_ylabel(names[k] if len(names[k]) <= 22 else names[k][:21] + "…", fontsize=9)
+        axes[k, 0].set_ylabel(shorten(names[k], 22), fontsize=9)
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, out, formats=("png",))[0]
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..io import atomic_path, file_md5
-from .predictor import ONNX_FILENAME, ONNX_METADATA_KEY, Predictor
+from ..io import atomic_path, file_md5, folder_lock, write_json
+from .predictor import EXPORTS_RECORD, ONNX_FILENAME, ONNX_METADATA_KEY, Predictor, recorded_export
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 TORCHSCRIPT_METADATA = "medclassify.json"
@@ -139,6 +140,22 @@ def export_model(source: str | Path, out: str | Path | None = None, format: str 
     if out is None:
         out = source / (ONNX_FILENAME if format == "onnx" else "model" + FORMATS[format]) if run_dir else source.with_suffix(FORMATS[format])
     out = Path(out)
+    in_run = run_dir is not None and out.resolve().parent == run_dir.resolve()
+    with folder_lock(run_dir, "export") if run_dir is not None else nullcontext():
+        return _export(predictor, run_dir, out, format, data_dir, tolerance, in_run)
+
+
+def _record_export(run_dir: Path, out: Path, format: str, checkpoint_md5: str) -> None:
+    """The exported file's own digest in the run folder, so that an edited file is noticed."""
+    record = {name: recorded_export(run_dir, name) for name in ("model.onnx", "model.ts")}
+    record = {name: entry for name, entry in record.items() if entry is not None}
+    record[out.name] = {"md5": file_md5(out), "format": format, "checkpoint_md5": checkpoint_md5,
+                        "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json(run_dir / EXPORTS_RECORD, record)
+
+
+def _export(predictor: Predictor, run_dir: Path | None, out: Path, format: str, data_dir: str | None, tolerance: float,
+            in_run: bool) -> ExportResult:
     metadata = {**predictor.metadata, "checkpoint_md5": file_md5(predictor.source), "format": format}
     pixels, parity_data = parity_pixels(run_dir, predictor, data_dir)
     with atomic_path(out) as tmp:
@@ -153,4 +170,6 @@ def export_model(source: str | Path, out: str | Path | None = None, format: str 
             raise CheckpointError(f"{out}: the {format} model differs from PyTorch by {difference:.3g} on the "
                                   f"{parity_data} (tolerance {tolerance:g}); nothing was written")
         size = tmp.stat().st_size
+    if in_run:
+        _record_export(run_dir, out, format, metadata["checkpoint_md5"])
     return ExportResult(out, format, size, difference, len(pixels), parity_data)

@@ -10,6 +10,7 @@ command start in a fraction of a second.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,16 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.images import SourceImage, array_images, image_files, model_input, pil_to_rgb, read_image_file
+from ..data.images import NonFinitePixels, SourceImage, array_images, image_files, model_input, pil_to_rgb, read_image_file
 from ..errors import CheckpointError, DataError, first_line
 from ..io import file_md5
 
 MULTI_LABEL = "multi-label, binary-class"
+TASKS = ("multi-class", "binary-class", MULTI_LABEL, "ordinal-regression")
 THRESHOLD = 0.5
 ONNX_METADATA_KEY = "medclassify"
 ONNX_FILENAME = "model.onnx"
+EXPORTS_RECORD = "exports.json"  # in a run folder: the digest of each file 'medclassify export' wrote there
 BUNDLE_KEYS = ("model", "preprocessing", "dataset")
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -37,9 +40,43 @@ def bundle_metadata(state: dict) -> dict:
 
 
 def _check_bundle(metadata: dict, path: Path) -> None:
-    missing = [k for k in BUNDLE_KEYS if k not in metadata]
+    """A bundle's description must be one a model can be built and applied from (a hand-edited
+    one may not be)."""
+    missing = [k for k in BUNDLE_KEYS if not isinstance(metadata, dict) or k not in metadata]
     if missing:
         raise CheckpointError(f"{path}: not a medclassify model bundle (missing {', '.join(missing)})")
+    try:
+        problems = _bundle_problems(metadata["model"], metadata["preprocessing"], metadata["dataset"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        problems = [f"incomplete description ({first_line(exc)})"]
+    if problems:
+        raise CheckpointError(f"{path}: not a usable model bundle ({'; '.join(problems)})")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _bundle_problems(spec: dict, prep: dict, data: dict) -> list[str]:
+    problems = []
+    classes, names = spec["num_classes"], data["class_names"]
+    if not _positive_int(classes):
+        problems.append(f"num_classes {classes!r} is not a count >= 1")
+    elif not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
+        problems.append(f"{len(names) if isinstance(names, list) else names!r} class names for {classes} outputs")
+    size, channels = prep["size"], prep["channels"]
+    if not _positive_int(size) or not 8 <= size <= 1024 or size != spec["image_size"]:
+        problems.append(f"image size {size!r} (model: {spec['image_size']!r}; expected 8 to 1024, the same for both)")
+    if channels not in (1, 3) or channels != spec["in_channels"]:
+        problems.append(f"channels {channels!r} (model: {spec['in_channels']!r}; expected 1 or 3, the same for both)")
+    for key in ("mean", "std"):
+        values = prep[key]
+        if not isinstance(values, list) or len(values) != (channels if channels in (1, 3) else len(values)) \
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or (key == "std" and min(values, default=0) <= 0):
+            problems.append(f"{key} {values!r} is not one finite number per channel" + (" above 0" if key == "std" else ""))
+    if data["task"] not in TASKS:
+        problems.append(f"task {data['task']!r} is not one of {', '.join(TASKS)}")
+    return problems
 
 
 class TorchBackend:
@@ -77,22 +114,61 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own exception types for every kind of bad file
             raise CheckpointError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         self.input_name = self.session.get_inputs()[0].name
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        if ONNX_METADATA_KEY not in metadata:
-            raise CheckpointError(f"{path}: an ONNX model without medclassify metadata; export it with 'medclassify export'")
-        self.metadata = json.loads(metadata[ONNX_METADATA_KEY])
+        self.metadata = _parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
 
 
+def _parse_metadata(props: dict, path: Path) -> dict:
+    if ONNX_METADATA_KEY not in props:
+        raise CheckpointError(f"{path}: an ONNX model without medclassify metadata; export it with 'medclassify export'")
+    try:
+        metadata = json.loads(props[ONNX_METADATA_KEY])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its medclassify metadata is not valid JSON ({first_line(exc)})") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: its medclassify metadata is not a JSON object")
+    return metadata
+
+
 def onnx_metadata(path: Path) -> dict:
-    """The medclassify metadata of an exported ONNX model, without building an inference session."""
+    """The medclassify metadata of an exported ONNX model, without building an inference session;
+    one-line :class:`CheckpointError` for a file that is not such a model."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    return json.loads(props[ONNX_METADATA_KEY]) if ONNX_METADATA_KEY in props else {}
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, OSError, onnx's own errors
+        raise CheckpointError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+    return _parse_metadata({p.key: p.value for p in model.metadata_props}, path)
+
+
+def recorded_export(run_dir: Path, filename: str) -> dict | None:
+    """What ``medclassify export`` recorded about ``filename`` in the run folder, if anything."""
+    try:
+        record = json.loads((run_dir / EXPORTS_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    entry = record.get(filename) if isinstance(record, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def current_onnx_export(run_dir: Path, checkpoint: Path) -> Path:
+    """The run's model.onnx when it is the unchanged file exported from the current best.pt;
+    otherwise a :class:`CheckpointError` saying why not."""
+    exported = run_dir / ONNX_FILENAME
+    if not exported.is_file():
+        raise CheckpointError(f"{exported} does not exist; run 'medclassify export {run_dir}'")
+    entry = recorded_export(run_dir, ONNX_FILENAME)
+    if entry is None:
+        raise CheckpointError(f"{exported} has no recorded digest in {run_dir / EXPORTS_RECORD}; run 'medclassify export {run_dir}' again")
+    if file_md5(exported) != entry.get("md5"):
+        raise CheckpointError(f"{exported} changed since it was exported (its MD5 differs from {EXPORTS_RECORD}); "
+                              f"run 'medclassify export {run_dir}' again")
+    if onnx_metadata(exported).get("checkpoint_md5") != file_md5(checkpoint):
+        raise CheckpointError(f"{exported} was exported from an older best.pt; run 'medclassify export {run_dir}'")
+    return exported
 
 
 def probabilities_from_logits(logits: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -181,14 +257,13 @@ class Predictor:
         if path.is_dir():
             if not checkpoint.is_file():
                 raise CheckpointError(f"{path}: no best.pt; not a finished medclassify run folder")
-            exported = path / ONNX_FILENAME
-            if backend == "onnx" or (backend == "auto" and exported.is_file()):
-                if exported.is_file() and onnx_metadata(exported).get("checkpoint_md5") == file_md5(checkpoint):
-                    return cls._onnx(exported)
-                message = f"{exported} is missing or was exported from an older best.pt; run 'medclassify export {path}'"
-                if backend == "onnx":
-                    raise CheckpointError(message)
-                warnings.warn(f"{message} (using best.pt with PyTorch meanwhile)", stacklevel=2)
+            if backend == "onnx" or (backend == "auto" and (path / ONNX_FILENAME).is_file()):
+                try:
+                    return cls._onnx(current_onnx_export(path, checkpoint))
+                except CheckpointError as exc:
+                    if backend == "onnx":
+                        raise
+                    warnings.warn(f"{exc} (using best.pt with PyTorch meanwhile)", stacklevel=2)
         elif backend == "onnx":
             raise CheckpointError(f"{path}: a PyTorch bundle; export it to ONNX first ('medclassify export {path}')")
         from ..training.checkpoint import load_checkpoint
@@ -220,6 +295,8 @@ class Predictor:
                 sources += self._read_one(item, i)
             except DataError as exc:
                 skipped.append((str(item) if isinstance(item, (str, Path)) else f"item {i}", str(exc)))
+            except NonFinitePixels as exc:
+                skipped.append((f"item {i}", f"image[{i}]: {exc}"))
         return sources, skipped
 
     @staticmethod

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
-from .texts import METRIC_NAMES  # noqa: E402
+from .texts import METRIC_NAMES, shorten  # noqa: E402
 
 METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
@@ -67,7 +67,8 @@ def loss_curves(experiments, out: Path) -> list[Path]:
         for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "validation")):
             curves = np.array([[float(r[key]) for r in h] for h in e.histories if len(h) == len(e.histories[0])])
             epochs = np.arange(1, curves.shape[1] + 1)
-            ax.plot(epochs, curves.mean(axis=0), style, label=label, color="tab:blue" if key == "train_loss" else "tab:orange")
+            ax.plot(epochs, curves.mean(axis=0), style, marker="o", markersize=3, label=label,  # markers: one epoch is a point
+                    color="tab:blue" if key == "train_loss" else "tab:orange")
             if len(curves) > 1:
                 ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), alpha=0.2, color="tab:blue" if key == "train_loss" else "tab:orange")
         ax.set_title(e.name.replace("_", " · "), fontsize=10)
@@ -89,14 +90,19 @@ def _metric_bars(ax, experiments, colours) -> None:
     for i, e in enumerate(experiments):
         x = np.arange(len(metrics)) + (i - (len(experiments) - 1) / 2) * width
         means = [e.mean(m) for m in metrics]
-        ax.bar(x, means, width, yerr=[e.std(m) for m in metrics], color=colours[e.name], label=e.name.replace("_", " · "))
+        ax.bar(x, means, width, yerr=[e.std(m) for m in metrics], color=colours[e.name], label=shorten(e.name.replace("_", " · "), 40))
         for xi, value in zip(x, means):
-            ax.text(xi, value + 0.005, f"{value:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
+            ax.text(xi, value + 0.01, f"{value:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(np.arange(len(metrics)), [METRIC_LABELS[m] for m in metrics])
-    low = min(e.mean(m) for e in experiments for m in metrics)
-    ax.set_ylim(max(0.0, low - 0.1), 1.05)
+    ax.set_ylim(0.0, 1.15)  # from 0, so that bar heights compare as the scores do; the top leaves room for the labels
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("test score")
     ax.grid(axis="y", alpha=0.3)
+
+
+def _legend_below(ax, columns: int = 2) -> None:
+    """The legend under the axes, where it cannot cover a bar or a curve."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=columns, frameon=False)
 
 
 def dataset_comparison(dataset: str, experiments, colours, out: Path) -> list[Path]:
@@ -107,7 +113,7 @@ def dataset_comparison(dataset: str, experiments, colours, out: Path) -> list[Pa
         curves = roc_curves(e.side.y_true, _first_seed_scores(e), e.task, e.class_names)
         for name, tpr in curves.items():
             if name != "macro-average":
-                ax.plot(FPR_GRID, tpr, lw=0.8, alpha=0.6, label=name[:24])
+                ax.plot(FPR_GRID, tpr, lw=0.8, alpha=0.6, label=shorten(name, 24))
         ax.plot(FPR_GRID, curves["macro-average"], lw=2.5, color=colours[e.name], label=f"macro-average (AUC {e.mean('auc'):.3f})")
         ax.plot([0, 1], [0, 1], ":", color="grey")
         ax.set_title(f"{e.size} px · {e.model}", fontsize=10)
@@ -115,7 +121,7 @@ def dataset_comparison(dataset: str, experiments, colours, out: Path) -> list[Pa
         ax.set_ylabel("true positive rate")
         ax.legend(fontsize=6, loc="lower right")
     _metric_bars(axes[-1], experiments, colours)
-    axes[-1].legend(fontsize=7, loc="lower right")
+    _legend_below(axes[-1], columns=1)
     axes[-1].set_title("test metrics", fontsize=10)
     figure.suptitle(f"{dataset}: ROC curves and test metrics")
     return save_figure(figure, out / f"{dataset}_comparison")
@@ -126,7 +132,8 @@ def all_experiments(experiments, colours, out: Path) -> list[Path]:
     figure, (roc_ax, bar_ax) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     for e in experiments:
         curves = roc_curves(e.side.y_true, _first_seed_scores(e), e.task, e.class_names)
-        roc_ax.plot(FPR_GRID, curves["macro-average"], color=colours[e.name], lw=2, label=f"{e.name.replace('_', ' · ')} (AUC {e.mean('auc'):.3f})")
+        roc_ax.plot(FPR_GRID, curves["macro-average"], color=colours[e.name], lw=2,
+                    label=f"{shorten(e.name.replace('_', ' · '), 40)} (AUC {e.mean('auc'):.3f})")
     roc_ax.plot([0, 1], [0, 1], ":", color="grey")
     roc_ax.set_xlabel("false positive rate")
     roc_ax.set_ylabel("true positive rate")
@@ -134,7 +141,7 @@ def all_experiments(experiments, colours, out: Path) -> list[Path]:
     roc_ax.legend(fontsize=7, loc="lower right")
     _metric_bars(bar_ax, experiments, colours)
     bar_ax.set_title("test metrics")
-    bar_ax.legend(fontsize=7, loc="lower right")
+    _legend_below(bar_ax)
     return save_figure(figure, out / "all_experiments")
 
 
@@ -148,7 +155,7 @@ def confusion(experiment, out: Path) -> list[Path]:
     side = max(4.5, 0.55 * len(names) + 2)
     figure, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    short = [n if len(n) <= 22 else n[:20] + "…" for n in names]
+    short = [shorten(n, 22) for n in names]
     ax.set_xticks(range(len(names)), short, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), short)
     for i in range(matrix.shape[0]):

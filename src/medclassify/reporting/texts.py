@@ -108,3 +108,8 @@ METRIC_NAMES = {
     "en": {"acc": "accuracy", "f1_macro": "macro-F1", "auc": "macro-AUC"},
     "zh": {"acc": "准确率", "f1_macro": "宏平均 F1", "auc": "宏平均 AUC"},
 }
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

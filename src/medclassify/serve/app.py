@@ -10,38 +10,74 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 from typing import Annotated
 
+import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from .. import __version__
-from ..data.images import ImageTooLarge, UnsupportedImage, model_input, read_image_bytes
-from ..errors import DataError, MedclassifyError
+from ..data.images import MAX_PIXELS, ImageTooLarge, SourceImage, UnsupportedImage, image_bytes_pixels, model_input, read_image_bytes
+from ..errors import ConfigError, DataError, MedclassifyError
 from ..inference.predictor import Predictions
-from .models import MicroBatcher, ServedModel
+from .limits import PixelBudget, UploadGuard
+from .models import MicroBatcher, ServedModel, png_data_url
 from .schemas import ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("medclassify.serve")
 
 
+# Decoded images are kept at most this long on their longer side (shown on the page, and the
+# Grad-CAM overlay's size); JPEGs are decoded at a reduced scale that still reaches it.
+DISPLAY_SIDE = 512
+
+
 @dataclass
 class ServeSettings:
+    """The server's limits; :meth:`validate` names the option of an impossible value."""
+
     max_upload_mb: float = 10.0  # per file
-    max_pixels: int = 50_000_000  # per image (all frames of a DICOM file together)
+    max_pixels: int = MAX_PIXELS  # per image (all frames of a DICOM file together)
     max_files: int = 32  # per request
     max_batch: int = 64  # images per forward pass of the micro-batcher
+    max_request_pixels: int = 100_000_000  # all images of one request together
+    max_decoding_pixels: int = MAX_PIXELS  # images being decoded at once, all requests together (one largest image)
+    max_inflight_mb: float = 1024.0  # upload bytes held at once, all requests together
+    read_timeout: float = 10.0  # seconds the body may pause
+    body_timeout: float = 120.0  # seconds for a whole request body
+    header_timeout: float = 10.0  # seconds for a request's headers
+    keep_alive: float = 5.0  # seconds an idle connection stays open
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_upload_bytes * self.max_files + (1 << 20)  # plus room for the multipart framing
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return max(int(self.max_inflight_mb * 1024 * 1024), self.max_request_bytes)
+
+    def validate(self) -> "ServeSettings":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            whole = f.type == "int"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
+                    or (whole and value != int(value)):
+                kind = "a whole number" if whole else "a finite number"
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be {kind} > 0, got {value}")
+        return self
 
 
 class Telemetry:
@@ -58,9 +94,40 @@ class Telemetry:
 ERRORS = {
     400: {"model": ErrorResponse, "description": "a file is not a readable image, or the model cannot explain"},
     404: {"model": ErrorResponse, "description": "unknown model"},
-    413: {"model": ErrorResponse, "description": "a file, the request or an image's pixel count is over the limit"},
+    408: {"model": ErrorResponse, "description": "the request body paused or took too long"},
+    413: {"model": ErrorResponse, "description": "a file, the number of files, the request, or the pixels of an image or of "
+                                                 "the request's images are over the limit; or a Deflate-compressed DICOM"},
     415: {"model": ErrorResponse, "description": "a file is not PNG, JPEG, TIFF, BMP or DICOM (judged by its content)"},
+    422: {"model": ErrorResponse, "description": "a parameter is invalid or no file was sent: 'WHERE: what is wrong'"},
+    503: {"model": ErrorResponse, "description": "the server is receiving too many uploads at once"},
 }
+
+
+def _http_error(exc: DataError) -> HTTPException:
+    status = 415 if isinstance(exc, UnsupportedImage) else 413 if isinstance(exc, ImageTooLarge) else 400
+    return HTTPException(status, str(exc))
+
+
+def _prepare(data: bytes, name: str, settings: ServeSettings, size: int, channels: int) -> list[tuple[SourceImage, np.ndarray]]:
+    """Decode one upload; per image, a display copy (at most DISPLAY_SIDE) and the model input.
+    Nothing at the full size outlives this call."""
+    prepared = []
+    for source in read_image_bytes(data, name, settings.max_pixels, draft_side=DISPLAY_SIDE):
+        pixels = model_input([source], size, channels)[0]
+        prepared.append((SourceImage(source.name, display_copy(source.pixels), source.grey), pixels))
+    return prepared
+
+
+def display_copy(pixels: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
+    """uint8 H x W x 3 shrunk (aspect ratio kept) so that its longer side is at most ``side``."""
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    if max(height, width) <= side:
+        return pixels
+    image = Image.fromarray(pixels)
+    image.thumbnail((side, side), Image.Resampling.BICUBIC)
+    return np.asarray(image)
 
 
 UPLOAD_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "application/dicom")
@@ -77,7 +144,9 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
     settings = settings or ServeSettings()
     telemetry = Telemetry()
 
+    settings.validate()
     batchers = {name: MicroBatcher(served.predictor.predict_pixels, settings.max_batch) for name, served in models.items()}
+    decoding = PixelBudget(settings.max_decoding_pixels)
     explain_locks = {name: asyncio.Lock() for name in models}  # Grad-CAM hooks the model: one request at a time
 
     @asynccontextmanager
@@ -93,6 +162,19 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
                     "(Grad-CAM). A research tool, not a diagnosis.",
         lifespan=lifespan,
     )
+    app.add_middleware(UploadGuard, settings=settings)  # inside 'observe', so that its refusals are logged and counted
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 as one line, like every other error: 'WHERE: what is wrong'."""
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
@@ -128,37 +210,49 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         """The loaded models with their classes, input size, task and test metrics."""
         return ModelList(models=[ModelInfo(**served.info()) for served in models.values()])
 
-    async def read_upload(upload: UploadFile, index: int) -> list:
+    async def read_upload(upload: UploadFile, index: int) -> tuple[str, bytes]:
         name = PurePath(upload.filename or f"file{index}").name[:200] or f"file{index}"
         data = await upload.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
+        if len(data) > settings.max_upload_bytes:  # the guard stops such parts as they stream in; this is its backstop
             raise HTTPException(413, f"{name}: larger than the upload limit of {settings.max_upload_mb:g} MB")
-        try:
-            return await asyncio.to_thread(read_image_bytes, data, name, settings.max_pixels)
-        except UnsupportedImage as exc:
-            raise HTTPException(415, str(exc)) from None
-        except ImageTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        except DataError as exc:
-            raise HTTPException(400, str(exc)) from None
+        return name, data
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, tags=["models"],
-              max_body_size=settings.max_upload_bytes * settings.max_files + (1 << 20), openapi_extra=UPLOAD_ENCODING)
+    async def decode(uploads: list[tuple[str, bytes]], predictor) -> list[tuple[SourceImage, np.ndarray]]:
+        """Every image's pixel count from its header first (per image and per request limits), then
+        one upload after another, each holding its pixels of the server-wide decoding budget."""
+        try:
+            counts = [await asyncio.to_thread(image_bytes_pixels, data, name, settings.max_pixels) for name, data in uploads]
+            if sum(counts) > settings.max_request_pixels:
+                raise HTTPException(413, f"the request's images hold {sum(counts):,} pixels together; the limit per request is "
+                                         f"{settings.max_request_pixels:,}")
+            prepared = []
+            for (name, data), count in zip(uploads, counts):
+                async with decoding.reserve(count):
+                    prepared += await asyncio.to_thread(_prepare, data, name, settings, predictor.size, predictor.channels)
+            return prepared
+        except DataError as exc:
+            raise _http_error(exc) from None
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, tags=["models"], openapi_extra=UPLOAD_ENCODING)
     async def predict(
         request: Request,
         files: Annotated[list[UploadFile], File(description="one or more PNG, JPEG, TIFF, BMP or DICOM files", min_length=1)],
         model: Annotated[str | None, Query(description="a name from /v1/models (default: the first model)")] = None,
         explain: Annotated[bool, Query(description="add the Grad-CAM overlay of the predicted class")] = False,
         top: Annotated[int, Query(ge=1, le=100, description="classes listed in 'top'")] = 3,
+        preview: Annotated[bool, Query(description="add the decoded image as a PNG (e.g. for DICOM, which browsers cannot show)")] = False,
     ) -> PredictResponse:
         """Class probabilities for each uploaded image (every frame of a multi-frame DICOM)."""
         served = pick(model)
         request.state.model = served.name
         if len(files) > settings.max_files:
-            raise HTTPException(413, f"{len(files)} files in one request; the limit is {settings.max_files}")
-        sources = [source for i, upload in enumerate(files) for source in await read_upload(upload, i)]
+            raise HTTPException(413, f"more than {settings.max_files} files in one request; the limit is {settings.max_files}")
+        uploads = [await read_upload(upload, i) for i, upload in enumerate(files)]
         predictor = served.predictor
-        pixels = await asyncio.to_thread(model_input, sources, predictor.size, predictor.channels)
+        prepared = await decode(uploads, predictor)
+        del uploads
+        sources = [source for source, _ in prepared]
+        pixels = np.stack([p for _, p in prepared])
         probabilities = await batchers[served.name].submit(pixels)
         predictions = Predictions([s.name for s in sources], probabilities, predictor.class_names, predictor.multi_label)
         heatmaps = [None] * len(sources)
@@ -171,10 +265,11 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         for i in range(len(predictions)):
             telemetry.predictions.labels(served.name, predictions.predicted(i)).inc()
         records = predictions.records(top)
-        for record, heatmap in zip(records, heatmaps):
+        for record, heatmap, source in zip(records, heatmaps, sources):
             record["filename"] = record.pop("file")
             record["top"] = [{"label": t["class"], "probability": t["probability"]} for t in record["top"]]
             record["heatmap"] = heatmap
+            record["image"] = png_data_url(source.pixels) if preview else None
         return PredictResponse(model=served.name, version=served.version, predictions=records)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"],

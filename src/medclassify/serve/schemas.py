@@ -45,6 +45,8 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="every class's probability", examples=[{"neutrophil": 0.97, "eosinophil": 0.02}])
     heatmap: str | None = Field(None, description="with ?explain=true: the Grad-CAM overlay of the predicted class, a PNG data URL",
                                 examples=["data:image/png;base64,iVBORw0KGgo..."])
+    image: str | None = Field(None, description="with ?preview=true: the decoded image (longer side at most 512 px), a PNG data URL",
+                              examples=["data:image/png;base64,iVBORw0KGgo..."])
 
 
 class PredictResponse(BaseModel):
@@ -56,4 +58,6 @@ class PredictResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    detail: str = Field(description="what was wrong", examples=["scan.gif: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)"])
+    detail: str = Field(description="what was wrong, one line (422: 'WHERE: what is wrong', e.g. 'query.top: Input should be less "
+                                    "than or equal to 100')",
+                        examples=["scan.gif: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)"])

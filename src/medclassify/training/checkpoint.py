@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -15,8 +16,10 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
+    buffer = io.BytesIO()  # serialised first, so that a full disk is an OSError of the write below
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict:

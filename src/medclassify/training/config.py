@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -31,7 +32,7 @@ class TrainConfig:
     size: int = option(28, "image size in pixels (MedMNIST: 28, 64, 128 or 224)")
     model: str = option("paper-cnn", "model name from the registry (see 'medclassify models')")
     data_dir: str | None = option(None, "folder with the .npz files or the image folder (default: the OS cache, ~/.cache/medclassify)")
-    out: str | None = option(None, "run folder to write (default: runs/DATASET_SIZE_MODEL_seedSEED)")
+    out: str | None = option(None, "run folder to write (default: runs/DATASET_SIZE_MODEL_seedSEED; image folders: the folder's name for DATASET)")
     epochs: int = option(10, "training epochs")
     batch_size: int = option(32, "training batch size")
     lr: float = option(1e-3, "learning rate (the peak rate with a schedule)")
@@ -84,8 +85,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
         if keys.get("recipe"):
+            if not isinstance(keys["recipe"], str):
+                raise ConfigError(f"{source}: recipe: expected a recipe name, got {keys['recipe']!r}")
             keys = {**load_recipe(keys["recipe"]), **keys}
-        return cls(**keys)
+        return checked_config(keys, source)
 
     @classmethod
     def from_recipe(cls, name: str, **overrides) -> "TrainConfig":
@@ -117,7 +120,10 @@ class TrainConfig:
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out).expanduser()
-        return Path("runs") / f"{self.dataset_name}_{self.size}_{self.model}_seed{self.seed}"
+        name = self.dataset_name
+        if name == FOLDER_NAME:  # the image folder's own name, so that two folders do not share a run
+            name = Path(self.data_dir).expanduser().resolve().name or FOLDER_NAME
+        return Path("runs") / f"{name}_{self.size}_{self.model}_seed{self.seed}"
 
     # ---- checking ----------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -181,6 +187,34 @@ class TrainConfig:
             with_weights = [n for n, e in available_models().items() if e.pretrained]
             raise ConfigError(f"--pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}")
         return self
+
+
+@lru_cache(maxsize=1)
+def _config_adapter():
+    import pydantic
+
+    return pydantic.TypeAdapter(TrainConfig)
+
+
+def validation_line(source: str, exc) -> str:
+    """A pydantic ValidationError as one line: where, what is wrong, and the value given."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
+    given = repr(first.get("input"))
+    given = given if len(given) <= 60 else given[:59] + "…"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{source}: {where}: {first.get('msg', 'invalid')}, got {given}{more}"
+
+
+def checked_config(values: dict, source: str = "config") -> TrainConfig:
+    """A TrainConfig whose fields have the types they are declared with (a YAML ``gamma: null`` or
+    ``verify: "no"`` is refused or read as meant, never used as it came)."""
+    import pydantic
+
+    try:
+        return _config_adapter().validate_python(values)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(validation_line(source, exc)) from None
 
 
 def available_recipes() -> dict[str, Path]:

@@ -108,8 +108,30 @@ def merge_shards(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]) 
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """``torchrun --standalone --nproc-per-node N -m medclassify ARGV`` for one machine."""
-    import subprocess
+    """``torchrun --standalone --nproc-per-node N -m medclassify ARGV`` for one machine, through
+    torchrun's own launcher in this process: its logs go to a temporary folder that is removed
+    afterwards, and a failed process is reported by the processes' own one-line errors, not by a
+    launcher traceback. Returns the first failed process's exit code, or 0."""
+    import logging
+    import shutil
+    import tempfile
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "medclassify", *argv]
-    return subprocess.call(command)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    scratch = tempfile.mkdtemp(prefix="medclassify-torchrun-")
+    elastic_logs = logging.getLogger("torch.distributed.elastic")
+    level = elastic_logs.level
+    try:
+        args = parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={scratch}", "-m", "medclassify", *argv])
+        elastic_logs.setLevel(logging.CRITICAL)  # the failed processes have said what went wrong
+        try:
+            run(args)
+        except ChildFailedError as exc:
+            codes = [failure.exitcode for failure in exc.failures.values()]
+            print(f"medclassify: {len(codes)} of {nproc} processes failed (exit code {codes[0]})", file=sys.stderr)
+            return codes[0] if codes[0] > 0 else 1
+        return 0
+    finally:
+        elastic_logs.setLevel(level)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -6,14 +6,18 @@ Defaults are the paper's: cross-entropy, Adam (lr 1e-3), 10 epochs, batch 32, sh
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
@@ -21,9 +25,9 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, compute_normalization, load_dataset
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
-from ..io import write_csv, write_json
+from ..io import folder_lock, write_csv, write_json
 from ..models import count_parameters, create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -42,6 +46,8 @@ from .recipe import (
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s", "lr"]
 # Options that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "device", "resume", "quiet", "num_threads", "eval_batch_size", "out", "data_dir", "download", "verify", "amp"}
+# Any of these in a folder means a run was (or is being) written there.
+RUN_FILES = ("config.json", "metrics.json", "best.pt", "last.pt")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class RunResult:
     run_dir: Path
     metrics: dict
     history: list[dict] = field(default_factory=list)
+    already_complete: bool = False  # a finished run was resumed: nothing was trained or written
 
 
 def load_run_data(config: TrainConfig) -> LoadedDataset:
@@ -101,6 +108,9 @@ def train_one_epoch(model, loader: BatchLoader, optimizer, criterion, scaler, am
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(loader.device.type, dtype=torch.float16, enabled=amp):
             loss = criterion(model(images).float(), targets)
+        value = loss.item()
+        if not math.isfinite(value):  # stop before the step spreads it into the weights
+            raise TrainingDiverged(f"the training loss is {value}")
         scaler.scale(loss).backward()
         if grad_clip:
             scaler.unscale_(optimizer)
@@ -109,7 +119,7 @@ def train_one_epoch(model, loader: BatchLoader, optimizer, criterion, scaler, am
         scaler.update()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.item() * len(targets)
+        loss_sum += value * len(targets)
         count += len(targets)
         progress.update(len(targets))
         progress.set_postfix(loss=f"{loss_sum / count:.4f}", refresh=False)
@@ -122,20 +132,41 @@ def train(config: TrainConfig) -> RunResult:
     Under ``torchrun`` every process runs this function: DistributedDataParallel over the processes,
     each with its share of every batch; rank 0 alone prints and writes files."""
     config.validate()
+    check_run_folder(config)
     context, device = init_distributed(config.device)
     try:
-        return _train(config, context, device)
+        with folder_lock(config.run_dir(), "train") if context.is_main else nullcontext():
+            return _train(config, context, device)
     finally:
         shutdown(context)
+
+
+def check_run_folder(config: TrainConfig) -> None:
+    """A new run needs a folder without a run in it; ``--resume`` needs the interrupted run's last.pt."""
+    run_dir = config.run_dir()
+    if config.resume and not (run_dir / "last.pt").is_file():
+        raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist; there is no interrupted run to continue")
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not config.resume and found:
+        raise CheckpointError(f"{run_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, or choose another --out")
+
+
+def _diverged(epoch: int, reason: str, config: TrainConfig, last_path: Path) -> TrainingDiverged:
+    kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished, so no checkpoint was kept"
+    return TrainingDiverged(f"training diverged in epoch {epoch} ({reason}); {kept}. Lower --lr (now {config.lr:g}) "
+                            "or add --grad-clip, in another --out")
+
+
+def _finished_result(run_dir: Path, state: dict) -> RunResult:
+    """A finished run read back from its records, for a --resume that has nothing left to do."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return RunResult(run_dir, {"best_epoch": state["best_epoch"], "epochs_run": len(state["history"]),
+                               "val": metrics["val"], "test": metrics["test"]}, state["history"], already_complete=True)
 
 
 def _train(config: TrainConfig, context: Distributed, device: torch.device) -> RunResult:
     run_dir = config.run_dir()
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if config.resume and not last_path.is_file():
-        raise CheckpointError(f"--resume: {last_path} does not exist; there is no interrupted run to continue")
-    if not config.resume and last_path.is_file():
-        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
     if config.batch_size % context.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes")
     main = context.is_main
@@ -186,6 +217,9 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler_state"])
         stopper.load_state_dict(state["early_stopping"])
+        if (state["epoch"] >= config.epochs or stopper.should_stop) and (run_dir / "metrics.json").is_file():
+            log(f"{run_dir} is already complete ({state['epoch']} epochs); nothing was trained or written")
+            return _finished_result(run_dir, state)
         rng = process_rng[context.rank]
         augment_rng.set_state(rng["augment_rng"])
         shuffle.set_state(rng["shuffle_rng"])
@@ -241,12 +275,17 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         started = time.perf_counter()
         with tqdm(total=epoch_size, desc=f"epoch {epoch}/{config.epochs}", unit="img",
                   disable=True if config.quiet or not main else None, leave=False, file=sys.stderr) as progress:
-            local_loss = train_one_epoch(trained, train_loader, optimizer, criterion, scaler, amp, progress,
-                                         scheduler, config.grad_clip, frozen)
+            try:
+                local_loss = train_one_epoch(trained, train_loader, optimizer, criterion, scaler, amp, progress,
+                                             scheduler, config.grad_clip, frozen)
+            except TrainingDiverged as exc:
+                raise _diverged(epoch, str(exc), config, last_path) from None
         train_loss = statistics.fmean(gather(context, local_loss))  # every process saw epoch_size images
         seconds = time.perf_counter() - started
         y_true, y_prob, val_loss = predict_split_sharded(model, data.splits["val"], config.eval_batch_size, normalization, device,
                                                          data.multi_label, amp, context=context)
+        if not (np.isfinite(y_prob).all() and math.isfinite(val_loss)):
+            raise _diverged(epoch, "the validation outputs are not finite", config, last_path)
         val = classification_metrics(y_true, y_prob, data.task, data.class_names)
         row = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val["acc"],

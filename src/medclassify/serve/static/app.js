@@ -54,15 +54,17 @@ function figure(src, caption) {
   return fig;
 }
 
-async function classify(file) {
+async function classify(file, before) {
   const card = element("article", { class: "card", "aria-busy": "true" });
   card.append(element("h2", {}, file.name));
   const message = element("p", { class: "muted" }, "Analysing…");
   card.append(message);
-  results.prepend(card);
+  results.insertBefore(card, before);  // the newest selection on top, its files in the order chosen
   const body = new FormData();
   body.append("files", file, file.name);
-  const query = new URLSearchParams({ model: modelSelect.value, explain: String(explainBox.checked && !explainBox.disabled) });
+  const shown = BROWSER_IMAGES.includes(file.type);  // DICOM and TIFF: the server sends the decoded image
+  const query = new URLSearchParams({ model: modelSelect.value, explain: String(explainBox.checked && !explainBox.disabled),
+                                      preview: String(!shown) });
   try {
     const response = await fetch(`/v1/predict?${query}`, { method: "POST", body });
     const answer = await response.json();
@@ -74,7 +76,8 @@ async function classify(file) {
     message.remove();
     for (const prediction of answer.predictions) {
       const images = element("div", { class: "images" });
-      if (BROWSER_IMAGES.includes(file.type)) images.append(figure(URL.createObjectURL(file), "image"));
+      if (shown) images.append(figure(URL.createObjectURL(file), "image"));
+      else if (prediction.image) images.append(figure(prediction.image, "image"));
       if (prediction.heatmap) images.append(figure(prediction.heatmap, `Grad-CAM for ${prediction.prediction}`));
       if (images.childElementCount) card.append(images);
       const verdict = element("p", { class: "verdict" });
@@ -95,7 +98,8 @@ async function classifyAll(fileList) {
   const files = [...fileList];  // the input's FileList empties when the input is reset
   if (!files.length) return;
   statusLine.textContent = `Analysing ${files.length} image(s)…`;
-  await Promise.all(files.map(classify));
+  const before = results.firstChild;
+  await Promise.all(files.map((file) => classify(file, before)));
   statusLine.textContent = `Done: ${files.length} image(s).`;
 }
 
