@@ -7,6 +7,12 @@ noisy dark background, so a short training run must beat chance.
 from __future__ import annotations
 
 import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +157,31 @@ def interrupt_training_at_epoch(monkeypatch, epoch: int):
 
     monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
     return real
+
+
+@contextmanager
+def serving(models: list[str], log: Path, *options: str):
+    """'medclassify serve MODELS OPTIONS' on a free loopback port, answering /health; yields the
+    process and its base URL, and stops it afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "medclassify", "serve", *models, "--port", str(port), *options],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail(f"the server exited: {log.read_text()}")
+                time.sleep(0.25)
+        else:
+            pytest.fail(f"the server did not answer within 60 s: {log.read_text()}")
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import quadrant_images
+from conftest import quadrant_images, serving
+from test_inference import quadrant_dicom
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -25,35 +21,19 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="headless Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it as root)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LONG_NAME = "a class name far longer than any card is wide, written without a single break_" * 2
 
 
 @pytest.fixture(scope="module")
 def server(quadrant_run, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "medclassify", "serve", f"quadrants={quadrant_run}", "--port", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail(f"the server exited: {log.read_text()}")
-                time.sleep(0.25)
-        else:
-            pytest.fail(f"the server did not answer within 60 s: {log.read_text()}")
+    import torch
+
+    folder = tmp_path_factory.mktemp("server")
+    bundle = torch.load(quadrant_run / "best.pt", weights_only=True)  # the same model, one class renamed at length
+    bundle["dataset"]["class_names"] = [LONG_NAME if name == "none" else name for name in bundle["dataset"]["class_names"]]
+    torch.save(bundle, folder / "long.pt")
+    with serving([f"quadrants={quadrant_run}", f"long={folder / 'long.pt'}"], folder / "server.log") as (_, url):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +74,12 @@ def test_upload_shows_the_class_the_probabilities_and_the_heatmap(server, browse
     assert predicted.text == "bottom-right"
     bars = browser.find_elements(By.CSS_SELECTOR, ".card .bars li")
     assert len(bars) == 5 and bars[0].find_element(By.CSS_SELECTOR, ".name").text == "bottom-right"
+    # what a person sees: each bar's filled width is its probability's share of the track
+    for bar in bars:
+        shown = float(bar.find_element(By.CSS_SELECTOR, ".value").text.rstrip("%")) / 100
+        track = bar.find_element(By.CSS_SELECTOR, ".track").rect["width"]
+        fill = bar.find_element(By.CSS_SELECTOR, ".fill").rect["width"]
+        assert track > 50 and fill == pytest.approx(shown * track, abs=1.5), (shown, fill, track)
     heatmap = browser.find_element(By.CSS_SELECTOR, "img[alt='Grad-CAM for bottom-right']")
     assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
     wait.until(lambda driver: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap) >= 224)
@@ -105,3 +91,28 @@ def test_upload_shows_the_class_the_probabilities_and_the_heatmap(server, browse
     browser.save_screenshot(os.fspath(tmp_path / "page.png"))
     with Image.open(tmp_path / "page.png") as shot:
         assert np.asarray(shot).std() > 0  # something was drawn
+
+
+def test_cards_keep_the_selection_order_show_dicom_and_contain_long_names(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    names = ["top-left", "top-right", "bottom-left"]
+    for i, name in enumerate(names):
+        Image.fromarray(quadrant_images(name, 1, size=64)[0]).save(tmp_path / f"{i}-{name}.png")
+    Image.fromarray(quadrant_images("none", 1, size=64)[0]).save(tmp_path / "3-none.png")
+    quadrant_dicom(tmp_path / "4-scan.dcm", "bottom-right")
+    wait = WebDriverWait(browser, 60)
+    browser.get(server)
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
+    Select(browser.find_element(By.ID, "model")).select_by_value("long")
+    files = [tmp_path / f"{i}-{name}.png" for i, name in enumerate(names)] + [tmp_path / "3-none.png", tmp_path / "4-scan.dcm"]
+    browser.find_element(By.ID, "files").send_keys("\n".join(map(str, files)))
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, ".card .predicted")) == 5)
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+    assert [card.find_element(By.TAG_NAME, "h2").text for card in cards] == [f.name for f in files]  # the order chosen
+    assert cards[3].find_element(By.CSS_SELECTOR, ".predicted").text == LONG_NAME
+    for card in cards:  # nothing sticks out of a card, whatever the class names
+        assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", card)
+    dicom_image = cards[4].find_element(By.CSS_SELECTOR, "img[alt='image']")
+    wait.until(lambda driver: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", dicom_image) == 128)

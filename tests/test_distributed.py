@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,15 @@ RUN_FILES = ["best.pt", "config.json", "history.csv", "last.pt", "metrics.json",
 
 
 def torchrun_train(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "medclassify", "train", "--nproc", "2", *args], capture_output=True, text=True, env=env, timeout=600)
+    scratch = Path(tempfile.mkdtemp())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "medclassify", "train", "--nproc", "2", *args], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert list(scratch.iterdir()) == [], "the launcher left files behind"  # e.g. torchelastic_* log folders
+        return done
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +106,9 @@ def test_study_on_a_local_ray_instance_gives_the_local_results(tmp_path):
     study = Study.from_dict({"name": "ray", "datasets": ["bloodmnist"], "sizes": [28], "models": ["paper-cnn", "bn-cnn"],
                              "seeds": [0], "train": {"epochs": 1, "verify": False, "num_threads": 1}})
     run_study(study, tmp_path / "local", data_dir=str(data), quiet=True)
+    ray_folders = set(Path(tempfile.gettempdir()).glob("ray*"))
     statuses = run_study(study, tmp_path / "ray", data_dir=str(data), quiet=True, backend="ray", workers=2)
+    assert set(Path(tempfile.gettempdir()).glob("ray*")) <= ray_folders  # the local Ray instance took its files with it
     assert [s.state for s in statuses] == ["trained", "trained"]
     timing = {"train_seconds", "images_per_s"}  # wall-clock figures, the only ones that may differ
     rows = {name: [{k: v for k, v in row.items() if k not in timing}

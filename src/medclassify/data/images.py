@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -273,13 +274,16 @@ def read_array_file(path: Path, max_pixels: int | None = MAX_PIXELS) -> list[Sou
     return array_images(path, array)
 
 
-def _pillow_open(source: Path | BinaryIO, name: str | Path, formats: tuple[str, ...] | None):
+def _pillow_open(source: Path | BinaryIO, name: str | Path, formats: tuple[str, ...] | None, max_pixels: int | None = MAX_PIXELS):
     try:
         return Image.open(source, formats=formats)
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (Pillow cannot identify its format)") from None
     except Image.DecompressionBombError as exc:  # Pillow's own guard fires before our header check can
-        raise ImageTooLarge(f"{name}: {first_line(exc)}") from None
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found is None or max_pixels is None:
+            raise ImageTooLarge(f"{name}: {first_line(exc)}") from None
+        raise ImageTooLarge(f"{name}: {int(found[1]):,} pixels exceed the limit of {max_pixels:,} pixels") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{name}: not a readable image ({first_line(exc)})") from None
 
@@ -288,7 +292,7 @@ def read_pillow(source: Path | BinaryIO, name: str | Path, max_pixels: int | Non
                 formats: tuple[str, ...] | None = None, draft_side: int | None = None) -> list[SourceImage]:
     """The first frame of a Pillow-readable image; ``formats`` restricts the decoders tried;
     ``draft_side``: JPEGs are decoded at a reduced scale that keeps both sides at least this long."""
-    with _pillow_open(source, name, formats) as image:
+    with _pillow_open(source, name, formats, max_pixels) as image:
         _check_pixels(name, image.width * image.height, max_pixels, f"{image.width} x {image.height} pixels")
         try:
             if draft_side and image.format == "JPEG":
@@ -355,7 +359,7 @@ def image_bytes_pixels(data: bytes, name: str, max_pixels: int | None = MAX_PIXE
         count = _dicom_pixel_count(ds, name)
         _check_pixels(name, count, max_pixels, f"{int(ds.get('NumberOfFrames', 1) or 1)} frame(s) of {ds.Columns} x {ds.Rows} pixels")
         return count
-    with _pillow_open(io.BytesIO(data), name, (kind,)) as image:
+    with _pillow_open(io.BytesIO(data), name, (kind,), max_pixels) as image:
         _check_pixels(name, image.width * image.height, max_pixels, f"{image.width} x {image.height} pixels")
         return image.width * image.height
 

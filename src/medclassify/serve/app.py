@@ -22,6 +22,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from .. import __version__
@@ -120,8 +121,6 @@ def _prepare(data: bytes, name: str, settings: ServeSettings, size: int, channel
 
 def display_copy(pixels: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
     """uint8 H x W x 3 shrunk (aspect ratio kept) so that its longer side is at most ``side``."""
-    from PIL import Image
-
     height, width = pixels.shape[:2]
     if max(height, width) <= side:
         return pixels
