@@ -64,10 +64,10 @@ def test_predict_a_batch_of_formats(client):
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["model"] == model and len(body["version"]) == 12
-        got = [(p["filename"], p["prediction"]) for p in body["predictions"]]
+        got = [(p["file"], p["prediction"]) for p in body["predictions"]]
         assert got == [("grey.png", "top-left"), ("photo.jpg", "bottom-right"), ("scan.tiff", "top-right"), ("scan.bmp", "bottom-left")]
         first = body["predictions"][0]
-        assert len(first["top"]) == 2 and first["top"][0] == {"label": "top-left", "probability": first["probability"]}
+        assert len(first["top"]) == 2 and first["top"][0] == {"class": "top-left", "probability": first["probability"]}
         assert sum(first["probabilities"].values()) == pytest.approx(1.0) and first["heatmap"] is None
 
 
@@ -90,7 +90,7 @@ def test_explain_returns_a_png_overlay(client):
 def test_client_file_names_never_become_paths(client, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     answer = client.post("/v1/predict", files=[upload("../../etc/evil.png", png_bytes(quadrant_images("top-left", 1)[0]))])
-    assert answer.json()["predictions"][0]["filename"] == "evil.png"
+    assert answer.json()["predictions"][0]["file"] == "evil.png"
     assert list(tmp_path.iterdir()) == []
 
 

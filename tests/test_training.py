@@ -1,13 +1,17 @@
 import csv
 import importlib.metadata
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_training_at_epoch
 from medmnist.evaluator import getACC, getAUC
 
-from conftest import interrupt_training_at_epoch
 from medclassify import TrainConfig, evaluate_run, train
 from medclassify.errors import CheckpointError, ConfigError
 from medclassify.io import file_md5
@@ -62,7 +66,44 @@ def test_predictions_csv_agrees_with_medmnist_evaluator(blood_run):
     y_score = np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows])
     test = blood_run.metrics["test"]
     assert getACC(y_true, y_score, "multi-class") == pytest.approx(test["acc"], abs=1e-9)
-    assert getAUC(y_true, y_score, "multi-class") == pytest.approx(test["auc"], abs=1e-5)
+    assert getAUC(y_true, y_score, "multi-class") == pytest.approx(test["auc"], abs=1e-9)
+
+
+def test_predictions_csv_is_lossless_near_0_and_1(tmp_path):
+    """Scores within 1e-6 of 0 and 1, where 6 digits tie: the record gives MedMNIST's evaluator the
+    run's own numbers."""
+    from medclassify.data import LoadedDataset
+    from medclassify.evaluation import classification_metrics, write_predictions
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, 400)
+    positive = np.where(y_true == 1, 1 - rng.uniform(0, 1e-6, 400), rng.uniform(0, 1e-6, 400))
+    positive[rng.choice(400, 60, replace=False)] = rng.uniform(0, 1, 60)  # some mistakes, so that the AUC is not 1
+    y_prob = np.stack([1 - positive, positive], axis=1).astype(np.float32).astype(np.float64)
+    data = LoadedDataset("pneumoniamnist", "binary-class", ["normal", "pneumonia"], 1, 28, {}, source={})
+    write_predictions(tmp_path / "p.csv", y_true, y_prob, data)
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    saved = np.array([[float(r["prob_normal"]), float(r["prob_pneumonia"])] for r in rows])
+    assert np.array_equal(saved.astype(np.float32), y_prob.astype(np.float32))  # every float32 read back exactly
+    metrics = classification_metrics(y_true, y_prob, "binary-class")
+    assert abs(getAUC(y_true, saved, "binary-class") - metrics["auc"]) <= 1e-9
+    assert abs(getACC(y_true, saved, "binary-class") - metrics["acc"]) <= 1e-9
+
+
+def test_medmnist_result_files_evaluate_to_the_runs_figures(blood_run, tmp_path):
+    """Each split in MedMNIST's own format: 'python -m medmnist evaluate' prints the run's ACC/AUC."""
+    files = sorted((blood_run.run_dir / "medmnist").glob("*.csv"))
+    assert [f.name.split("_[")[0] for f in files] == ["bloodmnist_test", "bloodmnist_val"]
+    home = tmp_path / "home"
+    (home / ".medmnist").mkdir(parents=True)
+    shutil.copy(blood_run.run_dir.parent / "data" / "bloodmnist.npz", home / ".medmnist")  # where medmnist looks for labels
+    for path, split in zip(files, ("test", "val")):
+        done = subprocess.run([sys.executable, "-m", "medmnist", "evaluate", f"--path={path}"], capture_output=True, text=True,
+                              env={**os.environ, "HOME": str(home)}, timeout=120)
+        printed = dict(part.split("=") for part in done.stdout.strip().removeprefix("Metrics(").removesuffix(")").split(", "))
+        assert float(printed["AUC"]) == pytest.approx(blood_run.metrics[split]["auc"], abs=1e-9), done.stderr
+        assert float(printed["ACC"]) == pytest.approx(blood_run.metrics[split]["acc"], abs=1e-9)
 
 
 def test_checkpoints_load_with_weights_only_and_rebuild_the_model(blood_run):

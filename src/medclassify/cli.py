@@ -372,15 +372,15 @@ def _run_recipes(args: argparse.Namespace) -> int:
 
 
 def _write_predictions(path: Path, predictions, top: int, describe: str) -> None:
-    from .io import write_csv, write_json
+    from .io import PROBABILITY_FORMAT, probability_columns, write_csv, write_json
 
     if path.suffix.lower() == ".json":
         write_json(path, {"model": describe, "predictions": predictions.records(top),
                           "skipped": [{"file": f, "error": e} for f, e in predictions.skipped]})
         return
-    header = ["file", "prediction", "probability", f"top{top}"] + [f"p_{name}" for name in predictions.class_names]
-    rows = ([r["file"], r["prediction"], f"{r['probability']:.6f}", "; ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]),
-             *(f"{p:.6f}" for p in r["probabilities"].values())] for r in predictions.records(top))
+    header = ["file", "prediction", "probability", "top"] + probability_columns(predictions.class_names)
+    rows = ([r["file"], r["prediction"], format(r["probability"], PROBABILITY_FORMAT), "; ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]),
+             *(format(p, PROBABILITY_FORMAT) for p in r["probabilities"].values())] for r in predictions.records(top))
     write_csv(path, header, rows)
 
 

@@ -19,6 +19,14 @@ from typing import Any, Iterable, Iterator
 from .errors import OutputError
 
 LOCK_NAME = ".medclassify.lock"
+# Probabilities in CSV records: 9 significant digits read back to the same float32, so that a metric
+# computed from a record equals the one the run computed.
+PROBABILITY_FORMAT = ".9g"
+
+
+def probability_columns(class_names: list[str]) -> list[str]:
+    """The one naming of per-class probability columns in every CSV medclassify writes."""
+    return [f"prob_{name}" for name in class_names]
 
 
 def cannot_write(path: str | os.PathLike, exc: OSError) -> OutputError:

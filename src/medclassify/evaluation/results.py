@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data import LoadedDataset, Normalization
-from ..io import write_csv, write_json
+from ..io import PROBABILITY_FORMAT, cannot_write, make_folder, probability_columns, write_csv, write_json
 from .metrics import classification_metrics, predicted_labels
 from .predict import predict_split_sharded
 
@@ -40,23 +42,60 @@ def _label_text(row: np.ndarray, multi_label: bool) -> str | int:
     return ";".join(str(i) for i in np.flatnonzero(row)) if multi_label else int(row)
 
 
-def write_predictions(path: Path, y_true: np.ndarray, y_prob: np.ndarray, data: LoadedDataset) -> None:
-    """One row per sample: its index in the split, true and predicted class indices (multi-label:
-    the positive labels joined by ';'), and the probability of every class."""
+def write_predictions(path: Path, y_true: np.ndarray, y_prob: np.ndarray, data: LoadedDataset, split: str = "test") -> None:
+    """One row per sample: its index in the split (image folders: also its file), true and
+    predicted class indices (multi-label: the positive labels joined by ';'), and the probability of
+    every class, written so that it reads back to the same float32 value."""
     y_pred = predicted_labels(y_prob, data.task)
-    header = ["index", "true", "predicted"] + [f"prob_{name}" for name in data.class_names]
+    files = data.source.get("files", {}).get(split)
+    header = ["index", *(["file"] if files else []), "true", "predicted"] + probability_columns(data.class_names)
     rows = (
-        [i, _label_text(t, data.multi_label), _label_text(p, data.multi_label), *(f"{v:.6g}" for v in prob)]
+        [i, *([files[i]] if files else []), _label_text(t, data.multi_label), _label_text(p, data.multi_label),
+         *(format(v, PROBABILITY_FORMAT) for v in prob)]
         for i, (t, p, prob) in enumerate(zip(y_true, y_pred, y_prob))
     )
     write_csv(path, header, rows)
 
 
+MEDMNIST_RESULTS = "medmnist"  # the run's folder of MedMNIST-format result files
+
+
+def write_medmnist_results(run_dir: Path, outputs: dict, data: LoadedDataset) -> list[Path]:
+    """Each split's scores in MedMNIST's own result format, written by ``medmnist.Evaluator``
+    (``{flag}{_size}_{split}_[AUC]..._[ACC]...@medclassify.csv``), so that ``python -m medmnist
+    evaluate`` reads them. MedMNIST datasets only; nothing for image folders or the synthetic sample."""
+    from medmnist import Evaluator
+    from medmnist.info import INFO
+
+    if data.source.get("kind") != "npz" or data.name not in INFO:
+        return []
+    folder = make_folder(run_dir / MEDMNIST_RESULTS)
+    written = []
+    for split, (_, y_prob) in outputs.items():
+        prefix = f"{data.name}{'' if data.size == 28 else f'_{data.size}'}_{split}_"
+        try:
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".write-") as tmp:  # then renamed: never half a file
+                evaluator = Evaluator(data.name, split, size=data.size, root=str(Path(data.source["file"]).parent))
+                evaluator.evaluate(y_prob, tmp, "medclassify")
+                (produced,) = Path(tmp).iterdir()
+                for old in folder.glob(f"{prefix}*@medclassify.csv"):  # the name carries the figures: replace, not add
+                    old.unlink()
+                os.replace(produced, folder / produced.name)
+        except OSError as exc:
+            raise cannot_write(folder, exc) from None
+        written.append(folder / produced.name)
+    return written
+
+
 def write_results(run_dir: Path, metrics: dict, outputs: dict, data: LoadedDataset, extra: dict | None = None,
-                  metrics_file: str = "metrics.json", predictions_file: str = "predictions.csv") -> None:
+                  metrics_file: str = "metrics.json", predictions_file: str = "predictions.csv", medmnist_files: bool = True) -> None:
+    """``metrics.json``, ``predictions.csv`` (test split) and, with ``medmnist_files``, the
+    MedMNIST-format files of every split in ``outputs``."""
     write_json(run_dir / metrics_file, {**(extra or {}), **metrics})
     y_true, y_prob = outputs["test"]
     write_predictions(run_dir / predictions_file, y_true, y_prob, data)
+    if medmnist_files:
+        write_medmnist_results(run_dir, outputs, data)
 
 
 def summary_line(split: str, metrics: dict) -> str:

@@ -85,5 +85,5 @@ def _evaluate(run_dir: Path, config: TrainConfig, checkpoint: str, device: str) 
     extra = {"checkpoint": f"{checkpoint}.pt", "epoch": state.get("epoch"), "select_metric": config.select_metric, "tta": config.tta}
     if checkpoint == "best":
         extra["best_epoch"] = state.get("epoch")
-    write_results(run_dir, metrics, outputs, data, extra, *result_files(checkpoint))
+    write_results(run_dir, metrics, outputs, data, extra, *result_files(checkpoint), medmnist_files=checkpoint == "best")
     return metrics

@@ -265,8 +265,6 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             telemetry.predictions.labels(served.name, predictions.predicted(i)).inc()
         records = predictions.records(top)
         for record, heatmap, source in zip(records, heatmaps, sources):
-            record["filename"] = record.pop("file")
-            record["top"] = [{"label": t["class"], "probability": t["probability"]} for t in record["top"]]
             record["heatmap"] = heatmap
             record["image"] = png_data_url(source.pixels) if preview else None
         return PredictResponse(model=served.name, version=served.version, predictions=records)

@@ -33,12 +33,14 @@ class ModelList(BaseModel):
 
 
 class ClassScore(BaseModel):
-    label: str = Field(examples=["neutrophil"])
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: str = Field(alias="class", examples=["neutrophil"])
     probability: float = Field(ge=0.0, le=1.0, examples=[0.97])
 
 
 class Prediction(BaseModel):
-    filename: str = Field(description="the uploaded file's name; '[i]' marks frame i of a multi-frame DICOM", examples=["cell.png"])
+    file: str = Field(description="the uploaded file's name; '[i]' marks frame i of a multi-frame DICOM", examples=["cell.png"])
     prediction: str = Field(description="the predicted class (multi-label tasks: every label above 0.5, joined by '; ')", examples=["neutrophil"])
     probability: float = Field(ge=0.0, le=1.0, description="the highest class probability", examples=[0.97])
     top: list[ClassScore] = Field(description="the most probable classes, best first")

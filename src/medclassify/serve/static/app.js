@@ -81,7 +81,7 @@ async function classify(file, before) {
       if (prediction.heatmap) images.append(figure(prediction.heatmap, `Grad-CAM for ${prediction.prediction}`));
       if (images.childElementCount) card.append(images);
       const verdict = element("p", { class: "verdict" });
-      if (answer.predictions.length > 1) verdict.append(`${prediction.filename}: `);
+      if (answer.predictions.length > 1) verdict.append(`${prediction.file}: `);
       verdict.append(element("strong", { class: "predicted" }, prediction.prediction));
       verdict.append(` ${(prediction.probability * 100).toFixed(1)}%`);
       card.append(verdict, bars(prediction.probabilities, prediction.prediction));
