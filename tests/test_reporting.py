@@ -171,3 +171,66 @@ def test_parallel_workers_give_the_numbers_of_a_sequential_run(tmp_path):
         seq = (tmp_path / "seq" / "runs" / run / "predictions.csv").read_text()
         par = (tmp_path / "par" / "runs" / run / "predictions.csv").read_text()
         assert seq == par
+
+
+def test_two_seeds_that_disagree_widen_the_interval_and_the_comparison():
+    """With seeds at 0.60 and 0.80 accuracy, the interval must hold both, and a third experiment
+    at 0.70 must not be called different: the spread between runs is part of the uncertainty."""
+    from medclassify.reporting.stats import bootstrap_difference, bootstrap_interval, mcnemar_per_seed
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = rng.integers(0, 2, n)
+
+    def scores(accuracy):
+        right = rng.random(n) < accuracy
+        positive = np.where(right == (y == 1), 0.9, 0.1)
+        return np.stack([1 - positive, positive], axis=1)
+
+    a = Side(y, [scores(0.60), scores(0.80)], "binary-class")
+    low, high = bootstrap_interval(a, n_boot=400)["acc"]
+    seed_values = [float(np.mean(((s[:, 1] > 0.5) == y))) for s in a.scores]
+    assert low <= min(seed_values) and max(seed_values) <= high
+    b = Side(y, [scores(0.70), scores(0.70)], "binary-class")
+    difference = bootstrap_difference(a, b, paired=True, n_boot=400)["acc"]
+    assert difference["ci_low"] < 0 < difference["ci_high"]
+    tests = mcnemar_per_seed(a, b, [0, 1], [0, 1])
+    assert [(t["seed_a"], t["seed_b"]) for t in tests] == [(0, 0), (1, 1)]  # one test per seed pair, not one on averages
+
+
+def test_report_states_each_experiments_own_settings_and_does_not_attribute_them_to_the_model(tmp_path, capsys):
+    data = write_study_files(tmp_path / "data", ["bloodmnist"], sizes=(28,), counts=(48, 16, 32))
+    study_yaml = tmp_path / "s.yaml"
+    study_yaml.write_text("name: settings\ndatasets: [bloodmnist]\nsizes: [28]\nmodels: [paper-cnn, bn-cnn]\n"
+                          "train: {epochs: 2}\nexperiments:\n  - match: {model: bn-cnn}\n"
+                          "    train: {optimizer: sgd, lr: 0.01, augment: light, loss: focal, focal_gamma: 1.5}\n")
+    out = tmp_path / "study"
+    reports = {}
+    for lang in ("en", "zh"):
+        assert main(["run", str(study_yaml), "--out", str(out), "--data-dir", str(data), "--no-verify", "--bootstrap", "30", "--quiet", "--lang", lang]) == 0
+        reports[lang] = (out / "report.md").read_text(encoding="utf-8")
+    en = reports["en"]
+    differing = en.split("Training settings that differ between experiments")[1].split("## ")[0]
+    header = next(line for line in differing.splitlines() if line.startswith("| experiment"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in differing.splitlines()
+            if line.startswith("| bloodmnist")}
+    for run in (out / "runs").iterdir():  # every cell of the table is what the run's config.json says
+        config = json.loads((run / "config.json").read_text())["config"]
+        row = dict(zip(columns, rows[run.name.removesuffix("_seed0")]))
+        assert row["optimiser"] == config["optimizer"] and row["augmentation"] == config["augment"]
+        assert row["learning rate"] == str(config["lr"]) and row["loss"] == ("focal" if config["loss"] == "focal" else "cross-entropy")
+        assert row["focal γ"] == (str(config["focal_gamma"]) if config["loss"] == "focal" else "–")
+        assert row["SGD momentum"] == (str(config["momentum"]) if config["optimizer"] == "sgd" else "–")
+    shared = en.split("Training settings shared by every experiment")[1].split("Table")[0]
+    assert "| epochs | 2 |" in shared and "| optimiser |" not in shared and "| augmentation |" not in shared
+    assert "without augmentation" not in en and "no hyper-parameter was tuned" not in en
+    model_verdict = en.split("Which model is better?")[1].split("###")[0]
+    assert "so the difference cannot be attributed to the model alone" in model_verdict
+    assert "optimiser, learning rate" in model_verdict and "augmentation" in model_verdict
+    assert "too few to judge over-fitting" in en  # 2 epochs
+    assert "Acevedo et al." in en and "Scientific Data 10, 41 (2023)" in en
+    assert [int(n) for n in re.findall(r"^Table (\d+)\.", en, flags=re.M)] == list(range(1, 9))
+    zh = reports["zh"]
+    assert "不能仅归因于模型" in zh and "训练轮数" in zh and "不足以依据损失曲线判断过拟合" in zh
+    assert "Training settings" not in zh and "cannot be attributed" not in zh

@@ -5,6 +5,20 @@ ACC and AUC follow MedMNIST's evaluator (``medmnist.evaluator.getACC`` / ``getAU
 * multi-class (and ordinal): ACC on the arg-max; AUC is the mean of the one-vs-rest AUCs;
 * binary: the positive class's score (last column) thresholded at 0.5 for ACC, and its AUC;
 * multi-label: per-label ACC (score > 0.5) and AUC, averaged over labels.
+
+Calibration and agreement (:func:`calibration_metrics`), on the same class decisions:
+
+* Brier score: multi-class, the mean over images of the squared distance between the probability
+  vector and the one-hot label (scikit-learn's multi-class ``brier_score_loss``); binary, that of the
+  positive class's probability; multi-label, per label, averaged;
+* NLL: the mean negative log-likelihood of the true class (scikit-learn's ``log_loss``, computed
+  directly so that scores that sum to 1 only within float32 rounding are taken as they are;
+  multi-label: per label);
+* ECE: expected calibration error of the top-label confidence over 15 equal-width bins (bins
+  [lo, hi), as torchmetrics' ``MulticlassCalibrationError``); class-wise ECE: the ECE of each
+  class's one-vs-rest probability, averaged over classes;
+* balanced accuracy, Matthews correlation and Cohen's kappa (quadratic weights for ordinal
+  regression, e.g. RetinaMNIST) on the class decisions (multi-label: per label, averaged).
 """
 
 from __future__ import annotations
@@ -14,8 +28,13 @@ import math
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    cohen_kappa_score,
     confusion_matrix,
     f1_score,
+    log_loss,
+    matthews_corrcoef,
     multilabel_confusion_matrix,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -23,7 +42,10 @@ from sklearn.metrics import (
 
 MULTI_LABEL = "multi-label, binary-class"
 BINARY = "binary-class"
+ORDINAL = "ordinal-regression"
 THRESHOLD = 0.5
+ECE_BINS = 15
+CALIBRATION_METRICS = ("brier", "nll", "ece", "classwise_ece", "balanced_acc", "mcc", "kappa")
 
 
 def predicted_labels(y_score: np.ndarray, task: str) -> np.ndarray:
@@ -70,6 +92,54 @@ def macro_f1(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
 
 
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error: over equal-width confidence bins [lo, hi) (1.0 in the last), the
+    share of images in the bin times |accuracy - mean confidence| of the bin."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    bins = np.clip(np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1), confidence, side="right") - 1, 0, n_bins - 1)
+    if not len(confidence):
+        return float("nan")
+    gap = np.abs(np.bincount(bins, correct, n_bins) - np.bincount(bins, confidence, n_bins))
+    return float(gap.sum() / len(confidence))
+
+
+def _binary_scores(y: np.ndarray, p: np.ndarray) -> dict:
+    """The calibration and agreement figures of one binary decision at threshold 0.5."""
+    decided = (p > THRESHOLD).astype(int)
+    return {
+        "brier": float(brier_score_loss(y, p, labels=[0, 1])),
+        "nll": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        "ece": calibration_error(np.maximum(p, 1 - p), decided == y),
+        "balanced_acc": float(balanced_accuracy_score(y, decided)) if np.unique(y).size > 1 else float("nan"),
+        "mcc": float(matthews_corrcoef(y, decided)),
+        "kappa": float(cohen_kappa_score(y, decided, labels=[0, 1])),
+    }
+
+
+def calibration_metrics(y_true: np.ndarray, y_score: np.ndarray, task: str) -> dict:
+    """Brier score, NLL, ECE, class-wise ECE, balanced accuracy, Matthews correlation and Cohen's
+    kappa (see the module's description for each definition)."""
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
+    if task == MULTI_LABEL:
+        per_label = [_binary_scores(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]
+        result = {key: float(np.nanmean([r[key] for r in per_label])) for key in per_label[0]}
+        return {**result, "classwise_ece": result["ece"]}
+    k = y_score.shape[1]
+    y_pred = predicted_labels(y_score, task)
+    onehot = np.eye(k)[y_true]
+    result = {
+        "brier": float(brier_score_loss(y_true, y_score[:, -1])) if task == BINARY else
+        float(brier_score_loss(y_true, y_score, labels=list(range(k)))),
+        "nll": float(-np.mean(np.log(np.clip(y_score[np.arange(len(y_true)), y_true], 1e-15, 1.0)))),  # = log_loss (tested)
+        "ece": calibration_error(y_score[np.arange(len(y_pred)), y_pred], y_pred == y_true),
+        "classwise_ece": float(np.mean([calibration_error(y_score[:, c], onehot[:, c] == 1) for c in range(k)])),
+        "balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
+        "mcc": float(matthews_corrcoef(y_true, y_pred)),
+        "kappa": float(cohen_kappa_score(y_true, y_pred, labels=list(range(k)), weights="quadratic" if task == ORDINAL else None)),
+    }
+    return result
+
+
 def classification_metrics(
     y_true: np.ndarray, y_score: np.ndarray, task: str, class_names: list[str] | None = None
 ) -> dict:
@@ -106,6 +176,7 @@ def classification_metrics(
     else:
         matrix = confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
         result["confusion_matrix"] = matrix.tolist()
+    result.update(calibration_metrics(y_true, y_score, task))
     if task == BINARY:
         tn, fp, fn, tp = matrix.ravel()
         result["sensitivity"] = float(tp / (tp + fn)) if tp + fn else math.nan

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_path, write_csv
-from ..reporting.stats import METRICS, Side, bootstrap_interval
+from ..evaluation.metrics import CALIBRATION_METRICS
+from ..reporting.stats import METRICS, Side, bootstrap_calibration, bootstrap_interval
 from ..reporting.texts import METRIC_NAMES
 from .study import Study
 
@@ -67,10 +68,11 @@ class Experiment:
         return self.records[0]["data"]["class_names"]
 
     def mean(self, metric: str) -> float:
-        return float(np.mean([m["test"][metric] for m in self.metrics]))
+        """The test figure averaged over seeds (NaN where a run's record predates the figure)."""
+        return float(np.mean([m["test"].get(metric, np.nan) for m in self.metrics]))
 
     def std(self, metric: str) -> float:
-        values = [m["test"][metric] for m in self.metrics]
+        values = [m["test"].get(metric, np.nan) for m in self.metrics]
         return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
@@ -121,8 +123,8 @@ def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict
     for e in experiments:
         row = {"experiment": e.name, "dataset": e.dataset, "size": e.size, "model": e.model,
                "seeds": " ".join(map(str, e.seeds)), "n_test": len(e.side.y_true)}
-        intervals = bootstrap_interval(e.side, n_boot)
-        for name in METRICS:
+        intervals = {**bootstrap_interval(e.side, n_boot), **bootstrap_calibration(e.side, n_boot)}
+        for name in (*METRICS, *CALIBRATION_METRICS):
             row[f"test_{name}"], row[f"test_{name}_std"] = e.mean(name), e.std(name)
             row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
         epochs = [m["best_epoch"] for m in e.metrics if isinstance(m.get("best_epoch"), (int, float))]
@@ -150,4 +152,5 @@ def write_results_table(rows: list[dict], study_dir: str | Path) -> None:
         lines.append(f"| {r['dataset']} | {r['size']} | {r['model']} | {r['seeds']} | " + " | ".join(metric_cell(r, m) for m in METRICS)
                      + f" | {r['best_epoch']:.1f} | {r['train_seconds']:.0f} s | {r['images_per_s']:.0f} |")
     with atomic_path(study_dir / "results.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n\nMean ± standard deviation over seeds; 95% CI: bootstrap over test images.\n")
+        tmp.write_text("\n".join(lines) + "\n\nMean ± standard deviation over seeds; 95% CI: bootstrap over seeds and test images "
+                       "(one seed: over test images only, the spread between runs is unknown).\n")

@@ -2,12 +2,16 @@
 dict (what was compared, the numbers, the verdict) that the report then words in a language.
 
 * Two experiments differ significantly when the 95 % bootstrap interval of the accuracy difference
-  excludes 0 and, where both classify the same test images, McNemar's exact test gives p < 0.05.
+  (over seeds and test images) excludes 0 and, where both classify the same test images,
+  McNemar's exact test gives p < 0.05 for every seed pair.
+* When the two sides of a comparison differ in more than the factor compared (another optimiser,
+  say, set per experiment), the difference is not attributed to that factor alone.
 * A dataset is *harder* than another when its test metrics are lower at the same size and model;
   when the metrics disagree, the report says so instead of choosing.
 * An experiment shows *over-fitting* when its validation loss (mean over seeds) reached its minimum
   before the last epoch while the training loss kept falling, and at the end the validation loss is
-  at least 10 % above that minimum or at least twice the training loss.
+  at least 10 % above that minimum or at least twice the training loss. With fewer than 3 epochs
+  there is no curve to judge, and the report says so.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import METRICS, bootstrap_difference, mcnemar
+from .settings import differing_settings
+from .stats import METRICS, bootstrap_difference, mcnemar_per_seed
 
 SIGNIFICANCE = 0.05
 OVERFIT_RISE = 0.10
 OVERFIT_GAP = 2.0
+OVERFIT_MIN_EPOCHS = 3
 FACTORS = ("size", "model", "dataset")
 
 
@@ -32,13 +38,14 @@ class Comparison:
     b: object
     paired: bool
     difference: dict  # metric -> {"difference", "ci_low", "ci_high"}
-    mcnemar: dict | None
+    mcnemar: list[dict] | None  # one test per seed pair; None when the sides classify different images
+    also_differs: list[str]  # settings other than the factor that differ between the sides
 
     @property
     def verdict(self) -> str:
         """"better" (b beats a), "worse", or "same" (no significant difference)."""
         acc = self.difference["acc"]
-        p_ok = self.mcnemar is None or self.mcnemar["p_value"] < SIGNIFICANCE
+        p_ok = self.mcnemar is None or all(test["p_value"] < SIGNIFICANCE for test in self.mcnemar)
         if acc["ci_low"] > 0 and p_ok:
             return "better"
         if acc["ci_high"] < 0 and p_ok:
@@ -65,7 +72,8 @@ def compare(experiments, n_boot: int = 1000) -> list[Comparison]:
                 comparisons.append(Comparison(
                     factor, dict(zip(others, key)), a, b, paired,
                     bootstrap_difference(a.side, b.side, paired, n_boot),
-                    mcnemar(a.side, b.side) if paired else None,
+                    mcnemar_per_seed(a.side, b.side, a.seeds, b.seeds) if paired else None,
+                    differing_settings(a, b),
                 ))
     return comparisons
 
@@ -84,11 +92,14 @@ def harder_dataset(comparison: Comparison) -> dict:
 
 
 def overfitting(experiment) -> dict:
-    val = np.mean([[float(r["val_loss"]) for r in h] for h in experiment.histories], axis=0)
-    train = np.mean([[float(r["train_loss"]) for r in h] for h in experiment.histories], axis=0)
+    """The over-fitting rule on the seed-mean loss curves; ``overfits`` is None when the curves are
+    too short (fewer than 3 epochs) to judge."""
+    length = min(len(h) for h in experiment.histories)
+    val = np.mean([[float(r["val_loss"]) for r in h[:length]] for h in experiment.histories], axis=0)
+    train = np.mean([[float(r["train_loss"]) for r in h[:length]] for h in experiment.histories], axis=0)
     best = int(np.argmin(val))
     rise = float(val[-1] / val[best] - 1) if val[best] > 0 else 0.0
     gap = float(val[-1] / train[-1]) if train[-1] > 0 else float("inf")
     verdict = best < len(val) - 1 and train[-1] < train[best] and (rise >= OVERFIT_RISE or gap >= OVERFIT_GAP)
-    return {"overfits": bool(verdict), "best_epoch": best + 1, "lowest": float(val[best]), "last": float(val[-1]),
+    return {"overfits": bool(verdict) if length >= OVERFIT_MIN_EPOCHS else None, "best_epoch": best + 1, "lowest": float(val[best]), "last": float(val[-1]),
             "rise": rise, "gap": gap, "train_last": float(train[-1]), "epochs": len(val)}

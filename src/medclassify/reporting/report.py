@@ -10,11 +10,13 @@ from pathlib import Path
 
 from .. import __version__
 from ..data import get_dataset_info
+from ..evaluation.metrics import CALIBRATION_METRICS
 from ..experiments.results import load_experiments, metric_cell, results_rows, write_results_table
 from ..io import atomic_path
 from ..models import available_models
 from .discussion import compare, harder_dataset, overfitting
 from .figures import study_figures
+from .settings import NOT_USED, experiment_settings, split_settings
 from .texts import METRIC_NAMES, TEXTS
 
 LANGUAGES = tuple(TEXTS)
@@ -29,53 +31,88 @@ def _level(experiment, factor: str, t: dict) -> str:
     return t["pixels"].format(size=value) if factor == "size" else str(value)
 
 
+def _seed_p(tests: list[dict], t: dict, key: str) -> str:
+    return "; ".join(t[key].format(seed=test["seed_a"], p=test["p_value"]) for test in tests)
+
+
+def _setting_value(value: str, t: dict) -> str:
+    return t["values"].get(value, value)
+
+
 def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int) -> list[tuple]:
     """The report as a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows),
-    ("figure", png path, caption)."""
+    ("figure", png path, caption). Every statement comes from the runs' own records."""
     t, names = TEXTS[lang], METRIC_NAMES[lang]
     first = experiments[0].records[0]
     env = first["environment"]
     packages = env["packages"]
     blocks: list[tuple] = [("h1", t["title"].format(name=study.name)), ("p", t["generated"].format(version=__version__))]
+    tables = iter(range(1, 100))
+
+    def table(caption: str, header: list[str], body: list[list]) -> None:
+        blocks.extend([("p", t["table"].format(n=next(tables), caption=caption)), ("table", header, body)])
 
     device = env["device"] + (f" ({env['gpu']})" if env.get("gpu") else "")
     env_values = [device, env["processor"], env["cpu_count"], env["python"], packages["torch"], packages["torchvision"],
                   packages["medmnist"], packages["scikit-learn"]]
-    blocks += [("h2", t["environment"]), ("table", t["kv_header"], [[k, str(v)] for k, v in zip(t["env_rows"], env_values)])]
+    blocks.append(("h2", t["environment"]))
+    table(t["environment_caption"], t["kv_header"], [[k, str(v)] for k, v in zip(t["env_rows"], env_values)])
 
-    dataset_rows = []
+    dataset_rows, sources = [], []
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         e = next(x for x in experiments if x.dataset == dataset)
         splits = e.records[0]["data"]["source"]["split_sizes"]
         sizes = ", ".join(str(x.size) for x in experiments if x.dataset == dataset and x.model == e.model)
         dataset_rows.append([dataset, e.task, str(e.records[0]["data"]["channels"]), str(len(e.class_names)), sizes,
                              " / ".join(str(splits[s]) for s in ("train", "val", "test"))])
-    blocks += [("h2", t["datasets"]), ("table", t["dataset_header"], dataset_rows)]
+        if dataset != "folder":
+            info = get_dataset_info(dataset)
+            sources.append(t["source"].format(dataset=dataset, license=info.license, description=info.description, source=info.source))
+    blocks.append(("h2", t["datasets"]))
+    table(t["dataset_caption"], t["dataset_header"], dataset_rows)
+    if sources:
+        blocks += [("h3", t["sources"])] + [("p", text) for text in sources]
+        if any(not get_dataset_info(e.dataset).synthetic for e in experiments if e.dataset != "folder"):
+            blocks.append(("p", t["medmnist_citation"]))
 
     registry = available_models()
     model_rows = [[e.model, registry[e.model].description if e.model in registry else "",
                    f"{e.records[0]['model']['in_channels']}×{e.size}×{e.size}", f"{e.records[0]['model']['parameters']:,}"]
                   for e in experiments]
-    blocks += [("h2", t["models"]), ("table", t["model_header"], model_rows)]
+    blocks.append(("h2", t["models"]))
+    table(t["model_caption"], t["model_header"], model_rows)
 
-    config = first["config"]
-    loss = "BCEWithLogits" if experiments[0].task == "multi-label, binary-class" else "cross-entropy"
-    settings = {"loss": loss, "optimizer": "Adam", "lr": config["lr"], "epochs": config["epochs"], "batch_size": config["batch_size"],
-                "normalize": config["normalize"], "select_metric": config["select_metric"],
-                "seeds": ", ".join(map(str, study.seeds))}
-    blocks += [("h2", t["training"]), ("table", t["kv_header"], [[t["training_rows"][k], str(v)] for k, v in settings.items()])]
+    shared, differing = split_settings(experiments)
+    seeds = {e.name: ", ".join(map(str, e.seeds)) for e in experiments}
+    if len(set(seeds.values())) == 1:
+        shared["seeds"] = next(iter(seeds.values()))
+    else:
+        differing.append("seeds")
+    labels = t["setting_names"]
+    blocks.append(("h2", t["training"]))
+    table(t["shared_caption"], t["kv_header"], [[labels[k], _setting_value(v, t)] for k, v in shared.items()])
+    if differing:
+        per_experiment = []
+        for e in experiments:
+            settings = {**experiment_settings(e), "seeds": seeds[e.name]}
+            per_experiment.append([e.name] + [_setting_value(settings.get(k, NOT_USED), t) for k in differing])
+        table(t["differing_caption"], [t["experiment"]] + [labels[k] for k in differing], per_experiment)
 
-    blocks += [("h2", t["results"]), ("p", t["table2"]),
-               ("table", t["table2_header"], [[f"{r['dataset']} · {r['model']}", str(r["size"]), metric_cell(r, "auc"),
-                                               metric_cell(r, "f1_macro"), metric_cell(r, "acc")] for r in rows])]
+    blocks.append(("h2", t["results"]))
+    table(t["results_caption"], t["results_header"], [[f"{r['dataset']} · {r['model']}", str(r["size"]), metric_cell(r, "acc"),
+                                                       metric_cell(r, "f1_macro"), metric_cell(r, "auc")] for r in rows])
+
+    blocks.append(("p", t["calibration_intro"]))
+    table(t["calibration_caption"], [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
+          [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows])
 
     comparisons = compare(experiments, n_boot)
     if comparisons:
-        blocks += [("h3", t["comparisons"]), ("p", t["comparison_caption"]),
-                   ("table", t["comparison_header"], [[
-                       t["factor"][c.factor], ", ".join(f"{k} {v}" for k, v in c.fixed.items()), _level(c.a, c.factor, t), _level(c.b, c.factor, t),
-                       _ci(c.difference["acc"]), _ci(c.difference["f1_macro"]), _ci(c.difference["auc"]),
-                       f"{c.mcnemar['p_value']:.3g}" if c.mcnemar else "–"] for c in comparisons])]
+        blocks.append(("h3", t["comparisons"]))
+        table(t["comparison_caption"], t["comparison_header"], [[
+            t["factor"][c.factor], ", ".join(f"{k} {v}" for k, v in c.fixed.items()), _level(c.a, c.factor, t), _level(c.b, c.factor, t),
+            _ci(c.difference["acc"]), _ci(c.difference["f1_macro"]), _ci(c.difference["auc"]),
+            _seed_p(c.mcnemar, t, "seed_p") if c.mcnemar else "–", ", ".join(labels[k] for k in c.also_differs) or "–"] for c in comparisons])
 
     blocks.append(("h3", t["figures"]))
     number = 1
@@ -96,12 +133,14 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
             continue
         blocks.append(("h3", t[title]))
         for c in chosen:
+            confounded = t["confounded"].format(factor=t["factor"][factor], settings=", ".join(labels[k] for k in c.also_differs)) \
+                if c.also_differs else ""
             if factor == "dataset":
                 h = harder_dataset(c)
                 details = "; ".join(t["metric_delta"].format(metric=names[m], value_hard=hard, value_easy=easy, delta=hard - easy)
                                     for m, (hard, easy) in h["metrics"].items())
                 key = "harder" if h["agree"] else "harder_mixed"
-                blocks.append(("p", t[key].format(hard=h["hard"].name, easy=h["easy"].name, details=details)))
+                blocks.append(("p", t[key].format(hard=h["hard"].name, easy=h["easy"].name, details=details) + confounded))
                 continue
             d = c.difference
             fixed = c.fixed.get("dataset", c.a.dataset)
@@ -110,21 +149,23 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
                 dataset=fixed, model=context, a=_level(c.a, factor, t), b=_level(c.b, factor, t),
                 delta_acc=d["acc"]["difference"], low=d["acc"]["ci_low"], high=d["acc"]["ci_high"],
                 delta_f1=d["f1_macro"]["difference"], delta_auc=d["auc"]["difference"],
-                p=c.mcnemar["p_value"] if c.mcnemar else float("nan"))))
+                p=_seed_p(c.mcnemar, t, "seed_p_sentence")) + confounded))
         if factor == "dataset":
             blocks.append(("p", t["unpaired_note"]))
 
     blocks.append(("h3", t["overfit_title"]))
     for e in experiments:
         o = overfitting(e)
-        key = "overfit" if o["overfits"] else "no_overfit"
+        key = "overfit_short" if o["overfits"] is None else "overfit" if o["overfits"] else "no_overfit"
         blocks.append(("p", t[key].format(experiment=e.name, best=o["best_epoch"], low=o["lowest"], last=o["last"],
                                           rise=o["rise"], gap=o["gap"], train=o["train_last"], epochs=o["epochs"])))
 
     limits = [t["limit_general"]]
-    limits.append(t["limit_seeds"].format(n=len(study.seeds)) if len(study.seeds) > 1 else t["limit_one_seed"])
-    limits.append(t["limit_epochs"].format(epochs=config["epochs"]))
-    synthetic = [e.dataset for e in experiments if get_dataset_info(e.dataset).synthetic] if experiments[0].dataset != "folder" else []
+    counts = {len(e.seeds) for e in experiments}
+    limits.append(t["limit_one_seed"] if counts == {1} else t["limit_seeds"].format(n=" / ".join(map(str, sorted(counts)))))
+    epochs = " / ".join(dict.fromkeys(experiment_settings(e)["epochs"] for e in experiments))
+    limits.append(t["limit_epochs"].format(epochs=epochs))
+    synthetic = [e.dataset for e in experiments if e.dataset != "folder" and get_dataset_info(e.dataset).synthetic]
     if synthetic:
         limits.append(t["limit_synthetic"].format(datasets=", ".join(dict.fromkeys(synthetic))))
     blocks += [("h3", t["limitations"])] + [("p", text) for text in limits]

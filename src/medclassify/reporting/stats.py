@@ -1,8 +1,14 @@
 """Comparisons between experiments: bootstrap intervals of metrics and of their differences, and
 McNemar's test.
 
-Paired comparisons (same test images, e.g. 28 vs 64 px or two models on one dataset) resample the
-same image indices for both sides; unpaired ones (two datasets) resample each test set on its own.
+An experiment's metric varies with the training run (seed) and with the test sample, so every
+interval is a two-level bootstrap: each draw resamples the seeds with replacement, then the test
+images, and averages the metric over the drawn seeds. With one seed only the images vary, and the
+report says that the spread between runs is unknown. Paired comparisons (same test images, e.g. 28
+vs 64 px or two models on one dataset) resample the same image indices for both sides (seeds are
+drawn for each side on its own: they are separate runs); unpaired ones (two datasets) resample each
+test set on its own. McNemar's test compares per-image correctness of one trained model with one
+other, so it is run per seed pair, never on seed-averaged predictions.
 Point estimates use the scikit-learn metric functions; inside the bootstrap loop the same
 definitions are evaluated from precomputed per-image quantities (class decisions, ranks), which is
 what makes 1000 resamples affordable. A test checks both give identical numbers.
@@ -15,9 +21,36 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import binomtest, rankdata
 
-from ..evaluation.metrics import BINARY, MULTI_LABEL, accuracy, auc_score, macro_f1, predicted_labels
+from ..evaluation.metrics import (
+    BINARY,
+    CALIBRATION_METRICS,
+    MULTI_LABEL,
+    ORDINAL,
+    accuracy,
+    auc_score,
+    calibration_error,
+    calibration_metrics,
+    macro_f1,
+    predicted_labels,
+)
 
 METRICS = {"acc": accuracy, "f1_macro": macro_f1, "auc": auc_score}
+
+
+def _agreement(matrix: np.ndarray, ordinal: bool) -> dict[str, float]:
+    """Balanced accuracy, Matthews correlation and Cohen's kappa from a confusion matrix (rows: true)."""
+    n = matrix.sum()
+    truth, decided = matrix.sum(1).astype(float), matrix.sum(0).astype(float)
+    present = truth > 0
+    balanced = float(np.mean(np.diag(matrix)[present] / truth[present]))
+    trace = float(np.trace(matrix))
+    denominator = np.sqrt((n * n - decided @ decided) * (n * n - truth @ truth))
+    mcc = float((trace * n - truth @ decided) / denominator) if denominator > 0 else 0.0
+    k = len(matrix)
+    weights = (np.subtract.outer(np.arange(k), np.arange(k)) ** 2 if ordinal else 1 - np.eye(k)).astype(float)
+    expected = np.outer(truth, decided) / n
+    kappa = float(1 - (weights * matrix).sum() / (weights * expected).sum()) if (weights * expected).sum() > 0 else 0.0
+    return {"balanced_acc": balanced, "mcc": mcc, "kappa": kappa}
 
 
 def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
@@ -46,17 +79,56 @@ class Side:
 
     def __post_init__(self):
         self._predicted = [predicted_labels(s, self.task) for s in self.scores]
+        self._calibration = None if self.task == MULTI_LABEL else [self._per_image(s, p) for s, p in zip(self.scores, self._predicted)]
+
+    def _per_image(self, scores: np.ndarray, predicted: np.ndarray) -> dict:
+        """What the calibration figures of any resample are made of, per image."""
+        y, k = self.y_true, scores.shape[1]
+        onehot = np.eye(k)[y]
+        brier = (scores[:, -1] - y) ** 2 if self.task == BINARY else ((scores - onehot) ** 2).sum(1)
+        return {"brier": brier, "nll": -np.log(np.clip(scores[np.arange(len(y)), y], 1e-15, 1.0)),
+                "confidence": scores[np.arange(len(y)), predicted], "correct": predicted == y, "onehot": onehot, "scores": scores}
+
+    def resampled_calibration(self, index: np.ndarray, seeds: np.ndarray | None = None) -> dict[str, float]:
+        """:data:`CALIBRATION_METRICS` on the images ``index``, averaged over ``seeds`` (as
+        :meth:`resampled`; multi-label through the scikit-learn functions)."""
+        values = {name: [] for name in CALIBRATION_METRICS}
+        for k in range(self.n_seeds) if seeds is None else seeds:
+            if self._calibration is None:
+                draw = calibration_metrics(self.y_true[index], self.scores[k][index], self.task)
+            else:
+                c, y, p = self._calibration[k], self.y_true[index], self._predicted[k][index]
+                classes = c["scores"].shape[1]
+                draw = {"brier": float(c["brier"][index].mean()), "nll": float(c["nll"][index].mean()),
+                        "ece": calibration_error(c["confidence"][index], c["correct"][index]),
+                        "classwise_ece": float(np.mean([calibration_error(c["scores"][index, j], c["onehot"][index, j] == 1)
+                                                        for j in range(classes)])),
+                        **_agreement(np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes),
+                                     self.task == ORDINAL)}
+            for name in CALIBRATION_METRICS:
+                values[name].append(draw[name])
+        return {name: float(np.nanmean(v)) for name, v in values.items()}
 
     def metric(self, name: str, index: np.ndarray | None = None) -> float:
         """The scikit-learn metric (MedMNIST definitions), averaged over seeds."""
         index = slice(None) if index is None else index
         return float(np.mean([METRICS[name](self.y_true[index], s[index], self.task) for s in self.scores]))
 
-    def resampled(self, index: np.ndarray) -> dict[str, float]:
-        """Every metric on the images ``index`` (with repeats), averaged over seeds."""
+    @property
+    def n_seeds(self) -> int:
+        return len(self.scores)
+
+    def draw_seeds(self, rng: np.random.Generator) -> np.ndarray:
+        """Seeds resampled with replacement (one seed: always itself, drawing nothing)."""
+        return rng.integers(0, self.n_seeds, self.n_seeds) if self.n_seeds > 1 else np.zeros(1, dtype=int)
+
+    def resampled(self, index: np.ndarray, seeds: np.ndarray | None = None) -> dict[str, float]:
+        """Every metric on the images ``index`` (with repeats), averaged over ``seeds`` (positions in
+        ``scores``, with repeats; default: every seed once)."""
         y = self.y_true[index]
         values = {name: [] for name in METRICS}
-        for scores, predicted in zip(self.scores, self._predicted):
+        for k in range(self.n_seeds) if seeds is None else seeds:
+            scores, predicted = self.scores[k], self._predicted[k]
             p, s = predicted[index], scores[index]
             if self.task == MULTI_LABEL:
                 values["acc"].append(float(np.mean(p == y)))
@@ -77,9 +149,9 @@ class Side:
             values["auc"].append(float(np.mean(valid)) if valid else np.nan)
         return {name: float(np.mean(v)) for name, v in values.items()}
 
-    def correct(self) -> np.ndarray:
-        """Per-image correctness of the seed-averaged probabilities (multi-label: every label right)."""
-        hit = predicted_labels(np.mean(self.scores, axis=0), self.task) == self.y_true
+    def correct(self, seed: int = 0) -> np.ndarray:
+        """Per-image correctness of one seed's model (multi-label: every label right)."""
+        hit = self._predicted[seed] == self.y_true
         return hit.all(axis=1) if hit.ndim == 2 else hit
 
 
@@ -89,21 +161,37 @@ def _interval(draws: list[float]) -> tuple[float, float]:
 
 
 def bootstrap_interval(side: Side, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95 % percentile interval of every metric, resampling test images with replacement."""
+    """95 % percentile interval of every metric: each draw resamples the seeds, then the test images."""
     rng = np.random.default_rng(seed)
     n = len(side.y_true)
-    draws = [side.resampled(rng.integers(0, n, n)) for _ in range(n_boot)]
+    draws = []
+    for _ in range(n_boot):
+        seeds = side.draw_seeds(rng)
+        draws.append(side.resampled(rng.integers(0, n, n), seeds))
     return {name: _interval([d[name] for d in draws]) for name in METRICS}
 
 
+def bootstrap_calibration(side: Side, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % interval of every calibration and agreement figure, over seeds and test images."""
+    rng = np.random.default_rng(seed)
+    n = len(side.y_true)
+    draws = []
+    for _ in range(n_boot):
+        seeds = side.draw_seeds(rng)
+        draws.append(side.resampled_calibration(rng.integers(0, n, n), seeds))
+    return {name: _interval([d[name] for d in draws]) for name in CALIBRATION_METRICS}
+
+
 def bootstrap_difference(a: Side, b: Side, paired: bool, n_boot: int = 1000, seed: int = 0) -> dict:
-    """``b - a`` for every metric: the observed difference and its 95 % percentile interval."""
+    """``b - a`` for every metric: the observed difference and its 95 % percentile interval, over
+    seeds (each side's own) and test images (shared when ``paired``)."""
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
+        seeds_a, seeds_b = a.draw_seeds(rng), b.draw_seeds(rng)
         index_a = rng.integers(0, len(a.y_true), len(a.y_true))
         index_b = index_a if paired else rng.integers(0, len(b.y_true), len(b.y_true))
-        draw_a, draw_b = a.resampled(index_a), b.resampled(index_b)
+        draw_a, draw_b = a.resampled(index_a, seeds_a), b.resampled(index_b, seeds_b)
         draws.append({name: draw_b[name] - draw_a[name] for name in METRICS})
     result = {}
     for name in METRICS:
@@ -112,10 +200,18 @@ def bootstrap_difference(a: Side, b: Side, paired: bool, n_boot: int = 1000, see
     return result
 
 
-def mcnemar(a: Side, b: Side) -> dict:
-    """Exact McNemar test on per-image correctness: a binomial test on the discordant pairs."""
-    correct_a, correct_b = a.correct(), b.correct()
+def mcnemar(a: Side, b: Side, seed_a: int = 0, seed_b: int = 0) -> dict:
+    """Exact McNemar test on per-image correctness of one model of each side (their seeds'
+    positions): a binomial test on the discordant pairs."""
+    correct_a, correct_b = a.correct(seed_a), b.correct(seed_b)
     only_a = int(np.sum(correct_a & ~correct_b))
     only_b = int(np.sum(~correct_a & correct_b))
     p_value = binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": float(p_value)}
+
+
+def mcnemar_per_seed(a: Side, b: Side, seeds_a: list[int], seeds_b: list[int]) -> list[dict]:
+    """McNemar per seed pair: the same seed on both sides where both have it, else by position."""
+    shared = [s for s in seeds_a if s in seeds_b]
+    pairs = [(seeds_a.index(s), seeds_b.index(s)) for s in shared] or list(zip(range(a.n_seeds), range(b.n_seeds)))
+    return [{**mcnemar(a, b, i, j), "seed_a": seeds_a[i], "seed_b": seeds_b[j]} for i, j in pairs]
