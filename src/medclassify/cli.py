@@ -145,6 +145,37 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed logit difference to PyTorch (default: 1e-4)")
 
 
+def _add_calibrate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    parser.add_argument("--method", choices=("temperature",), default="temperature", help="calibration method (default: temperature)")
+    parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
+    _add_device_option(parser)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .evaluation.calibration import calibrate_run
+    from .evaluation.metrics import CALIBRATION_METRICS
+
+    record = calibrate_run(args.run_dir, args.method, args.data_dir, args.device)
+    print(f"temperature {record['temperature']:.4g}, fitted on the validation split (NLL {record['val_nll_before']:.4f} -> "
+          f"{record['val_nll_after']:.4f})")
+    print("test split, before -> after: " + ", ".join(f"{name} {record['before'][name]:.4f} -> {record['after'][name]:.4f}"
+                                                       for name in CALIBRATION_METRICS))
+    print(f"stored in {Path(args.run_dir) / 'best.pt'} (predict, serve, explain and export apply it); figures in "
+          f"{Path(args.run_dir) / 'metrics.json'} ('calibrated') and reliability.png")
+    return 0
+
+
+CALIBRATE_EPILOG = """examples:
+  medclassify calibrate runs/blood28
+  medclassify train --dataset bloodmnist --calibrate temperature       # the same, right after training
+
+A temperature T is fitted on the validation split (minimum negative log-likelihood) and the logits are
+divided by it from then on: the class decisions stay, the probabilities say how often the model is right.
+Export again afterwards: the exported graph holds T.
+"""
+
+
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", metavar="RUN_OR_MODEL", nargs="+",
                         help="run folders, .pt bundles or .onnx files; NAME=PATH names a model (default: the folder's or file's name)")
@@ -502,6 +533,8 @@ COMMANDS = {
     "explain": ("Grad-CAM heatmaps for images, or a grid of right and wrong test predictions", EXPLAIN_EPILOG,
                 _add_explain_options, _run_explain),
     "export": ("export a run's model to ONNX or TorchScript, checked against PyTorch", EXPORT_EPILOG, _add_export_options, _run_export),
+    "calibrate": ("fit temperature scaling on a run's validation split and store it in its bundle", CALIBRATE_EPILOG,
+                  _add_calibrate_options, _run_calibrate),
     "serve": ("serve models over HTTP: a JSON API and a web page for drag-and-drop prediction with Grad-CAM", SERVE_EPILOG,
               _add_serve_options, _run_serve),
     "datasets": ("list the available datasets and which files are on disk",

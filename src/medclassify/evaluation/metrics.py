@@ -29,7 +29,6 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
-    brier_score_loss,
     cohen_kappa_score,
     confusion_matrix,
     f1_score,
@@ -107,7 +106,7 @@ def _binary_scores(y: np.ndarray, p: np.ndarray) -> dict:
     """The calibration and agreement figures of one binary decision at threshold 0.5."""
     decided = (p > THRESHOLD).astype(int)
     return {
-        "brier": float(brier_score_loss(y, p, labels=[0, 1])),
+        "brier": float(np.mean((p - y) ** 2)),
         "nll": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
         "ece": calibration_error(np.maximum(p, 1 - p), decided == y),
         "balanced_acc": float(balanced_accuracy_score(y, decided)) if np.unique(y).size > 1 else float("nan"),
@@ -128,8 +127,8 @@ def calibration_metrics(y_true: np.ndarray, y_score: np.ndarray, task: str) -> d
     y_pred = predicted_labels(y_score, task)
     onehot = np.eye(k)[y_true]
     result = {
-        "brier": float(brier_score_loss(y_true, y_score[:, -1])) if task == BINARY else
-        float(brier_score_loss(y_true, y_score, labels=list(range(k)))),
+        # computed directly (= brier_score_loss, tested): float32 rows sum to 1 only within rounding
+        "brier": float(np.mean((y_score[:, -1] - y_true) ** 2)) if task == BINARY else float(np.mean(((y_score - onehot) ** 2).sum(axis=1))),
         "nll": float(-np.mean(np.log(np.clip(y_score[np.arange(len(y_true)), y_true], 1e-15, 1.0)))),  # = log_loss (tested)
         "ece": calibration_error(y_score[np.arange(len(y_pred)), y_pred], y_pred == y_true),
         "classwise_ece": float(np.mean([calibration_error(y_score[:, c], onehot[:, c] == 1) for c in range(k)])),

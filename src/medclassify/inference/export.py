@@ -38,6 +38,19 @@ class ExportResult:
     parity_data: str  # "test split" or "random images"
 
 
+class TemperatureScaled(torch.nn.Module):
+    """The model with its fitted temperature inside the graph: logits / T, so that any runtime's
+    softmax gives the calibrated probabilities."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images) / self.temperature
+
+
 def onnx_properties(metadata: dict) -> dict[str, str]:
     """ONNX metadata_props: the whole bundle description as JSON, and its main fields on their own
     so that other runtimes can read them without parsing medclassify's layout."""
@@ -50,7 +63,8 @@ def onnx_properties(metadata: dict) -> dict[str, str]:
         "channels": str(prep["channels"]),
         "mean": json.dumps(prep["mean"]),
         "std": json.dumps(prep["std"]),
-        "input": "float32 N x C x H x W, (pixel / 255 - mean) / std; output: logits N x classes",
+        "input": "float32 N x C x H x W, (pixel / 255 - mean) / std; output: logits N x classes"
+                 + (" (already divided by the fitted temperature)" if metadata.get("temperature_in_graph") else ""),
     }
 
 
@@ -156,16 +170,19 @@ def _record_export(run_dir: Path, out: Path, format: str, checkpoint_md5: str) -
 
 def _export(predictor: Predictor, run_dir: Path | None, out: Path, format: str, data_dir: str | None, tolerance: float,
             in_run: bool) -> ExportResult:
-    metadata = {**predictor.metadata, "checkpoint_md5": file_md5(predictor.source), "format": format}
+    temperature = predictor.temperature  # a calibrated bundle's temperature goes into the graph
+    metadata = {**predictor.metadata, "checkpoint_md5": file_md5(predictor.source), "format": format,
+                "temperature_in_graph": temperature != 1.0}
+    model = TemperatureScaled(predictor.model, temperature) if temperature != 1.0 else predictor.model
     pixels, parity_data = parity_pixels(run_dir, predictor, data_dir)
     with atomic_path(out) as tmp:
         if format == "onnx":
-            write_onnx(predictor.model, metadata, tmp, predictor.channels, predictor.size)
+            write_onnx(model, metadata, tmp, predictor.channels, predictor.size)
             runner = _onnx_runner(tmp)
         else:
-            write_torchscript(predictor.model, metadata, tmp, predictor.channels, predictor.size)
+            write_torchscript(model, metadata, tmp, predictor.channels, predictor.size)
             runner = _torchscript_runner(tmp)
-        difference = max_logit_difference(predictor.logits, runner, pixels, predictor.normalise)
+        difference = max_logit_difference(lambda batch: predictor.logits(batch) / temperature, runner, pixels, predictor.normalise)
         if not difference <= tolerance:
             raise CheckpointError(f"{out}: the {format} model differs from PyTorch by {difference:.3g} on the "
                                   f"{parity_data} (tolerance {tolerance:g}); nothing was written")

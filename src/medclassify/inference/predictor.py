@@ -35,7 +35,7 @@ BACKENDS = ("auto", "torch", "onnx")
 
 def bundle_metadata(state: dict) -> dict:
     """What describes a model bundle, without its weights or training state."""
-    keys = (*BUNDLE_KEYS, "medclassify_version", "epoch", "val_metrics", "test_metrics")
+    keys = (*BUNDLE_KEYS, "medclassify_version", "epoch", "val_metrics", "test_metrics", "calibration")
     return {k: state[k] for k in keys if k in state}
 
 
@@ -226,7 +226,7 @@ class Predictions:
 class Predictor:
     """A trained model with the preprocessing it was trained with."""
 
-    def __init__(self, metadata: dict, backend, source: Path):
+    def __init__(self, metadata: dict, backend, source: Path, calibrated: bool = True):
         _check_bundle(metadata, source)
         self.metadata = metadata
         self.backend = backend
@@ -239,11 +239,16 @@ class Predictor:
         self.class_names: list[str] = list(metadata["dataset"]["class_names"])
         self.task: str = metadata["dataset"]["task"]
         self.multi_label = self.task == MULTI_LABEL
+        # temperature scaling stored in the bundle; an exported graph holds it already
+        calibration = metadata.get("calibration") or {}
+        in_graph = metadata.get("temperature_in_graph", False)
+        self.temperature = float(calibration.get("temperature", 1.0)) if calibrated and not in_graph else 1.0
 
     @classmethod
-    def from_run(cls, path: str | Path, device: str = "auto", backend: str = "auto") -> "Predictor":
+    def from_run(cls, path: str | Path, device: str = "auto", backend: str = "auto", calibrated: bool = True) -> "Predictor":
         """``path``: a run folder (its ``best.pt``; with ``backend="auto"`` its ``model.onnx`` when
-        that was exported from the current ``best.pt``), a ``.pt`` bundle or an ``.onnx`` export."""
+        that was exported from the current ``best.pt``), a ``.pt`` bundle or an ``.onnx`` export.
+        ``calibrated=False`` ignores a stored temperature (PyTorch bundles; ONNX graphs hold it)."""
         if backend not in BACKENDS:
             raise CheckpointError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
         path = Path(path)
@@ -271,7 +276,7 @@ class Predictor:
         state = load_checkpoint(checkpoint)
         metadata = bundle_metadata(state)
         _check_bundle(metadata, checkpoint)
-        return cls(metadata, TorchBackend(state, checkpoint, device), checkpoint)
+        return cls(metadata, TorchBackend(state, checkpoint, device), checkpoint, calibrated)
 
     @classmethod
     def _onnx(cls, path: Path) -> "Predictor":
@@ -320,10 +325,15 @@ class Predictor:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.backend(batch)
 
-    def predict_pixels(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Probabilities for uint8 N x C x size x size images (e.g. a MedMNIST split)."""
+    def logits_of_pixels(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's logits (before any temperature) for uint8 N x C x size x size images."""
         chunks = [self.logits(self.normalise(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
-        return probabilities_from_logits(np.concatenate(chunks), self.multi_label)
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_names)), dtype=np.float32)
+
+    def predict_pixels(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Probabilities for uint8 N x C x size x size images (e.g. a MedMNIST split), with the
+        bundle's temperature applied."""
+        return probabilities_from_logits(self.logits_of_pixels(pixels, batch_size) / self.temperature, self.multi_label)
 
     def predict(self, images, batch_size: int = 64, progress: bool = False) -> Predictions:
         """Class probabilities for files, folders (every image file in them), PIL images or arrays.
@@ -343,7 +353,9 @@ class Predictor:
 
     def describe(self) -> str:
         spec, data = self.metadata["model"], self.metadata["dataset"]
-        return (f"{spec['name']} on {data['name']} ({self.size} px, {self.channels} channel(s), {len(self.class_names)} classes), "
+        calibration = self.metadata.get("calibration") or {}
+        scaled = f", temperature {calibration['temperature']:.3g}" if "temperature" in calibration else ""
+        return (f"{spec['name']} on {data['name']} ({self.size} px, {self.channels} channel(s), {len(self.class_names)} classes{scaled}), "
                 f"{self.backend.name} from {self.source}")
 
 

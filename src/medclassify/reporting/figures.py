@@ -179,3 +179,33 @@ def study_figures(experiments, out: Path) -> dict[str, list[Path]]:
     for e in experiments:
         figures[f"confusion_{e.name}"] = confusion(e, out)
     return figures
+
+
+def reliability_diagram(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, task: str, out: Path, temperature: float,
+                        n_bins: int = 15) -> list[Path]:
+    """Accuracy against confidence in equal-width bins, before and after temperature scaling, with
+    each side's ECE (top-label; multi-label: every label's decision)."""
+    from ..evaluation.metrics import MULTI_LABEL, calibration_error, predicted_labels
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, layout="constrained")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    for ax, scores, title in ((axes[0], raw, "before"), (axes[1], calibrated, f"after (T = {temperature:.3g})")):
+        if task == MULTI_LABEL:
+            confidence, correct = np.maximum(scores, 1 - scores).ravel(), ((scores > 0.5) == (y_true == 1)).ravel()
+        else:
+            decided = predicted_labels(scores, task)
+            confidence, correct = scores[np.arange(len(decided)), decided], decided == y_true
+        bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+        count = np.bincount(bins, minlength=n_bins)
+        accuracy = np.bincount(bins, correct, n_bins) / np.maximum(count, 1)
+        ax.bar(edges[:-1], np.where(count > 0, accuracy, 0), width=1 / n_bins, align="edge", edgecolor="white", color="tab:blue",
+               label="accuracy in the bin")
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        ax.set_title(f"{title}: ECE {calibration_error(confidence, correct, n_bins):.4f}", fontsize=10)
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8, loc="upper left")
+    figure.suptitle("Reliability on the test split (temperature fitted on validation)")
+    return save_figure(figure, out)

@@ -72,6 +72,8 @@ class TrainConfig:
     early_stopping: int = option(0, "stop after this many epochs without improvement of --select-metric (0: off)")
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
     tta: bool = option(False, "test-time augmentation: average the predictions over the label-safe flips")
+    calibrate: str = option("none", "temperature: after training, fit a temperature on the validation split and store it in the "
+                            "bundle (as 'medclassify calibrate RUN')", choices=("none", "temperature"))
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
     quiet: bool = option(False, "no progress bars or epoch lines")
 

@@ -45,7 +45,8 @@ from .recipe import (
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s", "lr"]
 # Options that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "device", "resume", "quiet", "num_threads", "eval_batch_size", "out", "data_dir", "download", "verify", "amp"}
+RESUMABLE_CHANGES = {"epochs", "device", "resume", "quiet", "num_threads", "eval_batch_size", "out", "data_dir", "download", "verify", "amp",
+                     "calibrate"}
 # Any of these in a folder means a run was (or is being) written there.
 RUN_FILES = ("config.json", "metrics.json", "best.pt", "last.pt")
 
@@ -336,5 +337,12 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         # the bundle also carries the test figures, for whoever applies it
         bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
         save_checkpoint(best_path, bundle)
+        if config.calibrate != "none":
+            from ..evaluation.calibration import calibrate_held_run
+
+            calibration = calibrate_held_run(run_dir, config, config.calibrate, str(device))
+            metrics["calibrated"] = json.loads((run_dir / "metrics.json").read_text())["calibrated"]
+            log(f"temperature {calibration['temperature']:.4g} fitted on validation; test ECE "
+                f"{calibration['before']['ece']:.4f} -> {calibration['after']['ece']:.4f}")
     barrier(context)
     return RunResult(run_dir, {"best_epoch": best_epoch, "epochs_run": len(history), **metrics}, history)
