@@ -147,7 +147,11 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_calibrate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
-    parser.add_argument("--method", choices=("temperature",), default="temperature", help="calibration method (default: temperature)")
+    parser.add_argument("--method", choices=("temperature", "none"), default="temperature",
+                        help="temperature: fit T on validation; none: keep the bundle's (e.g. to set only a threshold) (default: temperature)")
+    parser.add_argument("--threshold", metavar="RULE", help="choose the decision threshold on validation: youden, sensitivity=0.95, "
+                        "specificity=0.9 or a probability")
+    parser.add_argument("--positive-class", metavar="CLASS", help="with --threshold: the class decided against the rest (binary: the second class)")
     parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
     _add_device_option(parser)
 
@@ -156,19 +160,29 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .evaluation.calibration import calibrate_run
     from .evaluation.metrics import CALIBRATION_METRICS
 
-    record = calibrate_run(args.run_dir, args.method, args.data_dir, args.device)
-    print(f"temperature {record['temperature']:.4g}, fitted on the validation split (NLL {record['val_nll_before']:.4f} -> "
-          f"{record['val_nll_after']:.4f})")
-    print("test split, before -> after: " + ", ".join(f"{name} {record['before'][name]:.4f} -> {record['after'][name]:.4f}"
-                                                       for name in CALIBRATION_METRICS))
-    print(f"stored in {Path(args.run_dir) / 'best.pt'} (predict, serve, explain and export apply it); figures in "
-          f"{Path(args.run_dir) / 'metrics.json'} ('calibrated') and reliability.png")
+    record = calibrate_run(args.run_dir, args.method, args.data_dir, args.device, args.threshold, args.positive_class)
+    if "temperature" in record:
+        print(f"temperature {record['temperature']:.4g}, fitted on the validation split (NLL {record['val_nll_before']:.4f} -> "
+              f"{record['val_nll_after']:.4f})")
+        print("test split, before -> after: " + ", ".join(f"{name} {record['before'][name]:.4f} -> {record['after'][name]:.4f}"
+                                                           for name in CALIBRATION_METRICS))
+    if "operating_point" in record:
+        point = record["operating_point"]
+        print(f"threshold {point['threshold']:.4g} for '{point['positive_class']}' ({point['rule']}, chosen on the validation split)")
+        for split in ("val", "test"):
+            figures = point[split]
+            print(f"{split}: " + ", ".join(f"{name} {figures[name]:.4f} ({figures[name + '_ci'][0]:.4f}-{figures[name + '_ci'][1]:.4f})"
+                                           for name in ("sensitivity", "specificity", "ppv", "npv")))
+    print(f"stored in {Path(args.run_dir) / 'best.pt'} (predict, serve, explain and export apply it) and "
+          f"{Path(args.run_dir) / 'metrics.json'}")
     return 0
 
 
 CALIBRATE_EPILOG = """examples:
   medclassify calibrate runs/blood28
   medclassify train --dataset bloodmnist --calibrate temperature       # the same, right after training
+  medclassify calibrate runs/pneumonia28 --threshold sensitivity=0.95  # and a screening operating point
+  medclassify calibrate runs/blood28 --method none --threshold youden --positive-class lymphocyte
 
 A temperature T is fitted on the validation split (minimum negative log-likelihood) and the logits are
 divided by it from then on: the class decisions stay, the probabilities say how often the model is right.
@@ -409,9 +423,11 @@ def _write_predictions(path: Path, predictions, top: int, describe: str) -> None
         write_json(path, {"model": describe, "predictions": predictions.records(top),
                           "skipped": [{"file": f, "error": e} for f, e in predictions.skipped]})
         return
-    header = ["file", "prediction", "probability", "top"] + probability_columns(predictions.class_names)
+    decided = predictions.operating_point is not None
+    header = ["file", "prediction", "probability", "top", *(["decision"] if decided else [])] + probability_columns(predictions.class_names)
     rows = ([r["file"], r["prediction"], format(r["probability"], PROBABILITY_FORMAT), "; ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]),
-             *(format(p, PROBABILITY_FORMAT) for p in r["probabilities"].values())] for r in predictions.records(top))
+             *([r["decision"]] if decided else []), *(format(p, PROBABILITY_FORMAT) for p in r["probabilities"].values())]
+            for r in predictions.records(top))
     write_csv(path, header, rows)
 
 
@@ -439,11 +455,19 @@ def _run_predict(args: argparse.Namespace) -> int:
     width = min(max(len(name) for name in predictions.sources), 60)
     labels = [shorten(predictions.predicted(i), 40) for i in range(len(predictions))]
     label_width = max(len("prediction"), *map(len, labels))
-    print(f"{'file':<{width}}  {'prediction':<{label_width}} {'prob':>6}  top {args.top}")
+    point = predictions.operating_point
+    if point is not None:
+        print(f"decision: '{point['positive_class']}' when its probability is at least {point['threshold']:.4g} "
+              f"({point['rule']}, chosen on the validation split)", file=sys.stderr)
+    decisions = [shorten(predictions.decision(i), 40) for i in range(len(predictions))] if point is not None else []
+    decision_width = max([len("decision"), *map(len, decisions)]) if decisions else 0
+    decision_head = f"{'decision':<{decision_width}}  " if decisions else ""
+    print(f"{'file':<{width}}  {'prediction':<{label_width}} {'prob':>6}  {decision_head}top {args.top}")
     for i, name in enumerate(predictions.sources):
         shown = name if len(name) <= width else "…" + name[-width + 1:]
         top = ", ".join(f"{shorten(c, 40)} {p:.3f}" for c, p in predictions.top(i, args.top))
-        print(f"{shown:<{width}}  {labels[i]:<{label_width}} {predictions.probabilities[i].max():>6.3f}  {top}")
+        decision = f"{decisions[i]:<{decision_width}}  " if decisions else ""
+        print(f"{shown:<{width}}  {labels[i]:<{label_width}} {predictions.probabilities[i].max():>6.3f}  {decision}{top}")
     if out is not None:
         _write_predictions(out, predictions, args.top, predictor.describe())
         print(f"wrote {out}", file=sys.stderr)

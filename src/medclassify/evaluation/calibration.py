@@ -18,6 +18,7 @@ from scipy.optimize import minimize_scalar
 from ..errors import CheckpointError, ConfigError
 from ..io import folder_lock, write_json
 from .metrics import CALIBRATION_METRICS, classification_metrics
+from .threshold import choose_threshold, operating_point, parse_rule
 
 CALIBRATION_METHODS = ("none", "temperature")
 # T is searched on a log scale within these bounds: enough for any trained network, and a bound
@@ -51,22 +52,41 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, multi_label: bool = 
     return float(np.exp(best.x))
 
 
-def calibrate_run(run_dir: str | Path, method: str = "temperature", data_dir: str | None = None, device: str = "auto") -> dict:
-    """Fit ``method`` on the run's validation split, store it in ``best.pt`` and add to
-    ``metrics.json`` a ``calibrated`` section: the temperature, the calibrated val/test figures and,
-    from the same logits, the ``uncalibrated`` ones. Returns the record with the test figures before
-    and after."""
+def calibrate_run(run_dir: str | Path, method: str = "temperature", data_dir: str | None = None, device: str = "auto",
+                  threshold: str | None = None, positive_class: str | None = None) -> dict:
+    """Fit ``method`` (``temperature``, or ``none`` to keep the bundle's) on the run's validation
+    split and, with ``threshold`` (a rule of :mod:`.threshold`), choose an operating point for
+    ``positive_class`` (binary tasks: the second class) on the validation split too. Both are
+    stored in ``best.pt`` and in ``metrics.json`` (``calibrated``: the temperature, the calibrated
+    val/test figures and, from the same logits, the ``uncalibrated`` ones; ``operating_point``: the
+    threshold and the val/test sensitivity, specificity, PPV and NPV with Wilson intervals).
+    Returns what was fitted, with the test figures before and after the temperature."""
     from .run import read_run_config
 
-    if method not in CALIBRATION_METHODS or method == "none":
-        raise ConfigError(f"--calibrate {method}: expected temperature")
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"--method {method}: expected one of {', '.join(CALIBRATION_METHODS)}")
+    if method == "none" and threshold is None:
+        raise ConfigError("nothing to do: choose --method temperature and/or --threshold RULE")
+    if threshold is not None:
+        parse_rule(threshold)
     run_dir = Path(run_dir)
     config = read_run_config(run_dir, data_dir)
     with folder_lock(run_dir, "calibrate"):
-        return calibrate_held_run(run_dir, config, method, device)
+        return calibrate_held_run(run_dir, config, method, device, threshold, positive_class)
 
 
-def calibrate_held_run(run_dir: Path, config, method: str = "temperature", device: str = "auto") -> dict:
+def _positive_index(class_names: list[str], task: str, positive_class: str | None) -> int:
+    if positive_class is None:
+        if task != "binary-class":
+            raise ConfigError(f"--positive-class is needed for an operating point of a {task} task; classes: {', '.join(class_names)}")
+        return 1
+    if positive_class not in class_names:
+        raise ConfigError(f"--positive-class {positive_class}: not a class of this model; classes: {', '.join(class_names)}")
+    return class_names.index(positive_class)
+
+
+def calibrate_held_run(run_dir: Path, config, method: str = "temperature", device: str = "auto", threshold: str | None = None,
+                       positive_class: str | None = None) -> dict:
     """:func:`calibrate_run` for a run folder this process already holds (``train --calibrate``)."""
     from ..inference.predictor import Predictor
     from ..reporting.figures import reliability_diagram
@@ -78,28 +98,42 @@ def calibrate_held_run(run_dir: Path, config, method: str = "temperature", devic
         raise CheckpointError(f"{run_dir}: no metrics.json; calibrate a finished run")
     predictor = Predictor.from_run(run_dir, device=device, backend="torch", calibrated=False)
     data = load_run_data(config)
+    positive = _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
     split_logits = {split: predictor.logits_of_pixels(data.splits[split].images.numpy()) for split in ("val", "test")}
     labels = {split: data.splits[split].labels.numpy() for split in ("val", "test")}
-    temperature = fit_temperature(split_logits["val"], labels["val"], data.multi_label)
-    record = {
-        "method": method, "temperature": temperature, "fitted_on": "val",
-        "val_nll_before": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label),
-        "val_nll_after": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label, temperature),
-    }
+    bundle = load_checkpoint(run_dir / "best.pt")
+    metrics = json.loads(metrics_path.read_text())
+    done: dict = {}
+
     def figures(t: float) -> dict:
         return {split: classification_metrics(labels[split], _probabilities(split_logits[split] / t, data.multi_label), data.task,
                                               data.class_names) for split in ("val", "test")}
 
-    # both from the same logits of the bundle's model (no test-time augmentation), so that they compare
-    raw, calibrated = figures(1.0), figures(temperature)
-    metrics = json.loads(metrics_path.read_text())
-    metrics["calibrated"] = {**record, **calibrated, "uncalibrated": raw}
-    bundle = load_checkpoint(run_dir / "best.pt")
-    bundle["calibration"] = record
+    if method == "temperature":
+        temperature = fit_temperature(split_logits["val"], labels["val"], data.multi_label)
+        record = {
+            "method": method, "temperature": temperature, "fitted_on": "val",
+            "val_nll_before": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label),
+            "val_nll_after": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label, temperature),
+        }
+        # both from the same logits of the bundle's model (no test-time augmentation), so that they compare
+        raw, calibrated = figures(1.0), figures(temperature)
+        metrics["calibrated"] = {**record, **calibrated, "uncalibrated": raw}
+        bundle["calibration"] = record
+        reliability_diagram(labels["test"], _probabilities(split_logits["test"], data.multi_label),
+                            _probabilities(split_logits["test"] / temperature, data.multi_label), data.task, run_dir / "reliability", temperature)
+        done.update(record, before={k: raw["test"][k] for k in CALIBRATION_METRICS}, after={k: calibrated["test"][k] for k in CALIBRATION_METRICS})
+    else:
+        temperature = float((bundle.get("calibration") or {}).get("temperature", 1.0))
+    if threshold is not None:
+        is_positive = {split: (labels[split][:, positive] == 1) if data.multi_label else labels[split] == positive for split in labels}
+        score = {split: _probabilities(split_logits[split] / temperature, data.multi_label)[:, positive] for split in labels}
+        chosen = choose_threshold(is_positive["val"], score["val"], threshold)
+        point = {"rule": threshold, "positive_class": data.class_names[positive], "threshold": chosen, "chosen_on": "val",
+                 "temperature": temperature, **{split: operating_point(is_positive[split], score[split], chosen) for split in labels}}
+        bundle["operating_point"] = point
+        metrics["operating_point"] = point
+        done["operating_point"] = point
     save_checkpoint(run_dir / "best.pt", bundle)
     write_json(metrics_path, metrics)
-    reliability_diagram(labels["test"], _probabilities(split_logits["test"], data.multi_label),
-                        _probabilities(split_logits["test"] / temperature, data.multi_label), data.task, run_dir / "reliability", temperature)
-    return {**record, "before": {k: raw["test"][k] for k in CALIBRATION_METRICS},
-            "after": {k: calibrated["test"][k] for k in CALIBRATION_METRICS}}
-
+    return done

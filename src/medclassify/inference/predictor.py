@@ -35,7 +35,7 @@ BACKENDS = ("auto", "torch", "onnx")
 
 def bundle_metadata(state: dict) -> dict:
     """What describes a model bundle, without its weights or training state."""
-    keys = (*BUNDLE_KEYS, "medclassify_version", "epoch", "val_metrics", "test_metrics", "calibration")
+    keys = (*BUNDLE_KEYS, "medclassify_version", "epoch", "val_metrics", "test_metrics", "calibration", "operating_point")
     return {k: state[k] for k in keys if k in state}
 
 
@@ -188,6 +188,16 @@ class Predictions:
     class_names: list[str]
     multi_label: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    operating_point: dict | None = None  # the bundle's threshold for one class, chosen on validation
+
+    def decision(self, i: int) -> str | None:
+        """At the bundle's operating point: the positive class when its probability reaches the
+        threshold, else 'not CLASS'; None without an operating point."""
+        if self.operating_point is None:
+            return None
+        positive = self.operating_point["positive_class"]
+        reached = self.probabilities[i, self.class_names.index(positive)] >= self.operating_point["threshold"]
+        return positive if reached else f"not {positive}"
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -210,7 +220,8 @@ class Predictions:
         return [(self.class_names[j], float(self.probabilities[i, j])) for j in order]
 
     def records(self, k: int = 3) -> list[dict]:
-        """One JSON-ready dict per image: file, prediction, its probability, the top k and every class."""
+        """One JSON-ready dict per image: file, prediction, its probability, the top k, every class,
+        and the decision at the bundle's operating point (None without one)."""
         return [
             {
                 "file": source,
@@ -218,6 +229,7 @@ class Predictions:
                 "probability": float(self.probabilities[i].max()),
                 "top": [{"class": name, "probability": p} for name, p in self.top(i, k)],
                 "probabilities": dict(zip(self.class_names, map(float, self.probabilities[i]))),
+                "decision": self.decision(i),
             }
             for i, source in enumerate(self.sources)
         ]
@@ -243,6 +255,7 @@ class Predictor:
         calibration = metadata.get("calibration") or {}
         in_graph = metadata.get("temperature_in_graph", False)
         self.temperature = float(calibration.get("temperature", 1.0)) if calibrated and not in_graph else 1.0
+        self.operating_point: dict | None = metadata.get("operating_point") if calibrated else None
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "auto", backend: str = "auto", calibrated: bool = True) -> "Predictor":
@@ -349,7 +362,7 @@ class Predictor:
                     names += [s.name for s in sources]
                 bar.update(len(items[start : start + batch_size]))
         probabilities = np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)))
-        return Predictions(names, probabilities, self.class_names, self.multi_label, skipped)
+        return Predictions(names, probabilities, self.class_names, self.multi_label, skipped, self.operating_point)
 
     def describe(self) -> str:
         spec, data = self.metadata["model"], self.metadata["dataset"]

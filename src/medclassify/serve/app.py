@@ -253,7 +253,8 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         sources = [source for source, _ in prepared]
         pixels = np.stack([p for _, p in prepared])
         probabilities = await batchers[served.name].submit(pixels)
-        predictions = Predictions([s.name for s in sources], probabilities, predictor.class_names, predictor.multi_label)
+        predictions = Predictions([s.name for s in sources], probabilities, predictor.class_names, predictor.multi_label,
+                                  operating_point=predictor.operating_point)
         heatmaps = [None] * len(sources)
         if explain:
             async with explain_locks[served.name]:

@@ -47,6 +47,9 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="every class's probability", examples=[{"neutrophil": 0.97, "eosinophil": 0.02}])
     heatmap: str | None = Field(None, description="with ?explain=true: the Grad-CAM overlay of the predicted class, a PNG data URL",
                                 examples=["data:image/png;base64,iVBORw0KGgo..."])
+    decision: str | None = Field(None, description="the decision at the model's operating point (a threshold for one class chosen on "
+                                                   "validation, e.g. for a screening sensitivity): the class, or 'not CLASS'; null without one",
+                                 examples=["pneumonia"])
     image: str | None = Field(None, description="with ?preview=true: the decoded image (longer side at most 512 px), a PNG data URL",
                               examples=["data:image/png;base64,iVBORw0KGgo..."])
 

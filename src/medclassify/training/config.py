@@ -74,6 +74,9 @@ class TrainConfig:
     tta: bool = option(False, "test-time augmentation: average the predictions over the label-safe flips")
     calibrate: str = option("none", "temperature: after training, fit a temperature on the validation split and store it in the "
                             "bundle (as 'medclassify calibrate RUN')", choices=("none", "temperature"))
+    threshold: str | None = option(None, "after training, choose the decision threshold on the validation split: youden, "
+                                   "sensitivity=0.95, specificity=0.9 or a probability (binary tasks, or with --positive-class)")
+    positive_class: str | None = option(None, "with --threshold on a multi-class task: the class decided against the rest")
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
     quiet: bool = option(False, "no progress bars or epoch lines")
 
@@ -185,6 +188,10 @@ class TrainConfig:
             raise ConfigError(f"--milestones must be epochs between 1 and {self.epochs - 1}, got {self.milestones}")
         if self.unfreeze_after is not None and (not self.freeze_backbone or not 0 < self.unfreeze_after < self.epochs):
             raise ConfigError(f"--unfreeze-after needs --freeze-backbone and a value between 1 and {self.epochs - 1}")
+        if self.threshold is not None:
+            from ..evaluation.threshold import parse_rule
+
+            parse_rule(self.threshold)
         if self.pretrained and not available_models()[self.model].pretrained:
             with_weights = [n for n, e in available_models().items() if e.pretrained]
             raise ConfigError(f"--pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}")

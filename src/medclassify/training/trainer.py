@@ -46,7 +46,7 @@ from .recipe import (
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s", "lr"]
 # Options that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "device", "resume", "quiet", "num_threads", "eval_batch_size", "out", "data_dir", "download", "verify", "amp",
-                     "calibrate"}
+                     "calibrate", "threshold", "positive_class"}
 # Any of these in a folder means a run was (or is being) written there.
 RUN_FILES = ("config.json", "metrics.json", "best.pt", "last.pt")
 
@@ -337,12 +337,17 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         # the bundle also carries the test figures, for whoever applies it
         bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
         save_checkpoint(best_path, bundle)
-        if config.calibrate != "none":
+        if config.calibrate != "none" or config.threshold is not None:
             from ..evaluation.calibration import calibrate_held_run
 
-            calibration = calibrate_held_run(run_dir, config, config.calibrate, str(device))
-            metrics["calibrated"] = json.loads((run_dir / "metrics.json").read_text())["calibrated"]
-            log(f"temperature {calibration['temperature']:.4g} fitted on validation; test ECE "
-                f"{calibration['before']['ece']:.4f} -> {calibration['after']['ece']:.4f}")
+            done = calibrate_held_run(run_dir, config, config.calibrate, str(device), config.threshold, config.positive_class)
+            saved = json.loads((run_dir / "metrics.json").read_text())
+            metrics.update({key: saved[key] for key in ("calibrated", "operating_point") if key in saved})
+            if "temperature" in done:
+                log(f"temperature {done['temperature']:.4g} fitted on validation; test ECE {done['before']['ece']:.4f} -> {done['after']['ece']:.4f}")
+            if "operating_point" in done:
+                point = done["operating_point"]
+                log(f"threshold {point['threshold']:.4g} for {point['positive_class']} ({point['rule']} on validation); test sensitivity "
+                    f"{point['test']['sensitivity']:.4f}, specificity {point['test']['specificity']:.4f}")
     barrier(context)
     return RunResult(run_dir, {"best_epoch": best_epoch, "epochs_run": len(history), **metrics}, history)

@@ -84,7 +84,9 @@ async function classify(file, before) {
       if (answer.predictions.length > 1) verdict.append(`${prediction.file}: `);
       verdict.append(element("strong", { class: "predicted" }, prediction.prediction));
       verdict.append(` ${(prediction.probability * 100).toFixed(1)}%`);
-      card.append(verdict, bars(prediction.probabilities, prediction.prediction));
+      card.append(verdict);
+      if (prediction.decision) card.append(element("p", { class: "decision" }, `Decision at the model's operating point: ${prediction.decision}`));
+      card.append(bars(prediction.probabilities, prediction.prediction));
     }
     card.append(element("p", { class: "muted" }, `model ${answer.model}, version ${answer.version}`));
   } catch (error) {
