@@ -85,3 +85,15 @@ def test_train_can_calibrate_right_away(blood_dir, tmp_path):
     assert result.metrics["calibrated"]["temperature"] > 0
     assert "calibration" in torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert not (tmp_path / "run" / ".medclassify.lock").exists()
+
+
+def test_the_study_figure_rescales_stored_probabilities_exactly():
+    """Log-probabilities are the logits up to a constant per image, so the study's reliability
+    figure can apply a run's temperature to the probabilities predictions.csv holds."""
+    from medclassify.reporting.figures import _rescaled
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 3, (200, 5))
+    np.testing.assert_allclose(_rescaled(softmax(logits), 1.7, False), softmax(logits / 1.7), atol=1e-9)
+    sigmoid = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(_rescaled(sigmoid, 0.6, True), 1 / (1 + np.exp(-logits / 0.6)), atol=1e-9)

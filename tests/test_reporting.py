@@ -102,7 +102,7 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
     assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + 4 and "macro-AUC (95% CI)" in markdown
 
     figures = out / "figures"
-    expected = ["loss_curves", "bloodmnist_comparison", "pneumoniamnist_comparison", "all_experiments"] + [
+    expected = ["loss_curves", "bloodmnist_comparison", "pneumoniamnist_comparison", "all_experiments", "reliability"] + [
         f"confusion_{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)]
     for name in expected:
         with Image.open(figures / f"{name}.png") as image:

@@ -176,32 +176,84 @@ def study_figures(experiments, out: Path) -> dict[str, list[Path]]:
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         figures[f"{dataset}_comparison"] = dataset_comparison(dataset, [e for e in experiments if e.dataset == dataset], colours, out)
     figures["all_experiments"] = all_experiments(experiments, colours, out)
+    figures["reliability"] = study_reliability(experiments, out)
     for e in experiments:
         figures[f"confusion_{e.name}"] = confusion(e, out)
     return figures
 
 
-def reliability_diagram(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, task: str, out: Path, temperature: float,
-                        n_bins: int = 15) -> list[Path]:
-    """Accuracy against confidence in equal-width bins, before and after temperature scaling, with
-    each side's ECE (top-label; multi-label: every label's decision)."""
+def _rescaled(scores: np.ndarray, temperature: float, multi_label: bool) -> np.ndarray:
+    """Probabilities under ``logits / T``, from the probabilities themselves: log-probabilities are
+    the logits up to a constant per image (softmax), and logit(p) is the logit (sigmoid)."""
+    clipped = np.clip(scores, 1e-12, 1 - 1e-12)
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-np.log(clipped / (1 - clipped)) / temperature))
+    z = np.log(clipped) / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _reliability(y_true: np.ndarray, scores: np.ndarray, task: str, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per confidence bin: accuracy and count, the bin edges, and the ECE (top-label; multi-label:
+    every label's decision)."""
     from ..evaluation.metrics import MULTI_LABEL, calibration_error, predicted_labels
 
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, layout="constrained")
+    if task == MULTI_LABEL:
+        confidence, correct = np.maximum(scores, 1 - scores).ravel(), ((scores > 0.5) == (y_true == 1)).ravel()
+    else:
+        decided = predicted_labels(scores, task)
+        confidence, correct = scores[np.arange(len(decided)), decided], decided == y_true
     edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    accuracy = np.bincount(bins, correct, n_bins) / np.maximum(count, 1)
+    return accuracy, count, edges, calibration_error(confidence, correct, n_bins)
+
+
+def study_reliability(experiments, out: Path) -> list[Path]:
+    """Each experiment's test reliability (first seed), and after its run's fitted temperature
+    where ``medclassify calibrate`` stored one."""
+    from ..evaluation.metrics import MULTI_LABEL
+
+    columns = min(4, len(experiments))
+    rows = int(np.ceil(len(experiments) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), sharey=True, squeeze=False, layout="constrained")
+    for ax, e in zip(axes.flat, experiments):
+        scores = e.side.scores[0]
+        accuracy, count, edges, ece = _reliability(e.side.y_true, scores, e.task)
+        ax.bar(edges[:-1], np.where(count > 0, accuracy, 0), width=edges[1], align="edge", edgecolor="white", color="tab:blue",
+               label="as trained")
+        title = f"ECE {ece:.4f}"
+        temperature = (e.metrics[0].get("calibrated") or {}).get("temperature")
+        if temperature:
+            after, after_count, _, after_ece = _reliability(e.side.y_true, _rescaled(scores, temperature, e.task == MULTI_LABEL), e.task)
+            ax.step(edges, np.append(np.where(after_count > 0, after, np.nan), np.nan), where="post", color="tab:orange",
+                    label=f"T = {temperature:.3g}")
+            title += f" → {after_ece:.4f}"
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_title(f"{shorten(e.name.replace('_', ' · '), 40)}\n{title}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes.flat[len(experiments):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    figure.suptitle("Reliability on the test split (first seed)")
+    return save_figure(figure, out / "reliability")
+
+
+def reliability_diagram(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, task: str, out: Path, temperature: float) -> list[Path]:
+    """Accuracy against confidence in equal-width bins, before and after temperature scaling, with
+    each side's ECE (top-label; multi-label: every label's decision)."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, layout="constrained")
     for ax, scores, title in ((axes[0], raw, "before"), (axes[1], calibrated, f"after (T = {temperature:.3g})")):
-        if task == MULTI_LABEL:
-            confidence, correct = np.maximum(scores, 1 - scores).ravel(), ((scores > 0.5) == (y_true == 1)).ravel()
-        else:
-            decided = predicted_labels(scores, task)
-            confidence, correct = scores[np.arange(len(decided)), decided], decided == y_true
-        bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
-        count = np.bincount(bins, minlength=n_bins)
-        accuracy = np.bincount(bins, correct, n_bins) / np.maximum(count, 1)
-        ax.bar(edges[:-1], np.where(count > 0, accuracy, 0), width=1 / n_bins, align="edge", edgecolor="white", color="tab:blue",
+        accuracy, count, edges, ece = _reliability(y_true, scores, task)
+        ax.bar(edges[:-1], np.where(count > 0, accuracy, 0), width=edges[1], align="edge", edgecolor="white", color="tab:blue",
                label="accuracy in the bin")
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-        ax.set_title(f"{title}: ECE {calibration_error(confidence, correct, n_bins):.4f}", fontsize=10)
+        ax.set_title(f"{title}: ECE {ece:.4f}", fontsize=10)
         ax.set_xlabel("confidence")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

@@ -122,6 +122,8 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
         blocks.append(("figure", figures[f"{dataset}_comparison"][0], t["fig_dataset"].format(n=number, dataset=dataset)))
     number += 1
     blocks.append(("figure", figures["all_experiments"][0], t["fig_all"].format(n=number)))
+    number += 1
+    blocks.append(("figure", figures["reliability"][0], t["fig_reliability"].format(n=number)))
     for e in experiments:
         number += 1
         blocks.append(("figure", figures[f"confusion_{e.name}"][0], t["fig_confusion"].format(n=number, experiment=e.name)))
