@@ -140,6 +140,11 @@ def metric_cell(row: dict, metric: str) -> str:
     return f"{row[f'test_{metric}']:.4f}{spread} ({row[f'test_{metric}_ci_low']:.4f}–{row[f'test_{metric}_ci_high']:.4f})"
 
 
+def _number(value: float) -> str:
+    """Whole numbers as integers (a mean best epoch of 3.0 is 3), others with one decimal."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
 def write_results_table(rows: list[dict], study_dir: str | Path) -> None:
     study_dir = Path(study_dir)
     header = list(rows[0]) if rows else ["experiment"]
@@ -150,7 +155,7 @@ def write_results_table(rows: list[dict], study_dir: str | Path) -> None:
     ]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['size']} | {r['model']} | {r['seeds']} | " + " | ".join(metric_cell(r, m) for m in METRICS)
-                     + f" | {r['best_epoch']:.1f} | {r['train_seconds']:.0f} s | {r['images_per_s']:.0f} |")
+                     + f" | {_number(r['best_epoch'])} | {r['train_seconds']:.0f} s | {r['images_per_s']:.0f} |")
     with atomic_path(study_dir / "results.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n\nMean ± standard deviation over seeds; 95% CI: bootstrap over seeds and test images "
                        "(one seed: over test images only, the spread between runs is unknown).\n")
