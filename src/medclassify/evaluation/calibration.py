@@ -16,6 +16,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from ..errors import CheckpointError, ConfigError
+from ..inference.predictor import Predictor, probabilities_from_logits
 from ..io import folder_lock, write_json
 from .metrics import CALIBRATION_METRICS, classification_metrics
 from .threshold import choose_threshold, operating_point, parse_rule
@@ -24,14 +25,6 @@ CALIBRATION_METHODS = ("none", "temperature")
 # T is searched on a log scale within these bounds: enough for any trained network, and a bound
 # keeps a degenerate validation split (all right, say) from sending T to infinity.
 TEMPERATURE_RANGE = (0.05, 20.0)
-
-
-def _probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    if multi_label:
-        return 1.0 / (1.0 + np.exp(-logits))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, multi_label: bool, temperature: float = 1.0) -> float:
@@ -88,7 +81,6 @@ def _positive_index(class_names: list[str], task: str, positive_class: str | Non
 def calibrate_held_run(run_dir: Path, config, method: str = "temperature", device: str = "auto", threshold: str | None = None,
                        positive_class: str | None = None) -> dict:
     """:func:`calibrate_run` for a run folder this process already holds (``train --calibrate``)."""
-    from ..inference.predictor import Predictor
     from ..reporting.figures import reliability_diagram
     from ..training.checkpoint import load_checkpoint, save_checkpoint
     from ..training.trainer import load_run_data
@@ -106,7 +98,7 @@ def calibrate_held_run(run_dir: Path, config, method: str = "temperature", devic
     done: dict = {}
 
     def figures(t: float) -> dict:
-        return {split: classification_metrics(labels[split], _probabilities(split_logits[split] / t, data.multi_label), data.task,
+        return {split: classification_metrics(labels[split], probabilities_from_logits(split_logits[split] / t, data.multi_label), data.task,
                                               data.class_names) for split in ("val", "test")}
 
     if method == "temperature":
@@ -120,14 +112,14 @@ def calibrate_held_run(run_dir: Path, config, method: str = "temperature", devic
         raw, calibrated = figures(1.0), figures(temperature)
         metrics["calibrated"] = {**record, **calibrated, "uncalibrated": raw}
         bundle["calibration"] = record
-        reliability_diagram(labels["test"], _probabilities(split_logits["test"], data.multi_label),
-                            _probabilities(split_logits["test"] / temperature, data.multi_label), data.task, run_dir / "reliability", temperature)
+        reliability_diagram(labels["test"], probabilities_from_logits(split_logits["test"], data.multi_label),
+                            probabilities_from_logits(split_logits["test"] / temperature, data.multi_label), data.task, run_dir / "reliability", temperature)
         done.update(record, before={k: raw["test"][k] for k in CALIBRATION_METRICS}, after={k: calibrated["test"][k] for k in CALIBRATION_METRICS})
     else:
         temperature = float((bundle.get("calibration") or {}).get("temperature", 1.0))
     if threshold is not None:
         is_positive = {split: (labels[split][:, positive] == 1) if data.multi_label else labels[split] == positive for split in labels}
-        score = {split: _probabilities(split_logits[split] / temperature, data.multi_label)[:, positive] for split in labels}
+        score = {split: probabilities_from_logits(split_logits[split] / temperature, data.multi_label)[:, positive] for split in labels}
         chosen = choose_threshold(is_positive["val"], score["val"], threshold)
         point = {"rule": threshold, "positive_class": data.class_names[positive], "threshold": chosen, "chosen_on": "val",
                  "temperature": temperature, **{split: operating_point(is_positive[split], score[split], chosen) for split in labels}}

@@ -160,26 +160,26 @@ def _interval(draws: list[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def bootstrap_interval(side: Side, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95 % percentile interval of every metric: each draw resamples the seeds, then the test images."""
+def _bootstrap(side: Side, resampled, names, n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    """95 % percentile intervals of ``resampled(index, seeds)``'s figures: each draw resamples the
+    seeds, then the test images."""
     rng = np.random.default_rng(seed)
     n = len(side.y_true)
     draws = []
     for _ in range(n_boot):
         seeds = side.draw_seeds(rng)
-        draws.append(side.resampled(rng.integers(0, n, n), seeds))
-    return {name: _interval([d[name] for d in draws]) for name in METRICS}
+        draws.append(resampled(rng.integers(0, n, n), seeds))
+    return {name: _interval([d[name] for d in draws]) for name in names}
+
+
+def bootstrap_interval(side: Side, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % interval of ACC, macro-F1 and macro-AUC, over seeds and test images."""
+    return _bootstrap(side, side.resampled, METRICS, n_boot, seed)
 
 
 def bootstrap_calibration(side: Side, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
     """95 % interval of every calibration and agreement figure, over seeds and test images."""
-    rng = np.random.default_rng(seed)
-    n = len(side.y_true)
-    draws = []
-    for _ in range(n_boot):
-        seeds = side.draw_seeds(rng)
-        draws.append(side.resampled_calibration(rng.integers(0, n, n), seeds))
-    return {name: _interval([d[name] for d in draws]) for name in CALIBRATION_METRICS}
+    return _bootstrap(side, side.resampled_calibration, CALIBRATION_METRICS, n_boot, seed)
 
 
 def bootstrap_difference(a: Side, b: Side, paired: bool, n_boot: int = 1000, seed: int = 0) -> dict:
