@@ -56,6 +56,7 @@ def test_calibrate_stores_the_temperature_and_both_sets_of_figures(calibrated_ru
     assert (calibrated_run / "reliability.png").is_file() and (calibrated_run / "reliability.svg").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")  # TorchScript is what this check loads
 def test_predict_applies_the_temperature_and_the_export_holds_it(calibrated_run, tmp_path, capsys):
     temperature = torch.load(calibrated_run / "best.pt", weights_only=True)["calibration"]["temperature"]
     pixels = np.stack([quadrant_images(name, 1)[0] for name in ("top-left", "none", "bottom-right")])[:, None]

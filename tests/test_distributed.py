@@ -21,7 +21,7 @@ from medclassify.evaluation.run import evaluate_run
 from medclassify.experiments import Study, load_experiments, results_rows, run_study
 from medclassify.training import TrainConfig, train
 
-RUN_FILES = ["best.pt", "config.json", "history.csv", "last.pt", "metrics.json", "predictions.csv"]
+RUN_FILES = ["best.pt", "config.json", "history.csv", "last.pt", "medmnist", "metrics.json", "predictions.csv"]
 
 
 def torchrun_train(*args: str) -> subprocess.CompletedProcess:

@@ -116,7 +116,8 @@ def test_predict_accepts_arrays_and_pil_images_from_python(quadrant_run):
     assert [predictions.predicted(i) for i in range(2)] == ["top-left", "bottom-right"]
     assert predictions.top(0, 2)[0][0] == "top-left" and len(predictions.top(0, 2)) == 2
     record = predictions.records()[0]
-    assert set(record) == {"file", "prediction", "probability", "top", "probabilities"} and len(record["top"]) == 3
+    assert set(record) == {"file", "prediction", "probability", "top", "probabilities", "decision"} and len(record["top"]) == 3
+    assert record["decision"] is None  # no operating point in this bundle
 
 
 def test_conversion_follows_training_folders(quadrant_run, tmp_path):
@@ -138,7 +139,7 @@ def test_cli_skips_a_corrupt_file_and_writes_csv_and_json(quadrant_run, tmp_path
     assert err.count("skipped") == 1 and "broken.png: not a readable image" in err and "Traceback" not in err
     assert "grey.png" in out and "top 3" in out
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert rows[0].startswith("file,prediction,probability,top3,p_bottom-left") and len(rows) == 1 + len(expected)
+    assert rows[0].startswith("file,prediction,probability,top,prob_bottom-left") and len(rows) == 1 + len(expected)
     assert main(["predict", str(quadrant_run), str(tmp_path / "images" / "grey.png"), "--out", str(tmp_path / "p.json")]) == 0
     record = json.loads((tmp_path / "p.json").read_text())
     assert record["predictions"][0]["prediction"] == "top-left" and record["skipped"] == []

@@ -44,7 +44,7 @@ def run_settings(record: dict) -> dict[str, str]:
         "batch_size": config["batch_size"],
         "loss": ("focal (sigmoid)" if focal else "binary cross-entropy") if multi_label else ("focal" if focal else "cross-entropy"),
         "focal_gamma": config.get("focal_gamma") if focal else None,
-        "label_smoothing": config.get("label_smoothing", 0.0) if not multi_label else None,
+        "label_smoothing": config.get("label_smoothing", 0.0) if not (multi_label or focal) else None,  # cross-entropy only
         "class_weights": config.get("class_weights", "none"),
         "sampler": config.get("sampler", "shuffle"),
         "augment": config.get("augment", "none"),
