@@ -234,3 +234,20 @@ def test_report_states_each_experiments_own_settings_and_does_not_attribute_them
     zh = reports["zh"]
     assert "不能仅归因于模型" in zh and "训练轮数" in zh and "不足以依据损失曲线判断过拟合" in zh
     assert "Training settings" not in zh and "cannot be attributed" not in zh
+
+
+def test_calibration_figures_come_from_the_predictions_like_their_intervals():
+    """The results row's calibration figures are those of each seed's saved predictions (so runs
+    recorded before these figures existed report them), averaged over seeds."""
+    from medclassify.evaluation.metrics import calibration_metrics
+    from medclassify.experiments.results import Experiment, results_rows
+
+    rng = np.random.default_rng(4)
+    y = np.arange(90) % 3
+    scores = [probabilities(rng, 90, 3) for _ in range(2)]
+    old_record = {"test": {"acc": 0.5, "auc": 0.5, "f1_macro": 0.5}, "best_epoch": 2}  # no calibration keys
+    e = Experiment("bloodmnist", 28, "paper-cnn", [], [old_record, old_record], [{"config": {"seed": 0}}, {"config": {"seed": 1}}],
+                   [[{"seconds": "1", "images_per_s": "1"}]] * 2, Side(y, scores, "multi-class"))
+    (row,) = results_rows([e], n_boot=20)
+    expected = [calibration_metrics(y, s, "multi-class")["ece"] for s in scores]
+    assert row["test_ece"] == pytest.approx(np.mean(expected)) and row["test_ece_std"] == pytest.approx(np.std(expected, ddof=1))

@@ -365,9 +365,7 @@ def _run_study(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import summary_line
-    from .evaluation.run import evaluate_run
-
-    from .evaluation.run import result_files
+    from .evaluation.run import evaluate_run, result_files
 
     metrics = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_dir=args.data_dir, device=args.device)
     print(summary_line("val ", metrics["val"]))
@@ -506,13 +504,11 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
+    from dataclasses import fields as settings_fields
 
     import uvicorn
 
     from .serve import ServeSettings, create_app, load_served_models
-
-    from dataclasses import fields as settings_fields
-
     from .serve.limits import header_timeout_protocol
 
     if not 1 <= args.port <= 65535:
@@ -547,7 +543,7 @@ GET /health, GET /metrics (Prometheus), GET /docs (OpenAPI). Listens on this mac
 
 # name: (help, epilog, options, run)
 COMMANDS = {
-    "demo": ("train and evaluate the paper's CNN on the bundled synthetic sample (offline, about 15 s on 2 CPU cores)",
+    "demo": ("train and evaluate the paper's CNN on the bundled synthetic sample (offline, 15-25 s on 2 CPU cores)",
              "The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n",
              _add_demo_options, _run_demo),
     "train": ("train a model and evaluate it on the test split", TRAIN_EXAMPLES, _add_train_options, _run_train),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, write_csv
 from ..evaluation.metrics import CALIBRATION_METRICS
+from ..io import atomic_path, write_csv
 from ..reporting.stats import METRICS, Side, bootstrap_calibration, bootstrap_interval
 from ..reporting.texts import METRIC_NAMES
 from .study import Study
@@ -124,8 +124,15 @@ def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict
         row = {"experiment": e.name, "dataset": e.dataset, "size": e.size, "model": e.model,
                "seeds": " ".join(map(str, e.seeds)), "n_test": len(e.side.y_true)}
         intervals = {**bootstrap_interval(e.side, n_boot), **bootstrap_calibration(e.side, n_boot)}
-        for name in (*METRICS, *CALIBRATION_METRICS):
+        for name in METRICS:
             row[f"test_{name}"], row[f"test_{name}_std"] = e.mean(name), e.std(name)
+        # from the saved predictions, as the intervals are: runs recorded before these figures existed have them too
+        every_image = np.arange(len(e.side.y_true))
+        per_seed = [e.side.resampled_calibration(every_image, [k]) for k in range(e.side.n_seeds)]
+        for name in CALIBRATION_METRICS:
+            values = [seed[name] for seed in per_seed]
+            row[f"test_{name}"], row[f"test_{name}_std"] = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        for name in (*METRICS, *CALIBRATION_METRICS):
             row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
         epochs = [m["best_epoch"] for m in e.metrics if isinstance(m.get("best_epoch"), (int, float))]
         row["best_epoch"] = float(np.mean(epochs)) if epochs else float("nan")
