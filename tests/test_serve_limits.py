@@ -200,6 +200,9 @@ def test_dicom_cards_get_the_decoded_image(served, tmp_path):
     from test_inference import quadrant_dicom
 
     data = quadrant_dicom(tmp_path / "ct.dcm", "bottom-right").read_bytes()
+    with TestClient(create_app(served, ServeSettings(max_pixels=1000))) as client:  # the header's size decides, before decoding
+        refused = client.post("/v1/predict", files=[("files", ("ct.dcm", data, "application/dicom"))])
+        assert refused.status_code == 413 and refused.json()["detail"] == "ct.dcm: 1 frame(s) of 128 x 128 pixels exceed the limit of 1,000 pixels"
     with TestClient(create_app(served)) as client:
         answer = client.post("/v1/predict?preview=true", files=[("files", ("ct.dcm", data, "application/dicom"))]).json()
     image = answer["predictions"][0]["image"]

@@ -138,7 +138,8 @@ def _dicom_header(fp: BinaryIO, name: str | Path):
         raise DataError(f"{name}: not a readable DICOM image ({first_line(exc)})") from None
 
 
-def _dicom_pixel_count(ds, name: str | Path) -> int:
+def _dicom_pixel_count(ds, name: str | Path, max_pixels: int | None) -> int:
+    """Rows x Columns x frames from the header, refused above ``max_pixels``."""
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -147,6 +148,7 @@ def _dicom_pixel_count(ds, name: str | Path) -> int:
         raise DataError(f"{name}: not a readable DICOM image (no valid Rows/Columns: {first_line(exc)})") from None
     if min(rows, columns, frames) < 1 or samples not in (1, 3):
         raise DataError(f"{name}: not a readable DICOM image ({frames} frame(s) of {columns} x {rows} pixels, {samples} samples per pixel)")
+    _check_pixels(name, rows * columns * frames, max_pixels, f"{frames} frame(s) of {columns} x {rows} pixels")
     return rows * columns * frames
 
 
@@ -169,9 +171,8 @@ def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None
 
     with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as fp:
         ds = _dicom_header(fp, name)
-        count = _dicom_pixel_count(ds, name)
+        _dicom_pixel_count(ds, name, max_pixels)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        _check_pixels(name, count, max_pixels, f"{frames} frame(s) of {ds.Columns} x {ds.Rows} pixels")
         try:
             pixels = ds.pixel_array
             photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -355,10 +356,7 @@ def image_bytes_pixels(data: bytes, name: str, max_pixels: int | None = MAX_PIXE
     it; the same errors as :func:`read_image_bytes`."""
     kind = _upload_format(data, name)
     if kind == "DICOM":
-        ds = _dicom_header(io.BytesIO(data), name)
-        count = _dicom_pixel_count(ds, name)
-        _check_pixels(name, count, max_pixels, f"{int(ds.get('NumberOfFrames', 1) or 1)} frame(s) of {ds.Columns} x {ds.Rows} pixels")
-        return count
+        return _dicom_pixel_count(_dicom_header(io.BytesIO(data), name), name, max_pixels)
     with _pillow_open(io.BytesIO(data), name, (kind,), max_pixels) as image:
         _check_pixels(name, image.width * image.height, max_pixels, f"{image.width} x {image.height} pixels")
         return image.width * image.height
