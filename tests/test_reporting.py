@@ -230,7 +230,8 @@ def test_report_states_each_experiments_own_settings_and_does_not_attribute_them
     assert "optimiser, learning rate" in model_verdict and "augmentation" in model_verdict
     assert "too few to judge over-fitting" in en  # 2 epochs
     assert "Acevedo et al." in en and "Scientific Data 10, 41 (2023)" in en
-    assert [int(n) for n in re.findall(r"^Table (\d+)\.", en, flags=re.M)] == list(range(1, 9))
+    assert [int(n) for n in re.findall(r"^Table (\d+)\.", en, flags=re.M)] == list(range(1, 10))
+    assert "bloodmnist: AUC of each class against the rest" in en
     zh = reports["zh"]
     assert "不能仅归因于模型" in zh and "训练轮数" in zh and "不足以依据损失曲线判断过拟合" in zh
     assert "Training settings" not in zh and "cannot be attributed" not in zh
@@ -246,8 +247,32 @@ def test_calibration_figures_come_from_the_predictions_like_their_intervals():
     y = np.arange(90) % 3
     scores = [probabilities(rng, 90, 3) for _ in range(2)]
     old_record = {"test": {"acc": 0.5, "auc": 0.5, "f1_macro": 0.5}, "best_epoch": 2}  # no calibration keys
-    e = Experiment("bloodmnist", 28, "paper-cnn", [], [old_record, old_record], [{"config": {"seed": 0}}, {"config": {"seed": 1}}],
+    records = [{"config": {"seed": seed}, "data": {"task": "multi-class", "class_names": ["a", "b", "c"]}} for seed in (0, 1)]
+    e = Experiment("bloodmnist", 28, "paper-cnn", [], [old_record, old_record], records,
                    [[{"seconds": "1", "images_per_s": "1"}]] * 2, Side(y, scores, "multi-class"))
     (row,) = results_rows([e], n_boot=20)
     expected = [calibration_metrics(y, s, "multi-class")["ece"] for s in scores]
     assert row["test_ece"] == pytest.approx(np.mean(expected)) and row["test_ece_std"] == pytest.approx(np.std(expected, ddof=1))
+
+
+def test_per_class_auc_with_its_interval_matches_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    from medclassify.experiments.results import Experiment, results_rows
+
+    rng = np.random.default_rng(5)
+    y = np.arange(120) % 4
+    scores = [probabilities(rng, 120, 4) for _ in range(2)]
+    for s in scores:
+        s[np.arange(120), y] += 0.5
+        s /= s.sum(1, keepdims=True)
+    record = {"test": {"acc": 0.5, "auc": 0.5, "f1_macro": 0.5}, "best_epoch": 1}
+    names = ["a", "b", "c", "d"]
+    e = Experiment("bloodmnist", 28, "paper-cnn", [], [record, record],
+                   [{"config": {"seed": 0}, "data": {"task": "multi-class", "class_names": names}}] * 2,
+                   [[{"seconds": "1", "images_per_s": "1"}]] * 2, Side(y, scores, "multi-class"))
+    (row,) = results_rows([e], n_boot=50)
+    for i, name in enumerate(names):
+        expected = np.mean([roc_auc_score(y == i, s[:, i]) for s in scores])
+        assert row[f"test_auc_{name}"] == pytest.approx(expected, abs=1e-12)
+        assert row[f"test_auc_{name}_ci_low"] <= row[f"test_auc_{name}_ci_high"]

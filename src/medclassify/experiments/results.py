@@ -134,6 +134,12 @@ def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict
             row[f"test_{name}"], row[f"test_{name}_std"] = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         for name in (*METRICS, *CALIBRATION_METRICS):
             row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
+        class_seeds = [e.side.resampled(every_image, [k]) for k in range(e.side.n_seeds)]
+        for i, class_name in enumerate(e.class_names if e.task != "binary-class" else []):
+            values = [seed[f"class_auc_{i}"] for seed in class_seeds]
+            key = f"test_auc_{class_name}"
+            row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = intervals[f"class_auc_{i}"]
         epochs = [m["best_epoch"] for m in e.metrics if isinstance(m.get("best_epoch"), (int, float))]
         row["best_epoch"] = float(np.mean(epochs)) if epochs else float("nan")
         row["train_seconds"] = float(np.mean([sum(float(r["seconds"]) for r in h) for h in e.histories]))

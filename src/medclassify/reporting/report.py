@@ -106,6 +106,13 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
     table(t["calibration_caption"], [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
           [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows])
 
+    for dataset in dict.fromkeys(e.dataset for e in experiments):
+        chosen = [(e, r) for e, r in zip(experiments, rows) if e.dataset == dataset and e.task != "binary-class"]
+        if chosen:
+            names_of_classes = chosen[0][0].class_names
+            table(t["class_auc_caption"].format(dataset=dataset), [t["class"], *(e.name for e, _ in chosen)],
+                  [[name, *(metric_cell(r, f"auc_{name}") for _, r in chosen)] for name in names_of_classes])
+
     comparisons = compare(experiments, n_boot)
     if comparisons:
         blocks.append(("h3", t["comparisons"]))

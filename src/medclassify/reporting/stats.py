@@ -124,9 +124,10 @@ class Side:
 
     def resampled(self, index: np.ndarray, seeds: np.ndarray | None = None) -> dict[str, float]:
         """Every metric on the images ``index`` (with repeats), averaged over ``seeds`` (positions in
-        ``scores``, with repeats; default: every seed once)."""
+        ``scores``, with repeats; default: every seed once); besides ACC, macro-F1 and macro-AUC, the
+        AUC of each class (``class_auc_I``; not for binary tasks, whose AUC is the positive class's)."""
         y = self.y_true[index]
-        values = {name: [] for name in METRICS}
+        values: dict[str, list] = {name: [] for name in METRICS}
         for k in range(self.n_seeds) if seeds is None else seeds:
             scores, predicted = self.scores[k], self._predicted[k]
             p, s = predicted[index], scores[index]
@@ -135,19 +136,23 @@ class Side:
                 tp, fp, fn = ((p == 1) & (y == 1)).sum(0), ((p == 1) & (y == 0)).sum(0), ((p == 0) & (y == 1)).sum(0)
                 aucs = [_rank_auc(y[:, i] == 1, s[:, i]) for i in range(s.shape[1])]
             else:
-                k = s.shape[1]
+                classes = s.shape[1]
                 values["acc"].append(float(np.mean(p == y)))
-                matrix = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+                matrix = np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes)
                 tp = np.diag(matrix)
                 fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
                 if self.task == BINARY:
                     aucs = [_rank_auc(y == 1, s[:, -1])]
                 else:
-                    aucs = [_rank_auc(y == i, s[:, i]) for i in range(k)]
+                    aucs = [_rank_auc(y == i, s[:, i]) for i in range(classes)]
             values["f1_macro"].append(_f1_from_counts(tp, fp, fn))
             valid = [a for a in aucs if not np.isnan(a)]
             values["auc"].append(float(np.mean(valid)) if valid else np.nan)
-        return {name: float(np.mean(v)) for name, v in values.items()}
+            if self.task != BINARY:
+                for i, value in enumerate(aucs):
+                    values.setdefault(f"class_auc_{i}", []).append(value)
+        with np.errstate(all="ignore"):  # a class absent from a resample has no AUC: NaN, left out of the interval
+            return {name: float(np.nanmean(v)) if not np.isnan(v).all() else np.nan for name, v in values.items()}
 
     def correct(self, seed: int = 0) -> np.ndarray:
         """Per-image correctness of one seed's model (multi-label: every label right)."""
@@ -156,30 +161,32 @@ class Side:
 
 
 def _interval(draws: list[float]) -> tuple[float, float]:
+    if np.isnan(draws).all():  # e.g. the AUC of a class no test image has
+        return float("nan"), float("nan")
     low, high = np.nanpercentile(draws, [2.5, 97.5])
     return float(low), float(high)
 
 
-def _bootstrap(side: Side, resampled, names, n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
-    """95 % percentile intervals of ``resampled(index, seeds)``'s figures: each draw resamples the
-    seeds, then the test images."""
+def _bootstrap(side: Side, resampled, n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    """95 % percentile intervals of every figure ``resampled(index, seeds)`` returns: each draw
+    resamples the seeds, then the test images."""
     rng = np.random.default_rng(seed)
     n = len(side.y_true)
     draws = []
     for _ in range(n_boot):
         seeds = side.draw_seeds(rng)
         draws.append(resampled(rng.integers(0, n, n), seeds))
-    return {name: _interval([d[name] for d in draws]) for name in names}
+    return {name: _interval([d[name] for d in draws]) for name in draws[0]}
 
 
 def bootstrap_interval(side: Side, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95 % interval of ACC, macro-F1 and macro-AUC, over seeds and test images."""
-    return _bootstrap(side, side.resampled, METRICS, n_boot, seed)
+    """95 % interval of ACC, macro-F1, macro-AUC and each class's AUC, over seeds and test images."""
+    return _bootstrap(side, side.resampled, n_boot, seed)
 
 
 def bootstrap_calibration(side: Side, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
     """95 % interval of every calibration and agreement figure, over seeds and test images."""
-    return _bootstrap(side, side.resampled_calibration, CALIBRATION_METRICS, n_boot, seed)
+    return _bootstrap(side, side.resampled_calibration, n_boot, seed)
 
 
 def bootstrap_difference(a: Side, b: Side, paired: bool, n_boot: int = 1000, seed: int = 0) -> dict:
