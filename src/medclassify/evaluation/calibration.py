@@ -97,9 +97,11 @@ def calibrate_held_run(run_dir: Path, config, method: str = "temperature", devic
     metrics = json.loads(metrics_path.read_text())
     done: dict = {}
 
-    def figures(t: float) -> dict:
-        return {split: classification_metrics(labels[split], probabilities_from_logits(split_logits[split] / t, data.multi_label), data.task,
-                                              data.class_names) for split in ("val", "test")}
+    def probabilities(t: float) -> dict:
+        return {split: probabilities_from_logits(split_logits[split] / t, data.multi_label) for split in split_logits}
+
+    def figures(scores: dict) -> dict:
+        return {split: classification_metrics(labels[split], scores[split], data.task, data.class_names) for split in scores}
 
     if method == "temperature":
         temperature = fit_temperature(split_logits["val"], labels["val"], data.multi_label)
@@ -109,20 +111,20 @@ def calibrate_held_run(run_dir: Path, config, method: str = "temperature", devic
             "val_nll_after": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label, temperature),
         }
         # both from the same logits of the bundle's model (no test-time augmentation), so that they compare
-        raw, calibrated = figures(1.0), figures(temperature)
+        raw_scores, scores = probabilities(1.0), probabilities(temperature)
+        raw, calibrated = figures(raw_scores), figures(scores)
         metrics["calibrated"] = {**record, **calibrated, "uncalibrated": raw}
         bundle["calibration"] = record
-        reliability_diagram(labels["test"], probabilities_from_logits(split_logits["test"], data.multi_label),
-                            probabilities_from_logits(split_logits["test"] / temperature, data.multi_label), data.task, run_dir / "reliability", temperature)
+        reliability_diagram(labels["test"], raw_scores["test"], scores["test"], data.task, run_dir / "reliability", temperature)
         done.update(record, before={k: raw["test"][k] for k in CALIBRATION_METRICS}, after={k: calibrated["test"][k] for k in CALIBRATION_METRICS})
     else:
         temperature = float((bundle.get("calibration") or {}).get("temperature", 1.0))
+        scores = probabilities(temperature)
     if threshold is not None:
         is_positive = {split: (labels[split][:, positive] == 1) if data.multi_label else labels[split] == positive for split in labels}
-        score = {split: probabilities_from_logits(split_logits[split] / temperature, data.multi_label)[:, positive] for split in labels}
-        chosen = choose_threshold(is_positive["val"], score["val"], threshold)
+        chosen = choose_threshold(is_positive["val"], scores["val"][:, positive], threshold)
         point = {"rule": threshold, "positive_class": data.class_names[positive], "threshold": chosen, "chosen_on": "val",
-                 "temperature": temperature, **{split: operating_point(is_positive[split], score[split], chosen) for split in labels}}
+                 "temperature": temperature, **{split: operating_point(is_positive[split], scores[split][:, positive], chosen) for split in labels}}
         bundle["operating_point"] = point
         metrics["operating_point"] = point
         done["operating_point"] = point
