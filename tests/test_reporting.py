@@ -12,6 +12,7 @@ from conftest import write_medmnist_npz, write_study_files
 from medclassify.cli import main
 from medclassify.experiments import Study, load_experiments, run_study
 from medclassify.reporting.discussion import compare, overfitting
+from medclassify.reporting.published import published_results
 from medclassify.reporting.report import write_study_outputs
 from medclassify.reporting.stats import Side, mcnemar
 
@@ -117,6 +118,26 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
                     "Which dataset is harder?", "Does image size matter?", "Over-fitting check", "Limitations"):
         assert section in english
     assert "McNemar" in english and "421,960" in english
+    # the published MedMNIST v2 rows stand beside the measured ones at 28 px, labelled, in both languages
+    assert "<td>bloodmnist · Google AutoML Vision — published, not measured here</td><td>28</td><td>0.966</td><td>–</td><td>0.998</td>" in english
+    assert "pneumoniamnist · ResNet-50 (224) — published, not measured here" in english and "medmnist.github.io/v2" in english
+    assert english.count("published, not measured here</td>") == 2 * 7, "no published rows at 64 px"
+    assert "bloodmnist · auto-sklearn — 已发表结果，非本研究测得 | 28 | 0.877 | – | 0.984 |" in report
+
+
+def test_published_baselines_cover_every_2d_medmnist_dataset():
+    import medmnist
+
+    methods = ["ResNet-18 (28)", "ResNet-18 (224)", "ResNet-50 (28)", "ResNet-50 (224)", "auto-sklearn", "AutoKeras", "Google AutoML Vision"]
+    for flag in (f for f in medmnist.INFO if "3d" not in f):
+        rows = published_results(flag, 28)
+        assert [r.method for r in rows] == methods, flag
+        assert all(0.4 < r.acc < 1 and 0.6 < r.auc <= 1 and r.citation.startswith("J. Yang") for r in rows), flag
+        assert published_results(flag, 64) == [], "MedMNIST v2 trained on the 28 px images only"
+    # hand-checked against the source table
+    blood = {r.method: (r.acc, r.auc) for r in published_results("bloodmnist", 28)}
+    assert blood["Google AutoML Vision"] == (0.966, 0.998) and blood["ResNet-18 (28)"] == (0.958, 0.998)
+    assert {r.method: r.acc for r in published_results("pneumoniamnist", 28)}["AutoKeras"] == 0.878
 
 
 def test_overfitting_rule_reads_the_loss_curves():

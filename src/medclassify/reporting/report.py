@@ -16,6 +16,7 @@ from ..io import atomic_path
 from ..models import available_models
 from .discussion import compare, harder_dataset, overfitting
 from .figures import study_figures
+from .published import published_results
 from .settings import NOT_USED, experiment_settings, split_settings
 from .texts import METRIC_NAMES, TEXTS
 
@@ -99,8 +100,15 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
         table(t["differing_caption"], [t["experiment"]] + [labels[k] for k in differing], per_experiment)
 
     blocks.append(("h2", t["results"]))
-    table(t["results_caption"], t["results_header"], [[f"{r['dataset']} · {r['model']}", str(r["size"]), metric_cell(r, "acc"),
-                                                       metric_cell(r, "f1_macro"), metric_cell(r, "auc")] for r in rows])
+    measured = [[f"{r['dataset']} · {r['model']}", str(r["size"]), metric_cell(r, "acc"), metric_cell(r, "f1_macro"),
+                 metric_cell(r, "auc")] for r in rows]
+    published = [p for dataset, size in dict.fromkeys((e.dataset, e.size) for e in experiments)
+                 for p in published_results(dataset, size)]
+    table(t["results_caption"], t["results_header"], measured + [
+        [t["published_row"].format(dataset=p.dataset, method=p.method), str(p.size), f"{p.acc:.3f}", "–", f"{p.auc:.3f}"]
+        for p in published])
+    if published:
+        blocks += [("p", t["published_note"].format(citation=citation)) for citation in dict.fromkeys(p.citation for p in published)]
 
     blocks.append(("p", t["calibration_intro"]))
     table(t["calibration_caption"], [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
