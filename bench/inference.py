@@ -31,7 +31,7 @@ from PIL import Image
 from medclassify import __version__
 from medclassify.inference.export import write_onnx
 from medclassify.models import create_model
-from medclassify.training.checkpoint import save_checkpoint
+from medclassify.runs import save_checkpoint
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
@@ -99,7 +99,9 @@ def command_timings(folder: Path, runs: int) -> dict:
     env = {**os.environ, "MEDCLASSIFY_DATA": str(folder / "data")}
     command = [sys.executable, "-m", "medclassify"]
     run_dir = folder / "demo"
-    subprocess.run([*command, "demo", "--out", str(run_dir), "--epochs", "1", "--quiet"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [*command, "demo", "--out", str(run_dir), "--epochs", "1", "--quiet"], check=True, env=env, capture_output=True
+    )
     subprocess.run([*command, "export", str(run_dir)], check=True, env=env, capture_output=True)
     with np.load(folder / "data" / "synthcells.npz") as archive:
         Image.fromarray(archive["test_images"][0]).save(folder / "cell.png")
@@ -108,8 +110,12 @@ def command_timings(folder: Path, runs: int) -> dict:
         seconds = []
         for _ in range(runs):
             started = time.perf_counter()
-            subprocess.run([*command, "predict", str(run_dir), str(folder / "cell.png"), "--backend", backend],
-                           check=True, env=env, capture_output=True)
+            subprocess.run(
+                [*command, "predict", str(run_dir), str(folder / "cell.png"), "--backend", backend],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             seconds.append(time.perf_counter() - started)
         timings[f"predict_one_image_{backend}_s"] = round(statistics.median(seconds), 3)
     return timings
@@ -122,21 +128,38 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=200, help="batch-1 calls timed per runtime")
-    parser.add_argument("--command-runs", type=int, default=5, help="timed 'medclassify predict' calls per backend (0: skip)")
+    parser.add_argument(
+        "--command-runs", type=int, default=5, help="timed 'medclassify predict' calls per backend (0: skip)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        results = [bench_model(name, args.size, args.channels, args.classes, args.repeats, folder) for name in args.models]
+        results = [
+            bench_model(name, args.size, args.channels, args.classes, args.repeats, folder) for name in args.models
+        ]
         command = command_timings(folder, args.command_runs) if args.command_runs else {}
-    print(json.dumps({
-        "benchmark": "inference",
-        "size": args.size,
-        "channels": args.channels,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
-        "versions": {"medclassify": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-        "models": results,
-        "command_line": command,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "inference",
+                "size": args.size,
+                "channels": args.channels,
+                "machine": {
+                    "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(),
+                },
+                "versions": {
+                    "medclassify": __version__,
+                    "torch": torch.__version__,
+                    "onnxruntime": onnxruntime.__version__,
+                },
+                "models": results,
+                "command_line": command,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,29 @@ from medclassify import __version__
 
 def run(nproc: int, args, folder: Path) -> dict:
     out = folder / f"nproc{nproc}"
-    command = [sys.executable, "-m", "medclassify", "train", "--nproc", str(nproc), "--dataset", args.dataset,
-               "--size", str(args.size), "--model", args.model, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-               "--device", args.device, "--out", str(out), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "medclassify",
+        "train",
+        "--nproc",
+        str(nproc),
+        "--dataset",
+        args.dataset,
+        "--size",
+        str(args.size),
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     env = {**os.environ, "MEDCLASSIFY_DATA": os.environ.get("MEDCLASSIFY_DATA", str(folder / "data"))}
@@ -56,7 +76,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--model", default="paper-cnn")
     parser.add_argument("--epochs", type=int, default=2, help="the last epoch is timed (default: 2)")
-    parser.add_argument("--batch-size", type=int, default=64, help="effective batch, split over the processes (default: 64)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="effective batch, split over the processes (default: 64)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
@@ -64,16 +86,25 @@ def main() -> None:
         results = [run(n, args, Path(tmp)) for n in args.nproc]
     for result in results:
         result["speedup"] = round(result["images_per_s"] / results[0]["images_per_s"], 3)
-    print(json.dumps({
-        "benchmark": "scaling",
-        "recipe": {k: getattr(args, k) for k in ("dataset", "size", "model", "epochs", "batch_size", "device")},
-        "machine": {"cpu_count": os.cpu_count(), "gpus": torch.cuda.device_count(), "platform": platform.platform()},
-        "versions": {"medclassify": __version__, "torch": torch.__version__},
-        "results": results,
-        "note": f"{os.cpu_count()} CPU cores are shared by the processes (cores/N threads each), so on a CPU the "
+    print(
+        json.dumps(
+            {
+                "benchmark": "scaling",
+                "recipe": {k: getattr(args, k) for k in ("dataset", "size", "model", "epochs", "batch_size", "device")},
+                "machine": {
+                    "cpu_count": os.cpu_count(),
+                    "gpus": torch.cuda.device_count(),
+                    "platform": platform.platform(),
+                },
+                "versions": {"medclassify": __version__, "torch": torch.__version__},
+                "results": results,
+                "note": f"{os.cpu_count()} CPU cores are shared by the processes (cores/N threads each), so on a CPU the "
                 "processes add no compute; the gain comes with one GPU (or machine) per process.",
-        "gpu_command": "python bench/scaling.py --dataset tissuemnist --size 224 --model resnet18 --nproc 1 2 4 8 --device cuda",
-    }, indent=2))
+                "gpu_command": "python bench/scaling.py --dataset tissuemnist --size 224 --model resnet18 --nproc 1 2 4 8 --device cuda",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

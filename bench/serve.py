@@ -40,7 +40,12 @@ def free_port() -> int:
 def demo_run(folder: Path) -> tuple[Path, Path]:
     env = {**os.environ, "MEDCLASSIFY_DATA": str(folder / "data")}
     command = [sys.executable, "-m", "medclassify"]
-    subprocess.run([*command, "demo", "--out", str(folder / "demo"), "--epochs", "1", "--quiet"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [*command, "demo", "--out", str(folder / "demo"), "--epochs", "1", "--quiet"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     subprocess.run([*command, "export", str(folder / "demo")], check=True, env=env, capture_output=True)
     with np.load(folder / "data" / "synthcells.npz") as archive:
         Image.fromarray(archive["test_images"][0]).save(folder / "cell.png")
@@ -57,8 +62,11 @@ async def load(url: str, image: bytes, clients: int, seconds: float, explain: bo
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                answer = await session.post(f"{url}/v1/predict", params={"explain": str(explain).lower()},
-                                            files=[("files", ("image.png", image, "image/png"))])
+                answer = await session.post(
+                    f"{url}/v1/predict",
+                    params={"explain": str(explain).lower()},
+                    files=[("files", ("image.png", image, "image/png"))],
+                )
                 ok = answer.status_code == 200 and answer.json()["predictions"]
             except httpx2.HTTPError:
                 ok = False
@@ -83,8 +91,21 @@ async def load(url: str, image: bytes, clients: int, seconds: float, explain: bo
 def serve_and_load(run: Path, image: bytes, max_batch: int, args) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "medclassify", "serve", f"bench={run}", "--port", str(port),
-                               "--max-batch", str(max_batch)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medclassify",
+            "serve",
+            f"bench={run}",
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(240):
             try:
@@ -97,7 +118,11 @@ def serve_and_load(run: Path, image: bytes, max_batch: int, args) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("medclassify_predictions_total{"))
+    served = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("medclassify_predictions_total{")
+    )
     return {"max_batch": max_batch, **result, "server_counted_predictions": int(served)}
 
 
@@ -113,14 +138,19 @@ def main() -> None:
         run, image = (Path(args.run), Path(args.image)) if args.run else demo_run(Path(tmp))
         data = image.read_bytes()
         settings = [serve_and_load(run, data, max_batch, args) for max_batch in (64, 1)]
-    print(json.dumps({
-        "benchmark": "serve",
-        "clients": args.clients,
-        "explain": args.explain,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "versions": {"medclassify": __version__, "python": platform.python_version()},
-        "settings": settings,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve",
+                "clients": args.clients,
+                "explain": args.explain,
+                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                "versions": {"medclassify": __version__, "python": platform.python_version()},
+                "settings": settings,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

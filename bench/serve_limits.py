@@ -75,8 +75,10 @@ def deflated_dicom(megabytes: int) -> bytes:
 def multipart(parts: list[tuple[str, bytes]]) -> bytes:
     body = io.BytesIO()
     for name, data in parts:
-        body.write(f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-                   "Content-Type: application/octet-stream\r\n\r\n".encode())
+        body.write(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
         body.write(data)
         body.write(b"\r\n")
     body.write(f"--{BOUNDARY}--\r\n".encode())
@@ -109,8 +111,12 @@ def post_streamed(port: int, header: bytes, part_bytes: int, footer: bytes, quer
 def attack(run: Path, name: str, send) -> dict:
     port = free_port()
     spool = Path(tempfile.mkdtemp(prefix="serve-spool-"))
-    server = subprocess.Popen([sys.executable, "-m", "medclassify", "serve", str(run), "--port", str(port)],
-                              env={**os.environ, "TMPDIR": str(spool)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "medclassify", "serve", str(run), "--port", str(port)],
+        env={**os.environ, "TMPDIR": str(spool)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(240):
             try:
@@ -134,8 +140,15 @@ def attack(run: Path, name: str, send) -> dict:
         seconds = time.perf_counter() - started
         done.set()
         watcher.join()
-        return {"attack": name, "status": status, "detail": detail, "seconds": round(seconds, 2), "idle_rss_mb": round(idle),
-                "peak_rss_mb": round(rss_mb(server.pid, "VmHWM")), "peak_spool_mb": round(peak_spool, 1)}
+        return {
+            "attack": name,
+            "status": status,
+            "detail": detail,
+            "seconds": round(seconds, 2),
+            "idle_rss_mb": round(idle),
+            "peak_rss_mb": round(rss_mb(server.pid, "VmHWM")),
+            "peak_spool_mb": round(peak_spool, 1),
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -145,10 +158,18 @@ def attack(run: Path, name: str, send) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="run folder or model to serve (default: a one-epoch demo run)")
-    parser.add_argument("--dicom-mb", type=int, default=1024, help="size of the zero-filled element inside the deflated DICOM")
+    parser.add_argument(
+        "--dicom-mb", type=int, default=1024, help="size of the zero-filled element inside the deflated DICOM"
+    )
     parser.add_argument("--png-side", type=int, default=7000, help="side of each of the 32 PNGs")
     parser.add_argument("--part-mb", type=int, default=300, help="size of the single oversized part")
-    parser.add_argument("--only", type=int, nargs="+", choices=(1, 2, 3, 4), help="run only these attacks (1: DICOM, 2: PNGs, 3: part, 4: allowed PNGs with Grad-CAM)")
+    parser.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        choices=(1, 2, 3, 4),
+        help="run only these attacks (1: DICOM, 2: PNGs, 3: part, 4: allowed PNGs with Grad-CAM)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         run = args.run or demo_run(Path(scratch))[0]
@@ -160,20 +181,37 @@ def main() -> None:
         def send_body(body: bytes):
             return lambda port: post_streamed(port, body, 0, b"")
 
-        header = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
-                  "Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n"
+        header = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode() + b"\x89PNG\r\n\x1a\n"
         attacks = [
-            (f"deflated DICOM, {len(dicom) / 2**20:.1f} MB holding {args.dicom_mb} MB of zeros", send_body(multipart([("bomb.dcm", dicom)]))),
-            (f"32 PNGs of {args.png_side}x{args.png_side} ({len(png) / 1e3:.0f} kB each) in one request",
-             send_body(multipart([(f"{i}.png", png) for i in range(32)]))),
-            (f"one {args.part_mb} MB upload part", lambda port: post_streamed(port, header, args.part_mb << 20, f"\r\n--{BOUNDARY}--\r\n".encode())),
-            (f"2 PNGs of {args.png_side}x{args.png_side} with explain=true (within the default limits)",
-             lambda port: post_streamed(port, multipart([(f"{i}.png", png) for i in range(2)]), 0, b"", "?explain=true")),
+            (
+                f"deflated DICOM, {len(dicom) / 2**20:.1f} MB holding {args.dicom_mb} MB of zeros",
+                send_body(multipart([("bomb.dcm", dicom)])),
+            ),
+            (
+                f"32 PNGs of {args.png_side}x{args.png_side} ({len(png) / 1e3:.0f} kB each) in one request",
+                send_body(multipart([(f"{i}.png", png) for i in range(32)])),
+            ),
+            (
+                f"one {args.part_mb} MB upload part",
+                lambda port: post_streamed(port, header, args.part_mb << 20, f"\r\n--{BOUNDARY}--\r\n".encode()),
+            ),
+            (
+                f"2 PNGs of {args.png_side}x{args.png_side} with explain=true (within the default limits)",
+                lambda port: post_streamed(
+                    port, multipart([(f"{i}.png", png) for i in range(2)]), 0, b"", "?explain=true"
+                ),
+            ),
         ]
         for number, (name, send) in enumerate(attacks, start=1):
             if args.only and number not in args.only:
                 continue
-            print(json.dumps({**attack(run, name, send), "machine": platform.machine(), "cpus": os.cpu_count()}), flush=True)
+            print(
+                json.dumps({**attack(run, name, send), "machine": platform.machine(), "cpus": os.cpu_count()}),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -83,8 +83,12 @@ def measure(data_dir: Path, size: int, batch_size: int, n_images: int) -> dict:
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
     dataset = medmnist.BloodMNIST(split="train", transform=to_tensor, root=str(data_dir), size=size)
     for workers in (0, 2):
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
-        result[f"medmnist_dataloader_workers{workers}"] = images_per_second(endless(lambda: iter(loader)), size, n_images)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+        )
+        result[f"medmnist_dataloader_workers{workers}"] = images_per_second(
+            endless(lambda loader=loader: iter(loader)), size, n_images
+        )
     baseline = max(result["medmnist_dataloader_workers0"], result["medmnist_dataloader_workers2"])
     result["speedup_vs_best_baseline"] = result["medclassify_in_memory"] / baseline
     result["pipeline_overhead_vs_model_only"] = 1 - result["medclassify_in_memory"] / result["model_only_fixed_batch"]
@@ -109,10 +113,21 @@ def main() -> None:
         if folder != data_dir:
             make_64px_file(data_dir / "bloodmnist.npz", folder)
         results.append(measure(folder, 64, args.batch_size, args.images))
-    print(json.dumps({
-        "benchmark": "train_throughput", "model": "paper-cnn", "batch_size": args.batch_size, "unit": "training images/s",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(), "results": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_throughput",
+                "model": "paper-cnn",
+                "batch_size": args.batch_size,
+                "unit": "training images/s",
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUADRANT_CLASSES, quadrant_images, write_image_folder, write_medmnist_npz
+from helpers import QUADRANT_CLASSES, quadrant_images, write_image_folder, write_medmnist_npz
 from medclassify.cli import main
+from medclassify.config import TrainConfig
 from medclassify.errors import TrainingDiverged
-from medclassify.training import TrainConfig, train
+from medclassify.training import train
 
 
 def run_cli(capsys, *args):
@@ -39,11 +40,24 @@ def one_line_error(code: int, err: str, message: str) -> None:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with its content's digest: what 'nothing changed' compares."""
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def tiny_config(data_dir: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(dataset="bloodmnist", size=28, data_dir=str(data_dir), out=str(out), epochs=2, quiet=True, num_threads=2, verify=False)
+    values = dict(
+        dataset="bloodmnist",
+        size=28,
+        data_dir=str(data_dir),
+        out=str(out),
+        epochs=2,
+        quiet=True,
+        num_threads=2,
+        verify=False,
+    )
     return TrainConfig(**{**values, **overrides})
 
 
@@ -58,7 +72,19 @@ def finished_run(blood_dir, tmp_path) -> Path:
 def test_6_a_finished_run_without_last_pt_is_not_overwritten(finished_run, blood_dir, capsys):
     (finished_run / "last.pt").unlink()
     before = snapshot(finished_run)
-    code, _, err = run_cli(capsys, "train", "--dataset", "bloodmnist", "--data-dir", blood_dir, "--no-verify", "--out", finished_run, "--epochs", "1")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "bloodmnist",
+        "--data-dir",
+        blood_dir,
+        "--no-verify",
+        "--out",
+        finished_run,
+        "--epochs",
+        "1",
+    )
     one_line_error(code, err, "already holds a run (config.json, metrics.json, best.pt); pass --resume")
     assert snapshot(finished_run) == before
 
@@ -68,21 +94,50 @@ def test_7_a_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(blood_dir, 
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / ".medclassify.lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "command": "train", "since": "now"}))
-        code, _, err = run_cli(capsys, "train", "--dataset", "bloodmnist", "--data-dir", blood_dir, "--no-verify", "--out", out, "--epochs", "1")
+        (out / ".medclassify.lock").write_text(
+            json.dumps({"pid": holder.pid, "host": os.uname().nodename, "command": "train", "since": "now"})
+        )
+        code, _, err = run_cli(
+            capsys,
+            "train",
+            "--dataset",
+            "bloodmnist",
+            "--data-dir",
+            blood_dir,
+            "--no-verify",
+            "--out",
+            out,
+            "--epochs",
+            "1",
+        )
         one_line_error(code, err, f"is in use by another medclassify process (train PID {holder.pid} on")
         assert sorted(p.name for p in out.iterdir()) == [".medclassify.lock"]
     finally:
         holder.kill()
         holder.wait()
     # the holder is gone: its lock is stale, taken over with a warning, and removed at the end
-    code, _, err = run_cli(capsys, "train", "--dataset", "bloodmnist", "--data-dir", blood_dir, "--no-verify", "--out", out, "--epochs", "1", "--quiet")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "bloodmnist",
+        "--data-dir",
+        blood_dir,
+        "--no-verify",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--quiet",
+    )
     assert code == 0 and f"removing the lock of PID {holder.pid}" in err
     assert not (out / ".medclassify.lock").exists() and (out / "metrics.json").is_file()
 
 
 def test_7_evaluate_and_export_take_the_lock_too(finished_run, capsys):
-    (finished_run / ".medclassify.lock").write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename, "command": "train"}))
+    (finished_run / ".medclassify.lock").write_text(
+        json.dumps({"pid": os.getppid(), "host": os.uname().nodename, "command": "train"})
+    )
     before = snapshot(finished_run)
     for command in (["evaluate", finished_run], ["export", finished_run]):
         code, _, err = run_cli(capsys, *command)
@@ -91,8 +146,15 @@ def test_7_evaluate_and_export_take_the_lock_too(finished_run, capsys):
 
 
 def test_8_evaluate_refuses_a_bundle_of_another_class_count(finished_run, blood_dir, tmp_path, capsys):
-    other = train(tiny_config(write_medmnist_npz(tmp_path / "other" / "pathmnist.npz", n_classes=9).parent, tmp_path / "other_run",
-                              dataset="pathmnist", epochs=1, verify=False)).run_dir
+    other = train(
+        tiny_config(
+            write_medmnist_npz(tmp_path / "other" / "pathmnist.npz", n_classes=9).parent,
+            tmp_path / "other_run",
+            dataset="pathmnist",
+            epochs=1,
+            verify=False,
+        )
+    ).run_dir
     shutil.copy(other / "best.pt", finished_run / "best.pt")
     before = snapshot(finished_run)
     code, _, err = run_cli(capsys, "evaluate", finished_run)
@@ -108,12 +170,26 @@ def test_9_evaluating_last_pt_keeps_the_best_checkpoints_records(finished_run, c
     assert json.loads((finished_run / "metrics_last.json").read_text())["checkpoint"] == "last.pt"
 
 
+@pytest.mark.slow
 def test_9_a_study_tolerates_foreign_files_in_its_run_folders(tmp_path, capsys):
-    from conftest import write_study_files
+    from helpers import write_study_files
 
     data = write_study_files(tmp_path / "data", ["bloodmnist"], sizes=(28,), counts=(48, 16, 24))
-    (tmp_path / "study.yaml").write_text("name: s\ndatasets: [bloodmnist]\nsizes: [28]\nmodels: [paper-cnn]\nseeds: 2\ntrain: {epochs: 1}\n")
-    args = ["run", tmp_path / "study.yaml", "--data-dir", data, "--out", tmp_path / "s", "--quiet", "--bootstrap", "20", "--no-verify"]
+    (tmp_path / "study.yaml").write_text(
+        "name: s\ndatasets: [bloodmnist]\nsizes: [28]\nmodels: [paper-cnn]\nseeds: 2\ntrain: {epochs: 1}\n"
+    )
+    args = [
+        "run",
+        tmp_path / "study.yaml",
+        "--data-dir",
+        data,
+        "--out",
+        tmp_path / "s",
+        "--quiet",
+        "--bootstrap",
+        "20",
+        "--no-verify",
+    ]
     assert run_cli(capsys, *args)[0] == 0
     foreign = tmp_path / "s" / "runs" / "bloodmnist_28_paper-cnn_seed1" / "metrics.json"
     foreign.write_text(json.dumps({"checkpoint": "last.pt", "best_epoch": None, "test": {}}))
@@ -153,7 +229,10 @@ def test_10_an_edited_or_broken_model_onnx_is_not_trusted(exported_run, tmp_path
         if prop.key == "medclassify":
             prop.value = "{not json"
     onnx.save(model, str(tmp_path / "broken.onnx"))
-    for command in (["predict", tmp_path / "broken.onnx", image], ["serve", tmp_path / "broken.onnx", "--port", "8999"]):
+    for command in (
+        ["predict", tmp_path / "broken.onnx", image],
+        ["serve", tmp_path / "broken.onnx", "--port", "8999"],
+    ):
         code, _, err = run_cli(capsys, *command)
         one_line_error(code, err, "its medclassify metadata is not valid JSON")
 
@@ -163,15 +242,28 @@ def test_10_an_edited_or_broken_model_onnx_is_not_trusted(exported_run, tmp_path
 
 def test_11_a_diverging_run_stops_at_the_first_non_finite_loss(blood_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--dataset", "bloodmnist", "--data-dir", blood_dir, "--no-verify", "--out", out, "--lr", "1e30", "--quiet")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "bloodmnist",
+        "--data-dir",
+        blood_dir,
+        "--no-verify",
+        "--out",
+        out,
+        "--lr",
+        "1e30",
+        "--quiet",
+    )
     one_line_error(code, err, "training diverged in epoch 1 (the training loss is")
     assert "no epoch finished, so no checkpoint was kept. Lower --lr (now 1e+30)" in err
     assert not (out / "last.pt").exists() and not (out / "metrics.json").exists()
 
 
 def test_11_divergence_later_keeps_last_pt_of_the_last_finite_epoch(blood_dir, tmp_path, monkeypatch):
+    from medclassify.runs import load_checkpoint
     from medclassify.training import trainer
-    from medclassify.training.checkpoint import load_checkpoint
 
     real = trainer.build_loss
     epochs = {"n": 0}
@@ -194,7 +286,9 @@ def test_11_divergence_later_keeps_last_pt_of_the_last_finite_epoch(blood_dir, t
 
     monkeypatch.setattr(trainer, "build_loss", poisoned)
     monkeypatch.setattr(trainer, "train_one_epoch", counted)
-    with pytest.raises(TrainingDiverged, match=r"training diverged in epoch 2 \(the training loss is nan\); .*last.pt keeps epoch 1"):
+    with pytest.raises(
+        TrainingDiverged, match=r"training diverged in epoch 2 \(the training loss is nan\); .*last.pt keeps epoch 1"
+    ):
         train(tiny_config(blood_dir, tmp_path / "run", epochs=3))
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
 
@@ -209,14 +303,21 @@ def test_12_class_folders_named_like_report_keys(tmp_path):
     y_true = rng.integers(0, 3, 60)
     y_score = rng.dirichlet(np.ones(3), 60)
     result = classification_metrics(y_true, y_score, "multi-class", names)
-    precision, recall, _, support = precision_recall_fscore_support(y_true, y_score.argmax(1), labels=[0, 1, 2], zero_division=0)
+    precision, recall, _, support = precision_recall_fscore_support(
+        y_true, y_score.argmax(1), labels=[0, 1, 2], zero_division=0
+    )
     for i, name in enumerate(names):
         assert result["per_class"][name]["precision"] == pytest.approx(precision[i])
-        assert result["per_class"][name]["recall"] == pytest.approx(recall[i]) and result["per_class"][name]["support"] == support[i]
+        assert (
+            result["per_class"][name]["recall"] == pytest.approx(recall[i])
+            and result["per_class"][name]["support"] == support[i]
+        )
     root = write_image_folder(tmp_path / "folder", per_class=10)
     for old, new in (("NORMAL", "accuracy"), ("PNEUMONIA", "macro avg")):
         (root / "train" / old).rename(root / "train" / new)
-    run = train(TrainConfig(dataset="folder", data_dir=str(root), size=28, epochs=1, quiet=True, out=str(tmp_path / "run")))
+    run = train(
+        TrainConfig(dataset="folder", data_dir=str(root), size=28, epochs=1, quiet=True, out=str(tmp_path / "run"))
+    )
     assert set(run.metrics["test"]["per_class"]) == {"accuracy", "macro avg"}
 
 
@@ -236,23 +337,36 @@ def test_13_npz_headers_are_checked_before_loading(quadrant_run, blood_dir, tmp_
     huge = tmp_path / "huge.npz"  # a real array, just more pixels than the limit
     with zipfile.ZipFile(huge, "w", zipfile.ZIP_DEFLATED) as archive:
         header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (1, 15_000, 15_000)})
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "|u1", "fortran_order": False, "shape": (1, 15_000, 15_000)}
+        )
         with archive.open("images.npy", "w", force_zip64=True) as member:
             member.write(header.getvalue())
             for _ in range(15):
                 member.write(bytes(15_000_000))
     code, out, err = run_cli(capsys, "predict", quadrant_run, good, lying, huge)
     assert code == 0 and out.count("top-right") >= 2 and "Traceback" not in err
-    assert "lying.npz: 'images' declares shape (100000, 100000, 3) (30,000,000,000 bytes) but the file stores 10 bytes" in err
-    assert "huge.npz: the 225,000,000 values of an array of shape (1, 15000, 15000) exceed the limit of 200,000,000 pixels" in err
+    assert (
+        "lying.npz: 'images' declares shape (100000, 100000, 3) (30,000,000,000 bytes) but the file stores 10 bytes"
+        in err
+    )
+    assert (
+        "huge.npz: the 225,000,000 values of an array of shape (1, 15000, 15000) exceed the limit of 200,000,000 pixels"
+        in err
+    )
     bad_data = tmp_path / "bad"
     bad_data.mkdir()
     lying_member = lying_npz(tmp_path / "member.npz", (10**9, 28, 28, 3), key="train_images")
-    with zipfile.ZipFile(blood_dir / "bloodmnist.npz") as source, zipfile.ZipFile(bad_data / "bloodmnist.npz", "w") as target, \
-            zipfile.ZipFile(lying_member) as lying:
+    with (
+        zipfile.ZipFile(blood_dir / "bloodmnist.npz") as source,
+        zipfile.ZipFile(bad_data / "bloodmnist.npz", "w") as target,
+        zipfile.ZipFile(lying_member) as lying,
+    ):
         for item in source.namelist():  # the same file, but its training images' header lies
             target.writestr(item, lying.read(item) if item == "train_images.npy" else source.read(item))
-    code, _, err = run_cli(capsys, "train", "--dataset", "bloodmnist", "--data-dir", bad_data, "--no-verify", "--out", tmp_path / "r")
+    code, _, err = run_cli(
+        capsys, "train", "--dataset", "bloodmnist", "--data-dir", bad_data, "--no-verify", "--out", tmp_path / "r"
+    )
     one_line_error(code, err, "'train_images' declares shape (1000000000, 28, 28, 3)")
 
 
@@ -262,9 +376,18 @@ def test_14_unwritable_outputs_get_one_line(finished_run, quadrant_run, blood_di
     image = tmp_path / "a.png"
     Image.fromarray(quadrant_images("top-left", 1)[0]).save(image)
     cases = [
-        (["train", "--dataset", "bloodmnist", "--data-dir", blood_dir, "--no-verify", "--out", blocker / "run"], f"{blocker / 'run'}: cannot write (Not a directory)"),
-        (["predict", quadrant_run, image, "--out", blocker / "p.csv"], f"{blocker / 'p.csv'}: cannot write (Not a directory)"),
-        (["export", finished_run, "--out", blocker / "m.onnx"], f"{blocker / 'm.onnx'}: cannot write (Not a directory)"),
+        (
+            ["train", "--dataset", "bloodmnist", "--data-dir", blood_dir, "--no-verify", "--out", blocker / "run"],
+            f"{blocker / 'run'}: cannot write (Not a directory)",
+        ),
+        (
+            ["predict", quadrant_run, image, "--out", blocker / "p.csv"],
+            f"{blocker / 'p.csv'}: cannot write (Not a directory)",
+        ),
+        (
+            ["export", finished_run, "--out", blocker / "m.onnx"],
+            f"{blocker / 'm.onnx'}: cannot write (Not a directory)",
+        ),
         (["explain", quadrant_run, image, "--out", blocker / "cams"], f"{blocker / 'cams'}"),
     ]
     for args, message in cases:
@@ -291,7 +414,10 @@ def test_14_unwritable_outputs_get_one_line(finished_run, quadrant_run, blood_di
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("train: {device: 5}", "experiment bloodmnist_28_paper-cnn_seed0: device: Input should be a valid string, got 5"),
+        (
+            "train: {device: 5}",
+            "experiment bloodmnist_28_paper-cnn_seed0: device: Input should be a valid string, got 5",
+        ),
         ("train: {gamma: null}", "gamma: Input should be a valid number, got None"),
         ("train: {label_smoothing: x}", "label_smoothing: Input should be a valid number"),
         ("train: {milestones: 5}", "milestones: Input should be a valid list, got 5"),
@@ -332,7 +458,10 @@ def test_15_verify_no_is_read_as_false(tmp_path):
         (["serve", "RUN", "--max-upload-mb", "inf"], "--max-upload-mb must be a finite number > 0, got inf"),
         (["models", "--classes", "-1"], "--classes must be from 2 to 10,000, got -1"),
         (["models", "--size", "100000"], "--size must be from 8 to 1024 pixels, got 100000"),
-        (["explain", "RUN", "IMAGE", "--layer", "classifier"], "--layer classifier: model 'paper-cnn' has that module, but its output is not a feature map"),
+        (
+            ["explain", "RUN", "IMAGE", "--layer", "classifier"],
+            "--layer classifier: model 'paper-cnn' has that module, but its output is not a feature map",
+        ),
     ],
 )
 def test_16_impossible_options_get_one_line(quadrant_run, tmp_path, capsys, args, message):
@@ -362,8 +491,19 @@ def test_16_hand_edited_bundles_get_one_line(quadrant_run, tmp_path, capsys, edi
 
 
 def test_16_nproc_checks_the_data_once_before_launching(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "train", "--dataset", "bloodmnist", "--data-dir", tmp_path / "empty", "--no-download", "--nproc", "2",
-                           "--out", tmp_path / "run")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "bloodmnist",
+        "--data-dir",
+        tmp_path / "empty",
+        "--no-download",
+        "--nproc",
+        "2",
+        "--out",
+        tmp_path / "run",
+    )
     one_line_error(code, err, "data file missing, nothing was trained; download bloodmnist.npz from")
     assert not (tmp_path / "run").exists()
 
@@ -374,7 +514,9 @@ def test_16_a_closed_pipe_is_not_a_traceback(tmp_path):
     assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom says so of the 'nan' this test writes on purpose
+@pytest.mark.filterwarnings(
+    "ignore:Invalid value for VR DS"
+)  # pydicom says so of the 'nan' this test writes on purpose
 def test_17_non_finite_pixels_are_refused_per_file(quadrant_run, tmp_path, capsys):
     from test_inference import quadrant_dicom
 
@@ -399,11 +541,15 @@ def test_17_non_finite_pixels_are_refused_per_file(quadrant_run, tmp_path, capsy
 
 def test_19_predict_table_stays_aligned_with_long_class_names(quadrant_run, tmp_path, capsys):
     bundle = torch.load(quadrant_run / "best.pt", weights_only=True)
-    bundle["dataset"]["class_names"] = [f"{name} with a very long descriptive class name indeed" for name in QUADRANT_CLASSES]
+    bundle["dataset"]["class_names"] = [
+        f"{name} with a very long descriptive class name indeed" for name in QUADRANT_CLASSES
+    ]
     torch.save(bundle, tmp_path / "long.pt")
     for i, name in enumerate(("top-left", "bottom-right")):
         Image.fromarray(quadrant_images(name, 1)[0]).save(tmp_path / f"{i}.png")
-    code, out, _ = run_cli(capsys, "predict", tmp_path / "long.pt", tmp_path / "0.png", tmp_path / "1.png", "--top", "1")
+    code, out, _ = run_cli(
+        capsys, "predict", tmp_path / "long.pt", tmp_path / "0.png", tmp_path / "1.png", "--top", "1"
+    )
     header, *rows = out.splitlines()
     end = header.index("prob") + len("prob")  # right-aligned probabilities end under the header's word
     assert code == 0 and len(rows) == 2
@@ -444,7 +590,9 @@ def test_21_write_overlays_takes_a_str_folder(quadrant_run, tmp_path):
     from medclassify.explain import explain_images, write_overlays
     from medclassify.inference import Predictor
 
-    explanations, _ = explain_images(Predictor.from_run(quadrant_run, backend="torch"), [quadrant_images("top-left", 1)[0]])
+    explanations, _ = explain_images(
+        Predictor.from_run(quadrant_run, backend="torch"), [quadrant_images("top-left", 1)[0]]
+    )
     paths = write_overlays(explanations, str(tmp_path / "cams"))
     assert [p.name for p in paths] == ["array_0_gradcam.png"] and paths[0].is_file()
 

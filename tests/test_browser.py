@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import quadrant_images, serving
+from helpers import quadrant_images, serving
 from test_inference import quadrant_dicom
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="headless Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it as root)")
+pytestmark = [
+    pytest.mark.slow,  # a real server and a headless browser
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="headless Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it as root)",
+    ),
+]
 
 
 LONG_NAME = "a class name far longer than any card is wide, written without a single break_" * 2
@@ -30,7 +35,9 @@ def server(quadrant_run, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("server")
     bundle = torch.load(quadrant_run / "best.pt", weights_only=True)  # the same model, one class renamed at length
-    bundle["dataset"]["class_names"] = [LONG_NAME if name == "none" else name for name in bundle["dataset"]["class_names"]]
+    bundle["dataset"]["class_names"] = [
+        LONG_NAME if name == "none" else name for name in bundle["dataset"]["class_names"]
+    ]
     torch.save(bundle, folder / "long.pt")
     with serving([f"quadrants={quadrant_run}", f"long={folder / 'long.pt'}"], folder / "server.log") as (_, url):
         yield url
@@ -43,7 +50,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -82,7 +95,11 @@ def test_upload_shows_the_class_the_probabilities_and_the_heatmap(server, browse
         assert track > 50 and fill == pytest.approx(shown * track, abs=1.5), (shown, fill, track)
     heatmap = browser.find_element(By.CSS_SELECTOR, "img[alt='Grad-CAM for bottom-right']")
     assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
-    wait.until(lambda driver: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap) >= 224)
+    wait.until(
+        lambda driver: (
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap) >= 224
+        )
+    )
 
     browser.find_element(By.ID, "files").send_keys(str(tmp_path / "broken.png"))
     error = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, ".card .error")))
@@ -106,7 +123,10 @@ def test_cards_keep_the_selection_order_show_dicom_and_contain_long_names(server
     browser.get(server)
     wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
     Select(browser.find_element(By.ID, "model")).select_by_value("long")
-    files = [tmp_path / f"{i}-{name}.png" for i, name in enumerate(names)] + [tmp_path / "3-none.png", tmp_path / "4-scan.dcm"]
+    files = [tmp_path / f"{i}-{name}.png" for i, name in enumerate(names)] + [
+        tmp_path / "3-none.png",
+        tmp_path / "4-scan.dcm",
+    ]
     browser.find_element(By.ID, "files").send_keys("\n".join(map(str, files)))
     wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, ".card .predicted")) == 5)
     cards = browser.find_elements(By.CSS_SELECTOR, ".card")
@@ -115,4 +135,8 @@ def test_cards_keep_the_selection_order_show_dicom_and_contain_long_names(server
     for card in cards:  # nothing sticks out of a card, whatever the class names
         assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", card)
     dicom_image = cards[4].find_element(By.CSS_SELECTOR, "img[alt='image']")
-    wait.until(lambda driver: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", dicom_image) == 128)
+    wait.until(
+        lambda driver: (
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", dicom_image) == 128
+        )
+    )

@@ -1,17 +1,17 @@
 import hashlib
-from pathlib import Path
 import warnings
+from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+from medmnist.info import INFO
 
-from conftest import write_image_folder, write_medmnist_npz
+from helpers import write_image_folder, write_medmnist_npz
 from medclassify.data import compute_normalization, dataset_catalog, get_dataset_info, load_dataset
 from medclassify.data.memory import BatchLoader, Split
 from medclassify.errors import ConfigError, DataError
-from medmnist.info import INFO
 
 
 def test_catalog_covers_every_2d_medmnist_dataset_from_the_package_metadata():
@@ -56,7 +56,10 @@ def test_64px_file_in_the_official_layout(blood_dir):
 
 
 def test_wrong_md5_is_reported_and_no_verify_accepts_it(blood_dir):
-    with pytest.raises(DataError, match=r"bloodmnist.npz: MD5 [0-9a-f]{32} does not match the official 7053d0359d879ad8a5505303e11de1dc.*--no-verify"):
+    with pytest.raises(
+        DataError,
+        match=r"bloodmnist.npz: MD5 [0-9a-f]{32} does not match the official 7053d0359d879ad8a5505303e11de1dc.*--no-verify",
+    ):
         load_dataset("bloodmnist", 28, blood_dir)
     assert load_dataset("bloodmnist", 28, blood_dir, verify=False).source["md5_verified"] is False
 
@@ -83,7 +86,10 @@ def test_missing_file_without_network_names_file_url_and_folder(tmp_path, monkey
     [
         ({"val_labels": None}, "missing keys val_labels"),
         ({"train_images": np.zeros((160, 28, 28), np.uint8)}, r"'train_images' has 1 channel\(s\); this dataset has 3"),
-        ({"train_images": np.zeros((160, 30, 30, 3), np.uint8)}, r"'train_images' has shape \(160, 30, 30, 3\); expected N x 28 x 28"),
+        (
+            {"train_images": np.zeros((160, 30, 30, 3), np.uint8)},
+            r"'train_images' has shape \(160, 30, 30, 3\); expected N x 28 x 28",
+        ),
         ({"test_images": np.zeros((80, 28, 28, 3), np.float32)}, "'test_images' has dtype float32; expected uint8"),
         ({"test_labels": np.full((80, 1), 8)}, r"'test_labels' holds labels from 8 to 8; expected 0..7 \(8 classes\)"),
         ({"val_labels": np.zeros((39, 1), np.int64)}, r"'val_labels' has shape \(39, 1\); expected \(40, 1\)"),
@@ -109,7 +115,9 @@ def test_dataset_normalization_matches_numpy(blood_dir):
     assert np.allclose(stats.mean, scaled.mean(axis=(0, 2, 3)), atol=1e-6)
     assert np.allclose(stats.std, scaled.std(axis=(0, 2, 3)), atol=1e-5)
     normalised = stats.apply(images[:4])
-    expected = (torch.from_numpy(scaled[:4]) - torch.tensor(stats.mean).view(1, 3, 1, 1)) / torch.tensor(stats.std).view(1, 3, 1, 1)
+    expected = (torch.from_numpy(scaled[:4]) - torch.tensor(stats.mean).view(1, 3, 1, 1)) / torch.tensor(
+        stats.std
+    ).view(1, 3, 1, 1)
     assert torch.allclose(normalised, expected.float(), atol=1e-5)
     assert compute_normalization(images, "half").mean == (0.5, 0.5, 0.5)
 
@@ -119,7 +127,9 @@ def test_batch_loader_visits_every_sample_once_per_epoch_in_seeded_order():
     stats = compute_normalization(split.images, "none")
 
     def epoch(seed):
-        loader = BatchLoader(split, 4, stats, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(seed))
+        loader = BatchLoader(
+            split, 4, stats, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
         return torch.cat([labels for _, labels in loader]).tolist()
 
     assert sorted(epoch(1)) == list(range(10)) and epoch(1) == epoch(1) and epoch(1) != epoch(2)
@@ -205,5 +215,9 @@ def test_download_moves_a_complete_file_into_place(tmp_path, monkeypatch):
     data = load_dataset("bloodmnist", 28, tmp_path / "cache", verify=False)
     assert requested == {"url": INFO["bloodmnist"]["url"], "md5": INFO["bloodmnist"]["MD5"]}
     assert len(data.splits["train"]) == 160
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".seen", "bloodmnist.npz"], "the temporary folder is gone"
-    assert Path((tmp_path / "cache" / ".seen").read_text()).parent == tmp_path / "cache", "downloads land in a temporary folder first"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".seen", "bloodmnist.npz"], (
+        "the temporary folder is gone"
+    )
+    assert Path((tmp_path / "cache" / ".seen").read_text()).parent == tmp_path / "cache", (
+        "downloads land in a temporary folder first"
+    )

@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_medmnist_npz, write_study_files
+from helpers import write_medmnist_npz, write_study_files
+from medclassify.config import TrainConfig
 from medclassify.errors import CheckpointError
-from medclassify.evaluation.run import evaluate_run
 from medclassify.experiments import Study, load_experiments, results_rows, run_study
-from medclassify.training import TrainConfig, train
+from medclassify.runs import evaluate_run
+from medclassify.training import train
+
+pytestmark = pytest.mark.slow  # torchrun processes and a Ray instance
 
 RUN_FILES = ["best.pt", "config.json", "history.csv", "last.pt", "medmnist", "metrics.json", "predictions.csv"]
 
@@ -28,8 +31,13 @@ def torchrun_train(*args: str) -> subprocess.CompletedProcess:
     scratch = Path(tempfile.mkdtemp())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     try:
-        done = subprocess.run([sys.executable, "-m", "medclassify", "train", "--nproc", "2", *args], capture_output=True, text=True,
-                              env=env, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "medclassify", "train", "--nproc", "2", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert list(scratch.iterdir()) == [], "the launcher left files behind"  # e.g. torchelastic_* log folders
         return done
     finally:
@@ -45,8 +53,22 @@ def one_batch_data(tmp_path_factory) -> Path:
 
 
 def options(data: Path, out: Path, epochs: int = 1) -> list[str]:
-    return ["--dataset", "bloodmnist", "--data-dir", str(data), "--out", str(out), "--epochs", str(epochs),
-            "--batch-size", "32", "--no-verify", "--quiet", "--num-threads", "1"]
+    return [
+        "--dataset",
+        "bloodmnist",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--no-verify",
+        "--quiet",
+        "--num-threads",
+        "1",
+    ]
 
 
 def test_two_processes_take_the_step_of_one_process_on_the_combined_batch(one_batch_data, tmp_path):
@@ -57,10 +79,27 @@ def test_two_processes_take_the_step_of_one_process_on_the_combined_batch(one_ba
     assert done.stdout.count("test: acc") == 1  # rank 0 alone prints
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == RUN_FILES  # and writes, atomically
     record = json.loads((tmp_path / "ddp" / "config.json").read_text())["distributed"]
-    assert record["world_size"] == 2 and record["backend"] == "gloo" and record["batch_per_process"] == 16 and record["effective_batch"] == 32
+    assert (
+        record["world_size"] == 2
+        and record["backend"] == "gloo"
+        and record["batch_per_process"] == 16
+        and record["effective_batch"] == 32
+    )
 
-    train(TrainConfig(dataset="bloodmnist", data_dir=str(one_batch_data), out=str(tmp_path / "single"), epochs=1,
-                      batch_size=32, verify=False, quiet=True, num_threads=1, optimizer="sgd", lr=0.1))
+    train(
+        TrainConfig(
+            dataset="bloodmnist",
+            data_dir=str(one_batch_data),
+            out=str(tmp_path / "single"),
+            epochs=1,
+            batch_size=32,
+            verify=False,
+            quiet=True,
+            num_threads=1,
+            optimizer="sgd",
+            lr=0.1,
+        )
+    )
     ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model_state"]
     single = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["model_state"]
     assert ddp.keys() == single.keys()  # saved without DDP's 'module.' prefix
@@ -73,7 +112,9 @@ def test_two_processes_take_the_step_of_one_process_on_the_combined_batch(one_ba
     for split in ("val", "test"):
         for key in ("acc", "auc", "f1_macro"):
             assert again[split][key] == pytest.approx(written[split][key], abs=1e-12)
-        assert again[split]["loss"] == pytest.approx(written[split]["loss"], rel=1e-6)  # float32 batch means, other batches
+        assert again[split]["loss"] == pytest.approx(
+            written[split]["loss"], rel=1e-6
+        )  # float32 batch means, other batches
 
 
 def test_distributed_resume_continues_like_an_uninterrupted_run(one_batch_data, tmp_path):
@@ -89,29 +130,57 @@ def test_distributed_resume_continues_like_an_uninterrupted_run(one_batch_data, 
     assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
 
     with pytest.raises(CheckpointError, match="the run used 2 process"):
-        train(TrainConfig(dataset="bloodmnist", data_dir=str(one_batch_data), out=str(tmp_path / "resumed"), epochs=3,
-                          batch_size=32, verify=False, quiet=True, resume=True))
+        train(
+            TrainConfig(
+                dataset="bloodmnist",
+                data_dir=str(one_batch_data),
+                out=str(tmp_path / "resumed"),
+                epochs=3,
+                batch_size=32,
+                verify=False,
+                quiet=True,
+                resume=True,
+            )
+        )
 
 
 def test_effective_batch_must_divide_over_the_processes(one_batch_data, tmp_path):
     done = torchrun_train(*options(one_batch_data, tmp_path / "odd"), "--batch-size", "33")
-    assert done.returncode == 2 and done.stderr == ("medclassify train: error: --batch-size 33 is the effective batch "
-                                                    "and must divide evenly over 2 processes\n")
+    assert done.returncode == 2 and done.stderr == (
+        "medclassify train: error: --batch-size 33 is the effective batch and must divide evenly over 2 processes\n"
+    )
     assert not (tmp_path / "odd").exists()  # checked before any process started
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'medclassify[ray]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'medclassify[ray]')"
+)
 def test_study_on_a_local_ray_instance_gives_the_local_results(tmp_path):
     data = write_study_files(tmp_path / "data", ["bloodmnist"], sizes=(28,))
-    study = Study.from_dict({"name": "ray", "datasets": ["bloodmnist"], "sizes": [28], "models": ["paper-cnn", "bn-cnn"],
-                             "seeds": [0], "train": {"epochs": 1, "verify": False, "num_threads": 1}})
+    study = Study.from_dict(
+        {
+            "name": "ray",
+            "datasets": ["bloodmnist"],
+            "sizes": [28],
+            "models": ["paper-cnn", "bn-cnn"],
+            "seeds": [0],
+            "train": {"epochs": 1, "verify": False, "num_threads": 1},
+        }
+    )
     run_study(study, tmp_path / "local", data_dir=str(data), quiet=True)
     ray_folders = set(Path(tempfile.gettempdir()).glob("ray*"))
     statuses = run_study(study, tmp_path / "ray", data_dir=str(data), quiet=True, backend="ray", workers=2)
     assert set(Path(tempfile.gettempdir()).glob("ray*")) <= ray_folders  # the local Ray instance took its files with it
     assert [s.state for s in statuses] == ["trained", "trained"]
     timing = {"train_seconds", "images_per_s"}  # wall-clock figures, the only ones that may differ
-    rows = {name: [{k: v for k, v in row.items() if k not in timing}
-                   for row in results_rows(load_experiments(study, tmp_path / name), n_boot=200)] for name in ("local", "ray")}
+    rows = {
+        name: [
+            {k: v for k, v in row.items() if k not in timing}
+            for row in results_rows(load_experiments(study, tmp_path / name), n_boot=200)
+        ]
+        for name in ("local", "ray")
+    }
     assert len(rows["ray"]) == 2 and rows["local"] == rows["ray"]
-    assert run_study(study, tmp_path / "ray", data_dir=str(data), quiet=True, backend="ray")[0].state == "done"  # resumable folder
+    assert (
+        run_study(study, tmp_path / "ray", data_dir=str(data), quiet=True, backend="ray")[0].state == "done"
+    )  # resumable folder

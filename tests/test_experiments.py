@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from conftest import write_study_files
+from helpers import write_study_files
 from medclassify.errors import ConfigError
-from medclassify.experiments import Study, load_experiments, results_rows, run_study, write_results_table
-from medclassify.reporting.stats import Side, bootstrap_interval
+from medclassify.evaluation.stats import Side, bootstrap_interval
+from medclassify.experiments import Study, load_experiments, results_rows, run_study
+from medclassify.reporting.tables import write_results_table
 from medclassify.training import trainer
 
 
@@ -17,8 +18,14 @@ def two_datasets(tmp_path):
 
 
 def tiny_study(**extra):
-    values = {"name": "tiny", "datasets": ["bloodmnist", "pneumoniamnist"], "sizes": [28, 64], "models": ["paper-cnn"],
-              "seeds": [0], "train": {"epochs": 1, "verify": False}}
+    values = {
+        "name": "tiny",
+        "datasets": ["bloodmnist", "pneumoniamnist"],
+        "sizes": [28, 64],
+        "models": ["paper-cnn"],
+        "seeds": [0],
+        "train": {"epochs": 1, "verify": False},
+    }
     return Study.from_dict({**values, **extra})
 
 
@@ -27,7 +34,9 @@ def test_study_expands_the_grid_with_per_experiment_settings(tmp_path):
     configs = study.configs(tmp_path)
     assert len(configs) == 2 * 2 * 1 * 2
     assert configs[0].run_dir() == tmp_path / "runs" / "bloodmnist_28_paper-cnn_seed0"
-    assert {c.batch_size for c in configs if c.size == 64} == {8} and {c.batch_size for c in configs if c.size == 28} == {32}
+    assert {c.batch_size for c in configs if c.size == 64} == {8} and {
+        c.batch_size for c in configs if c.size == 28
+    } == {32}
     assert all(c.epochs == 1 and c.quiet for c in configs)
 
 
@@ -63,7 +72,9 @@ def test_interrupted_study_finishes_without_redoing_completed_experiments(two_da
         run_study(study, tmp_path / "s", data_dir=str(two_datasets), quiet=True)
     first_metrics = (tmp_path / "s" / "runs" / trained[0] / "metrics.json").read_bytes()
 
-    monkeypatch.setattr("medclassify.experiments.runner.train", lambda c: trained.append(c.run_dir().name) or real_train(c))
+    monkeypatch.setattr(
+        "medclassify.experiments.runner.train", lambda c: trained.append(c.run_dir().name) or real_train(c)
+    )
     statuses = run_study(study, tmp_path / "s", data_dir=str(two_datasets), quiet=True)
     assert trained == ["pneumoniamnist_28_paper-cnn_seed0", "pneumoniamnist_64_paper-cnn_seed0"]
     assert [s.state for s in statuses] == ["done", "trained"]
@@ -74,9 +85,16 @@ def test_several_seeds_give_mean_and_standard_deviation(two_datasets, tmp_path):
     study = tiny_study(datasets=["pneumoniamnist"], sizes=[28], seeds=2)
     run_study(study, tmp_path / "s", data_dir=str(two_datasets), quiet=True)
     (row,) = results_rows(load_experiments(study, tmp_path / "s"), n_boot=20)
-    aucs = [json.loads((tmp_path / "s" / "runs" / f"pneumoniamnist_28_paper-cnn_seed{s}" / "metrics.json").read_text())["test"]["auc"] for s in (0, 1)]
+    aucs = [
+        json.loads((tmp_path / "s" / "runs" / f"pneumoniamnist_28_paper-cnn_seed{s}" / "metrics.json").read_text())[
+            "test"
+        ]["auc"]
+        for s in (0, 1)
+    ]
     assert row["seeds"] == "0 1"
-    assert row["test_auc"] == pytest.approx(np.mean(aucs)) and row["test_auc_std"] == pytest.approx(np.std(aucs, ddof=1))
+    assert row["test_auc"] == pytest.approx(np.mean(aucs)) and row["test_auc_std"] == pytest.approx(
+        np.std(aucs, ddof=1)
+    )
     write_results_table([row], tmp_path / "s")
     assert " ± " in (tmp_path / "s" / "results.md").read_text()
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import QUADRANT_OF_CLASS, quadrant_images
 from medclassify.cli import main
 from medclassify.explain import explain_images
 from medclassify.inference import Predictor
-from conftest import QUADRANT_OF_CLASS, quadrant_images
 
 
 def peak_quadrant(heatmap: np.ndarray) -> int:
@@ -30,7 +30,7 @@ def test_heatmap_has_the_input_size_and_peaks_in_the_deciding_quadrant(quadrant_
     assert not skipped and len(explanations) == 16
     for explanation, quadrant in zip(explanations, quadrants):
         assert explanation.heatmap.shape == (size, size)
-        assert 0.0 <= explanation.heatmap.min() and explanation.heatmap.max() <= 1.0
+        assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() <= 1.0
         assert peak_quadrant(explanation.heatmap) == quadrant, explanation.class_name
         # and most of the heat lies there
         half = size // 2
@@ -51,8 +51,17 @@ def test_cli_writes_overlays_and_the_test_split_grid(quadrant_run, tmp_path, cap
     np.save(tmp_path / "two.npy", quadrant_images("bottom-left", 2))
     (tmp_path / "broken.png").write_bytes(b"junk")
     out = tmp_path / "cams"
-    code = main(["explain", str(quadrant_run), str(tmp_path / "scan.png"), str(tmp_path / "two.npy"), str(tmp_path / "broken.png"),
-                 "--out", str(out)])
+    code = main(
+        [
+            "explain",
+            str(quadrant_run),
+            str(tmp_path / "scan.png"),
+            str(tmp_path / "two.npy"),
+            str(tmp_path / "broken.png"),
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and "skipped" in captured.err and "broken.png" in captured.err
     assert sorted(p.name for p in out.iterdir()) == ["scan_gradcam.png", "two_0_gradcam.png", "two_1_gradcam.png"]
@@ -68,7 +77,10 @@ def test_cli_writes_overlays_and_the_test_split_grid(quadrant_run, tmp_path, cap
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--target", "middle"], "--target middle: not a class of this model; classes: bottom-left, bottom-right, none, top-left, top-right"),
+        (
+            ["--target", "middle"],
+            "--target middle: not a class of this model; classes: bottom-left, bottom-right, none, top-left, top-right",
+        ),
         (["--layer", "nosuch.block"], "--layer nosuch.block: model 'paper-cnn' has no such module"),
     ],
 )

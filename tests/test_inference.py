@@ -14,12 +14,14 @@ import pytest
 import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.pixels import apply_modality_lut, apply_windowing
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
+from helpers import QUADRANT_CLASSES as CLASSES
+from helpers import quadrant_images
 from medclassify.cli import main
-from medclassify.data.images import dicom_window, model_input, read_image_file
+from medclassify.data.images import dicom_voi, model_input, read_image_file
 from medclassify.inference import Predictor, export_model
-from conftest import QUADRANT_CLASSES as CLASSES, quadrant_images
+
 
 def write_quadrant_files(folder: Path) -> dict[str, str]:
     """One file per format; returns {file name: expected class}."""
@@ -67,7 +69,10 @@ def test_predict_png_jpeg_bmp_tiff_grey_and_colour(quadrant_run, tmp_path):
 
 
 def test_predict_dicom_applies_rescale_window_and_monochrome1(quadrant_run, tmp_path):
-    files = [quadrant_dicom(tmp_path / "ct.dcm", "bottom-right"), quadrant_dicom(tmp_path / "inverted.dcm", "top-left", monochrome1=True)]
+    files = [
+        quadrant_dicom(tmp_path / "ct.dcm", "bottom-right"),
+        quadrant_dicom(tmp_path / "inverted.dcm", "top-left", monochrome1=True),
+    ]
     predictions = Predictor.from_run(quadrant_run).predict(files)
     assert [predictions.predicted(i) for i in range(2)] == ["bottom-right", "top-left"]
 
@@ -85,7 +90,34 @@ def test_dicom_window_matches_pydicom(tmp_path):
     expected = np.rint((reference - low) / (high - low) * 255.0)
     assert np.abs(ours.astype(int) - expected).max() <= 1
     assert ours.min() == 0 and ours.max() == 255  # CT_small spans more than a 400 HU window
-    assert np.array_equal(dicom_window(np.array([-200.0, 40.0, 1000.0]), 40, 400), [0, 128, 255])
+    ds.WindowCenter, ds.WindowWidth = 40, 400  # hand-computed: below, at and above the window
+    assert np.array_equal(dicom_voi(np.array([-200.0, 40.0, 1000.0]), ds, "x"), [0, 128, 255])
+
+
+def test_dicom_voi_lut_sequence_and_sigmoid_follow_pydicom(tmp_path):
+    """A VOI LUT Sequence wins over a window; a SIGMOID window is not a linear one."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = apply_modality_lut(ds.pixel_array, ds)
+    first, entries = int(hu.min()), 4096
+    lut = Dataset()
+    lut.add_new("LUTDescriptor", "SS", [entries, first, 12])  # first mapped value: signed, as the HU are
+    lut.add_new("LUTData", "US", [int(v) for v in np.sqrt(np.linspace(0, 1, entries)) * 4095])  # a gamma curve, 12-bit
+    ds.VOILUTSequence = Sequence([lut])
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.save_as(tmp_path / "lut.dcm")
+    ours = read_image_file(tmp_path / "lut.dcm")[0].pixels[:, :, 0]
+    expected = np.rint(apply_voi_lut(np.rint(hu).astype(int), ds, prefer_lut=True) / 4095 * 255)
+    np.testing.assert_array_equal(ours, expected)
+
+    del ds.VOILUTSequence
+    ds.VOILUTFunction = "SIGMOID"
+    ds.save_as(tmp_path / "sigmoid.dcm")
+    sigmoid = read_image_file(tmp_path / "sigmoid.dcm")[0].pixels[:, :, 0].astype(int)
+    # y = 1 / (1 + exp(-4 (x - c) / w)) of the 0-255 range (PS3.3 C.11.2.1.3.1)
+    np.testing.assert_allclose(sigmoid, 255 / (1 + np.exp(-4 * (hu - 40) / 400)), atol=1)
 
 
 def test_dicom_without_window_uses_its_range_and_monochrome1_is_inverted(tmp_path):
@@ -103,7 +135,9 @@ def test_predict_npy_and_npz_stacks(quadrant_run, tmp_path):
     np.savez(tmp_path / "stack.npz", images=stack)
     np.save(tmp_path / "one.npy", quadrant_images("bottom-right", 1)[0].astype(np.float32) / 255.0)  # floats in [0, 1]
     np.savez(tmp_path / "medmnist_layout.npz", train_images=stack, test_images=stack[::-1])
-    predictions = Predictor.from_run(quadrant_run).predict([tmp_path / "stack.npz", tmp_path / "one.npy", tmp_path / "medmnist_layout.npz"])
+    predictions = Predictor.from_run(quadrant_run).predict(
+        [tmp_path / "stack.npz", tmp_path / "one.npy", tmp_path / "medmnist_layout.npz"]
+    )
     assert predictions.sources[:2] == [f"{tmp_path / 'stack.npz'}[0]", f"{tmp_path / 'stack.npz'}[1]"]
     got = [predictions.predicted(i) for i in range(len(predictions))]
     assert got == ["top-right"] * 2 + ["bottom-left"] * 2 + ["bottom-right"] + ["bottom-left"] * 2 + ["top-right"] * 2
@@ -116,7 +150,10 @@ def test_predict_accepts_arrays_and_pil_images_from_python(quadrant_run):
     assert [predictions.predicted(i) for i in range(2)] == ["top-left", "bottom-right"]
     assert predictions.top(0, 2)[0][0] == "top-left" and len(predictions.top(0, 2)) == 2
     record = predictions.records()[0]
-    assert set(record) == {"file", "prediction", "probability", "top", "probabilities", "decision"} and len(record["top"]) == 3
+    assert (
+        set(record) == {"file", "prediction", "probability", "top", "probabilities", "decision"}
+        and len(record["top"]) == 3
+    )
     assert record["decision"] is None  # no operating point in this bundle
 
 
@@ -140,7 +177,10 @@ def test_cli_skips_a_corrupt_file_and_writes_csv_and_json(quadrant_run, tmp_path
     assert "grey.png" in out and "top 3" in out
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0].startswith("file,prediction,probability,top,prob_bottom-left") and len(rows) == 1 + len(expected)
-    assert main(["predict", str(quadrant_run), str(tmp_path / "images" / "grey.png"), "--out", str(tmp_path / "p.json")]) == 0
+    assert (
+        main(["predict", str(quadrant_run), str(tmp_path / "images" / "grey.png"), "--out", str(tmp_path / "p.json")])
+        == 0
+    )
     record = json.loads((tmp_path / "p.json").read_text())
     assert record["predictions"][0]["prediction"] == "top-left" and record["skipped"] == []
 
@@ -161,10 +201,15 @@ def test_cli_predict_errors(quadrant_run, tmp_path, capsys, args, message):
     assert code == 2 and message in err and err.strip().splitlines()[-1].startswith("medclassify predict: error:")
 
 
-@pytest.mark.parametrize("content, message", [(b"not a checkpoint", "not a readable medclassify checkpoint"), (None, "not a readable medclassify checkpoint")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"not a checkpoint", "not a readable medclassify checkpoint"), (None, "not a readable medclassify checkpoint")],
+)
 def test_a_file_that_is_not_a_bundle_gets_one_line(quadrant_run, tmp_path, capsys, content, message):
     path = tmp_path / "model.pt"
-    path.write_bytes(content if content is not None else (quadrant_run / "best.pt").read_bytes()[:5000])  # None: truncated
+    path.write_bytes(
+        content if content is not None else (quadrant_run / "best.pt").read_bytes()[:5000]
+    )  # None: truncated
     Image.fromarray(quadrant_images("top-left", 1)[0]).save(tmp_path / "good.png")
     code = main(["predict", str(path), str(tmp_path / "good.png")])
     err = capsys.readouterr().err
@@ -240,9 +285,11 @@ def test_export_without_the_data_checks_random_images(quadrant_run, tmp_path):
 def test_predict_with_onnx_starts_without_torch(exported_run, tmp_path):
     """The fast path: the command line never imports torch for an exported model."""
     Image.fromarray(quadrant_images("top-right", 1)[0]).save(tmp_path / "x.png")
-    code = ("import sys; from medclassify.cli import main; "
-            f"rc = main(['predict', {str(exported_run)!r}, {str(tmp_path / 'x.png')!r}]); "
-            "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from medclassify.cli import main; "
+        f"rc = main(['predict', {str(exported_run)!r}, {str(tmp_path / 'x.png')!r}]); "
+        "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "top-right" in done.stdout

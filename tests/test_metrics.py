@@ -24,7 +24,9 @@ def test_multiclass_matches_medmnist_and_sklearn():
     assert metrics["auc"] == pytest.approx(getAUC(y_true[:, None], y_score, "multi-class"), abs=1e-12)
     assert metrics["auc"] == pytest.approx(roc_auc_score(y_true, y_score, multi_class="ovr"), abs=1e-12)
     assert metrics["f1_macro"] == pytest.approx(f1_score(y_true, y_score.argmax(1), average="macro"))
-    assert np.array(metrics["confusion_matrix"]).sum() == 300 and np.trace(metrics["confusion_matrix"]) == round(metrics["acc"] * 300)
+    assert np.array(metrics["confusion_matrix"]).sum() == 300 and np.trace(metrics["confusion_matrix"]) == round(
+        metrics["acc"] * 300
+    )
 
 
 def test_binary_uses_the_positive_class_score_like_medmnist():
@@ -44,9 +46,15 @@ def test_multilabel_matches_medmnist():
     rng = np.random.default_rng(1)
     y_true = (rng.random((200, 4)) < 0.4).astype(int)
     y_score = np.clip(y_true * 0.3 + rng.random((200, 4)) * 0.7, 0, 1)
-    assert accuracy(y_true, y_score, "multi-label, binary-class") == pytest.approx(getACC(y_true, y_score, "multi-label, binary-class"))
-    assert auc_score(y_true, y_score, "multi-label, binary-class") == pytest.approx(getAUC(y_true, y_score, "multi-label, binary-class"))
-    assert macro_f1(y_true, y_score, "multi-label, binary-class") == pytest.approx(f1_score(y_true, y_score > 0.5, average="macro"))
+    assert accuracy(y_true, y_score, "multi-label, binary-class") == pytest.approx(
+        getACC(y_true, y_score, "multi-label, binary-class")
+    )
+    assert auc_score(y_true, y_score, "multi-label, binary-class") == pytest.approx(
+        getAUC(y_true, y_score, "multi-label, binary-class")
+    )
+    assert macro_f1(y_true, y_score, "multi-label, binary-class") == pytest.approx(
+        f1_score(y_true, y_score > 0.5, average="macro")
+    )
     metrics = classification_metrics(y_true, y_score, "multi-label, binary-class")
     assert np.array(metrics["confusion_matrix"]).shape == (4, 2, 2)
 
@@ -56,7 +64,9 @@ def test_ordinal_regression_is_scored_as_multiclass_like_medmnist():
     y_true = np.arange(100) % 5
     y_score = random_scores(rng, 100, 5)
     assert accuracy(y_true, y_score, "ordinal-regression") == getACC(y_true, y_score, "ordinal-regression")
-    assert auc_score(y_true, y_score, "ordinal-regression") == pytest.approx(getAUC(y_true, y_score, "ordinal-regression"))
+    assert auc_score(y_true, y_score, "ordinal-regression") == pytest.approx(
+        getAUC(y_true, y_score, "ordinal-regression")
+    )
 
 
 def test_auc_leaves_out_classes_absent_from_a_small_split():
@@ -70,7 +80,13 @@ def test_auc_leaves_out_classes_absent_from_a_small_split():
 @pytest.mark.parametrize("task, k", [("multi-class", 6), ("binary-class", 2), ("ordinal-regression", 5)])
 def test_calibration_and_agreement_figures_match_scikit_learn_and_torchmetrics(task, k):
     import torch
-    from sklearn.metrics import balanced_accuracy_score, brier_score_loss, cohen_kappa_score, log_loss, matthews_corrcoef
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        brier_score_loss,
+        cohen_kappa_score,
+        log_loss,
+        matthews_corrcoef,
+    )
     from torchmetrics.classification import MulticlassCalibrationError
 
     from medclassify.evaluation.metrics import calibration_metrics, predicted_labels
@@ -83,7 +99,11 @@ def test_calibration_and_agreement_figures_match_scikit_learn_and_torchmetrics(t
     scores /= scores.sum(1, keepdims=True)
     got = calibration_metrics(y, scores, task)
     decided = predicted_labels(scores, task)
-    brier = brier_score_loss(y, scores[:, 1]) if task == "binary-class" else brier_score_loss(y, scores, labels=list(range(k)))
+    brier = (
+        brier_score_loss(y, scores[:, 1])
+        if task == "binary-class"
+        else brier_score_loss(y, scores, labels=list(range(k)))
+    )
     assert got["brier"] == pytest.approx(brier, abs=1e-12)
     assert got["nll"] == pytest.approx(log_loss(y, scores, labels=list(range(k))), abs=1e-9)
     assert got["balanced_acc"] == pytest.approx(balanced_accuracy_score(y, decided), abs=1e-12)
@@ -91,7 +111,9 @@ def test_calibration_and_agreement_figures_match_scikit_learn_and_torchmetrics(t
     kappa = cohen_kappa_score(y, decided, weights="quadratic" if task == "ordinal-regression" else None)
     assert got["kappa"] == pytest.approx(kappa, abs=1e-12)
     if task != "binary-class":  # the top-label ECE of torchmetrics (binary: the same figure over both columns)
-        ece = MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1")(torch.tensor(scores), torch.tensor(y)).item()
+        ece = MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1")(
+            torch.tensor(scores), torch.tensor(y)
+        ).item()
         assert got["ece"] == pytest.approx(ece, abs=1e-6)
 
 
@@ -99,7 +121,9 @@ def test_expected_calibration_error_by_hand():
     from medclassify.evaluation.metrics import calibration_error
 
     # bins of width 1/15: 0.95 and 0.97 share the last bin (accuracy 1/2, confidence 0.96); 0.5 is alone (accuracy 1)
-    assert calibration_error(np.array([0.95, 0.97, 0.5]), np.array([1, 0, 1])) == pytest.approx((2 * abs(0.5 - 0.96) + abs(1 - 0.5)) / 3)
+    assert calibration_error(np.array([0.95, 0.97, 0.5]), np.array([1, 0, 1])) == pytest.approx(
+        (2 * abs(0.5 - 0.96) + abs(1 - 0.5)) / 3
+    )
     # class-wise ECE of a perfectly confident, perfectly right model is 0
     from medclassify.evaluation.metrics import calibration_metrics
 
@@ -109,7 +133,7 @@ def test_expected_calibration_error_by_hand():
 
 def test_bootstrap_fast_calibration_equals_the_metric_functions():
     from medclassify.evaluation.metrics import calibration_metrics
-    from medclassify.reporting.stats import Side
+    from medclassify.evaluation.stats import Side
 
     rng = np.random.default_rng(1)
     for task, k in (("multi-class", 5), ("binary-class", 2), ("ordinal-regression", 4)):
@@ -119,4 +143,6 @@ def test_bootstrap_fast_calibration_equals_the_metric_functions():
         index = rng.integers(0, n, n)
         fast = Side(y, scores, task).resampled_calibration(index)
         for name, value in fast.items():
-            assert value == pytest.approx(np.mean([calibration_metrics(y[index], s[index], task)[name] for s in scores]), abs=1e-12)
+            assert value == pytest.approx(
+                np.mean([calibration_metrics(y[index], s[index], task)[name] for s in scores]), abs=1e-12
+            )

@@ -18,7 +18,18 @@ def test_paper_cnn_at_28_is_exactly_the_papers_network():
     model = create_model("paper-cnn", in_channels=3, num_classes=8, image_size=28)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.ReLU, nn.Flatten))]
     kinds = [type(m).__name__ for m in layers]
-    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+    assert kinds == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     conv1, conv2 = layers[0], layers[3]
     assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.padding) == (3, 32, (3, 3), (1, 1))
     assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size, conv2.padding) == (32, 64, (3, 3), (1, 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,8 @@ from PIL import Image
 from schemathesis import GenerationMode
 
 from medclassify.serve import create_app, load_served_models
+
+pytestmark = pytest.mark.slow  # schemathesis explores the whole API
 
 
 def encoded_images(fmt: str) -> st.SearchStrategy[bytes]:
@@ -27,7 +30,9 @@ def encoded_images(fmt: str) -> st.SearchStrategy[bytes]:
         seed = draw(st.integers(0, 2**32 - 1))
         shape = (height, width) if mode == "L" else (height, width, 3)
         buffer = io.BytesIO()
-        Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8), mode).save(buffer, format=fmt)
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8), mode).save(
+            buffer, format=fmt
+        )
         return buffer.getvalue()
 
     return build()
@@ -42,9 +47,16 @@ def test_api_conforms_to_its_openapi_schema(quadrant_run, exported_run):
     with TestClient(app):  # runs the lifespan: its end stops the batchers
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert {f"{op.method.upper()} {op.path}" for op in operations} == {"GET /health", "GET /v1/models", "POST /v1/predict", "GET /metrics"}
+        assert {f"{op.method.upper()} {op.path}" for op in operations} == {
+            "GET /health",
+            "GET /v1/models",
+            "POST /v1/predict",
+            "GET /metrics",
+        }
         cases = [(op, GenerationMode.POSITIVE) for op in operations]
-        cases += [(op, GenerationMode.NEGATIVE) for op in operations if op.path == "/v1/predict"]  # the only one with inputs
+        cases += [
+            (op, GenerationMode.NEGATIVE) for op in operations if op.path == "/v1/predict"
+        ]  # the only one with inputs
         for operation, mode in cases:
 
             @given(case=operation.as_strategy(mode))

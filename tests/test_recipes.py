@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import interrupt_training_at_epoch
+from helpers import interrupt_training_at_epoch
 from medclassify import TrainConfig, train
 from medclassify.data import BatchAugment, compute_normalization, tta_views
 from medclassify.data.memory import BatchLoader, Split
@@ -23,6 +23,7 @@ from medclassify.training.recipe import (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(available_models()))
 def test_every_model_trains_one_step_at_every_size_and_channel_count(name):
     torch.manual_seed(0)
@@ -36,7 +37,9 @@ def test_every_model_trains_one_step_at_every_size_and_channel_count(name):
             loss.backward()
             optimizer.step()
             assert torch.isfinite(loss) and model(x).shape == (2, 3)
-            assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), f"{name} {size}px {channels}ch did not learn"
+            assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), (
+                f"{name} {size}px {channels}ch did not learn"
+            )
 
 
 def cfg(**values):
@@ -61,9 +64,11 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy_and_downweights_easy_exampl
     logits, target = torch.randn(16, 5), torch.randint(0, 5, (16,))
     weight = torch.rand(5) + 0.5
     assert FocalLoss(0.0)(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-6)
-    assert FocalLoss(0.0, weight)(logits, target).item() == pytest.approx(F.cross_entropy(logits, target, weight=weight).item(), rel=1e-6)
+    assert FocalLoss(0.0, weight)(logits, target).item() == pytest.approx(
+        F.cross_entropy(logits, target, weight=weight).item(), rel=1e-6
+    )
     p_true = F.softmax(logits, 1)[torch.arange(16), target]
-    by_hand = (-(1 - p_true) ** 2 * p_true.log()).mean()
+    by_hand = (-((1 - p_true) ** 2) * p_true.log()).mean()
     assert FocalLoss(2.0)(logits, target).item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
@@ -82,11 +87,13 @@ def test_early_stopping_stops_at_the_right_epoch_on_a_scripted_history():
     history = [0.80, 0.85, 0.84, 0.86, 0.85, 0.85, 0.84, 0.90]
     stopper = EarlyStopping(patience=3, mode="max")
     improved = []
-    for epoch, value in enumerate(history, 1):
+    for value in history:
         improved.append(stopper.step(value))
         if stopper.should_stop:
             break
-    assert epoch == 7 and stopper.best == 0.86  # best at 4, then 5, 6, 7 without improvement
+    assert (
+        len(improved) == 7 and stopper.best == 0.86
+    )  # stopped at epoch 7: best at 4, then 5, 6, 7 without improvement
     assert improved == [True, True, False, True, False, False, False]
     losses = EarlyStopping(patience=2, mode="min")
     stops = []
@@ -101,8 +108,19 @@ def test_early_stopping_stops_at_the_right_epoch_on_a_scripted_history():
 
 
 def test_early_stopping_ends_a_run_and_records_it(blood_dir, tmp_path):
-    config = TrainConfig(dataset="bloodmnist", data_dir=str(blood_dir), out=str(tmp_path / "run"), verify=False, quiet=True,
-                         epochs=8, lr=1e-9, select_metric="acc", early_stopping=2, optimizer="sgd", momentum=0.0)
+    config = TrainConfig(
+        dataset="bloodmnist",
+        data_dir=str(blood_dir),
+        out=str(tmp_path / "run"),
+        verify=False,
+        quiet=True,
+        epochs=8,
+        lr=1e-9,
+        select_metric="acc",
+        early_stopping=2,
+        optimizer="sgd",
+        momentum=0.0,
+    )
     result = train(config)
     assert result.metrics["epochs_run"] == 3, "a rate of 1e-9 leaves val accuracy flat: epochs 2 and 3 bring nothing"
 
@@ -110,8 +128,14 @@ def test_early_stopping_ends_a_run_and_records_it(blood_dir, tmp_path):
 def test_balanced_sampler_draws_classes_evenly():
     labels = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
     split = Split(torch.zeros(1000, 1, 1, 1, dtype=torch.uint8), labels)
-    loader = BatchLoader(split, 100, compute_normalization(split.images, "none"), torch.device("cpu"),
-                         generator=torch.Generator().manual_seed(0), sample_weights=balanced_sample_weights(labels))
+    loader = BatchLoader(
+        split,
+        100,
+        compute_normalization(split.images, "none"),
+        torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        sample_weights=balanced_sample_weights(labels),
+    )
     drawn = torch.cat([torch.cat([y for _, y in loader]) for _ in range(10)])
     shares = torch.bincount(drawn, minlength=3).float() / len(drawn)
     assert shares.tolist() == pytest.approx([1 / 3] * 3, abs=0.03)
@@ -141,12 +165,18 @@ def test_augmentation_draws_per_image_and_is_seeded():
     first = BatchAugment("strong", "free", torch.Generator().manual_seed(3))(batch)
     again = BatchAugment("strong", "free", torch.Generator().manual_seed(3))(batch)
     assert torch.equal(first, again)
-    assert len({tuple(img.flatten()[::37].tolist()) for img in first}) > 32, "images of one batch get different transforms"
+    assert len({tuple(img.flatten()[::37].tolist()) for img in first}) > 32, (
+        "images of one batch get different transforms"
+    )
 
 
 def test_tta_views_follow_the_orientation():
     batch = asymmetric_batch(2)
-    assert len(tta_views(batch, "fixed")) == 1 and len(tta_views(batch, "mirror-x")) == 2 and len(tta_views(batch, "free")) == 4
+    assert (
+        len(tta_views(batch, "fixed")) == 1
+        and len(tta_views(batch, "mirror-x")) == 2
+        and len(tta_views(batch, "free")) == 4
+    )
     assert torch.equal(tta_views(batch, "mirror-x")[1], batch.flip(-1))
 
 
@@ -166,7 +196,9 @@ def test_schedules_follow_their_definitions():
     assert cosine[0] == pytest.approx(0.1) and cosine[20] == pytest.approx(0.05) and cosine[-1] < 0.001
     warm = rates(schedule="cosine", warmup_epochs=1)
     # linear ramp from lr/10 over the 10 warm-up steps, then the cosine from the full rate
-    assert warm[0] == pytest.approx(0.01) and warm[9] == pytest.approx(0.01 + 0.009 * 9) and warm[10] == pytest.approx(0.1)
+    assert (
+        warm[0] == pytest.approx(0.01) and warm[9] == pytest.approx(0.01 + 0.009 * 9) and warm[10] == pytest.approx(0.1)
+    )
     step = rates(schedule="step", milestones=[2, 3], gamma=0.5)
     assert step[19] == pytest.approx(0.1) and step[20] == pytest.approx(0.05) and step[30] == pytest.approx(0.025)
     onecycle = rates(schedule="onecycle")
@@ -194,7 +226,9 @@ def test_frozen_backbone_trains_only_the_head_until_unfrozen(blood_dir, tmp_path
     frozen = train(TrainConfig(**base, out=str(tmp_path / "frozen"), epochs=1, freeze_backbone=True))
     conv, head = weights(frozen.run_dir)
     assert torch.equal(conv, initial["features.0.weight"]) and not torch.equal(head, initial["classifier.3.weight"])
-    unfrozen = train(TrainConfig(**base, out=str(tmp_path / "unfrozen"), epochs=2, freeze_backbone=True, unfreeze_after=1))
+    unfrozen = train(
+        TrainConfig(**base, out=str(tmp_path / "unfrozen"), epochs=2, freeze_backbone=True, unfreeze_after=1)
+    )
     assert not torch.equal(weights(unfrozen.run_dir)[0], initial["features.0.weight"])
 
 
@@ -234,7 +268,13 @@ def test_pretrained_one_channel_stem_sums_the_rgb_weights(tmp_path, monkeypatch)
 
 def test_recipes_fill_the_config_and_options_override_them():
     config = TrainConfig.from_dict({"recipe": "paper-bn-aug", "dataset": "bloodmnist", "epochs": 3})
-    assert (config.model, config.augment, config.optimizer, config.epochs, config.recipe) == ("paper-cnn-bn", "light", "adamw", 3, "paper-bn-aug")
+    assert (config.model, config.augment, config.optimizer, config.epochs, config.recipe) == (
+        "paper-cnn-bn",
+        "light",
+        "adamw",
+        3,
+        "paper-bn-aug",
+    )
     paper = TrainConfig.from_recipe("paper", dataset="bloodmnist")
     default = TrainConfig(dataset="bloodmnist", recipe="paper")
     assert paper.to_dict() == default.to_dict(), "the paper recipe is the default"
@@ -263,8 +303,19 @@ def test_recipe_options_reject_impossible_values(values, message):
 def test_resume_with_schedule_and_augmentation_matches_an_uninterrupted_run(blood_dir, tmp_path, monkeypatch):
     from medclassify.training import trainer
 
-    base = dict(dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, epochs=3, model="paper-cnn-bn",
-                schedule="cosine", warmup_epochs=1, augment="strong", optimizer="adamw", weight_decay=1e-4)
+    base = dict(
+        dataset="bloodmnist",
+        data_dir=str(blood_dir),
+        verify=False,
+        quiet=True,
+        epochs=3,
+        model="paper-cnn-bn",
+        schedule="cosine",
+        warmup_epochs=1,
+        augment="strong",
+        optimizer="adamw",
+        weight_decay=1e-4,
+    )
     straight = train(TrainConfig(**base, out=str(tmp_path / "straight")))
     real_epoch = interrupt_training_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
@@ -276,8 +327,17 @@ def test_resume_with_schedule_and_augmentation_matches_an_uninterrupted_run(bloo
 
 
 def test_tta_is_applied_and_recorded(blood_dir, tmp_path):
-    result = train(TrainConfig(dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, epochs=1,
-                               out=str(tmp_path / "tta"), tta=True))
+    result = train(
+        TrainConfig(
+            dataset="bloodmnist",
+            data_dir=str(blood_dir),
+            verify=False,
+            quiet=True,
+            epochs=1,
+            out=str(tmp_path / "tta"),
+            tta=True,
+        )
+    )
     import json
 
     assert json.loads((result.run_dir / "metrics.json").read_text())["tta"] is True

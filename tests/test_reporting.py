@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_medmnist_npz, write_study_files
+from helpers import write_medmnist_npz, write_study_files
 from medclassify.cli import main
+from medclassify.evaluation.stats import Side, mcnemar
 from medclassify.experiments import Study, load_experiments, run_study
 from medclassify.reporting.discussion import compare, overfitting
 from medclassify.reporting.published import published_results
 from medclassify.reporting.report import write_study_outputs
-from medclassify.reporting.stats import Side, mcnemar
 
 
 def probabilities(rng, n, k):
@@ -62,11 +62,14 @@ def write_size_fixture(data, learnable_size):
             np.savez(data / name, **arrays)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("winner, loser", [(64, 28), (28, 64)])
 def test_report_conclusion_follows_the_size_that_wins(tmp_path, winner, loser):
     data = tmp_path / "data"
     write_size_fixture(data, learnable_size=winner)
-    study = Study.from_dict({"name": "sizes", "datasets": ["pneumoniamnist"], "sizes": [28, 64], "train": {"epochs": 3, "verify": False}})
+    study = Study.from_dict(
+        {"name": "sizes", "datasets": ["pneumoniamnist"], "sizes": [28, 64], "train": {"epochs": 3, "verify": False}}
+    )
     run_study(study, tmp_path / "s", data_dir=str(data), quiet=True)
     (comparison,) = compare(load_experiments(study, tmp_path / "s"), n_boot=200)
     assert comparison.factor == "size" and comparison.paired
@@ -80,31 +83,58 @@ def test_report_conclusion_follows_the_size_that_wins(tmp_path, winner, loser):
     assert "do not differ significantly" not in report
 
 
+@pytest.mark.slow
 def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, capsys):
     data = write_study_files(tmp_path / "data", ["bloodmnist", "pneumoniamnist"])
     study_yaml = tmp_path / "tiny.yaml"
     study_yaml.write_text("name: tiny\ndatasets: [bloodmnist, pneumoniamnist]\nsizes: [28, 64]\ntrain: {epochs: 1}\n")
     out = tmp_path / "study"
     for lang in ("en", "zh"):
-        code = main(["run", str(study_yaml), "--out", str(out), "--data-dir", str(data), "--no-verify", "--bootstrap", "30", "--quiet", "--lang", lang])
+        code = main(
+            [
+                "run",
+                str(study_yaml),
+                "--out",
+                str(out),
+                "--data-dir",
+                str(data),
+                "--no-verify",
+                "--bootstrap",
+                "30",
+                "--quiet",
+                "--lang",
+                lang,
+            ]
+        )
         assert code == 0
         html = (out / "report.html").read_text(encoding="utf-8")
         if lang == "en":
             english = html
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["experiment"] for r in rows] == [f"{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)]
+    assert [r["experiment"] for r in rows] == [
+        f"{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)
+    ]
     for row in rows:
         metrics = json.loads((out / "runs" / f"{row['experiment']}_seed0" / "metrics.json").read_text())
         for name in ("acc", "f1_macro", "auc"):
             assert float(row[f"test_{name}"]) == pytest.approx(metrics["test"][name], rel=1e-5)
-            assert float(row[f"test_{name}_ci_low"]) - 1e-9 <= float(row[f"test_{name}"]) <= float(row[f"test_{name}_ci_high"]) + 1e-9
+            assert (
+                float(row[f"test_{name}_ci_low"]) - 1e-9
+                <= float(row[f"test_{name}"])
+                <= float(row[f"test_{name}_ci_high"]) + 1e-9
+            )
     markdown = (out / "results.md").read_text()
     assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + 4 and "macro-AUC (95% CI)" in markdown
 
     figures = out / "figures"
-    expected = ["loss_curves", "bloodmnist_comparison", "pneumoniamnist_comparison", "all_experiments", "reliability"] + [
-        f"confusion_{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)]
+    expected = [
+        "loss_curves",
+        "bloodmnist_comparison",
+        "pneumoniamnist_comparison",
+        "all_experiments",
+        "reliability",
+    ] + [f"confusion_{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)]
     for name in expected:
         with Image.open(figures / f"{name}.png") as image:
             image.verify()
@@ -114,13 +144,29 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
     assert len(embedded) == len(expected) and all(base64.b64decode(e)[:8] == b"\x89PNG\r\n\x1a\n" for e in embedded)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "讨论" in report and "实验环境" in report and "表 2" in report, "the last run wrote the Chinese report"
-    for section in ("Experimental environment", "Datasets", "Model architectures", "Training settings", "Table 2", "Discussion",
-                    "Which dataset is harder?", "Does image size matter?", "Over-fitting check", "Limitations"):
+    for section in (
+        "Experimental environment",
+        "Datasets",
+        "Model architectures",
+        "Training settings",
+        "Table 2",
+        "Discussion",
+        "Which dataset is harder?",
+        "Does image size matter?",
+        "Over-fitting check",
+        "Limitations",
+    ):
         assert section in english
     assert "McNemar" in english and "421,960" in english
     # the published MedMNIST v2 rows stand beside the measured ones at 28 px, labelled, in both languages
-    assert "<td>bloodmnist · Google AutoML Vision — published, not measured here</td><td>28</td><td>0.966</td><td>–</td><td>0.998</td>" in english
-    assert "pneumoniamnist · ResNet-50 (224) — published, not measured here" in english and "medmnist.github.io/v2" in english
+    assert (
+        "<td>bloodmnist · Google AutoML Vision — published, not measured here</td><td>28</td><td>0.966</td><td>–</td><td>0.998</td>"
+        in english
+    )
+    assert (
+        "pneumoniamnist · ResNet-50 (224) — published, not measured here" in english
+        and "medmnist.github.io/v2" in english
+    )
     assert english.count("published, not measured here</td>") == 2 * 7, "no published rows at 64 px"
     assert "bloodmnist · auto-sklearn — 已发表结果，非本研究测得 | 28 | 0.877 | – | 0.984 |" in report
 
@@ -128,7 +174,15 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
 def test_published_baselines_cover_every_2d_medmnist_dataset():
     import medmnist
 
-    methods = ["ResNet-18 (28)", "ResNet-18 (224)", "ResNet-50 (28)", "ResNet-50 (224)", "auto-sklearn", "AutoKeras", "Google AutoML Vision"]
+    methods = [
+        "ResNet-18 (28)",
+        "ResNet-18 (224)",
+        "ResNet-50 (28)",
+        "ResNet-50 (224)",
+        "auto-sklearn",
+        "AutoKeras",
+        "Google AutoML Vision",
+    ]
     for flag in (f for f in medmnist.INFO if "3d" not in f):
         rows = published_results(flag, 28)
         assert [r.method for r in rows] == methods, flag
@@ -142,12 +196,19 @@ def test_published_baselines_cover_every_2d_medmnist_dataset():
 
 def test_overfitting_rule_reads_the_loss_curves():
     class Fake:
-        histories = [[{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.6, 0.4, 0.2, 0.1], [0.9, 0.5, 0.45, 0.55, 0.6])]]
+        histories = [
+            [
+                {"train_loss": str(t), "val_loss": str(v)}
+                for t, v in zip([1.0, 0.6, 0.4, 0.2, 0.1], [0.9, 0.5, 0.45, 0.55, 0.6])
+            ]
+        ]
 
     verdict = overfitting(Fake())
     assert verdict["overfits"] and verdict["best_epoch"] == 3 and verdict["rise"] == pytest.approx(0.6 / 0.45 - 1)
     # val barely rises (+5 %) but ends at 2.5x the still-falling training loss: over-fitting too
-    Fake.histories = [[{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.5, 0.3, 0.2], [0.9, 0.5, 0.48, 0.504])]]
+    Fake.histories = [
+        [{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.5, 0.3, 0.2], [0.9, 0.5, 0.48, 0.504])]
+    ]
     assert overfitting(Fake())["overfits"] and overfitting(Fake())["gap"] == pytest.approx(2.52)
     Fake.histories = [[{"train_loss": str(t), "val_loss": str(v)} for t, v in zip([1.0, 0.6, 0.4], [0.9, 0.5, 0.42])]]
     assert not overfitting(Fake())["overfits"], "validation loss still at its minimum at the end"
@@ -171,9 +232,22 @@ def test_reproduce_lists_every_missing_file_before_training(tmp_path, monkeypatc
     assert "bloodmnist.npz from" not in err and not (tmp_path / "paper").exists()
 
 
+@pytest.mark.slow
 def test_reproduce_end_to_end_on_fixture_files(tmp_path, capsys):
     data = write_study_files(tmp_path / "data", ["bloodmnist", "organcmnist"], counts=(66, 22, 44))
-    code = main(["reproduce", "--data-dir", str(data), "--out", str(tmp_path / "paper"), "--no-verify", "--bootstrap", "20", "--quiet"])
+    code = main(
+        [
+            "reproduce",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(tmp_path / "paper"),
+            "--no-verify",
+            "--bootstrap",
+            "20",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and out.count("| paper-cnn |") == 4
     assert len(list((tmp_path / "paper" / "runs").glob("*/metrics.json"))) == 4
@@ -181,11 +255,18 @@ def test_reproduce_end_to_end_on_fixture_files(tmp_path, capsys):
     assert len(history) == 1 + 10, "the paper's recipe: 10 epochs"
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_numbers_of_a_sequential_run(tmp_path):
     data = write_study_files(tmp_path / "data", ["pneumoniamnist"], counts=(64, 16, 32))
     # one thread each way: PyTorch's CPU kernels may add up in another order with another thread count
-    study = Study.from_dict({"name": "w", "datasets": ["pneumoniamnist"], "sizes": [28, 64],
-                             "train": {"epochs": 2, "verify": False, "num_threads": 1}})
+    study = Study.from_dict(
+        {
+            "name": "w",
+            "datasets": ["pneumoniamnist"],
+            "sizes": [28, 64],
+            "train": {"epochs": 2, "verify": False, "num_threads": 1},
+        }
+    )
     run_study(study, tmp_path / "seq", data_dir=str(data), quiet=True)
     run_study(study, tmp_path / "par", data_dir=str(data), quiet=True, workers=2)
     for run in ("pneumoniamnist_28_paper-cnn_seed0", "pneumoniamnist_64_paper-cnn_seed0"):
@@ -197,7 +278,7 @@ def test_parallel_workers_give_the_numbers_of_a_sequential_run(tmp_path):
 def test_two_seeds_that_disagree_widen_the_interval_and_the_comparison():
     """With seeds at 0.60 and 0.80 accuracy, the interval must hold both, and a third experiment
     at 0.70 must not be called different: the spread between runs is part of the uncertainty."""
-    from medclassify.reporting.stats import bootstrap_difference, bootstrap_interval, mcnemar_per_seed
+    from medclassify.evaluation.stats import bootstrap_difference, bootstrap_interval, mcnemar_per_seed
 
     rng = np.random.default_rng(0)
     n = 2000
@@ -210,37 +291,66 @@ def test_two_seeds_that_disagree_widen_the_interval_and_the_comparison():
 
     a = Side(y, [scores(0.60), scores(0.80)], "binary-class")
     low, high = bootstrap_interval(a, n_boot=400)["acc"]
-    seed_values = [float(np.mean(((s[:, 1] > 0.5) == y))) for s in a.scores]
+    seed_values = [float(np.mean((s[:, 1] > 0.5) == y)) for s in a.scores]
     assert low <= min(seed_values) and max(seed_values) <= high
     b = Side(y, [scores(0.70), scores(0.70)], "binary-class")
     difference = bootstrap_difference(a, b, paired=True, n_boot=400)["acc"]
     assert difference["ci_low"] < 0 < difference["ci_high"]
     tests = mcnemar_per_seed(a, b, [0, 1], [0, 1])
-    assert [(t["seed_a"], t["seed_b"]) for t in tests] == [(0, 0), (1, 1)]  # one test per seed pair, not one on averages
+    assert [(t["seed_a"], t["seed_b"]) for t in tests] == [
+        (0, 0),
+        (1, 1),
+    ]  # one test per seed pair, not one on averages
 
 
+@pytest.mark.slow
 def test_report_states_each_experiments_own_settings_and_does_not_attribute_them_to_the_model(tmp_path, capsys):
     data = write_study_files(tmp_path / "data", ["bloodmnist"], sizes=(28,), counts=(48, 16, 32))
     study_yaml = tmp_path / "s.yaml"
-    study_yaml.write_text("name: settings\ndatasets: [bloodmnist]\nsizes: [28]\nmodels: [paper-cnn, bn-cnn]\n"
-                          "train: {epochs: 2}\nexperiments:\n  - match: {model: bn-cnn}\n"
-                          "    train: {optimizer: sgd, lr: 0.01, augment: light, loss: focal, focal_gamma: 1.5}\n")
+    study_yaml.write_text(
+        "name: settings\ndatasets: [bloodmnist]\nsizes: [28]\nmodels: [paper-cnn, bn-cnn]\n"
+        "train: {epochs: 2}\nexperiments:\n  - match: {model: bn-cnn}\n"
+        "    train: {optimizer: sgd, lr: 0.01, augment: light, loss: focal, focal_gamma: 1.5}\n"
+    )
     out = tmp_path / "study"
     reports = {}
     for lang in ("en", "zh"):
-        assert main(["run", str(study_yaml), "--out", str(out), "--data-dir", str(data), "--no-verify", "--bootstrap", "30", "--quiet", "--lang", lang]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    str(study_yaml),
+                    "--out",
+                    str(out),
+                    "--data-dir",
+                    str(data),
+                    "--no-verify",
+                    "--bootstrap",
+                    "30",
+                    "--quiet",
+                    "--lang",
+                    lang,
+                ]
+            )
+            == 0
+        )
         reports[lang] = (out / "report.md").read_text(encoding="utf-8")
     en = reports["en"]
     differing = en.split("Training settings that differ between experiments")[1].split("## ")[0]
     header = next(line for line in differing.splitlines() if line.startswith("| experiment"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in differing.splitlines()
-            if line.startswith("| bloodmnist")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in differing.splitlines()
+        if line.startswith("| bloodmnist")
+    }
     for run in (out / "runs").iterdir():  # every cell of the table is what the run's config.json says
         config = json.loads((run / "config.json").read_text())["config"]
         row = dict(zip(columns, rows[run.name.removesuffix("_seed0")]))
         assert row["optimiser"] == config["optimizer"] and row["augmentation"] == config["augment"]
-        assert row["learning rate"] == str(config["lr"]) and row["loss"] == ("focal" if config["loss"] == "focal" else "cross-entropy")
+        assert row["learning rate"] == str(config["lr"]) and row["loss"] == (
+            "focal" if config["loss"] == "focal" else "cross-entropy"
+        )
         assert row["focal γ"] == (str(config["focal_gamma"]) if config["loss"] == "focal" else "–")
         assert row["SGD momentum"] == (str(config["momentum"]) if config["optimizer"] == "sgd" else "–")
     shared = en.split("Training settings shared by every experiment")[1].split("Table")[0]
@@ -268,12 +378,24 @@ def test_calibration_figures_come_from_the_predictions_like_their_intervals():
     y = np.arange(90) % 3
     scores = [probabilities(rng, 90, 3) for _ in range(2)]
     old_record = {"test": {"acc": 0.5, "auc": 0.5, "f1_macro": 0.5}, "best_epoch": 2}  # no calibration keys
-    records = [{"config": {"seed": seed}, "data": {"task": "multi-class", "class_names": ["a", "b", "c"]}} for seed in (0, 1)]
-    e = Experiment("bloodmnist", 28, "paper-cnn", [], [old_record, old_record], records,
-                   [[{"seconds": "1", "images_per_s": "1"}]] * 2, Side(y, scores, "multi-class"))
+    records = [
+        {"config": {"seed": seed}, "data": {"task": "multi-class", "class_names": ["a", "b", "c"]}} for seed in (0, 1)
+    ]
+    e = Experiment(
+        "bloodmnist",
+        28,
+        "paper-cnn",
+        [],
+        [old_record, old_record],
+        records,
+        [[{"seconds": "1", "images_per_s": "1"}]] * 2,
+        Side(y, scores, "multi-class"),
+    )
     (row,) = results_rows([e], n_boot=20)
     expected = [calibration_metrics(y, s, "multi-class")["ece"] for s in scores]
-    assert row["test_ece"] == pytest.approx(np.mean(expected)) and row["test_ece_std"] == pytest.approx(np.std(expected, ddof=1))
+    assert row["test_ece"] == pytest.approx(np.mean(expected)) and row["test_ece_std"] == pytest.approx(
+        np.std(expected, ddof=1)
+    )
 
 
 def test_per_class_auc_with_its_interval_matches_scikit_learn():
@@ -289,9 +411,16 @@ def test_per_class_auc_with_its_interval_matches_scikit_learn():
         s /= s.sum(1, keepdims=True)
     record = {"test": {"acc": 0.5, "auc": 0.5, "f1_macro": 0.5}, "best_epoch": 1}
     names = ["a", "b", "c", "d"]
-    e = Experiment("bloodmnist", 28, "paper-cnn", [], [record, record],
-                   [{"config": {"seed": 0}, "data": {"task": "multi-class", "class_names": names}}] * 2,
-                   [[{"seconds": "1", "images_per_s": "1"}]] * 2, Side(y, scores, "multi-class"))
+    e = Experiment(
+        "bloodmnist",
+        28,
+        "paper-cnn",
+        [],
+        [record, record],
+        [{"config": {"seed": 0}, "data": {"task": "multi-class", "class_names": names}}] * 2,
+        [[{"seconds": "1", "images_per_s": "1"}]] * 2,
+        Side(y, scores, "multi-class"),
+    )
     (row,) = results_rows([e], n_boot=50)
     for i, name in enumerate(names):
         expected = np.mean([roc_auc_score(y == i, s[:, i]) for s in scores])

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from helpers import QUADRANT_CLASSES, quadrant_images
 from medclassify.io import file_md5
 from medclassify.serve import ServeSettings, create_app, load_served_models
-from conftest import QUADRANT_CLASSES, quadrant_images
 
 
 def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -55,7 +55,9 @@ def test_health_and_models(client, quadrant_run):
 def test_predict_a_batch_of_formats(client):
     files = [
         upload("grey.png", png_bytes(quadrant_images("top-left", 1)[0])),
-        upload("photo.jpg", png_bytes(quadrant_images("bottom-right", 1, size=60, channels=3)[0], "JPEG"), "image/jpeg"),
+        upload(
+            "photo.jpg", png_bytes(quadrant_images("bottom-right", 1, size=60, channels=3)[0], "JPEG"), "image/jpeg"
+        ),
         upload("scan.tiff", png_bytes(quadrant_images("top-right", 1)[0], "TIFF"), "image/tiff"),
         upload("scan.bmp", png_bytes(quadrant_images("bottom-left", 1)[0], "BMP"), "image/bmp"),
     ]
@@ -65,7 +67,12 @@ def test_predict_a_batch_of_formats(client):
         body = answer.json()
         assert body["model"] == model and len(body["version"]) == 12
         got = [(p["file"], p["prediction"]) for p in body["predictions"]]
-        assert got == [("grey.png", "top-left"), ("photo.jpg", "bottom-right"), ("scan.tiff", "top-right"), ("scan.bmp", "bottom-left")]
+        assert got == [
+            ("grey.png", "top-left"),
+            ("photo.jpg", "bottom-right"),
+            ("scan.tiff", "top-right"),
+            ("scan.bmp", "bottom-left"),
+        ]
         first = body["predictions"][0]
         assert len(first["top"]) == 2 and first["top"][0] == {"class": "top-left", "probability": first["probability"]}
         assert sum(first["probabilities"].values()) == pytest.approx(1.0) and first["heatmap"] is None
@@ -80,7 +87,9 @@ def test_predict_dicom_by_content(client, tmp_path):
 
 
 def test_explain_returns_a_png_overlay(client):
-    answer = client.post("/v1/predict?explain=true", files=[upload("x.png", png_bytes(quadrant_images("top-right", 1, size=40)[0]))])
+    answer = client.post(
+        "/v1/predict?explain=true", files=[upload("x.png", png_bytes(quadrant_images("top-right", 1, size=40)[0]))]
+    )
     heatmap = answer.json()["predictions"][0]["heatmap"]
     assert heatmap.startswith("data:image/png;base64,")
     with Image.open(io.BytesIO(base64.b64decode(heatmap.split(",", 1)[1]))) as image:
@@ -89,7 +98,9 @@ def test_explain_returns_a_png_overlay(client):
 
 def test_client_file_names_never_become_paths(client, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    answer = client.post("/v1/predict", files=[upload("../../etc/evil.png", png_bytes(quadrant_images("top-left", 1)[0]))])
+    answer = client.post(
+        "/v1/predict", files=[upload("../../etc/evil.png", png_bytes(quadrant_images("top-left", 1)[0]))]
+    )
     assert answer.json()["predictions"][0]["file"] == "evil.png"
     assert list(tmp_path.iterdir()) == []
 
@@ -97,12 +108,31 @@ def test_client_file_names_never_become_paths(client, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "query, files, status, message",
     [
-        ("", [upload("a.png", b"GIF89a" + bytes(100))], 415, "a.png: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)"),
+        (
+            "",
+            [upload("a.png", b"GIF89a" + bytes(100))],
+            415,
+            "a.png: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)",
+        ),
         ("", [upload("a.png", b"\x89PNG\r\n\x1a\n" + bytes(50))], 400, "a.png: not a readable image"),
-        ("", [upload("a.jpg", png_bytes(quadrant_images("top-left", 1)[0], "JPEG")[:60], "image/jpeg")], 400, "a.jpg: not a readable image"),
-        ("?model=nosuch", [upload("a.png", png_bytes(quadrant_images("top-left", 1)[0]))], 404, "unknown model 'nosuch'; loaded: quadrants, onnx"),
-        ("?model=onnx&explain=true", [upload("a.png", png_bytes(quadrant_images("top-left", 1)[0]))], 400,
-         "model 'onnx' is an ONNX file without PyTorch weights"),
+        (
+            "",
+            [upload("a.jpg", png_bytes(quadrant_images("top-left", 1)[0], "JPEG")[:60], "image/jpeg")],
+            400,
+            "a.jpg: not a readable image",
+        ),
+        (
+            "?model=nosuch",
+            [upload("a.png", png_bytes(quadrant_images("top-left", 1)[0]))],
+            404,
+            "unknown model 'nosuch'; loaded: quadrants, onnx",
+        ),
+        (
+            "?model=onnx&explain=true",
+            [upload("a.png", png_bytes(quadrant_images("top-left", 1)[0]))],
+            400,
+            "model 'onnx' is an ONNX file without PyTorch weights",
+        ),
     ],
 )
 def test_bad_requests_get_a_json_error(client, query, files, status, message):
@@ -115,19 +145,28 @@ def test_limits(served):
     with TestClient(create_app(served, settings)) as client:
         big = png_bytes(np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8))  # ~19 kB of noise
         answer = client.post("/v1/predict", files=[upload("big.png", big)])
-        assert answer.status_code == 413 and answer.json()["detail"] == "big.png: larger than the upload limit of 0.01 MB"
+        assert (
+            answer.status_code == 413 and answer.json()["detail"] == "big.png: larger than the upload limit of 0.01 MB"
+        )
         wide = png_bytes(np.zeros((31, 40), dtype=np.uint8))
         answer = client.post("/v1/predict", files=[upload("wide.png", wide)])
         assert answer.status_code == 413 and "40 x 31 pixels exceed the limit of 900 pixels" in answer.json()["detail"]
         small = png_bytes(quadrant_images("top-left", 1)[0])
         answer = client.post("/v1/predict", files=[upload(f"{i}.png", small) for i in range(3)])
-        assert answer.status_code == 413 and answer.json()["detail"] == "more than 2 files in one request; the limit is 2"
+        assert (
+            answer.status_code == 413 and answer.json()["detail"] == "more than 2 files in one request; the limit is 2"
+        )
         answer = client.post("/v1/predict", files=[upload("huge.png", bytes(3 << 20))])  # over the whole-request limit
-        assert answer.status_code == 413 and answer.json()["detail"].startswith("the request is larger than its limit of 1.02 MB")
+        assert answer.status_code == 413 and answer.json()["detail"].startswith(
+            "the request is larger than its limit of 1.02 MB"
+        )
         missing = client.post("/v1/predict")  # no file at all
         assert missing.status_code == 422 and missing.json() == {"detail": "body.files: Field required"}
         bad_top = client.post("/v1/predict?top=0", files=[upload("a.png", small)])
-        assert bad_top.status_code == 422 and bad_top.json()["detail"] == "query.top: Input should be greater than or equal to 1"
+        assert (
+            bad_top.status_code == 422
+            and bad_top.json()["detail"] == "query.top: Input should be greater than or equal to 1"
+        )
 
 
 def test_twenty_parallel_requests_are_all_answered_correctly(client):
@@ -157,8 +196,11 @@ def test_metrics_and_one_log_line_per_request(client, caplog):
     assert 'medclassify_predictions_total{label="top-left",model="quadrants"} 1.0' in text
     assert 'medclassify_request_seconds_bucket{le="+Inf",route="/v1/predict"} 2.0' in text
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "medclassify.serve"]
-    assert [(l["route"], l["status"], l["model"]) for l in lines[:2]] == [("/v1/predict", 200, "quadrants"), ("/v1/predict", 415, "quadrants")]
-    assert all(l["latency_ms"] >= 0 for l in lines)
+    assert [(line["route"], line["status"], line["model"]) for line in lines[:2]] == [
+        ("/v1/predict", 200, "quadrants"),
+        ("/v1/predict", 415, "quadrants"),
+    ]
+    assert all(line["latency_ms"] >= 0 for line in lines)
 
 
 def test_web_page_and_its_files(client):

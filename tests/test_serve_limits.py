@@ -18,9 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import serving
+from helpers import serving
 from medclassify.serve import ServeSettings, create_app, load_served_models
 from medclassify.serve.limits import UploadGuard
+
+pytestmark = pytest.mark.slow  # real server processes under hostile requests
 
 BOUNDARY = "limits-test-boundary"
 # Peak memory the hostile requests below may add to the idle server: the one admitted 16-megapixel
@@ -37,10 +39,15 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height grey pixels (Pillow reads the size without decoding)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def deflated_dicom(megabytes: int) -> bytes:
@@ -54,7 +61,14 @@ def deflated_dicom(megabytes: int) -> bytes:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Rows = ds.Columns = 8
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, "MONOCHROME2", 8, 8, 7, 0
+    (
+        ds.SamplesPerPixel,
+        ds.PhotometricInterpretation,
+        ds.BitsAllocated,
+        ds.BitsStored,
+        ds.HighBit,
+        ds.PixelRepresentation,
+    ) = 1, "MONOCHROME2", 8, 8, 7, 0
     ds.add_new(0x00091010, "OB", bytes(megabytes << 20))
     ds.PixelData = bytes(64)
     buffer = io.BytesIO()
@@ -63,8 +77,13 @@ def deflated_dicom(megabytes: int) -> bytes:
 
 
 def multipart(parts: list[tuple[str, bytes]]) -> bytes:
-    body = b"".join(f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-                    f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in parts)
+    body = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in parts
+    )
     return body + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -100,7 +119,18 @@ def memory_mb(pid: int, field: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(quadrant_run, tmp_path_factory):
-    options = ["--max-upload-mb", "2", "--max-request-pixels", "20000000", "--read-timeout", "1", "--header-timeout", "1", "--body-timeout", "5"]
+    options = [
+        "--max-upload-mb",
+        "2",
+        "--max-request-pixels",
+        "20000000",
+        "--read-timeout",
+        "1",
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "5",
+    ]
     with serving([f"q={quadrant_run}"], tmp_path_factory.mktemp("limits") / "server.log", *options) as (process, url):
         yield process, int(url.rsplit(":", 1)[1])
 
@@ -112,8 +142,13 @@ def test_hostile_requests_are_refused_within_a_memory_bound(server):
     assert status == 413 and "bomb.dcm: a Deflate-compressed DICOM data set" in detail
     big = png_bytes(np.zeros((4000, 4000), dtype=np.uint8))
     status, detail = post(port, multipart([(f"{i}.png", big) for i in range(3)]))
-    assert status == 413 and "the request's images hold 48,000,000 pixels together; the limit per request is 20,000,000" in detail
-    status, detail = post(port, multipart([("big.png", big)]), "?explain=true")  # admitted: one image within every limit
+    assert (
+        status == 413
+        and "the request's images hold 48,000,000 pixels together; the limit per request is 20,000,000" in detail
+    )
+    status, detail = post(
+        port, multipart([("big.png", big)]), "?explain=true"
+    )  # admitted: one image within every limit
     assert status == 200 and '"heatmap":"data:image/png;base64,' in detail
     status, detail = post(port, multipart([("huge.bin", bytes(50 << 20))]))
     assert status == 413 and "huge.bin: larger than the upload limit of 2 MB" in detail
@@ -124,11 +159,15 @@ def test_hostile_requests_are_refused_within_a_memory_bound(server):
 def test_a_stalled_body_gets_408_and_stalled_headers_are_cut_off(server):
     _, port = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-                       f"Content-Length: 1000\r\n\r\n--{BOUNDARY}\r\n".encode())
+        client.sendall(
+            f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: 1000\r\n\r\n--{BOUNDARY}\r\n".encode()
+        )
         started = time.monotonic()
         answer = read_all(client).decode()
-        assert answer.startswith("HTTP/1.1 408") and "did not arrive in time" in answer and time.monotonic() - started < 5
+        assert (
+            answer.startswith("HTTP/1.1 408") and "did not arrive in time" in answer and time.monotonic() - started < 5
+        )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
         client.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
         started = time.monotonic()
@@ -144,19 +183,34 @@ def test_every_error_is_json_with_its_documented_code(served):
     settings = ServeSettings(max_upload_mb=0.5, max_files=2)
     with TestClient(create_app(served, settings)) as client:
         bomb = client.post("/v1/predict", files=[("files", ("bomb.png", png_header_only(20000, 20000), "image/png"))])
-        assert bomb.status_code == 413 and bomb.json()["detail"] == "bomb.png: 400,000,000 pixels exceed the limit of 50,000,000 pixels"
-        pillow = client.post("/v1/predict", files=[("files", ("pillow.png", png_header_only(15000, 15000), "image/png"))])
+        assert (
+            bomb.status_code == 413
+            and bomb.json()["detail"] == "bomb.png: 400,000,000 pixels exceed the limit of 50,000,000 pixels"
+        )
+        pillow = client.post(
+            "/v1/predict", files=[("files", ("pillow.png", png_header_only(15000, 15000), "image/png"))]
+        )
         assert pillow.status_code == 413, pillow.text  # Pillow's own guard (over 179 MP) is not reached first
-        over = client.post("/v1/predict", content=b"x" * (3 << 20), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
-        assert over.status_code == 413 and over.json()["detail"].startswith("the request is larger than its limit of 2 MB")
+        over = client.post(
+            "/v1/predict",
+            content=b"x" * (3 << 20),
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        assert over.status_code == 413 and over.json()["detail"].startswith(
+            "the request is larger than its limit of 2 MB"
+        )
         assert client.get("/nowhere").json() == {"detail": "Not Found"}
         assert client.get("/v1/predict").status_code == 405 and "detail" in client.get("/v1/predict").json()
         schema = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["responses"]
-        assert {"408", "413", "415", "422", "503"} <= set(schema) and schema["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
+        assert {"408", "413", "415", "422", "503"} <= set(schema) and schema["422"]["content"]["application/json"][
+            "schema"
+        ]["$ref"].endswith("ErrorResponse")
 
 
 def test_uploads_held_by_all_requests_together_are_capped():
-    settings = ServeSettings(max_upload_mb=1, max_files=1, max_inflight_mb=1)  # the cap is raised to one request's limit: 2 MB
+    settings = ServeSettings(
+        max_upload_mb=1, max_files=1, max_inflight_mb=1
+    )  # the cap is raised to one request's limit: 2 MB
     first_done = asyncio.Event()
 
     async def app(scope, receive, send):
@@ -200,11 +254,18 @@ def test_dicom_cards_get_the_decoded_image(served, tmp_path):
     from test_inference import quadrant_dicom
 
     data = quadrant_dicom(tmp_path / "ct.dcm", "bottom-right").read_bytes()
-    with TestClient(create_app(served, ServeSettings(max_pixels=1000))) as client:  # the header's size decides, before decoding
+    with TestClient(
+        create_app(served, ServeSettings(max_pixels=1000))
+    ) as client:  # the header's size decides, before decoding
         refused = client.post("/v1/predict", files=[("files", ("ct.dcm", data, "application/dicom"))])
-        assert refused.status_code == 413 and refused.json()["detail"] == "ct.dcm: 1 frame(s) of 128 x 128 pixels exceed the limit of 1,000 pixels"
+        assert (
+            refused.status_code == 413
+            and refused.json()["detail"] == "ct.dcm: 1 frame(s) of 128 x 128 pixels exceed the limit of 1,000 pixels"
+        )
     with TestClient(create_app(served)) as client:
-        answer = client.post("/v1/predict?preview=true", files=[("files", ("ct.dcm", data, "application/dicom"))]).json()
+        answer = client.post(
+            "/v1/predict?preview=true", files=[("files", ("ct.dcm", data, "application/dicom"))]
+        ).json()
     image = answer["predictions"][0]["image"]
     with Image.open(io.BytesIO(__import__("base64").b64decode(image.split(",", 1)[1]))) as shown:
         assert shown.size == (128, 128)

@@ -9,19 +9,22 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_training_at_epoch
 from medmnist.evaluator import getACC, getAUC
 
+from helpers import interrupt_training_at_epoch
 from medclassify import TrainConfig, evaluate_run, train
 from medclassify.errors import CheckpointError, ConfigError
 from medclassify.io import file_md5
-from medclassify.training import load_checkpoint, trainer
+from medclassify.runs import load_checkpoint
+from medclassify.training import trainer
 
 RUN_FILES = {"config.json", "history.csv", "best.pt", "last.pt", "metrics.json", "predictions.csv"}
 
 
 def config_for(data_dir, out, **overrides):
-    values = dict(dataset="bloodmnist", size=28, data_dir=str(data_dir), out=str(out), epochs=3, verify=False, quiet=True, seed=1)
+    values = dict(
+        dataset="bloodmnist", size=28, data_dir=str(data_dir), out=str(out), epochs=3, verify=False, quiet=True, seed=1
+    )
     return TrainConfig(**{**values, **overrides})
 
 
@@ -30,14 +33,9 @@ def read_history(run_dir):
         return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in csv.DictReader(f)]
 
 
-@pytest.fixture
-def blood_run(blood_dir, tmp_path):
-    return train(config_for(blood_dir, tmp_path / "run"))
-
-
 def test_short_run_beats_chance_and_writes_the_run_folder(blood_run):
     run_dir = blood_run.run_dir
-    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    assert {p.name for p in run_dir.iterdir()} >= RUN_FILES
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "no temporary files left behind"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["acc"] > 0.5, "8 classes: chance is 0.125"
@@ -91,17 +89,27 @@ def test_predictions_csv_is_lossless_near_0_and_1(tmp_path):
     assert abs(getACC(y_true, saved, "binary-class") - metrics["acc"]) <= 1e-9
 
 
+@pytest.mark.slow
 def test_medmnist_result_files_evaluate_to_the_runs_figures(blood_run, tmp_path):
     """Each split in MedMNIST's own format: 'python -m medmnist evaluate' prints the run's ACC/AUC."""
     files = sorted((blood_run.run_dir / "medmnist").glob("*.csv"))
     assert [f.name.split("_[")[0] for f in files] == ["bloodmnist_test", "bloodmnist_val"]
     home = tmp_path / "home"
     (home / ".medmnist").mkdir(parents=True)
-    shutil.copy(blood_run.run_dir.parent / "data" / "bloodmnist.npz", home / ".medmnist")  # where medmnist looks for labels
+    shutil.copy(
+        blood_run.run_dir.parent / "data" / "bloodmnist.npz", home / ".medmnist"
+    )  # where medmnist looks for labels
     for path, split in zip(files, ("test", "val")):
-        done = subprocess.run([sys.executable, "-m", "medmnist", "evaluate", f"--path={path}"], capture_output=True, text=True,
-                              env={**os.environ, "HOME": str(home)}, timeout=120)
-        printed = dict(part.split("=") for part in done.stdout.strip().removeprefix("Metrics(").removesuffix(")").split(", "))
+        done = subprocess.run(
+            [sys.executable, "-m", "medmnist", "evaluate", f"--path={path}"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HOME": str(home)},
+            timeout=120,
+        )
+        printed = dict(
+            part.split("=") for part in done.stdout.strip().removeprefix("Metrics(").removesuffix(")").split(", ")
+        )
         assert float(printed["AUC"]) == pytest.approx(blood_run.metrics[split]["auc"], abs=1e-9), done.stderr
         assert float(printed["ACC"]) == pytest.approx(blood_run.metrics[split]["acc"], abs=1e-9)
 
@@ -173,7 +181,7 @@ def test_binary_grey_run_reports_sensitivity_and_specificity(pneumonia_dir, tmp_
 
 
 def test_image_folder_run_records_its_split(tmp_path):
-    from conftest import write_image_folder
+    from helpers import write_image_folder
 
     root = write_image_folder(tmp_path / "xray", per_class=20)
     result = train(TrainConfig(data_dir=str(root), size=32, out=str(tmp_path / "run"), epochs=1, quiet=True))
@@ -213,7 +221,13 @@ def test_yaml_config_fills_the_same_fields(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("dataset: bloodmnist\nsize: 64\nbatch-size: 16\nlr: 0.0005\n")
     config = TrainConfig.from_yaml(path)
-    assert (config.dataset, config.size, config.batch_size, config.lr, config.epochs) == ("bloodmnist", 64, 16, 0.0005, 10)
+    assert (config.dataset, config.size, config.batch_size, config.lr, config.epochs) == (
+        "bloodmnist",
+        64,
+        16,
+        0.0005,
+        10,
+    )
     path.write_text("dataset: bloodmnist\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="unknown key\\(s\\) learning_rate"):
         TrainConfig.from_yaml(path)

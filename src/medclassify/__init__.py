@@ -13,9 +13,10 @@ __getattr__, __dir__, __all__ = lazy.attach(
         "data": ["dataset_catalog", "load_dataset"],
         "errors": ["MedclassifyError"],
         "evaluation": ["classification_metrics"],
-        "evaluation.run": ["evaluate_run"],
         "inference": ["Predictor", "export_model"],
         "models": ["available_models", "create_model"],
-        "training": ["RunResult", "TrainConfig", "train"],
+        "config": ["TrainConfig"],
+        "runs": ["RunDir", "evaluate_run"],
+        "training": ["RunResult", "train"],
     },
 )

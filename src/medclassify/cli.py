@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
+import types
+import typing
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -50,32 +54,53 @@ def _formatter(prog):
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; unset options are absent so YAML values show through."""
-    from .training.config import TrainConfig, flag
+    from .config import TrainConfig, flag
 
-    parser.add_argument("--config", metavar="YAML", help="read TrainConfig fields from a YAML file; options given here override it")
-    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine: launches torchrun for DistributedDataParallel "
-                        "(one per GPU, or CPU processes with Gloo); --batch-size stays the effective batch (default: 1)")
+    parser.add_argument(
+        "--config", metavar="YAML", help="read TrainConfig fields from a YAML file; options given here override it"
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes on this machine: launches torchrun for DistributedDataParallel "
+        "(one per GPU, or CPU processes with Gloo); --batch-size stays the effective batch (default: 1)",
+    )
+    hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         help_text = f.metadata["help"]
         if "default" not in help_text and f.default is not None:  # some helps say in words what None means
             help_text += f" (default: {f.default})"
         kwargs = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}
-        if f.type == "bool":
+        value_type, many = _option_type(hints[f.name])
+        if value_type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = int if "int" in f.type else float if "float" in f.type else str
+            kwargs["type"] = value_type
             if f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]  # argparse shows them as {a,b,c}
             else:
                 kwargs["metavar"] = f.name.upper()
-            if f.type.startswith("list"):
+            if many:
                 kwargs["nargs"] = "+"
         parser.add_argument(flag(f.name), **kwargs)
 
 
+def _option_type(hint) -> tuple[type, bool]:
+    """The type one command-line value converts to, and whether the option takes several:
+    ``int | None`` -> (int, False), ``list[int] | None`` -> (int, True)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
 def _add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'medclassify train'")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint to evaluate (default: best)")
+    parser.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint to evaluate (default: best)"
+    )
     parser.add_argument("--data-dir", help="where the data are now, if they moved since training")
     _add_device_option(parser)
 
@@ -95,13 +120,20 @@ MAX_CLASSES = 10_000
 
 
 def _add_models_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=28, help=f"input size for the parameter count, {MODEL_SIZES[0]} to {MODEL_SIZES[1]} (default: 28)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=28,
+        help=f"input size for the parameter count, {MODEL_SIZES[0]} to {MODEL_SIZES[1]} (default: 28)",
+    )
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels (default: 3)")
     parser.add_argument("--classes", type=int, default=8, help="number of classes, at least 2 (default: 8)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", metavar="STUDY_YAML", help="the study file (name, datasets, sizes, models, seeds, train)")
+    parser.add_argument(
+        "study", metavar="STUDY_YAML", help="the study file (name, datasets, sizes, models, seeds, train)"
+    )
     _add_study_options(parser)
 
 
@@ -113,26 +145,50 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_predict_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="RUN_OR_MODEL", help="run folder, .pt bundle (e.g. best.pt) or exported .onnx model")
-    parser.add_argument("images", metavar="IMAGE", nargs="+",
-                        help="image files or folders: PNG, JPEG, BMP, TIFF, DICOM (.dcm), .npy/.npz arrays")
+    parser.add_argument(
+        "model", metavar="RUN_OR_MODEL", help="run folder, .pt bundle (e.g. best.pt) or exported .onnx model"
+    )
+    parser.add_argument(
+        "images",
+        metavar="IMAGE",
+        nargs="+",
+        help="image files or folders: PNG, JPEG, BMP, TIFF, DICOM (.dcm), .npy/.npz arrays",
+    )
     parser.add_argument("--out", metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
     parser.add_argument("--top", type=int, default=3, help="classes listed per image (default: 3)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                        help="auto: the run's model.onnx when it was exported from its best.pt, else PyTorch (default: auto)")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="auto: the run's model.onnx when it was exported from its best.pt, else PyTorch (default: auto)",
+    )
     _add_device_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_explain_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="RUN_OR_BUNDLE", help="run folder or .pt bundle (Grad-CAM needs the PyTorch model)")
-    parser.add_argument("images", metavar="IMAGE", nargs="*", help="image files or folders; none: a grid over the run's --split")
+    parser.add_argument(
+        "model", metavar="RUN_OR_BUNDLE", help="run folder or .pt bundle (Grad-CAM needs the PyTorch model)"
+    )
+    parser.add_argument(
+        "images", metavar="IMAGE", nargs="*", help="image files or folders; none: a grid over the run's --split"
+    )
     parser.add_argument("--out", metavar="DIR", help="folder for the PNG files (default: RUN/explain)")
-    parser.add_argument("--target", metavar="CLASS", help="explain this class (name or index) instead of the predicted one")
-    parser.add_argument("--layer", metavar="NAME", help="target layer, a dotted module name (default: the model's last convolutional block)")
-    parser.add_argument("--split", choices=("test", "val"), default="test", help="split for the grid figure (default: test)")
-    parser.add_argument("--per-class", type=int, default=2, help="correct and wrong examples per class in the grid (default: 2)")
+    parser.add_argument(
+        "--target", metavar="CLASS", help="explain this class (name or index) instead of the predicted one"
+    )
+    parser.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="target layer, a dotted module name (default: the model's last convolutional block)",
+    )
+    parser.add_argument(
+        "--split", choices=("test", "val"), default="test", help="split for the grid figure (default: test)"
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=2, help="correct and wrong examples per class in the grid (default: 2)"
+    )
     parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
     _add_device_option(parser)
 
@@ -142,39 +198,67 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
     parser.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx or RUN/model.ts)")
     parser.add_argument("--data-dir", help="where the run's data are now, for the parity check on the test split")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed logit difference to PyTorch (default: 1e-4)")
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest allowed logit difference to PyTorch (default: 1e-4)"
+    )
 
 
 def _add_calibrate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
-    parser.add_argument("--method", choices=("temperature", "none"), default="temperature",
-                        help="temperature: fit T on validation; none: keep the bundle's (e.g. to set only a threshold) (default: temperature)")
-    parser.add_argument("--threshold", metavar="RULE", help="choose the decision threshold on validation: youden, sensitivity=0.95, "
-                        "specificity=0.9 or a probability")
-    parser.add_argument("--positive-class", metavar="CLASS", help="with --threshold: the class decided against the rest (binary: the second class)")
+    parser.add_argument(
+        "--method",
+        choices=("temperature", "none"),
+        default="temperature",
+        help="temperature: fit T on validation; none: keep the bundle's (e.g. to set only a threshold) (default: temperature)",
+    )
+    parser.add_argument(
+        "--threshold",
+        metavar="RULE",
+        help="choose the decision threshold on validation: youden, sensitivity=0.95, specificity=0.9 or a probability",
+    )
+    parser.add_argument(
+        "--positive-class",
+        metavar="CLASS",
+        help="with --threshold: the class decided against the rest (binary: the second class)",
+    )
     parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
     _add_device_option(parser)
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from .evaluation.calibration import calibrate_run
     from .evaluation.metrics import CALIBRATION_METRICS
+    from .runs import calibrate_run
 
     record = calibrate_run(args.run_dir, args.method, args.data_dir, args.device, args.threshold, args.positive_class)
     if "temperature" in record:
-        print(f"temperature {record['temperature']:.4g}, fitted on the validation split (NLL {record['val_nll_before']:.4f} -> "
-              f"{record['val_nll_after']:.4f})")
-        print("test split, before -> after: " + ", ".join(f"{name} {record['before'][name]:.4f} -> {record['after'][name]:.4f}"
-                                                           for name in CALIBRATION_METRICS))
+        print(
+            f"temperature {record['temperature']:.4g}, fitted on the validation split (NLL {record['val_nll_before']:.4f} -> "
+            f"{record['val_nll_after']:.4f})"
+        )
+        print(
+            "test split, before -> after: "
+            + ", ".join(
+                f"{name} {record['before'][name]:.4f} -> {record['after'][name]:.4f}" for name in CALIBRATION_METRICS
+            )
+        )
     if "operating_point" in record:
         point = record["operating_point"]
-        print(f"threshold {point['threshold']:.4g} for '{point['positive_class']}' ({point['rule']}, chosen on the validation split)")
+        print(
+            f"threshold {point['threshold']:.4g} for '{point['positive_class']}' ({point['rule']}, chosen on the validation split)"
+        )
         for split in ("val", "test"):
             figures = point[split]
-            print(f"{split}: " + ", ".join(f"{name} {figures[name]:.4f} ({figures[name + '_ci'][0]:.4f}-{figures[name + '_ci'][1]:.4f})"
-                                           for name in ("sensitivity", "specificity", "ppv", "npv")))
-    print(f"stored in {Path(args.run_dir) / 'best.pt'} (predict, serve, explain and export apply it) and "
-          f"{Path(args.run_dir) / 'metrics.json'}")
+            print(
+                f"{split}: "
+                + ", ".join(
+                    f"{name} {figures[name]:.4f} ({figures[name + '_ci'][0]:.4f}-{figures[name + '_ci'][1]:.4f})"
+                    for name in ("sensitivity", "specificity", "ppv", "npv")
+                )
+            )
+    print(
+        f"stored in {Path(args.run_dir) / 'best.pt'} (predict, serve, explain and export apply it) and "
+        f"{Path(args.run_dir) / 'metrics.json'}"
+    )
     return 0
 
 
@@ -191,25 +275,57 @@ Export again afterwards: the exported graph holds T.
 
 
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", metavar="RUN_OR_MODEL", nargs="+",
-                        help="run folders, .pt bundles or .onnx files; NAME=PATH names a model (default: the folder's or file's name)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "models",
+        metavar="RUN_OR_MODEL",
+        nargs="+",
+        help="run folders, .pt bundles or .onnx files; NAME=PATH names a model (default: the folder's or file's name)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file in MB (default: 10)")
-    parser.add_argument("--max-pixels", type=int, default=50_000_000, help="largest accepted image in pixels (default: 50,000,000)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=50_000_000, help="largest accepted image in pixels (default: 50,000,000)"
+    )
     parser.add_argument("--max-files", type=int, default=32, help="most files in one request (default: 32)")
-    parser.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass of queued requests (default: 64)")
-    parser.add_argument("--max-request-pixels", type=int, default=100_000_000,
-                        help="most pixels of all images in one request together (default: 100,000,000)")
-    parser.add_argument("--max-decoding-pixels", type=int, default=50_000_000,
-                        help="most pixels being decoded at once, all requests together (default: 50,000,000, one largest image)")
-    parser.add_argument("--max-inflight-mb", type=float, default=1024.0,
-                        help="most upload MB held at once, all requests together; more is 503 (default: 1024)")
-    parser.add_argument("--read-timeout", type=float, default=10.0, help="seconds a request body may pause (default: 10)")
-    parser.add_argument("--body-timeout", type=float, default=120.0, help="seconds for a whole request body (default: 120)")
-    parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds for a request's headers (default: 10)")
-    parser.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (default: 5)")
-    parser.add_argument("--max-connections", type=int, default=100, help="most open connections; more are answered 503 (default: 100)")
+    parser.add_argument(
+        "--max-batch", type=int, default=64, help="most images in one forward pass of queued requests (default: 64)"
+    )
+    parser.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=100_000_000,
+        help="most pixels of all images in one request together (default: 100,000,000)",
+    )
+    parser.add_argument(
+        "--max-decoding-pixels",
+        type=int,
+        default=50_000_000,
+        help="most pixels being decoded at once, all requests together (default: 50,000,000, one largest image)",
+    )
+    parser.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        default=1024.0,
+        help="most upload MB held at once, all requests together; more is 503 (default: 1024)",
+    )
+    parser.add_argument(
+        "--read-timeout", type=float, default=10.0, help="seconds a request body may pause (default: 10)"
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=120.0, help="seconds for a whole request body (default: 120)"
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a request's headers (default: 10)"
+    )
+    parser.add_argument(
+        "--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (default: 5)"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=100, help="most open connections; more are answered 503 (default: 100)"
+    )
     _add_device_option(parser)
 
 
@@ -241,13 +357,29 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="study folder (default: runs/STUDY_NAME)")
     parser.add_argument("--data-dir", help="folder with the data files, for every experiment")
     parser.add_argument("--seeds", type=int, help="repeat each experiment with seeds 0..N-1 (overrides the file)")
-    parser.add_argument("--workers", type=int, default=1, help="experiments trained at once, in separate processes sharing the cores (default: 1)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="local: a process pool on this machine; ray: Ray tasks (pip install 'medclassify[ray]') (default: local)")
-    parser.add_argument("--address", help="with --backend ray: the cluster to join, e.g. auto or ray://HEAD:10001 (default: start Ray here)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals (default: 1000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="experiments trained at once, in separate processes sharing the cores (default: 1)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool on this machine; ray: Ray tasks (pip install 'medclassify[ray]') (default: local)",
+    )
+    parser.add_argument(
+        "--address",
+        help="with --backend ray: the cluster to join, e.g. auto or ray://HEAD:10001 (default: start Ray here)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals (default: 1000)"
+    )
     parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language of report.md/.html (default: en)")
-    parser.add_argument("--no-verify", action="store_true", help="accept data files whose MD5 differs from the official one")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="accept data files whose MD5 differs from the official one"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -256,8 +388,10 @@ def _print_results(result) -> None:
 
     print(summary_line("val ", result.metrics["val"]))
     print(summary_line("test", result.metrics["test"]))
-    print(f"best epoch {result.metrics['best_epoch']}; results in {result.run_dir}/ "
-          "(config.json, history.csv, metrics.json, predictions.csv, best.pt, last.pt)")
+    print(
+        f"best epoch {result.metrics['best_epoch']}; results in {result.run_dir}/ "
+        "(config.json, history.csv, metrics.json, predictions.csv, best.pt, last.pt)"
+    )
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:
@@ -274,28 +408,31 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .config import TrainConfig
+    from .training import train
 
     if args.nproc < 1:
         raise MedclassifyError(f"--nproc must be >= 1, got {args.nproc}")
     values = vars(args).copy()
     yaml_path = values.pop("config", None)
-    for launcher_only in ("command", "nproc", "argv"):
+    for launcher_only in ("command", "nproc", "argv", "verbose", "debug"):
         values.pop(launcher_only)
     base = TrainConfig.from_yaml(yaml_path).to_dict() if yaml_path else {}
     if values.get("resume") and "out" in values and not yaml_path:  # --out RUN --resume: the run's own settings
-        from .evaluation.run import read_run_config
+        from .runs import RunDir
 
-        base = read_run_config(Path(values["out"])).to_dict()
+        base = RunDir(values["out"]).config().to_dict()
     config = TrainConfig.from_dict({**base, **values})
     if args.nproc > 1:  # the options and the data are checked here once, not by every process torchrun starts
         if "WORLD_SIZE" in os.environ:
             raise MedclassifyError("--nproc: already running under torchrun; give the process count to torchrun only")
         config.validate()
         if config.batch_size % args.nproc:
-            raise MedclassifyError(f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {args.nproc} processes")
+            raise MedclassifyError(
+                f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {args.nproc} processes"
+            )
         from .experiments.runner import missing_data_files
-        from .training.distributed import launch
+        from .runtime.distributed import launch
         from .training.trainer import check_run_folder
 
         check_run_folder(config)
@@ -306,8 +443,11 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         result = train(config)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last finished epoch is saved in {config.run_dir()}/last.pt - run the same command "
-              "with --resume to continue", file=sys.stderr)
+        print(
+            f"\ninterrupted; the last finished epoch is saved in {config.run_dir()}/last.pt - run the same command "
+            "with --resume to continue",
+            file=sys.stderr,
+        )
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         if result.already_complete:
@@ -317,18 +457,34 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .config import TrainConfig
+    from .runs import RunDir
+    from .training import train
 
     if args.epochs < 1:
         raise MedclassifyError(f"--epochs must be >= 1, got {args.epochs}")
     out = Path(args.out)
-    config = TrainConfig(dataset="synthcells", size=28, model="paper-cnn", out=str(out), data_dir=args.data_dir,
-                         epochs=args.epochs, quiet=args.quiet, resume=(out / "last.pt").is_file())
-    print("medclassify demo: the paper's CNN on 'synthcells', a SYNTHETIC sample of generated cell-like images "
-          "(not medical data)", file=sys.stderr)
+    config = TrainConfig(
+        dataset="synthcells",
+        size=28,
+        model="paper-cnn",
+        out=str(out),
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        quiet=args.quiet,
+        resume=RunDir(out).last_path.is_file(),
+    )
+    print(
+        "medclassify demo: the paper's CNN on 'synthcells', a SYNTHETIC sample of generated cell-like images "
+        "(not medical data)",
+        file=sys.stderr,
+    )
     result = train(config)
     if result.already_complete:
-        print(f"{result.run_dir} is already complete; nothing was trained or written (remove it to train again)", file=sys.stderr)
+        print(
+            f"{result.run_dir} is already complete; nothing was trained or written (remove it to train again)",
+            file=sys.stderr,
+        )
     _print_results(result)
     return 0
 
@@ -351,7 +507,15 @@ def _run_study(args: argparse.Namespace) -> int:
         study.train["verify"] = False
     study_dir = Path(args.out) if args.out else Path("runs") / study.name
     try:
-        run_study(study, study_dir, data_dir=args.data_dir, quiet=args.quiet, workers=args.workers, backend=args.backend, address=args.address)
+        run_study(
+            study,
+            study_dir,
+            data_dir=args.data_dir,
+            quiet=args.quiet,
+            workers=args.workers,
+            backend=args.backend,
+            address=args.address,
+        )
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to finish the study", file=sys.stderr)
         return 130
@@ -365,7 +529,7 @@ def _run_study(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import summary_line
-    from .evaluation.run import evaluate_run, result_files
+    from .runs import evaluate_run, result_files
 
     metrics = evaluate_run(args.run_dir, checkpoint=args.checkpoint, data_dir=args.data_dir, device=args.device)
     print(summary_line("val ", metrics["val"]))
@@ -384,8 +548,10 @@ def _run_datasets(args: argparse.Namespace) -> int:
         on_disk = [str(s) for s in MEDMNIST_SIZES if (root / info.filename(s)).is_file()]
         counts = "/".join(str(info.n_samples[s]) for s in ("train", "val", "test"))
         task = info.task + (" (synthetic)" if info.synthetic else "")
-        print(f"{name:<16}{task:<28}{info.n_channels:>3}{len(info.class_names):>8}  {counts:<20}"
-              f"{','.join(map(str, info.sizes)):<16}{','.join(on_disk) or '-'}")
+        print(
+            f"{name:<16}{task:<28}{info.n_channels:>3}{len(info.class_names):>8}  {counts:<20}"
+            f"{','.join(map(str, info.sizes)):<16}{','.join(on_disk) or '-'}"
+        )
     print("\nfolder: your own images in DIR/train/<class>/ (optional val/, test/): medclassify train --data-dir DIR")
     return 0
 
@@ -397,15 +563,20 @@ def _run_models(args: argparse.Namespace) -> int:
         raise MedclassifyError(f"--size must be from {MODEL_SIZES[0]} to {MODEL_SIZES[1]} pixels, got {args.size}")
     if not 2 <= args.classes <= MAX_CLASSES:
         raise MedclassifyError(f"--classes must be from 2 to {MAX_CLASSES:,}, got {args.classes}")
-    print(f"{'model':<20}{'parameters':>12}  description   ({args.channels} channel(s), {args.classes} classes, {args.size} px)")
+    print(
+        f"{'model':<20}{'parameters':>12}  description   ({args.channels} channel(s), {args.classes} classes, {args.size} px)"
+    )
     for name, entry in available_models().items():
         params = count_parameters(create_model(name, args.channels, args.classes, args.size))
-        print(f"{name:<20}{params:>12,}  {entry.description}" + ("  [--pretrained: ImageNet weights available]" if entry.pretrained else ""))
+        print(
+            f"{name:<20}{params:>12,}  {entry.description}"
+            + ("  [--pretrained: ImageNet weights available]" if entry.pretrained else "")
+        )
     return 0
 
 
 def _run_recipes(args: argparse.Namespace) -> int:
-    from .training.config import available_recipes, load_recipe
+    from .config import available_recipes, load_recipe
 
     for name, path in available_recipes().items():
         comment = " ".join(line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#"))
@@ -418,14 +589,30 @@ def _write_predictions(path: Path, predictions, top: int, describe: str) -> None
     from .io import PROBABILITY_FORMAT, probability_columns, write_csv, write_json
 
     if path.suffix.lower() == ".json":
-        write_json(path, {"model": describe, "predictions": predictions.records(top),
-                          "skipped": [{"file": f, "error": e} for f, e in predictions.skipped]})
+        write_json(
+            path,
+            {
+                "model": describe,
+                "predictions": predictions.records(top),
+                "skipped": [{"file": f, "error": e} for f, e in predictions.skipped],
+            },
+        )
         return
     decided = predictions.operating_point is not None
-    header = ["file", "prediction", "probability", "top", *(["decision"] if decided else [])] + probability_columns(predictions.class_names)
-    rows = ([r["file"], r["prediction"], format(r["probability"], PROBABILITY_FORMAT), "; ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]),
-             *([r["decision"]] if decided else []), *(format(p, PROBABILITY_FORMAT) for p in r["probabilities"].values())]
-            for r in predictions.records(top))
+    header = ["file", "prediction", "probability", "top", *(["decision"] if decided else [])] + probability_columns(
+        predictions.class_names
+    )
+    rows = (
+        [
+            r["file"],
+            r["prediction"],
+            format(r["probability"], PROBABILITY_FORMAT),
+            "; ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]),
+            *([r["decision"]] if decided else []),
+            *(format(p, PROBABILITY_FORMAT) for p in r["probabilities"].values()),
+        ]
+        for r in predictions.records(top)
+    )
     write_csv(path, header, rows)
 
 
@@ -455,17 +642,22 @@ def _run_predict(args: argparse.Namespace) -> int:
     label_width = max(len("prediction"), *map(len, labels))
     point = predictions.operating_point
     if point is not None:
-        print(f"decision: '{point['positive_class']}' when its probability is at least {point['threshold']:.4g} "
-              f"({point['rule']}, chosen on the validation split)", file=sys.stderr)
+        print(
+            f"decision: '{point['positive_class']}' when its probability is at least {point['threshold']:.4g} "
+            f"({point['rule']}, chosen on the validation split)",
+            file=sys.stderr,
+        )
     decisions = [shorten(predictions.decision(i), 40) for i in range(len(predictions))] if point is not None else []
     decision_width = max([len("decision"), *map(len, decisions)]) if decisions else 0
     decision_head = f"{'decision':<{decision_width}}  " if decisions else ""
     print(f"{'file':<{width}}  {'prediction':<{label_width}} {'prob':>6}  {decision_head}top {args.top}")
     for i, name in enumerate(predictions.sources):
-        shown = name if len(name) <= width else "…" + name[-width + 1:]
+        shown = name if len(name) <= width else "…" + name[-width + 1 :]
         top = ", ".join(f"{shorten(c, 40)} {p:.3f}" for c, p in predictions.top(i, args.top))
         decision = f"{decisions[i]:<{decision_width}}  " if decisions else ""
-        print(f"{shown:<{width}}  {labels[i]:<{label_width}} {predictions.probabilities[i].max():>6.3f}  {decision}{top}")
+        print(
+            f"{shown:<{width}}  {labels[i]:<{label_width}} {predictions.probabilities[i].max():>6.3f}  {decision}{top}"
+        )
     if out is not None:
         _write_predictions(out, predictions, args.top, predictor.describe())
         print(f"wrote {out}", file=sys.stderr)
@@ -482,7 +674,9 @@ def _run_explain(args: argparse.Namespace) -> int:
         if args.per_class < 1:
             raise MedclassifyError(f"--per-class must be >= 1, got {args.per_class}")
         if not source.is_dir():
-            raise MedclassifyError(f"{source}: the grid over a split needs the run folder; or name IMAGE files to explain")
+            raise MedclassifyError(
+                f"{source}: the grid over a split needs the run folder; or name IMAGE files to explain"
+            )
         print(f"wrote {explain_split(source, out, args.split, args.per_class, args.layer, args.data_dir, args.device)}")
         return 0
     predictor = Predictor.from_run(source, device=args.device, backend="torch")
@@ -497,8 +691,10 @@ def _run_export(args: argparse.Namespace) -> int:
     from .inference.export import export_model
 
     result = export_model(args.model, args.out, args.format, args.data_dir, args.tolerance)
-    print(f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.2f} MB); largest logit difference to PyTorch "
-          f"{result.max_abs_diff:.2e} over {result.parity_images} images of the {result.parity_data}")
+    print(
+        f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.2f} MB); largest logit difference to PyTorch "
+        f"{result.max_abs_diff:.2e} over {result.parity_images} images of the {result.parity_data}"
+    )
     return 0
 
 
@@ -524,10 +720,21 @@ def _run_serve(args: argparse.Namespace) -> int:
     logger.setLevel(logging.INFO)
     for served in models.values():
         print(f"serving '{served.name}': {served.predictor.describe()}", file=sys.stderr)
-    print(f"web page: http://{args.host}:{args.port}/  API documentation: http://{args.host}:{args.port}/docs", file=sys.stderr)
-    uvicorn.run(create_app(models, settings), host=args.host, port=args.port, access_log=False, log_level="warning",
-                http=header_timeout_protocol(settings.header_timeout), timeout_keep_alive=settings.keep_alive,
-                h11_max_incomplete_event_size=16 * 1024, limit_concurrency=args.max_connections)
+    print(
+        f"web page: http://{args.host}:{args.port}/  API documentation: http://{args.host}:{args.port}/docs",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(models, settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="warning",
+        http=header_timeout_protocol(settings.header_timeout),
+        timeout_keep_alive=settings.keep_alive,
+        h11_max_incomplete_event_size=16 * 1024,
+        limit_concurrency=args.max_connections,
+    )
     return 0
 
 
@@ -543,51 +750,125 @@ GET /health, GET /metrics (Prometheus), GET /docs (OpenAPI). Listens on this mac
 
 # name: (help, epilog, options, run)
 COMMANDS = {
-    "demo": ("train and evaluate the paper's CNN on the bundled synthetic sample (offline, 15-25 s on 2 CPU cores)",
-             "The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n",
-             _add_demo_options, _run_demo),
+    "demo": (
+        "train and evaluate the paper's CNN on the bundled synthetic sample (offline, 15-25 s on 2 CPU cores)",
+        "The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n",
+        _add_demo_options,
+        _run_demo,
+    ),
     "train": ("train a model and evaluate it on the test split", TRAIN_EXAMPLES, _add_train_options, _run_train),
     "evaluate": ("re-evaluate a saved run", EVALUATE_EPILOG, _add_evaluate_options, _run_evaluate),
-    "predict": ("classify new images (PNG, JPEG, BMP, TIFF, DICOM, .npy/.npz) with a run or an exported model",
-                PREDICT_EPILOG, _add_predict_options, _run_predict),
-    "explain": ("Grad-CAM heatmaps for images, or a grid of right and wrong test predictions", EXPLAIN_EPILOG,
-                _add_explain_options, _run_explain),
-    "export": ("export a run's model to ONNX or TorchScript, checked against PyTorch", EXPORT_EPILOG, _add_export_options, _run_export),
-    "calibrate": ("fit temperature scaling on a run's validation split and store it in its bundle", CALIBRATE_EPILOG,
-                  _add_calibrate_options, _run_calibrate),
-    "serve": ("serve models over HTTP: a JSON API and a web page for drag-and-drop prediction with Grad-CAM", SERVE_EPILOG,
-              _add_serve_options, _run_serve),
-    "datasets": ("list the available datasets and which files are on disk",
-                 "example:\n  medclassify datasets --data-dir ~/medmnist\n", _add_datasets_options, _run_datasets),
-    "models": ("list the registered models and their parameter counts",
-               "example:\n  medclassify models --size 64 --channels 1 --classes 11\n", _add_models_options, _run_models),
-    "recipes": ("list the named training recipes (--recipe NAME)",
-                "example:\n  medclassify train --dataset bloodmnist --recipe paper-bn-aug\n", lambda parser: None, _run_recipes),
-    "run": ("run a study (datasets x sizes x models x seeds): results table, figures and report",
-            "examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n"
-            "  medclassify run study.yaml --backend ray --address auto --workers 8   # on a Ray cluster\n\n"
-            "Running the same command again skips complete experiments and resumes an interrupted one.\n",
-            _add_run_options, _run_study),
-    "reproduce": ("run the paper's four experiments (studies/paper.yaml) and write its results section",
-                  "examples:\n  medclassify reproduce --data-dir ~/medmnist\n  medclassify reproduce --seeds 3 --lang zh\n\n"
-                  "BloodMNIST and OrganCMNIST at 28 and 64 px, the paper's CNN and recipe. Missing files are downloaded\n"
-                  "first; when that is impossible it stops before training and lists every missing file.\n",
-                  _add_study_options, _run_study),
+    "predict": (
+        "classify new images (PNG, JPEG, BMP, TIFF, DICOM, .npy/.npz) with a run or an exported model",
+        PREDICT_EPILOG,
+        _add_predict_options,
+        _run_predict,
+    ),
+    "explain": (
+        "Grad-CAM heatmaps for images, or a grid of right and wrong test predictions",
+        EXPLAIN_EPILOG,
+        _add_explain_options,
+        _run_explain,
+    ),
+    "export": (
+        "export a run's model to ONNX or TorchScript, checked against PyTorch",
+        EXPORT_EPILOG,
+        _add_export_options,
+        _run_export,
+    ),
+    "calibrate": (
+        "fit temperature scaling on a run's validation split and store it in its bundle",
+        CALIBRATE_EPILOG,
+        _add_calibrate_options,
+        _run_calibrate,
+    ),
+    "serve": (
+        "serve models over HTTP: a JSON API and a web page for drag-and-drop prediction with Grad-CAM",
+        SERVE_EPILOG,
+        _add_serve_options,
+        _run_serve,
+    ),
+    "datasets": (
+        "list the available datasets and which files are on disk",
+        "example:\n  medclassify datasets --data-dir ~/medmnist\n",
+        _add_datasets_options,
+        _run_datasets,
+    ),
+    "models": (
+        "list the registered models and their parameter counts",
+        "example:\n  medclassify models --size 64 --channels 1 --classes 11\n",
+        _add_models_options,
+        _run_models,
+    ),
+    "recipes": (
+        "list the named training recipes (--recipe NAME)",
+        "example:\n  medclassify train --dataset bloodmnist --recipe paper-bn-aug\n",
+        lambda parser: None,
+        _run_recipes,
+    ),
+    "run": (
+        "run a study (datasets x sizes x models x seeds): results table, figures and report",
+        "examples:\n  medclassify run study.yaml\n  medclassify run study.yaml --seeds 3 --workers 2 --out runs/my-study\n"
+        "  medclassify run study.yaml --backend ray --address auto --workers 8   # on a Ray cluster\n\n"
+        "Running the same command again skips complete experiments and resumes an interrupted one.\n",
+        _add_run_options,
+        _run_study,
+    ),
+    "reproduce": (
+        "run the paper's four experiments (studies/paper.yaml) and write its results section",
+        "examples:\n  medclassify reproduce --data-dir ~/medmnist\n  medclassify reproduce --seeds 3 --lang zh\n\n"
+        "BloodMNIST and OrganCMNIST at 28 and 64 px, the paper's CNN and recipe. Missing files are downloaded\n"
+        "first; when that is impossible it stops before training and lists every missing file.\n",
+        _add_study_options,
+        _run_study,
+    ),
 }
 
 
 def build_parser(only: str | None = None) -> Parser:
     """Every command; with ``only``, the options of that command alone, so that a command such as
     ``predict`` starts without importing what the others need (torch for ``train``'s choices)."""
-    parser = Parser(prog="medclassify", description="Train, evaluate, compare, explain and use CNNs for medical image classification.",
-                    formatter_class=_formatter, epilog=MAIN_EXAMPLES)
+    parser = Parser(
+        prog="medclassify",
+        description="Train, evaluate, compare, explain and use CNNs for medical image classification.",
+        formatter_class=_formatter,
+        epilog=MAIN_EXAMPLES,
+    )
     parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for name, (help_text, epilog, add_options, _) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, epilog=epilog, formatter_class=_formatter)
         if only in (None, name):
             add_options(sub)
+            sub.add_argument("--verbose", action="store_true", help="log more detail")
+            sub.add_argument("--debug", action="store_true", help="show the full traceback behind an error")
     return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (it may be replaced after main())."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """The library logs to ``logging.getLogger("medclassify...")``; the command shows its records on
+    stderr: INFO by default, WARNING with --quiet, DEBUG with --verbose."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logger = logging.getLogger("medclassify")
+    for handler in [h for h in logger.handlers if getattr(h, "medclassify_cli", False)]:
+        logger.removeHandler(handler)  # main() may run more than once in a process (tests, notebooks)
+    handler = _StderrHandler()
+    handler.medclassify_cli = True
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -604,12 +885,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     warnings.showwarning = _one_line_warning
+    _configure_logging(args)
     try:
         code = COMMANDS[args.command][3](args)
         sys.stdout.flush()  # here, so that a reader who left (a closed pipe) is caught below
         return code
     except MedclassifyError as exc:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one message, not one per process
+            if args.debug:
+                traceback.print_exc(file=sys.stderr)
             print(f"medclassify {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. 'medclassify datasets | head': the reader left, which is not an error of ours

@@ -26,8 +26,8 @@ class TrainingDiverged(MedclassifyError):
     """The loss or the model's outputs stopped being finite numbers."""
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's first message line (at most ``limit`` characters), or its type when it has no
+def first_line(exc: object, limit: int = 200) -> str:
+    """An exception's (or a reason's) first message line (at most ``limit`` characters), or its type when it has no
     message: what a one-line error may quote of a library's long or multi-line message."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__

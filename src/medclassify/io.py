@@ -11,10 +11,11 @@ import os
 import socket
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import OutputError
 
@@ -99,21 +100,34 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
     created = not folder.exists()
     make_folder(folder)
     path = folder / LOCK_NAME
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
             holder = _holder(path)
-            if holder.get("host") == record["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                warnings.warn(f"{path}: removing the lock of PID {holder['pid']} ({holder.get('command')}), which no longer runs", stacklevel=3)
+            if (
+                holder.get("host") == record["host"]
+                and isinstance(holder.get("pid"), int)
+                and not _alive(holder["pid"])
+            ):
+                warnings.warn(
+                    f"{path}: removing the lock of PID {holder['pid']} ({holder.get('command')}), which no longer runs",
+                    stacklevel=3,
+                )
                 path.unlink(missing_ok=True)
                 continue
             who = f"{holder.get('command', 'medclassify')} PID {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
-            raise OutputError(f"{folder} is in use by another medclassify process ({who}); wait for it to finish, "
-                              f"or delete {path} if that process is gone") from None
+            raise OutputError(
+                f"{folder} is in use by another medclassify process ({who}); wait for it to finish, "
+                f"or delete {path} if that process is gone"
+            ) from None
         except OSError as exc:
             raise cannot_write(path, exc) from None
     else:
@@ -146,11 +160,10 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def file_md5(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

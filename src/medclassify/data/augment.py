@@ -15,8 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENT_CHOICES = ("none", "light", "strong")
-
 # preset -> (max rotation in degrees for "mirror-x"/"fixed" data, max shift as a share of the side)
 LIMITS = {"light": (10.0, 0.08), "strong": (15.0, 0.12)}
 
@@ -49,10 +47,13 @@ class BatchAugment:
         zoom = _uniform(n, 0.8, 1.0, g, device) if self.preset == "strong" else torch.ones(n, device=device)
         shift = _uniform(2 * n, -max_shift, max_shift, g, device).view(n, 2) * 2  # grid units span 2
         cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-        theta = torch.stack([
-            torch.stack([cos * scale_x, -sin * scale_y, shift[:, 0]], dim=1),
-            torch.stack([sin * scale_x, cos * scale_y, shift[:, 1]], dim=1),
-        ], dim=1)
+        theta = torch.stack(
+            [
+                torch.stack([cos * scale_x, -sin * scale_y, shift[:, 0]], dim=1),
+                torch.stack([sin * scale_x, cos * scale_y, shift[:, 1]], dim=1),
+            ],
+            dim=1,
+        )
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.preset == "strong":

@@ -3,65 +3,96 @@ own metadata) and the synthetic sample that ships with medclassify."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from medmnist.info import INFO
-
 from ..errors import ConfigError
+from ..tasks import Task
+
+
+@functools.cache
+def medmnist_info() -> dict:
+    """medmnist's ``INFO`` table (names, tasks, labels, licences, URLs and MD5 sums), read from its
+    ``info`` module alone: importing the package runs its ``__init__``, which imports torch and
+    scikit-learn, and listing the datasets should not wait for them."""
+    spec = importlib.util.find_spec("medmnist")
+    path = Path(spec.submodule_search_locations[0]) / "info.py"
+    info_spec = importlib.util.spec_from_file_location("_medmnist_info", path)
+    module = importlib.util.module_from_spec(info_spec)
+    info_spec.loader.exec_module(module)
+    return module.INFO
+
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SYNTHETIC_NAME = "synthcells"
 FOLDER_NAME = "folder"
 
-MULTI_LABEL = "multi-label, binary-class"
-BINARY = "binary-class"
 
 # Which geometric transforms keep a label true ("free": any flip or rotation; "mirror-x": left-right
 # mirroring and small rotations; "fixed": small rotations and shifts only). medmnist.INFO does not
 # say this, so it is medclassify's metadata, by imaging modality:
 ORIENTATION = {
     # microscopy, histology, dermatoscopy, fundus: no canonical orientation
-    "pathmnist": "free", "dermamnist": "free", "bloodmnist": "free", "tissuemnist": "free", "retinamnist": "free",
+    "pathmnist": "free",
+    "dermamnist": "free",
+    "bloodmnist": "free",
+    "tissuemnist": "free",
+    "retinamnist": "free",
     # OCT and ultrasound B-scans: depth runs downwards, left-right mirroring is harmless
-    "octmnist": "mirror-x", "breastmnist": "mirror-x",
+    "octmnist": "mirror-x",
+    "breastmnist": "mirror-x",
     # chest X-rays keep their orientation; abdominal CT has left/right organs (kidney, femur, lung)
-    "chestmnist": "fixed", "pneumoniamnist": "fixed", "organamnist": "fixed", "organcmnist": "fixed", "organsmnist": "fixed",
+    "chestmnist": "fixed",
+    "pneumoniamnist": "fixed",
+    "organamnist": "fixed",
+    "organcmnist": "fixed",
+    "organsmnist": "fixed",
 }
 ORIENTATIONS = ("free", "mirror-x", "fixed")
+# Training presets over these data, named here (no torch needed) so that option lists cost nothing.
+AUGMENT_CHOICES = ("none", "light", "strong")
+NORMALIZE_CHOICES = ("dataset", "half", "none")
 
 # The paper each dataset's images come from, as MedMNIST v2 (Yang et al., Scientific Data 2023)
 # credits them; medmnist.INFO has descriptions and licences but not these.
-_KERMANY = ("D. S. Kermany et al., Identifying medical diagnoses and treatable diseases by image-based deep learning, "
-            "Cell 172(5), 1122-1131 (2018)")
-_ORGAN = ("P. Bilic et al., The Liver Tumor Segmentation Benchmark (LiTS), Medical Image Analysis 84, 102680 (2023); "
-          "X. Xu et al., Efficient multiple organ localization in CT image using 3D region proposal network, "
-          "IEEE Transactions on Medical Imaging 38(8), 1885-1898 (2019)")
+_KERMANY = (
+    "D. S. Kermany et al., Identifying medical diagnoses and treatable diseases by image-based deep learning, "
+    "Cell 172(5), 1122-1131 (2018)"
+)
+_ORGAN = (
+    "P. Bilic et al., The Liver Tumor Segmentation Benchmark (LiTS), Medical Image Analysis 84, 102680 (2023); "
+    "X. Xu et al., Efficient multiple organ localization in CT image using 3D region proposal network, "
+    "IEEE Transactions on Medical Imaging 38(8), 1885-1898 (2019)"
+)
 SOURCE_PAPERS = {
     "pathmnist": "J. N. Kather et al., Predicting survival from colorectal cancer histology slides using deep learning: "
-                 "a retrospective multicenter study, PLOS Medicine 16(1), e1002730 (2019)",
+    "a retrospective multicenter study, PLOS Medicine 16(1), e1002730 (2019)",
     "chestmnist": "X. Wang et al., ChestX-ray8: hospital-scale chest X-ray database and benchmarks on weakly-supervised "
-                  "classification and localization of common thorax diseases, CVPR 2017",
+    "classification and localization of common thorax diseases, CVPR 2017",
     "dermamnist": "P. Tschandl, C. Rosendahl, H. Kittler, The HAM10000 dataset, Scientific Data 5, 180161 (2018); "
-                  "N. Codella et al., Skin lesion analysis toward melanoma detection 2018, arXiv:1902.03368",
+    "N. Codella et al., Skin lesion analysis toward melanoma detection 2018, arXiv:1902.03368",
     "octmnist": _KERMANY,
     "pneumoniamnist": _KERMANY,
     "retinamnist": "R. Liu et al., DeepDRiD: diabetic retinopathy - grading and image quality estimation challenge, "
-                   "Patterns 3(6), 100512 (2022)",
+    "Patterns 3(6), 100512 (2022)",
     "breastmnist": "W. Al-Dhabyani et al., Dataset of breast ultrasound images, Data in Brief 28, 104863 (2020)",
     "bloodmnist": "A. Acevedo et al., A dataset of microscopic peripheral blood cell images for development of automatic "
-                  "recognition systems, Data in Brief 30, 105474 (2020)",
+    "recognition systems, Data in Brief 30, 105474 (2020)",
     "tissuemnist": "V. Ljosa, K. L. Sokolnicki, A. E. Carpenter, Annotated high-throughput microscopy image sets for "
-                   "validation, Nature Methods 9(7), 637 (2012)",
-    "organamnist": _ORGAN, "organcmnist": _ORGAN, "organsmnist": _ORGAN,
+    "validation, Nature Methods 9(7), 637 (2012)",
+    "organamnist": _ORGAN,
+    "organcmnist": _ORGAN,
+    "organsmnist": _ORGAN,
 }
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    task: str
+    task: Task
     n_channels: int
     class_names: tuple[str, ...]
     sizes: tuple[int, ...]
@@ -79,20 +110,20 @@ class DatasetInfo:
     def url(self, size: int) -> str | None:
         if self.synthetic:
             return None
-        return INFO[self.name]["url" if size == 28 else f"url_{size}"]
+        return medmnist_info()[self.name]["url" if size == 28 else f"url_{size}"]
 
     def md5(self, size: int) -> str | None:
         if self.synthetic:
             return None
-        return INFO[self.name]["MD5" if size == 28 else f"MD5_{size}"]
+        return medmnist_info()[self.name]["MD5" if size == 28 else f"MD5_{size}"]
 
 
 def _from_medmnist(flag: str) -> DatasetInfo:
-    meta = INFO[flag]
+    meta = medmnist_info()[flag]
     labels = meta["label"]
     return DatasetInfo(
         name=flag,
-        task=meta["task"],
+        task=Task(meta["task"]),
         n_channels=int(meta["n_channels"]),
         class_names=tuple(labels[str(i)] for i in range(len(labels))),
         sizes=MEDMNIST_SIZES,
@@ -106,7 +137,7 @@ def _from_medmnist(flag: str) -> DatasetInfo:
 
 SYNTHCELLS = DatasetInfo(
     name=SYNTHETIC_NAME,
-    task="multi-class",
+    task=Task.MULTI_CLASS,
     n_channels=3,
     class_names=("small dark cell", "large pale cell", "bilobed cell", "ring cell"),
     sizes=MEDMNIST_SIZES,
@@ -122,7 +153,7 @@ SYNTHCELLS = DatasetInfo(
 
 def medmnist_2d_flags() -> list[str]:
     """2D datasets of the collection, in the ``medmnist`` package's order (3D flags end in ``3d``)."""
-    return [flag for flag in INFO if not flag.endswith("3d")]
+    return [flag for flag in medmnist_info() if not flag.endswith("3d")]
 
 
 def dataset_catalog() -> dict[str, DatasetInfo]:

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
+from ..tasks import Task
 from .images import pil_to_rgb, resize_rgb, to_channels
 from .memory import LoadedDataset, Split
 
@@ -60,10 +61,14 @@ def load_folder_dataset(
     root = Path(root)
     train_dir = root / "train"
     if not train_dir.is_dir():
-        raise DataError(f"{root}: no 'train' folder; expected {root}/train/<class>/ images (and optionally val/, test/)")
+        raise DataError(
+            f"{root}: no 'train' folder; expected {root}/train/<class>/ images (and optionally val/, test/)"
+        )
     class_names = [p.name for p in _class_dirs(train_dir)]
     if len(class_names) < 2:
-        raise DataError(f"{train_dir}: found {len(class_names)} class folder(s); expected one sub-folder per class, at least 2")
+        raise DataError(
+            f"{train_dir}: found {len(class_names)} class folder(s); expected one sub-folder per class, at least 2"
+        )
     for split in ("val", "test"):
         if (root / split).is_dir():
             extra = sorted({p.name for p in _class_dirs(root / split)} - set(class_names))
@@ -107,7 +112,7 @@ def load_folder_dataset(
     digest = hashlib.md5("\n".join(f"{rel}\t{md5}" for rel, md5 in listing).encode()).hexdigest()
     return LoadedDataset(
         name=root.name or "folder",
-        task="binary-class" if len(class_names) == 2 else "multi-class",
+        task=Task.BINARY if len(class_names) == 2 else Task.MULTI_CLASS,
         class_names=class_names,
         channels=channels,
         size=size,
@@ -134,7 +139,9 @@ def _stratified_split(files: dict, val_fraction: float, test_fraction: float, se
             continue
         share = fraction * total / len(train)  # fractions are of the whole train folder
         try:
-            train, held_out = train_test_split(train, test_size=share, stratify=[l for _, l in train], random_state=seed)
+            train, held_out = train_test_split(
+                train, test_size=share, stratify=[label for _, label in train], random_state=seed
+            )
         except ValueError as exc:
             raise DataError(f"cannot make a stratified {split} split from the train folder: {exc}") from None
         files[split] = sorted(held_out, key=lambda item: str(item[0]))

@@ -38,7 +38,13 @@ PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 ARRAY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = PILLOW_SUFFIXES + DICOM_SUFFIXES + ARRAY_SUFFIXES
-MAGIC_NUMBERS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+MAGIC_NUMBERS = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -86,6 +92,14 @@ def scale_to_uint8(array: np.ndarray) -> np.ndarray:
     return np.rint((array - low) / (span if span > 0 else 1.0) * 255.0).astype(np.uint8)
 
 
+def normalise_pixels(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 N x C x H x W -> a model's float32 input ``(x / 255 - mean) / std`` per channel, in
+    NumPy (no torch needed)."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
 def pil_to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
     """An opened Pillow image as 8-bit RGB, and whether it was grey."""
     grey = image.mode in GREY_MODES
@@ -101,12 +115,6 @@ def _rgb(array: np.ndarray) -> np.ndarray:
     if array.shape[2] == 1:
         return np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[:, :, :3])
-
-
-def dicom_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """DICOM's LINEAR VOI function (PS3.3 C.11.2.1.2.1) with an output range of 0-255."""
-    scaled = ((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5) * 255.0
-    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
 def _first(value) -> float:
@@ -127,14 +135,27 @@ def _dicom_header(fp: BinaryIO, name: str | Path):
 
     try:
         read_preamble(fp, False)
-        meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag >> 16 != 2)
+        meta = read_dataset(
+            fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag >> 16 != 2
+        )
         syntax = str(meta.get("TransferSyntaxUID", ""))
         if syntax == DEFLATED_DICOM:
-            raise ImageTooLarge(f"{name}: a Deflate-compressed DICOM data set (transfer syntax {DEFLATED_DICOM}) is not accepted, "
-                                "since its size is unknown until it is inflated; store it uncompressed or with compressed pixel data")
+            raise ImageTooLarge(
+                f"{name}: a Deflate-compressed DICOM data set (transfer syntax {DEFLATED_DICOM}) is not accepted, "
+                "since its size is unknown until it is inflated; store it uncompressed or with compressed pixel data"
+            )
         fp.seek(0)
         return pydicom.dcmread(fp, defer_size=DICOM_DEFER_BYTES)
-    except (InvalidDicomError, AttributeError, ValueError, OSError, NotImplementedError, KeyError, TypeError, EOFError) as exc:
+    except (
+        InvalidDicomError,
+        AttributeError,
+        ValueError,
+        OSError,
+        NotImplementedError,
+        KeyError,
+        TypeError,
+        EOFError,
+    ) as exc:
         raise DataError(f"{name}: not a readable DICOM image ({first_line(exc)})") from None
 
 
@@ -147,7 +168,9 @@ def _dicom_pixel_count(ds, name: str | Path, max_pixels: int | None) -> int:
     except (AttributeError, TypeError, ValueError) as exc:
         raise DataError(f"{name}: not a readable DICOM image (no valid Rows/Columns: {first_line(exc)})") from None
     if min(rows, columns, frames) < 1 or samples not in (1, 3):
-        raise DataError(f"{name}: not a readable DICOM image ({frames} frame(s) of {columns} x {rows} pixels, {samples} samples per pixel)")
+        raise DataError(
+            f"{name}: not a readable DICOM image ({frames} frame(s) of {columns} x {rows} pixels, {samples} samples per pixel)"
+        )
     _check_pixels(name, rows * columns * frames, max_pixels, f"{frames} frame(s) of {columns} x {rows} pixels")
     return rows * columns * frames
 
@@ -157,13 +180,31 @@ def _check_pixels(name: str | Path, count: int, max_pixels: int | None, what: st
         raise ImageTooLarge(f"{name}: {what} exceed the limit of {max_pixels:,} pixels")
 
 
-def _finite_window(ds, name: str | Path) -> tuple[float, float] | None:
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+def _finite_window(ds, name: str | Path) -> None:
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        if not (math.isfinite(center) and math.isfinite(width)):
+            raise DataError(f"{name}: Window Center/Width ({center}, {width}) are not finite numbers")
+
+
+def dicom_voi(values: np.ndarray, ds, name: str | Path) -> np.ndarray | None:
+    """The data set's first VOI transform, by pydicom's ``apply_voi_lut`` (a VOI LUT Sequence, else
+    Window Center/Width with its VOI LUT Function: LINEAR, LINEAR_EXACT or SIGMOID), mapped from
+    its output range to 0-255; None when the file has neither."""
+    from pydicom.pixels import apply_voi_lut
+
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        low, high = 0.0, 2.0 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1.0
+        # a LUT is indexed by whole input values (stored values through the modality LUT)
+        out = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0, prefer_lut=True).astype(np.float64)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        _finite_window(ds, name)
+        with np.errstate(over="ignore"):  # the sigmoid's far tails: exp overflows to its limit, as meant
+            low, high = apply_voi_lut(np.array([-1e30, 1e30]), ds, index=0, prefer_lut=False)  # the output range
+        out = apply_voi_lut(values, ds, index=0, prefer_lut=False).astype(np.float64)
+    else:
         return None
-    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-    if not (math.isfinite(center) and math.isfinite(width)):
-        raise DataError(f"{name}: Window Center/Width ({center}, {width}) are not finite numbers")
-    return center, width
+    return np.rint(np.clip((out - low) / max(high - low, 1e-12) * 255.0, 0.0, 255.0)).astype(np.uint8)
 
 
 def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = MAX_PIXELS) -> list[SourceImage]:
@@ -181,8 +222,9 @@ def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None
                 values = apply_modality_lut(pixels, ds).astype(np.float64)
                 if not np.isfinite(values).all():
                     raise DataError(f"{name}: the modality LUT (Rescale Slope/Intercept) gives NaN or infinite values")
-                window = _finite_window(ds, name)
-                grey = dicom_window(values, *window) if window else np.stack([scale_to_uint8(frame) for frame in values])
+                grey = dicom_voi(values, ds, name)
+                if grey is None:
+                    grey = np.stack([scale_to_uint8(frame) for frame in values])
                 if photometric == "MONOCHROME1":
                     grey = 255 - grey
                 arrays, is_grey = [_rgb(frame) for frame in grey], True
@@ -193,22 +235,31 @@ def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None
                 arrays, is_grey = [_rgb(scale_to_uint8(frame)) for frame in pixels], False
         except DataError:
             raise
-        except (AttributeError, ValueError, RuntimeError, OSError, NotImplementedError, KeyError, TypeError, MemoryError) as exc:
+        except (
+            AttributeError,
+            ValueError,
+            RuntimeError,
+            OSError,
+            NotImplementedError,
+            KeyError,
+            TypeError,
+            MemoryError,
+        ) as exc:
             raise DataError(f"{name}: not a readable DICOM image ({first_line(exc)})") from None
     return _named(name, arrays, is_grey)
 
 
 def array_images(name: str | Path, array: np.ndarray) -> list[SourceImage]:
     """H x W, H x W x C, N x H x W, N x H x W x C or N x C x H x W (C = 1, 3 or 4)."""
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[None]
-    elif array.ndim == 2:
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4) or array.ndim == 2:
         array = array[None]
     if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4):
         array = array.transpose(0, 2, 3, 1)
     if array.ndim not in (3, 4) or min(array.shape[1:3]) < 1 or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
-        raise DataError(f"{name}: array of shape {array.shape} is not an image or a stack of images "
-                        "(expected H x W, H x W x C, N x H x W or N x H x W x C with C = 1, 3 or 4)")
+        raise DataError(
+            f"{name}: array of shape {array.shape} is not an image or a stack of images "
+            "(expected H x W, H x W x C, N x H x W or N x H x W x C with C = 1, 3 or 4)"
+        )
     if array.dtype.kind not in "uif":
         raise DataError(f"{name}: array of dtype {array.dtype} is not pixel data")
     grey = array.ndim == 3 or array.shape[3] == 1
@@ -238,7 +289,9 @@ def npz_member_header(archive: zipfile.ZipFile, key: str, name: str | Path) -> t
         stored = info.file_size - member.tell()
     declared = math.prod(shape) * dtype.itemsize
     if declared != stored:
-        raise DataError(f"{name}: '{key}' declares shape {tuple(shape)} ({declared:,} bytes) but the file stores {stored:,} bytes for it")
+        raise DataError(
+            f"{name}: '{key}' declares shape {tuple(shape)} ({declared:,} bytes) but the file stores {stored:,} bytes for it"
+        )
     return shape, dtype
 
 
@@ -246,7 +299,12 @@ def check_array_size(name: str | Path, shape: tuple[int, ...], max_pixels: int |
     """Refuse an array from its header alone: more than ``max_pixels`` values per channel (4
     channels at most)."""
     count = math.prod(shape)
-    _check_pixels(name, count, None if max_pixels is None else 4 * max_pixels, f"the {count:,} values of an array of shape {tuple(shape)}")
+    _check_pixels(
+        name,
+        count,
+        None if max_pixels is None else 4 * max_pixels,
+        f"the {count:,} values of an array of shape {tuple(shape)}",
+    )
 
 
 def read_array_file(path: Path, max_pixels: int | None = MAX_PIXELS) -> list[SourceImage]:
@@ -261,9 +319,19 @@ def read_array_file(path: Path, max_pixels: int | None = MAX_PIXELS) -> list[Sou
             return array_images(path, np.load(path, allow_pickle=False))
         with zipfile.ZipFile(path) as archive:
             keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
-            key = "images" if "images" in keys else "test_images" if "test_images" in keys else keys[0] if len(keys) == 1 else None
+            key = (
+                "images"
+                if "images" in keys
+                else "test_images"
+                if "test_images" in keys
+                else keys[0]
+                if len(keys) == 1
+                else None
+            )
             if key is None:
-                raise DataError(f"{path}: holds arrays {', '.join(keys) or '(none)'}; expected one array, or one named 'images' or 'test_images'")
+                raise DataError(
+                    f"{path}: holds arrays {', '.join(keys) or '(none)'}; expected one array, or one named 'images' or 'test_images'"
+                )
             shape, _ = npz_member_header(archive, key, path)
             check_array_size(path, shape, max_pixels)
         with np.load(path, allow_pickle=False) as loaded:
@@ -275,7 +343,9 @@ def read_array_file(path: Path, max_pixels: int | None = MAX_PIXELS) -> list[Sou
     return array_images(path, array)
 
 
-def _pillow_open(source: Path | BinaryIO, name: str | Path, formats: tuple[str, ...] | None, max_pixels: int | None = MAX_PIXELS):
+def _pillow_open(
+    source: Path | BinaryIO, name: str | Path, formats: tuple[str, ...] | None, max_pixels: int | None = MAX_PIXELS
+):
     try:
         return Image.open(source, formats=formats)
     except UnidentifiedImageError:
@@ -289,8 +359,13 @@ def _pillow_open(source: Path | BinaryIO, name: str | Path, formats: tuple[str, 
         raise DataError(f"{name}: not a readable image ({first_line(exc)})") from None
 
 
-def read_pillow(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = MAX_PIXELS,
-                formats: tuple[str, ...] | None = None, draft_side: int | None = None) -> list[SourceImage]:
+def read_pillow(
+    source: Path | BinaryIO,
+    name: str | Path,
+    max_pixels: int | None = MAX_PIXELS,
+    formats: tuple[str, ...] | None = None,
+    draft_side: int | None = None,
+) -> list[SourceImage]:
     """The first frame of a Pillow-readable image; ``formats`` restricts the decoders tried;
     ``draft_side``: JPEGs are decoded at a reduced scale that keeps both sides at least this long."""
     with _pillow_open(source, name, formats, max_pixels) as image:
@@ -362,7 +437,9 @@ def image_bytes_pixels(data: bytes, name: str, max_pixels: int | None = MAX_PIXE
         return image.width * image.height
 
 
-def read_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_PIXELS, draft_side: int | None = None) -> list[SourceImage]:
+def read_image_bytes(
+    data: bytes, name: str, max_pixels: int | None = MAX_PIXELS, draft_side: int | None = None
+) -> list[SourceImage]:
     """An uploaded PNG, JPEG, TIFF, BMP or DICOM file, recognised by its content. Raises
     :class:`UnsupportedImage` for any other content, :class:`ImageTooLarge` above ``max_pixels``
     (or a data set refused for its size) and :class:`DataError` for a corrupt file."""
@@ -377,7 +454,11 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            found += sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
         else:
             found.append(item)
     return found

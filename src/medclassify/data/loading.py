@@ -39,9 +39,10 @@ def load_dataset(
     loaded.orientation = info.orientation
     if channels is not None and channels != loaded.channels:
         if loaded.channels != 1:
-            raise ConfigError(f"--channels {channels}: {dataset} has {loaded.channels} channels; only grey data can be expanded to 3")
+            raise ConfigError(
+                f"--channels {channels}: {dataset} has {loaded.channels} channels; only grey data can be expanded to 3"
+            )
         for split in loaded.splits.values():
             split.images = split.images.expand(-1, channels, -1, -1).contiguous()
         loaded.channels = channels
     return loaded
-

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from .catalog import MULTI_LABEL
+from ..tasks import Task
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Split:
 @dataclass
 class LoadedDataset:
     name: str
-    task: str
+    task: Task
     class_names: list[str]
     channels: int
     size: int
@@ -34,7 +34,7 @@ class LoadedDataset:
 
     @property
     def multi_label(self) -> bool:
-        return self.task == MULTI_LABEL
+        return self.task == Task.MULTI_LABEL
 
     @property
     def num_classes(self) -> int:
@@ -65,9 +65,6 @@ class Normalization:
         std = torch.tensor(self.std, device=images.device).view(1, channels, 1, 1)
         mean = torch.tensor(self.mean, device=images.device).view(1, channels, 1, 1)
         return (images - mean) / std
-
-
-NORMALIZE_CHOICES = ("dataset", "half", "none")
 
 
 def compute_normalization(images: torch.Tensor, mode: str, chunk: int = 4096) -> Normalization:
@@ -143,7 +140,9 @@ class BatchLoader:
         if self.sampler is not None:
             order = torch.tensor(list(self.sampler), dtype=torch.int64)
         elif self.sample_weights is not None:
-            order = torch.tensor(list(WeightedRandomSampler(self.sample_weights, n, replacement=True, generator=self.generator)))
+            order = torch.tensor(
+                list(WeightedRandomSampler(self.sample_weights, n, replacement=True, generator=self.generator))
+            )
         elif self.shuffle:
             order = torch.randperm(n, generator=self.generator)
         else:

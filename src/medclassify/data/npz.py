@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..io import file_md5, make_folder
-from .catalog import MULTI_LABEL, DatasetInfo
+from ..tasks import Task
+from .catalog import DatasetInfo
 from .images import npz_member_header
 from .memory import LoadedDataset, Split
 
@@ -39,7 +40,7 @@ def download(info: DatasetInfo, size: int, data_dir: Path) -> Path:
             try:
                 download_url(info.url(size), tmp, info.filename(size), md5=info.md5(size))
             except Exception as exc:  # network errors come as URLError, OSError or RuntimeError
-                reason = str(getattr(exc, "reason", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = first_line(getattr(exc, "reason", exc))
                 raise DataError(missing_file_message(info, size, data_dir, reason)) from None
             shutil.move(str(Path(tmp) / info.filename(size)), target)
     except BaseException:
@@ -89,18 +90,18 @@ def _to_labels(labels: np.ndarray, path: Path, key: str, n: int, info: DatasetIn
     n_classes = len(info.class_names)
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: '{key}' has dtype {labels.dtype}; expected integer labels")
-    width = n_classes if info.task == MULTI_LABEL else 1
+    width = n_classes if info.task == Task.MULTI_LABEL else 1
     if labels.ndim == 1 and width == 1:
         labels = labels[:, None]
     if labels.shape != (n, width):
         raise DataError(f"{path}: '{key}' has shape {labels.shape}; expected ({n}, {width})")
-    high = 1 if info.task == MULTI_LABEL else n_classes - 1
+    high = 1 if info.task == Task.MULTI_LABEL else n_classes - 1
     if labels.size and (labels.min() < 0 or labels.max() > high):
         raise DataError(
             f"{path}: '{key}' holds labels from {labels.min()} to {labels.max()}; "
             f"expected 0..{high} ({n_classes} classes)"
         )
-    if info.task == MULTI_LABEL:
+    if info.task == Task.MULTI_LABEL:
         return torch.from_numpy(labels.astype(np.float32))
     return torch.from_numpy(labels[:, 0].astype(np.int64))
 

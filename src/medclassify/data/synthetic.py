@@ -43,9 +43,7 @@ def _draw(label: int, grid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     elif label == 2:
         angle, offset, radius = rng.uniform(0, np.pi), rng.uniform(0.10, 0.15), rng.uniform(0.12, 0.17)
         dy, dx = offset * np.sin(angle), offset * np.cos(angle)
-        mask = np.maximum(
-            _disk(yy, xx, cy + dy, cx + dx, radius, side), _disk(yy, xx, cy - dy, cx - dx, radius, side)
-        )
+        mask = np.maximum(_disk(yy, xx, cy + dy, cx + dx, radius, side), _disk(yy, xx, cy - dy, cx - dx, radius, side))
     else:
         outer = rng.uniform(0.22, 0.32)
         mask = _disk(yy, xx, cy, cx, outer, side) - _disk(yy, xx, cy, cx, outer - rng.uniform(0.05, 0.12), side)
@@ -74,7 +72,6 @@ def ensure_synthcells(data_dir: Path, size: int) -> Path:
     """Write ``synthcells[_SIZE].npz`` into ``data_dir`` unless it is already there."""
     path = Path(data_dir) / SYNTHCELLS.filename(size)
     if not path.is_file():
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **generate_synthcells(size))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **generate_synthcells(size))
     return path

@@ -39,9 +39,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-MULTI_LABEL = "multi-label, binary-class"
-BINARY = "binary-class"
-ORDINAL = "ordinal-regression"
+from ..tasks import Task
+
 THRESHOLD = 0.5
 ECE_BINS = 15
 CALIBRATION_METRICS = ("brier", "nll", "ece", "classwise_ece", "balanced_acc", "mcc", "kappa")
@@ -50,9 +49,9 @@ CALIBRATION_METRICS = ("brier", "nll", "ece", "classwise_ece", "balanced_acc", "
 def predicted_labels(y_score: np.ndarray, task: str) -> np.ndarray:
     """Class decisions as MedMNIST makes them."""
     y_score = np.asarray(y_score)
-    if task == MULTI_LABEL:
+    if task == Task.MULTI_LABEL:
         return (y_score > THRESHOLD).astype(int)
-    if task == BINARY:
+    if task == Task.BINARY:
         return (y_score[:, -1] > THRESHOLD).astype(int)
     return y_score.argmax(axis=1)
 
@@ -65,9 +64,9 @@ def _auc(y_true_binary: np.ndarray, score: np.ndarray) -> float:
 
 
 def per_class_auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> list[float]:
-    if task == MULTI_LABEL:
+    if task == Task.MULTI_LABEL:
         return [_auc(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]
-    if task == BINARY:
+    if task == Task.BINARY:
         return [_auc(y_true == 1, y_score[:, -1])]
     return [_auc(y_true == i, y_score[:, i]) for i in range(y_score.shape[1])]
 
@@ -80,14 +79,14 @@ def auc_score(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
 
 def accuracy(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     y_true, y_pred = np.asarray(y_true), predicted_labels(y_score, task)
-    if task == MULTI_LABEL:
+    if task == Task.MULTI_LABEL:
         return float(np.mean([accuracy_score(y_true[:, i], y_pred[:, i]) for i in range(y_true.shape[1])]))
     return float(accuracy_score(y_true, y_pred))
 
 
 def macro_f1(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     y_pred = predicted_labels(y_score, task)
-    labels = None if task == MULTI_LABEL else list(range(np.asarray(y_score).shape[1]))
+    labels = None if task == Task.MULTI_LABEL else list(range(np.asarray(y_score).shape[1]))
     return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
 
 
@@ -119,7 +118,7 @@ def calibration_metrics(y_true: np.ndarray, y_score: np.ndarray, task: str) -> d
     """Brier score, NLL, ECE, class-wise ECE, balanced accuracy, Matthews correlation and Cohen's
     kappa (see the module's description for each definition)."""
     y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
-    if task == MULTI_LABEL:
+    if task == Task.MULTI_LABEL:
         per_label = [_binary_scores(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]
         result = {key: float(np.nanmean([r[key] for r in per_label])) for key in per_label[0]}
         return {**result, "classwise_ece": result["ece"]}
@@ -128,13 +127,21 @@ def calibration_metrics(y_true: np.ndarray, y_score: np.ndarray, task: str) -> d
     onehot = np.eye(k)[y_true]
     result = {
         # computed directly (= brier_score_loss, tested): float32 rows sum to 1 only within rounding
-        "brier": float(np.mean((y_score[:, -1] - y_true) ** 2)) if task == BINARY else float(np.mean(((y_score - onehot) ** 2).sum(axis=1))),
-        "nll": float(-np.mean(np.log(np.clip(y_score[np.arange(len(y_true)), y_true], 1e-15, 1.0)))),  # = log_loss (tested)
+        "brier": float(np.mean((y_score[:, -1] - y_true) ** 2))
+        if task == Task.BINARY
+        else float(np.mean(((y_score - onehot) ** 2).sum(axis=1))),
+        "nll": float(
+            -np.mean(np.log(np.clip(y_score[np.arange(len(y_true)), y_true], 1e-15, 1.0)))
+        ),  # = log_loss (tested)
         "ece": calibration_error(y_score[np.arange(len(y_pred)), y_pred], y_pred == y_true),
         "classwise_ece": float(np.mean([calibration_error(y_score[:, c], onehot[:, c] == 1) for c in range(k)])),
         "balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
         "mcc": float(matthews_corrcoef(y_true, y_pred)),
-        "kappa": float(cohen_kappa_score(y_true, y_pred, labels=list(range(k)), weights="quadratic" if task == ORDINAL else None)),
+        "kappa": float(
+            cohen_kappa_score(
+                y_true, y_pred, labels=list(range(k)), weights="quadratic" if task == Task.ORDINAL else None
+            )
+        ),
     }
     return result
 
@@ -152,7 +159,9 @@ def classification_metrics(
     names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
     y_pred = predicted_labels(y_score, task)
     # per class by position, not by name: a class may be called 'accuracy' or 'macro avg'
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=list(range(n_classes)), zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(n_classes)), zero_division=0
+    )
     aucs = per_class_auc(y_true, y_score, task)
     result = {
         "n": int(y_true.shape[0]),
@@ -165,18 +174,18 @@ def classification_metrics(
                 "recall": float(recall[i]),
                 "f1": float(f1[i]),
                 "support": int(support[i]),
-                **({"auc": aucs[i]} if task != BINARY else {}),
+                **({"auc": aucs[i]} if task != Task.BINARY else {}),
             }
             for i, name in enumerate(names)
         },
     }
-    if task == MULTI_LABEL:
+    if task == Task.MULTI_LABEL:
         result["confusion_matrix"] = multilabel_confusion_matrix(y_true, y_pred).tolist()
     else:
         matrix = confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
         result["confusion_matrix"] = matrix.tolist()
     result.update(calibration_metrics(y_true, y_score, task))
-    if task == BINARY:
+    if task == Task.BINARY:
         tn, fp, fn, tp = matrix.ravel()
         result["sensitivity"] = float(tp / (tp + fn)) if tp + fn else math.nan
         result["specificity"] = float(tn / (tn + fp)) if tn + fp else math.nan

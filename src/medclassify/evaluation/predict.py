@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..data import BatchLoader, Normalization, Split, tta_views
+from ..runtime.distributed import gather, merge_shards, shard
 
 
 def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -36,22 +37,31 @@ def predict_split(
         loss_sum += criterion(logits[0], targets).item() * len(targets)
         count += len(targets)
         labels.append(targets.cpu())
-        probs.append(torch.stack([probabilities(l, multi_label) for l in logits]).mean(0).cpu())
+        probs.append(torch.stack([probabilities(view_logits, multi_label) for view_logits in logits]).mean(0).cpu())
     return torch.cat(labels).numpy(), torch.cat(probs).numpy().astype(np.float64), loss_sum / max(count, 1)
 
 
 def predict_split_sharded(
-    model: nn.Module, split: Split, batch_size: int, normalization: Normalization, device: torch.device,
-    multi_label: bool, amp: bool = False, tta_orientation: str | None = None, context=None,
+    model: nn.Module,
+    split: Split,
+    batch_size: int,
+    normalization: Normalization,
+    device: torch.device,
+    multi_label: bool,
+    amp: bool = False,
+    tta_orientation: str | None = None,
+    context=None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """:func:`predict_split` over a whole split. With several processes (``context``, a
-    ``training.distributed.Distributed``) each predicts every world_size-th sample and the parts are
+    ``runtime.distributed.Distributed``) each predicts every world_size-th sample and the parts are
     gathered in the split's order on every process: the same numbers as one process."""
     if context is None or not context.enabled:
-        return predict_split(model, BatchLoader(split, batch_size, normalization, device), multi_label, amp, tta_orientation)
-    from ..training.distributed import gather, merge_shards, shard
-
+        return predict_split(
+            model, BatchLoader(split, batch_size, normalization, device), multi_label, amp, tta_orientation
+        )
     indices = shard(context, len(split))
     part = Split(split.images[indices], split.labels[indices])
-    y_true, y_prob, loss = predict_split(model, BatchLoader(part, batch_size, normalization, device), multi_label, amp, tta_orientation)
+    y_true, y_prob, loss = predict_split(
+        model, BatchLoader(part, batch_size, normalization, device), multi_label, amp, tta_orientation
+    )
     return merge_shards(gather(context, (indices, y_true, y_prob, loss * len(indices))))

@@ -31,8 +31,17 @@ def evaluate_model(
     processes) every process predicts its share and gets the gathered whole."""
     metrics, outputs = {}, {}
     for split in splits:
-        y_true, y_prob, loss = predict_split_sharded(model, data.splits[split], batch_size, normalization, device,
-                                                     data.multi_label, amp, tta_orientation, context)
+        y_true, y_prob, loss = predict_split_sharded(
+            model,
+            data.splits[split],
+            batch_size,
+            normalization,
+            device,
+            data.multi_label,
+            amp,
+            tta_orientation,
+            context,
+        )
         metrics[split] = {"loss": loss, **classification_metrics(y_true, y_prob, data.task, data.class_names)}
         outputs[split] = (y_true, y_prob)
     return metrics, outputs
@@ -42,7 +51,9 @@ def _label_text(row: np.ndarray, multi_label: bool) -> str | int:
     return ";".join(str(i) for i in np.flatnonzero(row)) if multi_label else int(row)
 
 
-def write_predictions(path: Path, y_true: np.ndarray, y_prob: np.ndarray, data: LoadedDataset, split: str = "test") -> None:
+def write_predictions(
+    path: Path, y_true: np.ndarray, y_prob: np.ndarray, data: LoadedDataset, split: str = "test"
+) -> None:
     """One row per sample: its index in the split (image folders: also its file), true and
     predicted class indices (multi-label: the positive labels joined by ';'), and the probability of
     every class, written so that it reads back to the same float32 value."""
@@ -50,8 +61,13 @@ def write_predictions(path: Path, y_true: np.ndarray, y_prob: np.ndarray, data: 
     files = data.source.get("files", {}).get(split)
     header = ["index", *(["file"] if files else []), "true", "predicted"] + probability_columns(data.class_names)
     rows = (
-        [i, *([files[i]] if files else []), _label_text(t, data.multi_label), _label_text(p, data.multi_label),
-         *(format(v, PROBABILITY_FORMAT) for v in prob)]
+        [
+            i,
+            *([files[i]] if files else []),
+            _label_text(t, data.multi_label),
+            _label_text(p, data.multi_label),
+            *(format(v, PROBABILITY_FORMAT) for v in prob),
+        ]
         for i, (t, p, prob) in enumerate(zip(y_true, y_pred, y_prob))
     )
     write_csv(path, header, rows)
@@ -87,8 +103,16 @@ def write_medmnist_results(run_dir: Path, outputs: dict, data: LoadedDataset) ->
     return written
 
 
-def write_results(run_dir: Path, metrics: dict, outputs: dict, data: LoadedDataset, extra: dict | None = None,
-                  metrics_file: str = "metrics.json", predictions_file: str = "predictions.csv", medmnist_files: bool = True) -> None:
+def write_results(
+    run_dir: Path,
+    metrics: dict,
+    outputs: dict,
+    data: LoadedDataset,
+    extra: dict | None = None,
+    metrics_file: str = "metrics.json",
+    predictions_file: str = "predictions.csv",
+    medmnist_files: bool = True,
+) -> None:
     """``metrics.json``, ``predictions.csv`` (test split) and, with ``medmnist_files``, the
     MedMNIST-format files of every split in ``outputs``."""
     write_json(run_dir / metrics_file, {**(extra or {}), **metrics})

@@ -34,7 +34,9 @@ def parse_rule(rule: str) -> tuple[str, float | None]:
         return name, number
     if not value and 0 <= number <= 1:
         return "fixed", number
-    raise ConfigError(f"--threshold {rule}: expected youden, sensitivity=X, specificity=X (0 < X <= 1) or a probability from 0 to 1")
+    raise ConfigError(
+        f"--threshold {rule}: expected youden, sensitivity=X, specificity=X (0 < X <= 1) or a probability from 0 to 1"
+    )
 
 
 def choose_threshold(positive: np.ndarray, score: np.ndarray, rule: str) -> float:
@@ -44,7 +46,9 @@ def choose_threshold(positive: np.ndarray, score: np.ndarray, rule: str) -> floa
         return float(value)
     positive = np.asarray(positive).astype(bool)
     if positive.all() or not positive.any():
-        raise ConfigError(f"--threshold {rule}: the validation split needs positive and negative images to choose a threshold")
+        raise ConfigError(
+            f"--threshold {rule}: the validation split needs positive and negative images to choose a threshold"
+        )
     fpr, tpr, thresholds = roc_curve(positive, score)
     thresholds = np.minimum(thresholds, 1.0)  # scikit-learn's first threshold is +inf: nothing positive
     if kind == "youden":
@@ -70,7 +74,12 @@ def operating_point(positive: np.ndarray, score: np.ndarray, threshold: float) -
     tp, fn = int(np.sum(decided & positive)), int(np.sum(~decided & positive))
     fp, tn = int(np.sum(decided & ~positive)), int(np.sum(~decided & ~positive))
     result = {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
-    for name, hits, total in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp), ("ppv", tp, tp + fp), ("npv", tn, tn + fn)):
+    for name, hits, total in (
+        ("sensitivity", tp, tp + fn),
+        ("specificity", tn, tn + fp),
+        ("ppv", tp, tp + fp),
+        ("npv", tn, tn + fn),
+    ):
         low, high = wilson_interval(hits, total)
         result[name] = hits / total if total else math.nan
         result[f"{name}_ci"] = [low, high]

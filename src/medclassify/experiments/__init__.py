@@ -1,7 +1,7 @@
 """Experiments: studies (grids of runs) described in YAML, their runner and their results."""
 
-from .results import Experiment, load_experiments, results_rows, write_results_table
+from .results import Experiment, load_experiments, results_rows
 from .runner import run_study
 from .study import Study, experiment_name
 
-__all__ = ["Experiment", "Study", "experiment_name", "load_experiments", "results_rows", "run_study", "write_results_table"]
+__all__ = ["Experiment", "Study", "experiment_name", "load_experiments", "results_rows", "run_study"]

@@ -5,7 +5,6 @@ An *experiment* is one (dataset, size, model) cell of the grid; its seeds are po
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 from dataclasses import dataclass
@@ -14,22 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.metrics import CALIBRATION_METRICS
-from ..io import atomic_path, write_csv
-from ..reporting.stats import METRICS, Side, bootstrap_calibration, bootstrap_interval
-from ..reporting.texts import METRIC_NAMES
+from ..evaluation.stats import METRICS, Side, bootstrap_calibration, bootstrap_interval
+from ..runs import BEST_FILE, RunDir
+from ..tasks import Task
 from .study import Study
-
-LABELS = METRIC_NAMES["en"]
-MULTI_LABEL = "multi-label, binary-class"
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def read_predictions(run_dir: Path, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
-    rows = read_csv(run_dir / "predictions.csv")
+    """Test labels (multi-label: N x labels of 0/1) and probabilities from a run's predictions.csv."""
+    rows = RunDir(run_dir).predictions()
     probs = np.array([[float(v) for k, v in row.items() if k.startswith("prob_")] for row in rows])
     if multi_label:
         truth = np.zeros_like(probs, dtype=int)
@@ -86,33 +78,44 @@ def load_experiments(study: Study, study_dir: str | Path) -> list[Experiment]:
         done = [d for d in run_dirs if _best_metrics(d) is not None]
         if not done:
             continue
-        records = [json.loads((d / "config.json").read_text()) for d in done]
-        multi_label = records[0]["data"]["task"] == MULTI_LABEL
+        records = [RunDir(d).record() for d in done]
+        multi_label = records[0]["data"]["task"] == Task.MULTI_LABEL
         predictions = [read_predictions(d, multi_label) for d in done]
-        experiments.append(Experiment(
-            dataset, size, model, done,
-            metrics=[_best_metrics(d) for d in done],
-            records=records,
-            histories=[read_csv(d / "history.csv") for d in done],
-            side=Side(predictions[0][0], [p for _, p in predictions], records[0]["data"]["task"]),
-        ))
+        experiments.append(
+            Experiment(
+                dataset,
+                size,
+                model,
+                done,
+                metrics=[_best_metrics(d) for d in done],
+                records=records,
+                histories=[RunDir(d).history() for d in done],
+                side=Side(predictions[0][0], [p for _, p in predictions], records[0]["data"]["task"]),
+            )
+        )
     return experiments
 
 
 def _best_metrics(run_dir: Path) -> dict | None:
     """The run's metrics.json when it holds the best checkpoint's test figures; anything else in
     the folder (a hand-written or foreign file) is left out with a warning."""
-    path = run_dir / "metrics.json"
+    path = RunDir(run_dir).metrics_path
     if not path.is_file():
         return None
     try:
         metrics = json.loads(path.read_text())
-        usable = isinstance(metrics, dict) and metrics.get("checkpoint", "best.pt") == "best.pt" and isinstance(metrics.get("test"), dict) \
+        usable = (
+            isinstance(metrics, dict)
+            and metrics.get("checkpoint", BEST_FILE) == BEST_FILE
+            and isinstance(metrics.get("test"), dict)
             and all(k in metrics["test"] for k in METRICS)
+        )
     except ValueError:
         usable = False
     if not usable:
-        warnings.warn(f"{path}: not the best checkpoint's test metrics; this run is left out of the results", stacklevel=3)
+        warnings.warn(
+            f"{path}: not the best checkpoint's test metrics; this run is left out of the results", stacklevel=3
+        )
         return None
     return metrics
 
@@ -121,8 +124,14 @@ def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict
     """One row per experiment: seed mean and standard deviation, bootstrap CI, timing."""
     rows = []
     for e in experiments:
-        row = {"experiment": e.name, "dataset": e.dataset, "size": e.size, "model": e.model,
-               "seeds": " ".join(map(str, e.seeds)), "n_test": len(e.side.y_true)}
+        row = {
+            "experiment": e.name,
+            "dataset": e.dataset,
+            "size": e.size,
+            "model": e.model,
+            "seeds": " ".join(map(str, e.seeds)),
+            "n_test": len(e.side.y_true),
+        }
         intervals = {**bootstrap_interval(e.side, n_boot), **bootstrap_calibration(e.side, n_boot)}
         for name in METRICS:
             row[f"test_{name}"], row[f"test_{name}_std"] = e.mean(name), e.std(name)
@@ -131,14 +140,20 @@ def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict
         per_seed = [e.side.resampled_calibration(every_image, [k]) for k in range(e.side.n_seeds)]
         for name in CALIBRATION_METRICS:
             values = [seed[name] for seed in per_seed]
-            row[f"test_{name}"], row[f"test_{name}_std"] = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            row[f"test_{name}"], row[f"test_{name}_std"] = (
+                float(np.mean(values)),
+                float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            )
         for name in (*METRICS, *CALIBRATION_METRICS):
             row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
         class_seeds = [e.side.resampled(every_image, [k]) for k in range(e.side.n_seeds)]
-        for i, class_name in enumerate(e.class_names if e.task != "binary-class" else []):
+        for i, class_name in enumerate(e.class_names if e.task != Task.BINARY else []):
             values = [seed[f"class_auc_{i}"] for seed in class_seeds]
             key = f"test_auc_{class_name}"
-            row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            row[key], row[f"{key}_std"] = (
+                float(np.mean(values)),
+                float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            )
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = intervals[f"class_auc_{i}"]
         epochs = [m["best_epoch"] for m in e.metrics if isinstance(m.get("best_epoch"), (int, float))]
         row["best_epoch"] = float(np.mean(epochs)) if epochs else float("nan")
@@ -146,29 +161,3 @@ def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict
         row["images_per_s"] = float(np.mean([np.mean([float(r["images_per_s"]) for r in h]) for h in e.histories]))
         rows.append(row)
     return rows
-
-
-def metric_cell(row: dict, metric: str) -> str:
-    spread = f" ± {row[f'test_{metric}_std']:.4f}" if len(str(row["seeds"]).split()) > 1 else ""
-    return f"{row[f'test_{metric}']:.4f}{spread} ({row[f'test_{metric}_ci_low']:.4f}–{row[f'test_{metric}_ci_high']:.4f})"
-
-
-def _number(value: float) -> str:
-    """Whole numbers as integers (a mean best epoch of 3.0 is 3), others with one decimal."""
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
-
-
-def write_results_table(rows: list[dict], study_dir: str | Path) -> None:
-    study_dir = Path(study_dir)
-    header = list(rows[0]) if rows else ["experiment"]
-    write_csv(study_dir / "results.csv", header, ([f"{v:.6g}" if isinstance(v, float) else v for v in r.values()] for r in rows))
-    lines = [
-        "| dataset | size | model | seeds | " + " | ".join(f"test {LABELS[m]} (95% CI)" for m in METRICS) + " | best epoch | training time | images/s |",
-        "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['size']} | {r['model']} | {r['seeds']} | " + " | ".join(metric_cell(r, m) for m in METRICS)
-                     + f" | {_number(r['best_epoch'])} | {r['train_seconds']:.0f} s | {r['images_per_s']:.0f} |")
-    with atomic_path(study_dir / "results.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n\nMean ± standard deviation over seeds; 95% CI: bootstrap over seeds and test images "
-                       "(one seed: over test images only, the spread between runs is unknown).\n")

@@ -3,10 +3,10 @@ one after another or in parallel worker processes that share the machine's cores
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -15,9 +15,13 @@ from pathlib import Path
 
 import torch
 
+from ..config import TrainConfig
 from ..errors import ConfigError, DataError
-from ..training import TrainConfig, train
+from ..runs import RunDir
+from ..training import train
 from .study import Study
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,7 +35,7 @@ class ExperimentStatus:
 
 
 def is_complete(config: TrainConfig) -> bool:
-    return (config.run_dir() / "metrics.json").is_file()
+    return RunDir(config.run_dir()).is_finished()
 
 
 def _duration(seconds: float) -> str:
@@ -70,12 +74,17 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-BACKENDS = ("local", "ray")
+STUDY_BACKENDS = ("local", "ray")
 
 
 def run_study(
-    study: Study, study_dir: str | Path, data_dir: str | None = None, quiet: bool = False, workers: int = 1,
-    backend: str = "local", address: str | None = None,
+    study: Study,
+    study_dir: str | Path,
+    data_dir: str | None = None,
+    quiet: bool = False,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[ExperimentStatus]:
     """Train the study's experiments into ``study_dir/runs/``.
 
@@ -88,8 +97,8 @@ def run_study(
     """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if backend not in STUDY_BACKENDS:
+        raise ConfigError(f"--backend {backend}: expected one of {', '.join(STUDY_BACKENDS)}")
     study_dir = Path(study_dir)
     configs = study.configs(study_dir, data_dir)
     missing = missing_data_files(configs)
@@ -97,10 +106,16 @@ def run_study(
         raise DataError(f"{len(missing)} data file(s) missing, nothing was trained; download " + "; ".join(missing))
     pending = [c for c in configs if not is_complete(c)]
     for config in pending:
-        config.resume = (config.run_dir() / "last.pt").is_file()
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    log(f"study '{study.name}': {len(configs)} experiments, {len(configs) - len(pending)} already complete"
-        + (f", {workers} workers" if workers > 1 else ""))
+        config.resume = RunDir(config.run_dir()).last_path.is_file()
+
+    def log(message: str) -> None:
+        if not quiet:
+            logger.info(message)
+
+    log(
+        f"study '{study.name}': {len(configs)} experiments, {len(configs) - len(pending)} already complete"
+        + (f", {workers} workers" if workers > 1 else "")
+    )
     statuses = [ExperimentStatus(c, "done") for c in configs if is_complete(c)]
     started = time.perf_counter()
 
@@ -108,8 +123,10 @@ def run_study(
         statuses.append(ExperimentStatus(config, "trained"))
         k = len(statuses) - (len(configs) - len(pending))
         elapsed = time.perf_counter() - started
-        log(f"[{k}/{len(pending)}] {config.run_dir().name} done; {_duration(elapsed)} so far, "
-            f"about {_duration(elapsed / k * (len(pending) - k))} left")
+        log(
+            f"[{k}/{len(pending)}] {config.run_dir().name} done; {_duration(elapsed)} so far, "
+            f"about {_duration(elapsed / k * (len(pending) - k))} left"
+        )
 
     if backend == "ray":
         _run_on_ray(pending, workers, address, finished, log)

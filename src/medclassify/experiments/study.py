@@ -24,8 +24,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from ..errors import ConfigError
-from ..training.config import TrainConfig, validation_line
+from ..config import TrainConfig, validation_line
+from ..errors import ConfigError, first_line
 
 GRID_KEYS = ("dataset", "size", "model", "seed")
 # Settings a study decides per experiment; the shared ``train`` block may not set them.
@@ -71,11 +71,13 @@ class Study:
     experiments: list[dict] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "study") -> "Study":
+    def from_dict(cls, values: dict, source: str = "study") -> Study:
         known = set(StudySchema.model_fields)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}; a study has {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(map(str, unknown))}; a study has {', '.join(sorted(known))}"
+            )
         values = dict(values)
         seeds = values.get("seeds")
         if isinstance(seeds, int) and not isinstance(seeds, bool):  # a count: seeds 0 .. N-1
@@ -102,11 +104,11 @@ class Study:
         return study
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Study":
+    def from_yaml(cls, path: str | Path) -> Study:
         try:
             values = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the study YAML ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: cannot read the study YAML ({first_line(exc)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping with name, datasets, sizes, models, seeds, train")
         return cls.from_dict(values, source=str(path))
@@ -114,16 +116,22 @@ class Study:
     def validate(self, source: str = "study") -> None:
         cells = len(self.datasets) * len(self.sizes) * len(self.models) * len(self.seeds)
         if cells > MAX_CELLS:
-            raise ConfigError(f"{source}: the grid has {cells:,} experiments; at most {MAX_CELLS:,} are run in one study")
+            raise ConfigError(
+                f"{source}: the grid has {cells:,} experiments; at most {MAX_CELLS:,} are run in one study"
+            )
         reserved = sorted(RESERVED & {k.replace("-", "_") for k in self.train})
         if reserved:
-            raise ConfigError(f"{source}: 'train' may not set {', '.join(reserved)}; the grid and the study folder decide them")
+            raise ConfigError(
+                f"{source}: 'train' may not set {', '.join(reserved)}; the grid and the study folder decide them"
+            )
         for i, entry in enumerate(self.experiments):
             if not isinstance(entry, dict) or set(entry) - {"match", "train"}:
                 raise ConfigError(f"{source}: experiments[{i}] must be a mapping with 'match' and 'train'")
             bad = sorted(set(entry.get("match") or {}) - set(GRID_KEYS))
             if bad:
-                raise ConfigError(f"{source}: experiments[{i}].match may use {', '.join(GRID_KEYS)}, not {', '.join(bad)}")
+                raise ConfigError(
+                    f"{source}: experiments[{i}].match may use {', '.join(GRID_KEYS)}, not {', '.join(bad)}"
+                )
         for config in self.configs(Path("."), source=source):  # every cell must be a valid run before any starts
             config.validate()
 
@@ -139,7 +147,11 @@ class Study:
             if data_dir:
                 settings["data_dir"] = data_dir
             out = study_dir / "runs" / experiment_name(dataset, size, model, seed)
-            configs.append(TrainConfig.from_dict({**settings, **cell, "out": str(out), "quiet": True}, source=f"{source}: experiment {out.name}"))
+            configs.append(
+                TrainConfig.from_dict(
+                    {**settings, **cell, "out": str(out), "quiet": True}, source=f"{source}: experiment {out.name}"
+                )
+            )
         return configs
 
 

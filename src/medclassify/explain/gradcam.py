@@ -44,8 +44,13 @@ def feature_map_layers(model: torch.nn.Module, channels: int, size: int) -> list
     """Names of the modules whose output is a feature map (N x C x H x W): Grad-CAM can target
     those, not a flattening or linear layer."""
     shapes: dict[str, int] = {}
-    hooks = [module.register_forward_hook(lambda m, i, output, name=name: shapes.__setitem__(name, getattr(output, "ndim", 0)))
-             for name, module in model.named_modules() if name]
+    hooks = [
+        module.register_forward_hook(
+            lambda m, i, output, name=name: shapes.__setitem__(name, getattr(output, "ndim", 0))
+        )
+        for name, module in model.named_modules()
+        if name
+    ]
     was_training = model.training
     try:
         with torch.no_grad():
@@ -57,13 +62,21 @@ def feature_map_layers(model: torch.nn.Module, channels: int, size: int) -> list
     return [name for name, ndim in shapes.items() if ndim == 4]
 
 
-def target_layer(model: torch.nn.Module, model_name: str, layer: str | None = None, channels: int = 3, size: int = 28) -> torch.nn.Module:
+def target_layer(
+    model: torch.nn.Module, model_name: str, layer: str | None = None, channels: int = 3, size: int = 28
+) -> torch.nn.Module:
     name = layer or get_model_entry(model_name).cam_layer
     usable = feature_map_layers(model, channels, size)
     if name not in usable:
         top = [n for n in usable if n.count(".") <= 1]
-        why = "has no such module" if name not in dict(model.named_modules()) else "has that module, but its output is not a feature map"
-        raise ConfigError(f"--layer {name}: model '{model_name}' {why}; layers Grad-CAM can use include: {', '.join(top)}")
+        why = (
+            "has no such module"
+            if name not in dict(model.named_modules())
+            else "has that module, but its output is not a feature map"
+        )
+        raise ConfigError(
+            f"--layer {name}: model '{model_name}' {why}; layers Grad-CAM can use include: {', '.join(top)}"
+        )
     return model.get_submodule(name)
 
 
@@ -74,7 +87,9 @@ def class_index(predictor: Predictor, target: str | int) -> int:
         return names.index(target)
     if str(target).isdigit() and int(target) < len(names):
         return int(target)
-    raise ConfigError(f"--target {target}: not a class of this model; classes: {', '.join(names)} (or their index 0-{len(names) - 1})")
+    raise ConfigError(
+        f"--target {target}: not a class of this model; classes: {', '.join(names)} (or their index 0-{len(names) - 1})"
+    )
 
 
 def cam_maps(predictor: Predictor, batch: np.ndarray, targets: list[int], layer: str | None = None) -> np.ndarray:
@@ -83,7 +98,9 @@ def cam_maps(predictor: Predictor, batch: np.ndarray, targets: list[int], layer:
     device = next(model.parameters()).device
     layer_module = target_layer(model, predictor.metadata["model"]["name"], layer, predictor.channels, predictor.size)
     with GradCAM(model=model, target_layers=[layer_module]) as cam:
-        maps = cam(input_tensor=torch.from_numpy(batch).to(device), targets=[ClassifierOutputTarget(k) for k in targets])
+        maps = cam(
+            input_tensor=torch.from_numpy(batch).to(device), targets=[ClassifierOutputTarget(k) for k in targets]
+        )
     return maps.astype(np.float32)
 
 
@@ -92,21 +109,32 @@ def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(resized, 0.0, 1.0)
 
 
-def explain_images(predictor: Predictor, images, target: str | int | None = None, layer: str | None = None
-                   ) -> tuple[list[Explanation], list[tuple[str, str]]]:
+def explain_images(
+    predictor: Predictor, images, target: str | int | None = None, layer: str | None = None
+) -> tuple[list[Explanation], list[tuple[str, str]]]:
     """Heatmaps for the predicted class (or ``target``) of each readable image, at its own size."""
     sources, skipped = predictor.read(images)
     if not sources:
         return [], skipped
     pixels = model_input(sources, predictor.size, predictor.channels)
     probabilities = predictor.predict_pixels(pixels)
-    chosen = [class_index(predictor, target)] * len(sources) if target is not None else list(probabilities.argmax(axis=1))
+    chosen = (
+        [class_index(predictor, target)] * len(sources) if target is not None else list(probabilities.argmax(axis=1))
+    )
     maps = cam_maps(predictor, predictor.normalise(pixels), chosen, layer)
     explanations = []
     for source, heatmap, k, probs in zip(sources, maps, chosen, probabilities):
         height, width = source.pixels.shape[:2]
-        explanations.append(Explanation(source.name, source.pixels, resize_map(heatmap, height, width),
-                                        predictor.class_names[k], float(probs[k]), predictor.class_names[int(probs.argmax())]))
+        explanations.append(
+            Explanation(
+                source.name,
+                source.pixels,
+                resize_map(heatmap, height, width),
+                predictor.class_names[k],
+                float(probs[k]),
+                predictor.class_names[int(probs.argmax())],
+            )
+        )
     return explanations, skipped
 
 
@@ -134,9 +162,13 @@ def save_overlay(explanation: Explanation, out: Path) -> Path:
     left.set_title("image")
     _show(right, explanation.pixels, explanation.heatmap)
     right.set_title(f"Grad-CAM: {shorten(explanation.class_name, 40)}")
-    decided = "" if explanation.predicted == explanation.class_name else f"; predicted {shorten(explanation.predicted, 40)}"
-    figure.suptitle(f"{shorten(Path(explanation.source).name, 60)} - {shorten(explanation.class_name, 40)} "
-                    f"p={explanation.probability:.3f}{decided}")
+    decided = (
+        "" if explanation.predicted == explanation.class_name else f"; predicted {shorten(explanation.predicted, 40)}"
+    )
+    figure.suptitle(
+        f"{shorten(Path(explanation.source).name, 60)} - {shorten(explanation.class_name, 40)} "
+        f"p={explanation.probability:.3f}{decided}"
+    )
     return save_figure(figure, out, formats=("png",))[0]
 
 
@@ -171,22 +203,44 @@ def split_examples(y_true: np.ndarray, probabilities: np.ndarray, per_class: int
     return chosen
 
 
-def split_grid(predictor: Predictor, pixels: np.ndarray, y_true: np.ndarray, out: Path, per_class: int = 2,
-               layer: str | None = None, title: str = "Grad-CAM: correct and wrong predictions per class") -> Path:
+def split_grid(
+    predictor: Predictor,
+    pixels: np.ndarray,
+    y_true: np.ndarray,
+    out: Path,
+    per_class: int = 2,
+    layer: str | None = None,
+    title: str = "Grad-CAM: correct and wrong predictions per class",
+) -> Path:
     """A grid figure: one row per class, ``per_class`` correct then ``per_class`` wrong test images,
     each with the heatmap of its predicted class. Single-label tasks only."""
     if predictor.multi_label:
-        raise ConfigError("a per-class grid of right and wrong predictions needs a single-label task; "
-                          "explain individual images of a multi-label model instead")
+        raise ConfigError(
+            "a per-class grid of right and wrong predictions needs a single-label task; "
+            "explain individual images of a multi-label model instead"
+        )
     probabilities = predictor.predict_pixels(pixels)
     examples = split_examples(y_true, probabilities, per_class)
     names = predictor.class_names
     columns = 2 * per_class
-    figure, axes = plt.subplots(len(names), columns, figsize=(2.1 * columns + 1.2, 2.2 * len(names)), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        len(names), columns, figsize=(2.1 * columns + 1.2, 2.2 * len(names)), squeeze=False, layout="constrained"
+    )
     for k, row in examples.items():
-        picked = row["correct"] + [None] * (per_class - len(row["correct"])) + row["wrong"] + [None] * (per_class - len(row["wrong"]))
+        picked = (
+            row["correct"]
+            + [None] * (per_class - len(row["correct"]))
+            + row["wrong"]
+            + [None] * (per_class - len(row["wrong"]))
+        )
         indices = [i for i in picked if i is not None]
-        maps = cam_maps(predictor, predictor.normalise(pixels[indices]), list(probabilities[indices].argmax(axis=1)), layer) if indices else []
+        maps = (
+            cam_maps(
+                predictor, predictor.normalise(pixels[indices]), list(probabilities[indices].argmax(axis=1)), layer
+            )
+            if indices
+            else []
+        )
         found = dict(zip(indices, maps))
         for column, i in enumerate(picked):
             ax = axes[k, column]
@@ -197,25 +251,37 @@ def split_grid(predictor: Predictor, pixels: np.ndarray, y_true: np.ndarray, out
             rgb = np.repeat(pixels[i], 3, axis=0) if pixels.shape[1] == 1 else pixels[i]
             _show(ax, rgb.transpose(1, 2, 0), found[i])
             guess = int(probabilities[i].argmax())
-            ax.set_title(f"{'✓' if guess == k else '✗'} {shorten(names[guess], 18)} {probabilities[i, guess]:.2f}", fontsize=8,
-                         color="black" if guess == k else "firebrick")
+            ax.set_title(
+                f"{'✓' if guess == k else '✗'} {shorten(names[guess], 18)} {probabilities[i, guess]:.2f}",
+                fontsize=8,
+                color="black" if guess == k else "firebrick",
+            )
         axes[k, 0].set_ylabel(shorten(names[k], 22), fontsize=9)
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, out, formats=("png",))[0]
 
 
-def explain_split(run_dir: str | Path, out: Path, split: str = "test", per_class: int = 2, layer: str | None = None,
-                  data_dir: str | None = None, device: str = "auto") -> Path:
+def explain_split(
+    run_dir: str | Path,
+    out: Path,
+    split: str = "test",
+    per_class: int = 2,
+    layer: str | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+) -> Path:
     """:func:`split_grid` for a run folder's test (or val) split, read as the run was trained."""
-    from ..evaluation.run import read_run_config
-    from ..training.trainer import load_run_data
+    from ..runs import RunDir, load_run_data
 
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir, data_dir)
+    config = RunDir(run_dir).config(data_dir)
     predictor = Predictor.from_run(run_dir, device=device, backend="torch")
     data = load_run_data(config)
     images = data.splits[split]
-    title = (f"Grad-CAM, {data.name} {split} split: per class, the {per_class} most confident correct and "
-             f"wrong predictions (title: predicted class, probability)")
-    return split_grid(predictor, images.images.numpy(), images.labels.numpy(), out / f"gradcam_{split}_grid",
-                      per_class, layer, title)
+    title = (
+        f"Grad-CAM, {data.name} {split} split: per class, the {per_class} most confident correct and "
+        f"wrong predictions (title: predicted class, probability)"
+    )
+    return split_grid(
+        predictor, images.images.numpy(), images.labels.numpy(), out / f"gradcam_{split}_grid", per_class, layer, title
+    )

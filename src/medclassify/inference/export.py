@@ -12,7 +12,7 @@ import json
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_path, file_md5, folder_lock, write_json
-from .predictor import EXPORTS_RECORD, ONNX_FILENAME, ONNX_METADATA_KEY, Predictor, recorded_export
+from ..runs.files import ONNX_FILE, RunDir
+from .predictor import EXPORTS_RECORD, ONNX_METADATA_KEY, Predictor, recorded_export
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 TORCHSCRIPT_METADATA = "medclassify.json"
@@ -64,7 +65,7 @@ def onnx_properties(metadata: dict) -> dict[str, str]:
         "mean": json.dumps(prep["mean"]),
         "std": json.dumps(prep["std"]),
         "input": "float32 N x C x H x W, (pixel / 255 - mean) / std; output: logits N x classes"
-                 + (" (already divided by the fitted temperature)" if metadata.get("temperature_in_graph") else ""),
+        + (" (already divided by the fitted temperature)" if metadata.get("temperature_in_graph") else ""),
     }
 
 
@@ -73,8 +74,15 @@ def write_onnx(model: torch.nn.Module, metadata: dict, path: Path, channels: int
     import onnx
 
     example = torch.zeros(2, channels, size, size)
-    program = torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=["logits"],
-                                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    program = torch.onnx.export(
+        model.eval(),
+        (example,),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
+        verbose=False,
+    )
     proto = program.model_proto  # in memory, so that the weights end up inside the one file
     for key, value in onnx_properties(metadata).items():
         entry = proto.metadata_props.add()
@@ -117,11 +125,10 @@ def _onnx_runner(path: Path):
 
 def parity_pixels(run_dir: Path | None, predictor: Predictor, data_dir: str | None) -> tuple[np.ndarray, str]:
     """uint8 test images of the run, or seeded random images when the run's data are not at hand."""
-    if run_dir is not None and (run_dir / "config.json").is_file():
-        from ..evaluation.run import read_run_config
-        from ..training.trainer import load_run_data
+    if run_dir is not None and RunDir(run_dir).config_path.is_file():
+        from ..runs import load_run_data
 
-        config = read_run_config(run_dir, data_dir)
+        config = RunDir(run_dir).config(data_dir)
         try:
             return load_run_data(config).splits["test"].images.numpy(), "test split"
         except DataError as exc:
@@ -138,8 +145,13 @@ def max_logit_difference(reference, candidate, pixels: np.ndarray, normalise, ba
     return worst
 
 
-def export_model(source: str | Path, out: str | Path | None = None, format: str = "onnx", data_dir: str | None = None,
-                 tolerance: float = PARITY_TOLERANCE) -> ExportResult:
+def export_model(
+    source: str | Path,
+    out: str | Path | None = None,
+    format: str = "onnx",
+    data_dir: str | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportResult:
     """Export a run folder's ``best.pt`` (or a ``.pt`` bundle) to ``out``; default: ``RUN/model.onnx``
     (``model.ts`` for TorchScript), or the bundle's name with the format's suffix."""
     if format not in FORMATS:
@@ -152,7 +164,11 @@ def export_model(source: str | Path, out: str | Path | None = None, format: str 
     predictor = Predictor.from_run(source, device="cpu", backend="torch")
     run_dir = source if source.is_dir() else None
     if out is None:
-        out = source / (ONNX_FILENAME if format == "onnx" else "model" + FORMATS[format]) if run_dir else source.with_suffix(FORMATS[format])
+        out = (
+            source / (ONNX_FILE if format == "onnx" else "model" + FORMATS[format])
+            if run_dir
+            else source.with_suffix(FORMATS[format])
+        )
     out = Path(out)
     in_run = run_dir is not None and out.resolve().parent == run_dir.resolve()
     with folder_lock(run_dir, "export") if run_dir is not None else nullcontext():
@@ -163,16 +179,31 @@ def _record_export(run_dir: Path, out: Path, format: str, checkpoint_md5: str) -
     """The exported file's own digest in the run folder, so that an edited file is noticed."""
     record = {name: recorded_export(run_dir, name) for name in ("model.onnx", "model.ts")}
     record = {name: entry for name, entry in record.items() if entry is not None}
-    record[out.name] = {"md5": file_md5(out), "format": format, "checkpoint_md5": checkpoint_md5,
-                        "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record[out.name] = {
+        "md5": file_md5(out),
+        "format": format,
+        "checkpoint_md5": checkpoint_md5,
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     write_json(run_dir / EXPORTS_RECORD, record)
 
 
-def _export(predictor: Predictor, run_dir: Path | None, out: Path, format: str, data_dir: str | None, tolerance: float,
-            in_run: bool) -> ExportResult:
+def _export(
+    predictor: Predictor,
+    run_dir: Path | None,
+    out: Path,
+    format: str,
+    data_dir: str | None,
+    tolerance: float,
+    in_run: bool,
+) -> ExportResult:
     temperature = predictor.temperature  # a calibrated bundle's temperature goes into the graph
-    metadata = {**predictor.metadata, "checkpoint_md5": file_md5(predictor.source), "format": format,
-                "temperature_in_graph": temperature != 1.0}
+    metadata = {
+        **predictor.metadata,
+        "checkpoint_md5": file_md5(predictor.source),
+        "format": format,
+        "temperature_in_graph": temperature != 1.0,
+    }
     model = TemperatureScaled(predictor.model, temperature) if temperature != 1.0 else predictor.model
     pixels, parity_data = parity_pixels(run_dir, predictor, data_dir)
     with atomic_path(out) as tmp:
@@ -182,10 +213,14 @@ def _export(predictor: Predictor, run_dir: Path | None, out: Path, format: str, 
         else:
             write_torchscript(model, metadata, tmp, predictor.channels, predictor.size)
             runner = _torchscript_runner(tmp)
-        difference = max_logit_difference(lambda batch: predictor.logits(batch) / temperature, runner, pixels, predictor.normalise)
+        difference = max_logit_difference(
+            lambda batch: predictor.logits(batch) / temperature, runner, pixels, predictor.normalise
+        )
         if not difference <= tolerance:
-            raise CheckpointError(f"{out}: the {format} model differs from PyTorch by {difference:.3g} on the "
-                                  f"{parity_data} (tolerance {tolerance:g}); nothing was written")
+            raise CheckpointError(
+                f"{out}: the {format} model differs from PyTorch by {difference:.3g} on the "
+                f"{parity_data} (tolerance {tolerance:g}); nothing was written"
+            )
         size = tmp.stat().st_size
     if in_run:
         _record_export(run_dir, out, format, metadata["checkpoint_md5"])

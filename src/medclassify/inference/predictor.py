@@ -19,23 +19,39 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.images import NonFinitePixels, SourceImage, array_images, image_files, model_input, pil_to_rgb, read_image_file
+from ..data.images import (
+    NonFinitePixels,
+    SourceImage,
+    array_images,
+    image_files,
+    model_input,
+    normalise_pixels,
+    pil_to_rgb,
+    read_image_file,
+)
 from ..errors import CheckpointError, DataError, first_line
 from ..io import file_md5
+from ..runs.files import BEST_FILE, ONNX_FILE
+from ..tasks import Task, probabilities_from_logits
 
-MULTI_LABEL = "multi-label, binary-class"
-TASKS = ("multi-class", "binary-class", MULTI_LABEL, "ordinal-regression")
 THRESHOLD = 0.5
 ONNX_METADATA_KEY = "medclassify"
-ONNX_FILENAME = "model.onnx"
 EXPORTS_RECORD = "exports.json"  # in a run folder: the digest of each file 'medclassify export' wrote there
 BUNDLE_KEYS = ("model", "preprocessing", "dataset")
-BACKENDS = ("auto", "torch", "onnx")
+PREDICT_BACKENDS = ("auto", "torch", "onnx")
 
 
-def bundle_metadata(state: dict) -> dict:
+def bundle_description(state: dict) -> dict:
     """What describes a model bundle, without its weights or training state."""
-    keys = (*BUNDLE_KEYS, "medclassify_version", "epoch", "val_metrics", "test_metrics", "calibration", "operating_point")
+    keys = (
+        *BUNDLE_KEYS,
+        "medclassify_version",
+        "epoch",
+        "val_metrics",
+        "test_metrics",
+        "calibration",
+        "operating_point",
+    )
     return {k: state[k] for k in keys if k in state}
 
 
@@ -71,36 +87,18 @@ def _bundle_problems(spec: dict, prep: dict, data: dict) -> list[str]:
         problems.append(f"channels {channels!r} (model: {spec['in_channels']!r}; expected 1 or 3, the same for both)")
     for key in ("mean", "std"):
         values = prep[key]
-        if not isinstance(values, list) or len(values) != (channels if channels in (1, 3) else len(values)) \
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or (key == "std" and min(values, default=0) <= 0):
-            problems.append(f"{key} {values!r} is not one finite number per channel" + (" above 0" if key == "std" else ""))
-    if data["task"] not in TASKS:
-        problems.append(f"task {data['task']!r} is not one of {', '.join(TASKS)}")
+        if (
+            not isinstance(values, list)
+            or len(values) != (channels if channels in (1, 3) else len(values))
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            or (key == "std" and min(values, default=0) <= 0)
+        ):
+            problems.append(
+                f"{key} {values!r} is not one finite number per channel" + (" above 0" if key == "std" else "")
+            )
+    if data["task"] not in set(Task):
+        problems.append(f"task {data['task']!r} is not one of {', '.join(Task)}")
     return problems
-
-
-class TorchBackend:
-    name = "pytorch"
-
-    def __init__(self, state: dict, path: Path, device: str = "auto"):
-        import torch
-
-        from ..models import create_model
-        from ..training.environment import select_device
-
-        spec = state["model"]
-        self.model = create_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["image_size"])
-        try:
-            self.model.load_state_dict(state["model_state"])
-        except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: the weights do not fit model '{spec['name']}' ({first_line(exc)})") from None
-        self.device = select_device(device)
-        self.model.eval().to(self.device)
-        self._torch = torch
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            return self.model(self._torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -122,7 +120,9 @@ class OnnxBackend:
 
 def _parse_metadata(props: dict, path: Path) -> dict:
     if ONNX_METADATA_KEY not in props:
-        raise CheckpointError(f"{path}: an ONNX model without medclassify metadata; export it with 'medclassify export'")
+        raise CheckpointError(
+            f"{path}: an ONNX model without medclassify metadata; export it with 'medclassify export'"
+        )
     try:
         metadata = json.loads(props[ONNX_METADATA_KEY])
     except ValueError as exc:
@@ -157,26 +157,22 @@ def recorded_export(run_dir: Path, filename: str) -> dict | None:
 def current_onnx_export(run_dir: Path, checkpoint: Path) -> Path:
     """The run's model.onnx when it is the unchanged file exported from the current best.pt;
     otherwise a :class:`CheckpointError` saying why not."""
-    exported = run_dir / ONNX_FILENAME
+    exported = run_dir / ONNX_FILE
     if not exported.is_file():
         raise CheckpointError(f"{exported} does not exist; run 'medclassify export {run_dir}'")
-    entry = recorded_export(run_dir, ONNX_FILENAME)
+    entry = recorded_export(run_dir, ONNX_FILE)
     if entry is None:
-        raise CheckpointError(f"{exported} has no recorded digest in {run_dir / EXPORTS_RECORD}; run 'medclassify export {run_dir}' again")
+        raise CheckpointError(
+            f"{exported} has no recorded digest in {run_dir / EXPORTS_RECORD}; run 'medclassify export {run_dir}' again"
+        )
     if file_md5(exported) != entry.get("md5"):
-        raise CheckpointError(f"{exported} changed since it was exported (its MD5 differs from {EXPORTS_RECORD}); "
-                              f"run 'medclassify export {run_dir}' again")
+        raise CheckpointError(
+            f"{exported} changed since it was exported (its MD5 differs from {EXPORTS_RECORD}); "
+            f"run 'medclassify export {run_dir}' again"
+        )
     if onnx_metadata(exported).get("checkpoint_md5") != file_md5(checkpoint):
         raise CheckpointError(f"{exported} was exported from an older best.pt; run 'medclassify export {run_dir}'")
     return exported
-
-
-def probabilities_from_logits(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    if multi_label:
-        return 1.0 / (1.0 + np.exp(-logits))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 @dataclass
@@ -250,7 +246,7 @@ class Predictor:
         self.std = np.asarray(prep["std"], dtype=np.float32).reshape(1, -1, 1, 1)
         self.class_names: list[str] = list(metadata["dataset"]["class_names"])
         self.task: str = metadata["dataset"]["task"]
-        self.multi_label = self.task == MULTI_LABEL
+        self.multi_label = self.task == Task.MULTI_LABEL
         # temperature scaling stored in the bundle; an exported graph holds it already
         calibration = metadata.get("calibration") or {}
         in_graph = metadata.get("temperature_in_graph", False)
@@ -258,12 +254,14 @@ class Predictor:
         self.operating_point: dict | None = metadata.get("operating_point") if calibrated else None
 
     @classmethod
-    def from_run(cls, path: str | Path, device: str = "auto", backend: str = "auto", calibrated: bool = True) -> "Predictor":
+    def from_run(
+        cls, path: str | Path, device: str = "auto", backend: str = "auto", calibrated: bool = True
+    ) -> Predictor:
         """``path``: a run folder (its ``best.pt``; with ``backend="auto"`` its ``model.onnx`` when
         that was exported from the current ``best.pt``), a ``.pt`` bundle or an ``.onnx`` export.
         ``calibrated=False`` ignores a stored temperature (PyTorch bundles; ONNX graphs hold it)."""
-        if backend not in BACKENDS:
-            raise CheckpointError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+        if backend not in PREDICT_BACKENDS:
+            raise CheckpointError(f"--backend {backend}: expected one of {', '.join(PREDICT_BACKENDS)}")
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"{path}: no such run folder or model file")
@@ -271,11 +269,11 @@ class Predictor:
             if backend == "torch":
                 raise CheckpointError(f"{path}: an ONNX model runs with --backend onnx or auto, not torch")
             return cls._onnx(path)
-        checkpoint = path / "best.pt" if path.is_dir() else path
+        checkpoint = path / BEST_FILE if path.is_dir() else path
         if path.is_dir():
             if not checkpoint.is_file():
                 raise CheckpointError(f"{path}: no best.pt; not a finished medclassify run folder")
-            if backend == "onnx" or (backend == "auto" and (path / ONNX_FILENAME).is_file()):
+            if backend == "onnx" or (backend == "auto" and (path / ONNX_FILE).is_file()):
                 try:
                     return cls._onnx(current_onnx_export(path, checkpoint))
                 except CheckpointError as exc:
@@ -284,22 +282,22 @@ class Predictor:
                     warnings.warn(f"{exc} (using best.pt with PyTorch meanwhile)", stacklevel=2)
         elif backend == "onnx":
             raise CheckpointError(f"{path}: a PyTorch bundle; export it to ONNX first ('medclassify export {path}')")
-        from ..training.checkpoint import load_checkpoint
+        from ..runs import TorchBackend, load_checkpoint
 
         state = load_checkpoint(checkpoint)
-        metadata = bundle_metadata(state)
+        metadata = bundle_description(state)
         _check_bundle(metadata, checkpoint)
         return cls(metadata, TorchBackend(state, checkpoint, device), checkpoint, calibrated)
 
     @classmethod
-    def _onnx(cls, path: Path) -> "Predictor":
+    def _onnx(cls, path: Path) -> Predictor:
         backend = OnnxBackend(path)
         return cls(backend.metadata, backend, path)
 
     @property
     def model(self):
         """The ``torch.nn.Module`` (PyTorch bundles only; Grad-CAM needs it)."""
-        if not isinstance(self.backend, TorchBackend):
+        if isinstance(self.backend, OnnxBackend):
             raise CheckpointError(f"{self.source}: an ONNX model has no gradients; use the run folder or its best.pt")
         return self.backend.model
 
@@ -332,7 +330,7 @@ class Predictor:
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 N x C x H x W at the model's size -> the model's float32 input."""
-        return ((pixels.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+        return normalise_pixels(pixels, self.mean, self.std)
 
     # ---- prediction --------------------------------------------------------------------------
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -353,7 +351,9 @@ class Predictor:
         Unreadable files are skipped and listed in ``Predictions.skipped``."""
         items = _expand(images)
         names, probs, skipped = [], [], []
-        with tqdm(total=len(items), unit="file", disable=None if progress and len(items) > 1 else True, leave=False) as bar:
+        with tqdm(
+            total=len(items), unit="file", disable=None if progress and len(items) > 1 else True, leave=False
+        ) as bar:
             for start in range(0, len(items), batch_size):
                 sources, failed = self.read(items[start : start + batch_size], first_index=start)
                 skipped += failed
@@ -368,9 +368,10 @@ class Predictor:
         spec, data = self.metadata["model"], self.metadata["dataset"]
         calibration = self.metadata.get("calibration") or {}
         scaled = f", temperature {calibration['temperature']:.3g}" if "temperature" in calibration else ""
-        return (f"{spec['name']} on {data['name']} ({self.size} px, {self.channels} channel(s), {len(self.class_names)} classes{scaled}), "
-                f"{self.backend.name} from {self.source}")
-
+        return (
+            f"{spec['name']} on {data['name']} ({self.size} px, {self.channels} channel(s), {len(self.class_names)} classes{scaled}), "
+            f"{self.backend.name} from {self.source}"
+        )
 
 
 def _expand(images) -> list:

@@ -4,4 +4,13 @@ from . import bn_cnn, paper_cnn, paper_cnn_bn, torchvision_models  # noqa: F401 
 from .paper_cnn import PaperCNN, paper_cnn_blocks
 from .registry import available_models, count_parameters, create_model, get_model_entry, head_module, register_model
 
-__all__ = ["PaperCNN", "available_models", "count_parameters", "create_model", "get_model_entry", "head_module", "paper_cnn_blocks", "register_model"]
+__all__ = [
+    "PaperCNN",
+    "available_models",
+    "count_parameters",
+    "create_model",
+    "get_model_entry",
+    "head_module",
+    "paper_cnn_blocks",
+    "register_model",
+]

@@ -8,7 +8,11 @@ from .registry import register_model
 
 
 def _conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class BatchNormCNN(nn.Module):
@@ -25,7 +29,9 @@ class BatchNormCNN(nn.Module):
             layers += _conv_bn(channels, width) + _conv_bn(width, width)
             channels = width
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(channels, num_classes))
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(channels, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(self.features(x))

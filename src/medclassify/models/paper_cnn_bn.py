@@ -19,20 +19,31 @@ class PaperCNNBN(nn.Module):
         layers: list[nn.Module] = []
         channels, side = in_channels, image_size
         for width in WIDTHS:
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             if side >= 2:
                 layers.append(nn.MaxPool2d(2))
                 side //= 2
             channels = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes)
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.5),
+            nn.Linear(channels, 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
         )
 
     def forward(self, x):
         return self.classifier(self.features(x))
 
 
-@register_model("paper-cnn-bn", "The paper's CNN with BatchNorm and Dropout: 32-64-128-256 filters, BN, GAP, Dropout 0.5")
+@register_model(
+    "paper-cnn-bn", "The paper's CNN with BatchNorm and Dropout: 32-64-128-256 filters, BN, GAP, Dropout 0.5"
+)
 def paper_cnn_bn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return PaperCNNBN(in_channels, num_classes, image_size)

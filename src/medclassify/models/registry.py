@@ -8,8 +8,8 @@ is named ``classifier`` or ``fc``, so that ``--freeze-backbone`` can find the he
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -30,7 +30,9 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str, pretrained: bool = False, cam_layer: str = "features") -> Callable[[Builder], Builder]:
+def register_model(
+    name: str, description: str, pretrained: bool = False, cam_layer: str = "features"
+) -> Callable[[Builder], Builder]:
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
@@ -56,7 +58,9 @@ def create_model(name: str, in_channels: int, num_classes: int, image_size: int,
         return entry.builder(in_channels, num_classes, image_size)
     if not entry.pretrained:
         with_weights = [n for n, e in _REGISTRY.items() if e.pretrained]
-        raise ConfigError(f"--pretrained: model '{name}' has no ImageNet weights; models with weights: {', '.join(with_weights)}")
+        raise ConfigError(
+            f"--pretrained: model '{name}' has no ImageNet weights; models with weights: {', '.join(with_weights)}"
+        )
     return entry.builder(in_channels, num_classes, image_size, pretrained=True)
 
 

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .registry import register_model
 
 SMALL_INPUT = 64
@@ -27,9 +27,11 @@ def imagenet_state_dict(weights) -> dict:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / Path(urlparse(weights.url).path).name
     try:
-        return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(folder), map_location="cpu", check_hash=True, weights_only=True)
+        return torch.hub.load_state_dict_from_url(
+            weights.url, model_dir=str(folder), map_location="cpu", check_hash=True, weights_only=True
+        )
     except Exception as exc:  # offline: URLError/OSError; a broken file: RuntimeError from torch.load
-        reason = str(getattr(exc, "reason", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(getattr(exc, "reason", exc))
         raise ConfigError(
             f"--pretrained: ImageNet weights {path.name} are not usable in {folder} ({reason[:120]}); "
             f"download {weights.url} and put it there"
@@ -59,7 +61,9 @@ def adapted_conv(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
     return new
 
 
-def _resnet(name: str, weights: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
+def _resnet(
+    name: str, weights: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool
+) -> nn.Module:
     model = torchvision_model(name, weights, pretrained)
     small = image_size <= SMALL_INPUT
     if small and not pretrained:
@@ -72,17 +76,23 @@ def _resnet(name: str, weights: str, in_channels: int, num_classes: int, image_s
     return model
 
 
-@register_model("resnet18", "torchvision ResNet-18; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
+@register_model(
+    "resnet18", "torchvision ResNet-18; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4"
+)
 def resnet18(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     return _resnet("resnet18", "ResNet18_Weights.IMAGENET1K_V1", in_channels, num_classes, image_size, pretrained)
 
 
-@register_model("resnet50", "torchvision ResNet-50; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4")
+@register_model(
+    "resnet50", "torchvision ResNet-50; stride-1 stem, no max-pool up to 64 px", pretrained=True, cam_layer="layer4"
+)
 def resnet50(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     return _resnet("resnet50", "ResNet50_Weights.IMAGENET1K_V2", in_channels, num_classes, image_size, pretrained)
 
 
-@register_model("vgg11-bn", "torchvision VGG-11 with BatchNorm; pools that would empty the map dropped, GAP head", pretrained=True)
+@register_model(
+    "vgg11-bn", "torchvision VGG-11 with BatchNorm; pools that would empty the map dropped, GAP head", pretrained=True
+)
 def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     model = torchvision_model("vgg11_bn", "VGG11_BN_Weights.IMAGENET1K_V1", pretrained)
     model.features[0] = adapted_conv(model.features[0], in_channels, stride=1)
@@ -98,7 +108,9 @@ def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bo
     return model
 
 
-@register_model("mobilenet-v3-small", "torchvision MobileNetV3-Small for small devices; stride-1 stem up to 64 px", pretrained=True)
+@register_model(
+    "mobilenet-v3-small", "torchvision MobileNetV3-Small for small devices; stride-1 stem up to 64 px", pretrained=True
+)
 def mobilenet_v3_small(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     model = torchvision_model("mobilenet_v3_small", "MobileNet_V3_Small_Weights.IMAGENET1K_V1", pretrained)
     model.features[0][0] = adapted_conv(model.features[0][0], in_channels, stride=1 if image_size <= SMALL_INPUT else 2)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..evaluation.stats import METRICS, bootstrap_difference, mcnemar_per_seed
 from .settings import differing_settings
-from .stats import METRICS, bootstrap_difference, mcnemar_per_seed
 
 SIGNIFICANCE = 0.05
 OVERFIT_RISE = 0.10
@@ -43,7 +43,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """"better" (b beats a), "worse", or "same" (no significant difference)."""
+        """ "better" (b beats a), "worse", or "same" (no significant difference)."""
         acc = self.difference["acc"]
         p_ok = self.mcnemar is None or all(test["p_value"] < SIGNIFICANCE for test in self.mcnemar)
         if acc["ci_low"] > 0 and p_ok:
@@ -69,12 +69,18 @@ def compare(experiments, n_boot: int = 1000) -> list[Comparison]:
             for level in present[1:]:
                 a, b = by_level[present[0]], by_level[level]
                 paired = factor != "dataset" and len(a.side.y_true) == len(b.side.y_true)
-                comparisons.append(Comparison(
-                    factor, dict(zip(others, key)), a, b, paired,
-                    bootstrap_difference(a.side, b.side, paired, n_boot),
-                    mcnemar_per_seed(a.side, b.side, a.seeds, b.seeds) if paired else None,
-                    differing_settings(a, b),
-                ))
+                comparisons.append(
+                    Comparison(
+                        factor,
+                        dict(zip(others, key)),
+                        a,
+                        b,
+                        paired,
+                        bootstrap_difference(a.side, b.side, paired, n_boot),
+                        mcnemar_per_seed(a.side, b.side, a.seeds, b.seeds) if paired else None,
+                        differing_settings(a, b),
+                    )
+                )
     return comparisons
 
 
@@ -87,8 +93,7 @@ def harder_dataset(comparison: Comparison) -> dict:
         hard, easy, agree = comparison.a, comparison.b, True
     else:
         hard, easy, agree = comparison.b, comparison.a, False
-    return {"hard": hard, "easy": easy, "agree": agree,
-            "metrics": {m: (hard.mean(m), easy.mean(m)) for m in METRICS}}
+    return {"hard": hard, "easy": easy, "agree": agree, "metrics": {m: (hard.mean(m), easy.mean(m)) for m in METRICS}}
 
 
 def overfitting(experiment) -> dict:
@@ -101,5 +106,13 @@ def overfitting(experiment) -> dict:
     rise = float(val[-1] / val[best] - 1) if val[best] > 0 else 0.0
     gap = float(val[-1] / train[-1]) if train[-1] > 0 else float("inf")
     verdict = best < len(val) - 1 and train[-1] < train[best] and (rise >= OVERFIT_RISE or gap >= OVERFIT_GAP)
-    return {"overfits": bool(verdict) if length >= OVERFIT_MIN_EPOCHS else None, "best_epoch": best + 1, "lowest": float(val[best]), "last": float(val[-1]),
-            "rise": rise, "gap": gap, "train_last": float(train[-1]), "epochs": len(val)}
+    return {
+        "overfits": bool(verdict) if length >= OVERFIT_MIN_EPOCHS else None,
+        "best_epoch": best + 1,
+        "lowest": float(val[best]),
+        "last": float(val[-1]),
+        "rise": rise,
+        "gap": gap,
+        "train_last": float(train[-1]),
+        "epochs": len(val),
+    }

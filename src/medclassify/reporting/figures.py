@@ -11,23 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from ..io import atomic_path  # noqa: E402
+from ..evaluation.figures import reliability, rescaled, save_figure  # noqa: E402
+from ..tasks import Task  # noqa: E402
 from .texts import METRIC_NAMES, shorten  # noqa: E402
 
 METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
-
-
-def save_figure(figure, path_without_suffix: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
-    """Write the figure atomically in each format (PNG at 150 dpi) and close it."""
-    paths = []
-    for fmt in formats:
-        path = path_without_suffix.with_name(f"{path_without_suffix.name}.{fmt}")
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=fmt, bbox_inches="tight", **({"dpi": 150} if fmt == "png" else {}))
-        paths.append(path)
-    plt.close(figure)
-    return paths
 
 
 def experiment_colours(experiments) -> dict[str, tuple]:
@@ -37,9 +26,9 @@ def experiment_colours(experiments) -> dict[str, tuple]:
 
 def roc_curves(y_true: np.ndarray, y_score: np.ndarray, task: str, class_names: list[str]) -> dict[str, np.ndarray]:
     """TPR on a common FPR grid per class (binary: the positive class) and their macro average."""
-    if task == "binary-class":
+    if task == Task.BINARY:
         columns = {class_names[-1]: (y_true == 1, y_score[:, -1])}
-    elif task == "multi-label, binary-class":
+    elif task == Task.MULTI_LABEL:
         columns = {name: (y_true[:, i] == 1, y_score[:, i]) for i, name in enumerate(class_names)}
     else:
         columns = {name: (y_true == i, y_score[:, i]) for i, name in enumerate(class_names)}
@@ -62,18 +51,33 @@ def loss_curves(experiments, out: Path) -> list[Path]:
     the band spans the seeds when there are several)."""
     columns = min(4, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), sharex=True, sharey=True, squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4 * columns, 3.2 * rows), sharex=True, sharey=True, squeeze=False, layout="constrained"
+    )
     for ax, e in zip(axes.flat, experiments):
         for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "validation")):
             curves = np.array([[float(r[key]) for r in h] for h in e.histories if len(h) == len(e.histories[0])])
             epochs = np.arange(1, curves.shape[1] + 1)
-            ax.plot(epochs, curves.mean(axis=0), style, marker="o", markersize=3, label=label,  # markers: one epoch is a point
-                    color="tab:blue" if key == "train_loss" else "tab:orange")
+            ax.plot(
+                epochs,
+                curves.mean(axis=0),
+                style,
+                marker="o",
+                markersize=3,
+                label=label,  # markers: one epoch is a point
+                color="tab:blue" if key == "train_loss" else "tab:orange",
+            )
             if len(curves) > 1:
-                ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), alpha=0.2, color="tab:blue" if key == "train_loss" else "tab:orange")
+                ax.fill_between(
+                    epochs,
+                    curves.min(axis=0),
+                    curves.max(axis=0),
+                    alpha=0.2,
+                    color="tab:blue" if key == "train_loss" else "tab:orange",
+                )
         ax.set_title(e.name.replace("_", " · "), fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(experiments):]:
+    for ax in axes.flat[len(experiments) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
@@ -90,7 +94,14 @@ def _metric_bars(ax, experiments, colours) -> None:
     for i, e in enumerate(experiments):
         x = np.arange(len(metrics)) + (i - (len(experiments) - 1) / 2) * width
         means = [e.mean(m) for m in metrics]
-        ax.bar(x, means, width, yerr=[e.std(m) for m in metrics], color=colours[e.name], label=shorten(e.name.replace("_", " · "), 40))
+        ax.bar(
+            x,
+            means,
+            width,
+            yerr=[e.std(m) for m in metrics],
+            color=colours[e.name],
+            label=shorten(e.name.replace("_", " · "), 40),
+        )
         for xi, value in zip(x, means):
             ax.text(xi, value + 0.01, f"{value:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(np.arange(len(metrics)), [METRIC_LABELS[m] for m in metrics])
@@ -108,13 +119,21 @@ def _legend_below(ax, columns: int = 2) -> None:
 def dataset_comparison(dataset: str, experiments, colours, out: Path) -> list[Path]:
     """ROC curves (macro average bold, classes thin) of each experiment on one dataset side by side,
     and a bar chart of its test metrics."""
-    figure, axes = plt.subplots(1, len(experiments) + 1, figsize=(4.2 * (len(experiments) + 1), 4), layout="constrained")
+    figure, axes = plt.subplots(
+        1, len(experiments) + 1, figsize=(4.2 * (len(experiments) + 1), 4), layout="constrained"
+    )
     for ax, e in zip(axes, experiments):
         curves = roc_curves(e.side.y_true, _first_seed_scores(e), e.task, e.class_names)
         for name, tpr in curves.items():
             if name != "macro-average":
                 ax.plot(FPR_GRID, tpr, lw=0.8, alpha=0.6, label=shorten(name, 24))
-        ax.plot(FPR_GRID, curves["macro-average"], lw=2.5, color=colours[e.name], label=f"macro-average (AUC {e.mean('auc'):.3f})")
+        ax.plot(
+            FPR_GRID,
+            curves["macro-average"],
+            lw=2.5,
+            color=colours[e.name],
+            label=f"macro-average (AUC {e.mean('auc'):.3f})",
+        )
         ax.plot([0, 1], [0, 1], ":", color="grey")
         ax.set_title(f"{e.size} px · {e.model}", fontsize=10)
         ax.set_xlabel("false positive rate")
@@ -132,8 +151,13 @@ def all_experiments(experiments, colours, out: Path) -> list[Path]:
     figure, (roc_ax, bar_ax) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     for e in experiments:
         curves = roc_curves(e.side.y_true, _first_seed_scores(e), e.task, e.class_names)
-        roc_ax.plot(FPR_GRID, curves["macro-average"], color=colours[e.name], lw=2,
-                    label=f"{shorten(e.name.replace('_', ' · '), 40)} (AUC {e.mean('auc'):.3f})")
+        roc_ax.plot(
+            FPR_GRID,
+            curves["macro-average"],
+            color=colours[e.name],
+            lw=2,
+            label=f"{shorten(e.name.replace('_', ' · '), 40)} (AUC {e.mean('auc'):.3f})",
+        )
     roc_ax.plot([0, 1], [0, 1], ":", color="grey")
     roc_ax.set_xlabel("false positive rate")
     roc_ax.set_ylabel("true positive rate")
@@ -150,7 +174,11 @@ def confusion(experiment, out: Path) -> list[Path]:
     matrix = np.array(experiment.metrics[0]["test"]["confusion_matrix"])
     if matrix.ndim == 3:  # multi-label: one 2x2 matrix per label; show the per-label recall table
         matrix = np.array([[m[0][0], m[0][1]] for m in matrix] + [[m[1][0], m[1][1]] for m in matrix])
-    names = experiment.class_names if matrix.shape[0] == len(experiment.class_names) else [str(i) for i in range(matrix.shape[0])]
+    names = (
+        experiment.class_names
+        if matrix.shape[0] == len(experiment.class_names)
+        else [str(i) for i in range(matrix.shape[0])]
+    )
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     side = max(4.5, 0.55 * len(names) + 2)
     figure, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
@@ -160,7 +188,15 @@ def confusion(experiment, out: Path) -> list[Path]:
     ax.set_yticks(range(len(names)), short)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, f"{matrix[i, j]}", ha="center", va="center", fontsize=8, color="white" if shares[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"{experiment.name.replace('_', ' · ')} (seed {experiment.seeds[0]})", fontsize=10)
@@ -174,61 +210,49 @@ def study_figures(experiments, out: Path) -> dict[str, list[Path]]:
     colours = experiment_colours(experiments)
     figures = {"loss_curves": loss_curves(experiments, out)}
     for dataset in dict.fromkeys(e.dataset for e in experiments):
-        figures[f"{dataset}_comparison"] = dataset_comparison(dataset, [e for e in experiments if e.dataset == dataset], colours, out)
+        figures[f"{dataset}_comparison"] = dataset_comparison(
+            dataset, [e for e in experiments if e.dataset == dataset], colours, out
+        )
     figures["all_experiments"] = all_experiments(experiments, colours, out)
-    figures["reliability"] = study_reliability(experiments, out)
+    figures["reliability"] = studyreliability(experiments, out)
     for e in experiments:
         figures[f"confusion_{e.name}"] = confusion(e, out)
     return figures
 
 
-def _rescaled(scores: np.ndarray, temperature: float, multi_label: bool) -> np.ndarray:
-    """Probabilities under ``logits / T``, from the probabilities themselves: log-probabilities are
-    the logits up to a constant per image (softmax), and logit(p) is the logit (sigmoid)."""
-    clipped = np.clip(scores, 1e-12, 1 - 1e-12)
-    if multi_label:
-        return 1.0 / (1.0 + np.exp(-np.log(clipped / (1 - clipped)) / temperature))
-    z = np.log(clipped) / temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _reliability(y_true: np.ndarray, scores: np.ndarray, task: str, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Per confidence bin: accuracy and count, the bin edges, and the ECE (top-label; multi-label:
-    every label's decision)."""
-    from ..evaluation.metrics import MULTI_LABEL, calibration_error, predicted_labels
-
-    if task == MULTI_LABEL:
-        confidence, correct = np.maximum(scores, 1 - scores).ravel(), ((scores > 0.5) == (y_true == 1)).ravel()
-    else:
-        decided = predicted_labels(scores, task)
-        confidence, correct = scores[np.arange(len(decided)), decided], decided == y_true
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    accuracy = np.bincount(bins, correct, n_bins) / np.maximum(count, 1)
-    return accuracy, count, edges, calibration_error(confidence, correct, n_bins)
-
-
-def study_reliability(experiments, out: Path) -> list[Path]:
+def studyreliability(experiments, out: Path) -> list[Path]:
     """Each experiment's test reliability (first seed), and after its run's fitted temperature
     where ``medclassify calibrate`` stored one."""
-    from ..evaluation.metrics import MULTI_LABEL
-
     columns = min(4, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), sharey=True, squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4 * columns, 3.6 * rows), sharey=True, squeeze=False, layout="constrained"
+    )
     for ax, e in zip(axes.flat, experiments):
         scores = e.side.scores[0]
-        accuracy, count, edges, ece = _reliability(e.side.y_true, scores, e.task)
-        ax.bar(edges[:-1], np.where(count > 0, accuracy, 0), width=edges[1], align="edge", edgecolor="white", color="tab:blue",
-               label="as trained")
+        accuracy, count, edges, ece = reliability(e.side.y_true, scores, e.task)
+        ax.bar(
+            edges[:-1],
+            np.where(count > 0, accuracy, 0),
+            width=edges[1],
+            align="edge",
+            edgecolor="white",
+            color="tab:blue",
+            label="as trained",
+        )
         title = f"ECE {ece:.4f}"
         temperature = (e.metrics[0].get("calibrated") or {}).get("temperature")
         if temperature:
-            after, after_count, _, after_ece = _reliability(e.side.y_true, _rescaled(scores, temperature, e.task == MULTI_LABEL), e.task)
-            ax.step(edges, np.append(np.where(after_count > 0, after, np.nan), np.nan), where="post", color="tab:orange",
-                    label=f"T = {temperature:.3g}")
+            after, after_count, _, after_ece = reliability(
+                e.side.y_true, rescaled(scores, temperature, e.task == Task.MULTI_LABEL), e.task
+            )
+            ax.step(
+                edges,
+                np.append(np.where(after_count > 0, after, np.nan), np.nan),
+                where="post",
+                color="tab:orange",
+                label=f"T = {temperature:.3g}",
+            )
             title += f" → {after_ece:.4f}"
         ax.plot([0, 1], [0, 1], ":", color="grey")
         ax.set_title(f"{shorten(e.name.replace('_', ' · '), 40)}\n{title}", fontsize=9)
@@ -236,28 +260,9 @@ def study_reliability(experiments, out: Path) -> list[Path]:
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
         ax.legend(fontsize=7, loc="upper left")
-    for ax in axes.flat[len(experiments):]:
+    for ax in axes.flat[len(experiments) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     figure.suptitle("Reliability on the test split (first seed)")
     return save_figure(figure, out / "reliability")
-
-
-def reliability_diagram(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, task: str, out: Path, temperature: float) -> list[Path]:
-    """Accuracy against confidence in equal-width bins, before and after temperature scaling, with
-    each side's ECE (top-label; multi-label: every label's decision)."""
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, layout="constrained")
-    for ax, scores, title in ((axes[0], raw, "before"), (axes[1], calibrated, f"after (T = {temperature:.3g})")):
-        accuracy, count, edges, ece = _reliability(y_true, scores, task)
-        ax.bar(edges[:-1], np.where(count > 0, accuracy, 0), width=edges[1], align="edge", edgecolor="white", color="tab:blue",
-               label="accuracy in the bin")
-        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-        ax.set_title(f"{title}: ECE {ece:.4f}", fontsize=10)
-        ax.set_xlabel("confidence")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=8, loc="upper left")
-    figure.suptitle("Reliability on the test split (temperature fitted on validation)")
-    return save_figure(figure, out)

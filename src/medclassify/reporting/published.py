@@ -24,8 +24,10 @@ class PublishedResult:
 def _published() -> tuple[PublishedResult, ...]:
     document = json.loads((files("medclassify.reporting") / "published.json").read_text(encoding="utf-8"))
     sources = document["sources"]
-    return tuple(PublishedResult(r["dataset"], r["size"], r["method"], r["acc"], r["auc"], sources[r["source"]]["citation"])
-                 for r in document["results"])
+    return tuple(
+        PublishedResult(r["dataset"], r["size"], r["method"], r["acc"], r["auc"], sources[r["source"]]["citation"])
+        for r in document["results"]
+    )
 
 
 def published_results(dataset: str, size: int) -> list[PublishedResult]:

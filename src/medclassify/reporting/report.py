@@ -11,13 +11,15 @@ from pathlib import Path
 from .. import __version__
 from ..data import get_dataset_info
 from ..evaluation.metrics import CALIBRATION_METRICS
-from ..experiments.results import load_experiments, metric_cell, results_rows, write_results_table
+from ..experiments.results import load_experiments, results_rows
 from ..io import atomic_path
 from ..models import available_models
+from ..tasks import Task
 from .discussion import compare, harder_dataset, overfitting
 from .figures import study_figures
 from .published import published_results
 from .settings import NOT_USED, experiment_settings, split_settings
+from .tables import metric_cell, write_results_table
 from .texts import METRIC_NAMES, TEXTS
 
 LANGUAGES = tuple(TEXTS)
@@ -47,15 +49,26 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
     first = experiments[0].records[0]
     env = first["environment"]
     packages = env["packages"]
-    blocks: list[tuple] = [("h1", t["title"].format(name=study.name)), ("p", t["generated"].format(version=__version__))]
+    blocks: list[tuple] = [
+        ("h1", t["title"].format(name=study.name)),
+        ("p", t["generated"].format(version=__version__)),
+    ]
     tables = iter(range(1, 100))
 
     def table(caption: str, header: list[str], body: list[list]) -> None:
         blocks.extend([("p", t["table"].format(n=next(tables), caption=caption)), ("table", header, body)])
 
     device = env["device"] + (f" ({env['gpu']})" if env.get("gpu") else "")
-    env_values = [device, env["processor"], env["cpu_count"], env["python"], packages["torch"], packages["torchvision"],
-                  packages["medmnist"], packages["scikit-learn"]]
+    env_values = [
+        device,
+        env["processor"],
+        env["cpu_count"],
+        env["python"],
+        packages["torch"],
+        packages["torchvision"],
+        packages["medmnist"],
+        packages["scikit-learn"],
+    ]
     blocks.append(("h2", t["environment"]))
     table(t["environment_caption"], t["kv_header"], [[k, str(v)] for k, v in zip(t["env_rows"], env_values)])
 
@@ -64,11 +77,23 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
         e = next(x for x in experiments if x.dataset == dataset)
         splits = e.records[0]["data"]["source"]["split_sizes"]
         sizes = ", ".join(str(x.size) for x in experiments if x.dataset == dataset and x.model == e.model)
-        dataset_rows.append([dataset, e.task, str(e.records[0]["data"]["channels"]), str(len(e.class_names)), sizes,
-                             " / ".join(str(splits[s]) for s in ("train", "val", "test"))])
+        dataset_rows.append(
+            [
+                dataset,
+                e.task,
+                str(e.records[0]["data"]["channels"]),
+                str(len(e.class_names)),
+                sizes,
+                " / ".join(str(splits[s]) for s in ("train", "val", "test")),
+            ]
+        )
         if dataset != "folder":
             info = get_dataset_info(dataset)
-            sources.append(t["source"].format(dataset=dataset, license=info.license, description=info.description, source=info.source))
+            sources.append(
+                t["source"].format(
+                    dataset=dataset, license=info.license, description=info.description, source=info.source
+                )
+            )
     blocks.append(("h2", t["datasets"]))
     table(t["dataset_caption"], t["dataset_header"], dataset_rows)
     if sources:
@@ -77,9 +102,15 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
             blocks.append(("p", t["medmnist_citation"]))
 
     registry = available_models()
-    model_rows = [[e.model, registry[e.model].description if e.model in registry else "",
-                   f"{e.records[0]['model']['in_channels']}×{e.size}×{e.size}", f"{e.records[0]['model']['parameters']:,}"]
-                  for e in experiments]
+    model_rows = [
+        [
+            e.model,
+            registry[e.model].description if e.model in registry else "",
+            f"{e.records[0]['model']['in_channels']}×{e.size}×{e.size}",
+            f"{e.records[0]['model']['parameters']:,}",
+        ]
+        for e in experiments
+    ]
     blocks.append(("h2", t["models"]))
     table(t["model_caption"], t["model_header"], model_rows)
 
@@ -100,48 +131,98 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
         table(t["differing_caption"], [t["experiment"]] + [labels[k] for k in differing], per_experiment)
 
     blocks.append(("h2", t["results"]))
-    measured = [[f"{r['dataset']} · {r['model']}", str(r["size"]), metric_cell(r, "acc"), metric_cell(r, "f1_macro"),
-                 metric_cell(r, "auc")] for r in rows]
-    published = [p for dataset, size in dict.fromkeys((e.dataset, e.size) for e in experiments)
-                 for p in published_results(dataset, size)]
-    table(t["results_caption"], t["results_header"], measured + [
-        [t["published_row"].format(dataset=p.dataset, method=p.method), str(p.size), f"{p.acc:.3f}", "–", f"{p.auc:.3f}"]
-        for p in published])
+    measured = [
+        [
+            f"{r['dataset']} · {r['model']}",
+            str(r["size"]),
+            metric_cell(r, "acc"),
+            metric_cell(r, "f1_macro"),
+            metric_cell(r, "auc"),
+        ]
+        for r in rows
+    ]
+    published = [
+        p
+        for dataset, size in dict.fromkeys((e.dataset, e.size) for e in experiments)
+        for p in published_results(dataset, size)
+    ]
+    table(
+        t["results_caption"],
+        t["results_header"],
+        measured
+        + [
+            [
+                t["published_row"].format(dataset=p.dataset, method=p.method),
+                str(p.size),
+                f"{p.acc:.3f}",
+                "–",
+                f"{p.auc:.3f}",
+            ]
+            for p in published
+        ],
+    )
     if published:
-        blocks += [("p", t["published_note"].format(citation=citation)) for citation in dict.fromkeys(p.citation for p in published)]
+        blocks += [
+            ("p", t["published_note"].format(citation=citation))
+            for citation in dict.fromkeys(p.citation for p in published)
+        ]
 
     blocks.append(("p", t["calibration_intro"]))
-    table(t["calibration_caption"], [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
-          [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows])
+    table(
+        t["calibration_caption"],
+        [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
+        [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows],
+    )
 
     for dataset in dict.fromkeys(e.dataset for e in experiments):
-        chosen = [(e, r) for e, r in zip(experiments, rows) if e.dataset == dataset and e.task != "binary-class"]
+        chosen = [(e, r) for e, r in zip(experiments, rows) if e.dataset == dataset and e.task != Task.BINARY]
         if chosen:
             names_of_classes = chosen[0][0].class_names
-            table(t["class_auc_caption"].format(dataset=dataset), [t["class"], *(e.name for e, _ in chosen)],
-                  [[name, *(metric_cell(r, f"auc_{name}") for _, r in chosen)] for name in names_of_classes])
+            table(
+                t["class_auc_caption"].format(dataset=dataset),
+                [t["class"], *(e.name for e, _ in chosen)],
+                [[name, *(metric_cell(r, f"auc_{name}") for _, r in chosen)] for name in names_of_classes],
+            )
 
     comparisons = compare(experiments, n_boot)
     if comparisons:
         blocks.append(("h3", t["comparisons"]))
-        table(t["comparison_caption"], t["comparison_header"], [[
-            t["factor"][c.factor], ", ".join(f"{k} {v}" for k, v in c.fixed.items()), _level(c.a, c.factor, t), _level(c.b, c.factor, t),
-            _ci(c.difference["acc"]), _ci(c.difference["f1_macro"]), _ci(c.difference["auc"]),
-            _seed_p(c.mcnemar, t, "seed_p") if c.mcnemar else "–", ", ".join(labels[k] for k in c.also_differs) or "–"] for c in comparisons])
+        table(
+            t["comparison_caption"],
+            t["comparison_header"],
+            [
+                [
+                    t["factor"][c.factor],
+                    ", ".join(f"{k} {v}" for k, v in c.fixed.items()),
+                    _level(c.a, c.factor, t),
+                    _level(c.b, c.factor, t),
+                    _ci(c.difference["acc"]),
+                    _ci(c.difference["f1_macro"]),
+                    _ci(c.difference["auc"]),
+                    _seed_p(c.mcnemar, t, "seed_p") if c.mcnemar else "–",
+                    ", ".join(labels[k] for k in c.also_differs) or "–",
+                ]
+                for c in comparisons
+            ],
+        )
 
     blocks.append(("h3", t["figures"]))
     number = 1
     blocks.append(("figure", figures["loss_curves"][0], t["fig_loss"]))
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         number += 1
-        blocks.append(("figure", figures[f"{dataset}_comparison"][0], t["fig_dataset"].format(n=number, dataset=dataset)))
+        blocks.append(
+            ("figure", figures[f"{dataset}_comparison"][0], t["fig_dataset"].format(n=number, dataset=dataset))
+        )
     number += 1
     blocks.append(("figure", figures["all_experiments"][0], t["fig_all"].format(n=number)))
     number += 1
     blocks.append(("figure", figures["reliability"][0], t["fig_reliability"].format(n=number)))
     for e in experiments:
         number += 1
-        blocks.append(("figure", figures[f"confusion_{e.name}"][0], t["fig_confusion"].format(n=number, experiment=e.name)))
+        blocks.append(
+            ("figure", figures[f"confusion_{e.name}"][0], t["fig_confusion"].format(n=number, experiment=e.name))
+        )
 
     blocks.append(("h2", t["discussion"]))
     for factor, title in (("dataset", "dataset_title"), ("size", "size_title"), ("model", "model_title")):
@@ -150,23 +231,49 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
             continue
         blocks.append(("h3", t[title]))
         for c in chosen:
-            confounded = t["confounded"].format(factor=t["factor"][factor], settings=", ".join(labels[k] for k in c.also_differs)) \
-                if c.also_differs else ""
+            confounded = (
+                t["confounded"].format(
+                    factor=t["factor"][factor], settings=", ".join(labels[k] for k in c.also_differs)
+                )
+                if c.also_differs
+                else ""
+            )
             if factor == "dataset":
                 h = harder_dataset(c)
-                details = "; ".join(t["metric_delta"].format(metric=names[m], value_hard=hard, value_easy=easy, delta=hard - easy)
-                                    for m, (hard, easy) in h["metrics"].items())
+                details = "; ".join(
+                    t["metric_delta"].format(metric=names[m], value_hard=hard, value_easy=easy, delta=hard - easy)
+                    for m, (hard, easy) in h["metrics"].items()
+                )
                 key = "harder" if h["agree"] else "harder_mixed"
-                blocks.append(("p", t[key].format(hard=h["hard"].name, easy=h["easy"].name, details=details) + confounded))
+                blocks.append(
+                    ("p", t[key].format(hard=h["hard"].name, easy=h["easy"].name, details=details) + confounded)
+                )
                 continue
             d = c.difference
             fixed = c.fixed.get("dataset", c.a.dataset)
-            context = c.fixed.get("model", c.a.model) if factor == "size" else t["pixels"].format(size=c.fixed.get("size", c.a.size))
-            blocks.append(("p", t[f"verdict_{c.verdict}"].format(
-                dataset=fixed, model=context, a=_level(c.a, factor, t), b=_level(c.b, factor, t),
-                delta_acc=d["acc"]["difference"], low=d["acc"]["ci_low"], high=d["acc"]["ci_high"],
-                delta_f1=d["f1_macro"]["difference"], delta_auc=d["auc"]["difference"],
-                p=_seed_p(c.mcnemar, t, "seed_p_sentence")) + confounded))
+            context = (
+                c.fixed.get("model", c.a.model)
+                if factor == "size"
+                else t["pixels"].format(size=c.fixed.get("size", c.a.size))
+            )
+            blocks.append(
+                (
+                    "p",
+                    t[f"verdict_{c.verdict}"].format(
+                        dataset=fixed,
+                        model=context,
+                        a=_level(c.a, factor, t),
+                        b=_level(c.b, factor, t),
+                        delta_acc=d["acc"]["difference"],
+                        low=d["acc"]["ci_low"],
+                        high=d["acc"]["ci_high"],
+                        delta_f1=d["f1_macro"]["difference"],
+                        delta_auc=d["auc"]["difference"],
+                        p=_seed_p(c.mcnemar, t, "seed_p_sentence"),
+                    )
+                    + confounded,
+                )
+            )
         if factor == "dataset":
             blocks.append(("p", t["unpaired_note"]))
 
@@ -174,12 +281,27 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
     for e in experiments:
         o = overfitting(e)
         key = "overfit_short" if o["overfits"] is None else "overfit" if o["overfits"] else "no_overfit"
-        blocks.append(("p", t[key].format(experiment=e.name, best=o["best_epoch"], low=o["lowest"], last=o["last"],
-                                          rise=o["rise"], gap=o["gap"], train=o["train_last"], epochs=o["epochs"])))
+        blocks.append(
+            (
+                "p",
+                t[key].format(
+                    experiment=e.name,
+                    best=o["best_epoch"],
+                    low=o["lowest"],
+                    last=o["last"],
+                    rise=o["rise"],
+                    gap=o["gap"],
+                    train=o["train_last"],
+                    epochs=o["epochs"],
+                ),
+            )
+        )
 
     limits = [t["limit_general"]]
     counts = {len(e.seeds) for e in experiments}
-    limits.append(t["limit_one_seed"] if counts == {1} else t["limit_seeds"].format(n=" / ".join(map(str, sorted(counts)))))
+    limits.append(
+        t["limit_one_seed"] if counts == {1} else t["limit_seeds"].format(n=" / ".join(map(str, sorted(counts))))
+    )
     epochs = " / ".join(dict.fromkeys(experiment_settings(e)["epochs"] for e in experiments))
     limits.append(t["limit_epochs"].format(epochs=epochs))
     synthetic = [e.dataset for e in experiments if e.dataset != "folder" and get_dataset_info(e.dataset).synthetic]
@@ -220,21 +342,31 @@ def render_html(blocks, lang: str) -> str:
             body.append(f"<p>{html.escape(block[1])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "figure":
             data = base64.b64encode(Path(block[1]).read_bytes()).decode()
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}">'
-                        f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.5;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-             "th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{font-style:italic;color:#555}")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}">'
+                f"<figcaption>{html.escape(block[2])}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.5;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
+        "th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{font-style:italic;color:#555}"
+    )
     title = html.escape(blocks[0][1])
-    return (f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{title}</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
-def write_report(study, experiments, rows, figures: dict, study_dir: Path, lang: str = "en", n_boot: int = 1000) -> tuple[Path, Path]:
+def write_report(
+    study, experiments, rows, figures: dict, study_dir: Path, lang: str = "en", n_boot: int = 1000
+) -> tuple[Path, Path]:
     blocks = build_blocks(study, experiments, rows, figures, lang, n_boot)
     md_path, html_path = study_dir / "report.md", study_dir / "report.html"
     with atomic_path(md_path) as tmp:

@@ -7,12 +7,37 @@ is shown as "–", so that the report never attributes a value to a run that did
 
 from __future__ import annotations
 
+from ..tasks import Task
+
 NOT_USED = "–"
 # In the order the report lists them.
-SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "schedule", "milestones", "gamma", "warmup_epochs", "epochs",
-            "batch_size", "loss", "focal_gamma", "label_smoothing", "class_weights", "sampler", "augment", "orientation",
-            "early_stopping", "grad_clip", "tta", "pretrained", "freeze_backbone", "unfreeze_after", "normalize",
-            "select_metric")
+SETTINGS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "schedule",
+    "milestones",
+    "gamma",
+    "warmup_epochs",
+    "epochs",
+    "batch_size",
+    "loss",
+    "focal_gamma",
+    "label_smoothing",
+    "class_weights",
+    "sampler",
+    "augment",
+    "orientation",
+    "early_stopping",
+    "grad_clip",
+    "tta",
+    "pretrained",
+    "freeze_backbone",
+    "unfreeze_after",
+    "normalize",
+    "select_metric",
+)
 
 
 def _text(value) -> str:
@@ -28,7 +53,7 @@ def _text(value) -> str:
 def run_settings(record: dict) -> dict[str, str]:
     """One run's settings (``config.json`` as written by ``train``) as display strings."""
     config = record["config"]
-    multi_label = record["data"]["task"] == "multi-label, binary-class"
+    multi_label = record["data"]["task"] == Task.MULTI_LABEL
     focal = config.get("loss") == "focal"
     step = config.get("schedule") == "step"
     values = {
@@ -42,9 +67,13 @@ def run_settings(record: dict) -> dict[str, str]:
         "warmup_epochs": config.get("warmup_epochs", 0),
         "epochs": config["epochs"],
         "batch_size": config["batch_size"],
-        "loss": ("focal (sigmoid)" if focal else "binary cross-entropy") if multi_label else ("focal" if focal else "cross-entropy"),
+        "loss": ("focal (sigmoid)" if focal else "binary cross-entropy")
+        if multi_label
+        else ("focal" if focal else "cross-entropy"),
         "focal_gamma": config.get("focal_gamma") if focal else None,
-        "label_smoothing": config.get("label_smoothing", 0.0) if not (multi_label or focal) else None,  # cross-entropy only
+        "label_smoothing": config.get("label_smoothing", 0.0)
+        if not (multi_label or focal)
+        else None,  # cross-entropy only
         "class_weights": config.get("class_weights", "none"),
         "sampler": config.get("sampler", "shuffle"),
         "augment": config.get("augment", "none"),
@@ -81,4 +110,8 @@ def split_settings(experiments) -> tuple[dict[str, str], list[str]]:
 def differing_settings(a, b) -> list[str]:
     """The settings in which two experiments differ (beyond what the grid varies)."""
     settings_a, settings_b = experiment_settings(a), experiment_settings(b)
-    return [key for key in dict.fromkeys([*settings_a, *settings_b]) if settings_a.get(key, NOT_USED) != settings_b.get(key, NOT_USED)]
+    return [
+        key
+        for key in dict.fromkeys([*settings_a, *settings_b])
+        if settings_a.get(key, NOT_USED) != settings_b.get(key, NOT_USED)
+    ]

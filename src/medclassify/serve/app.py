@@ -26,12 +26,20 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from .. import __version__
-from ..data.images import MAX_PIXELS, ImageTooLarge, SourceImage, UnsupportedImage, image_bytes_pixels, model_input, read_image_bytes
+from ..data.images import (
+    MAX_PIXELS,
+    ImageTooLarge,
+    SourceImage,
+    UnsupportedImage,
+    image_bytes_pixels,
+    model_input,
+    read_image_bytes,
+)
 from ..errors import ConfigError, DataError, MedclassifyError
 from ..inference.predictor import Predictions
 from .limits import PixelBudget, UploadGuard
-from .models import MicroBatcher, ServedModel, png_data_url
 from .schemas import ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
+from .served import MicroBatcher, ServedModel, png_data_url
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("medclassify.serve")
@@ -70,12 +78,17 @@ class ServeSettings:
     def max_inflight_bytes(self) -> int:
         return max(int(self.max_inflight_mb * 1024 * 1024), self.max_request_bytes)
 
-    def validate(self) -> "ServeSettings":
+    def validate(self) -> ServeSettings:
         for f in fields(self):
             value = getattr(self, f.name)
             whole = f.type == "int"
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
-                    or (whole and value != int(value)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+                or (whole and value != int(value))
+            ):
                 kind = "a whole number" if whole else "a finite number"
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be {kind} > 0, got {value}")
         return self
@@ -86,18 +99,33 @@ class Telemetry:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("medclassify_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("medclassify_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
-        self.predictions = Counter("medclassify_predictions", "Predicted images per model and class", ["model", "label"], registry=self.registry)
+        self.requests = Counter(
+            "medclassify_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "medclassify_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.predictions = Counter(
+            "medclassify_predictions",
+            "Predicted images per model and class",
+            ["model", "label"],
+            registry=self.registry,
+        )
 
 
 ERRORS = {
     400: {"model": ErrorResponse, "description": "a file is not a readable image, or the model cannot explain"},
     404: {"model": ErrorResponse, "description": "unknown model"},
     408: {"model": ErrorResponse, "description": "the request body paused or took too long"},
-    413: {"model": ErrorResponse, "description": "a file, the number of files, the request, or the pixels of an image or of "
-                                                 "the request's images are over the limit; or a Deflate-compressed DICOM"},
+    413: {
+        "model": ErrorResponse,
+        "description": "a file, the number of files, the request, or the pixels of an image or of "
+        "the request's images are over the limit; or a Deflate-compressed DICOM",
+    },
     415: {"model": ErrorResponse, "description": "a file is not PNG, JPEG, TIFF, BMP or DICOM (judged by its content)"},
     422: {"model": ErrorResponse, "description": "a parameter is invalid or no file was sent: 'WHERE: what is wrong'"},
     503: {"model": ErrorResponse, "description": "the server is receiving too many uploads at once"},
@@ -109,7 +137,9 @@ def _http_error(exc: DataError) -> HTTPException:
     return HTTPException(status, str(exc))
 
 
-def _prepare(data: bytes, name: str, settings: ServeSettings, size: int, channels: int) -> list[tuple[SourceImage, np.ndarray]]:
+def _prepare(
+    data: bytes, name: str, settings: ServeSettings, size: int, channels: int
+) -> list[tuple[SourceImage, np.ndarray]]:
     """Decode one upload; per image, a display copy (at most DISPLAY_SIDE) and the model input.
     Nothing at the full size outlives this call."""
     prepared = []
@@ -131,12 +161,18 @@ def display_copy(pixels: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
 
 UPLOAD_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "application/dicom")
 # The OpenAPI encoding of the upload: which content each file part may hold (checked by content, not by this header).
-UPLOAD_ENCODING = {"requestBody": {"content": {"multipart/form-data": {"encoding": {"files": {"contentType": ", ".join(UPLOAD_TYPES)}}}}}}
+UPLOAD_ENCODING = {
+    "requestBody": {
+        "content": {"multipart/form-data": {"encoding": {"files": {"contentType": ", ".join(UPLOAD_TYPES)}}}}
+    }
+}
 
 
 def route_family(path: str) -> str:
     """A label for requests outside the API routes that keeps the metrics' label set small."""
-    return next((prefix for prefix in ("/static", "/docs", "/openapi.json", "/redoc") if path.startswith(prefix)), "other")
+    return next(
+        (prefix for prefix in ("/static", "/docs", "/openapi.json", "/redoc") if path.startswith(prefix)), "other"
+    )
 
 
 def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = None) -> FastAPI:
@@ -144,7 +180,9 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
     telemetry = Telemetry()
 
     settings.validate()
-    batchers = {name: MicroBatcher(served.predictor.predict_pixels, settings.max_batch) for name, served in models.items()}
+    batchers = {
+        name: MicroBatcher(served.predictor.predict_pixels, settings.max_batch) for name, served in models.items()
+    }
     decoding = PixelBudget(settings.max_decoding_pixels)
     explain_locks = {name: asyncio.Lock() for name in models}  # Grad-CAM hooks the model: one request at a time
 
@@ -158,7 +196,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         title="medclassify",
         version=__version__,
         description="Classify medical images with models trained by medclassify, and see where the network looked "
-                    "(Grad-CAM). A research tool, not a diagnosis.",
+        "(Grad-CAM). A research tool, not a diagnosis.",
         lifespan=lifespan,
     )
     app.add_middleware(UploadGuard, settings=settings)  # inside 'observe', so that its refusals are logged and counted
@@ -189,8 +227,17 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             route = getattr(request.scope.get("route"), "path", None) or route_family(request.url.path)
             telemetry.requests.labels(route, request.method, str(status)).inc()
             telemetry.latency.labels(route).observe(elapsed)
-            log.info(json.dumps({"route": route, "method": request.method, "status": status, "latency_ms": round(elapsed * 1000, 2),
-                                 "model": getattr(request.state, "model", None)}))
+            log.info(
+                json.dumps(
+                    {
+                        "route": route,
+                        "method": request.method,
+                        "status": status,
+                        "latency_ms": round(elapsed * 1000, 2),
+                        "model": getattr(request.state, "model", None),
+                    }
+                )
+            )
 
     def pick(name: str | None) -> ServedModel:
         if name is None:
@@ -220,32 +267,47 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         """Every image's pixel count from its header first (per image and per request limits), then
         one upload after another, each holding its pixels of the server-wide decoding budget."""
         try:
-            counts = [await asyncio.to_thread(image_bytes_pixels, data, name, settings.max_pixels) for name, data in uploads]
+            counts = [
+                await asyncio.to_thread(image_bytes_pixels, data, name, settings.max_pixels) for name, data in uploads
+            ]
             if sum(counts) > settings.max_request_pixels:
-                raise HTTPException(413, f"the request's images hold {sum(counts):,} pixels together; the limit per request is "
-                                         f"{settings.max_request_pixels:,}")
+                raise HTTPException(
+                    413,
+                    f"the request's images hold {sum(counts):,} pixels together; the limit per request is "
+                    f"{settings.max_request_pixels:,}",
+                )
             prepared = []
             for (name, data), count in zip(uploads, counts):
                 async with decoding.reserve(count):
-                    prepared += await asyncio.to_thread(_prepare, data, name, settings, predictor.size, predictor.channels)
+                    prepared += await asyncio.to_thread(
+                        _prepare, data, name, settings, predictor.size, predictor.channels
+                    )
             return prepared
         except DataError as exc:
             raise _http_error(exc) from None
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, tags=["models"], openapi_extra=UPLOAD_ENCODING)
+    @app.post(
+        "/v1/predict", response_model=PredictResponse, responses=ERRORS, tags=["models"], openapi_extra=UPLOAD_ENCODING
+    )
     async def predict(
         request: Request,
-        files: Annotated[list[UploadFile], File(description="one or more PNG, JPEG, TIFF, BMP or DICOM files", min_length=1)],
+        files: Annotated[
+            list[UploadFile], File(description="one or more PNG, JPEG, TIFF, BMP or DICOM files", min_length=1)
+        ],
         model: Annotated[str | None, Query(description="a name from /v1/models (default: the first model)")] = None,
         explain: Annotated[bool, Query(description="add the Grad-CAM overlay of the predicted class")] = False,
         top: Annotated[int, Query(ge=1, le=100, description="classes listed in 'top'")] = 3,
-        preview: Annotated[bool, Query(description="add the decoded image as a PNG (e.g. for DICOM, which browsers cannot show)")] = False,
+        preview: Annotated[
+            bool, Query(description="add the decoded image as a PNG (e.g. for DICOM, which browsers cannot show)")
+        ] = False,
     ) -> PredictResponse:
         """Class probabilities for each uploaded image (every frame of a multi-frame DICOM)."""
         served = pick(model)
         request.state.model = served.name
         if len(files) > settings.max_files:
-            raise HTTPException(413, f"more than {settings.max_files} files in one request; the limit is {settings.max_files}")
+            raise HTTPException(
+                413, f"more than {settings.max_files} files in one request; the limit is {settings.max_files}"
+            )
         uploads = [await read_upload(upload, i) for i, upload in enumerate(files)]
         predictor = served.predictor
         prepared = await decode(uploads, predictor)
@@ -253,13 +315,20 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         sources = [source for source, _ in prepared]
         pixels = np.stack([p for _, p in prepared])
         probabilities = await batchers[served.name].submit(pixels)
-        predictions = Predictions([s.name for s in sources], probabilities, predictor.class_names, predictor.multi_label,
-                                  operating_point=predictor.operating_point)
+        predictions = Predictions(
+            [s.name for s in sources],
+            probabilities,
+            predictor.class_names,
+            predictor.multi_label,
+            operating_point=predictor.operating_point,
+        )
         heatmaps = [None] * len(sources)
         if explain:
             async with explain_locks[served.name]:
                 try:
-                    heatmaps = await asyncio.to_thread(served.heatmaps, sources, pixels, [int(k) for k in probabilities.argmax(axis=1)])
+                    heatmaps = await asyncio.to_thread(
+                        served.heatmaps, sources, pixels, [int(k) for k in probabilities.argmax(axis=1)]
+                    )
                 except MedclassifyError as exc:
                     raise HTTPException(400, str(exc)) from None
         for i in range(len(predictions)):
@@ -270,8 +339,12 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             record["image"] = png_data_url(source.pixels) if preview else None
         return PredictResponse(model=served.name, version=served.version, predictions=records)
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"],
-             responses={200: {"content": {"text/plain": {"example": "medclassify_requests_total{...} 12.0"}}}})
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["service"],
+        responses={200: {"content": {"text/plain": {"example": "medclassify_requests_total{...} 12.0"}}}},
+    )
     async def metrics() -> PlainTextResponse:
         """Prometheus text format: requests, latency histogram, predictions per class."""
         return PlainTextResponse(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)

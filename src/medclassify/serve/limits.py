@@ -35,16 +35,24 @@ class PartCounter:
         self.header_field = b""
         self.disposition = b""
         self.error: HTTPException | None = None
-        self.parser = MultipartParser(boundary, {
-            "on_part_begin": self._begin, "on_part_data": self._data, "on_header_field": self._field,
-            "on_header_value": self._value, "on_header_end": self._header_end,
-        })
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_part_data": self._data,
+                "on_header_field": self._field,
+                "on_header_value": self._value,
+                "on_header_end": self._header_end,
+            },
+        )
 
     def _begin(self) -> None:
         self.parts += 1
         self.part_bytes, self.disposition = 0, b""
         if self.parts > self.max_parts and self.error is None:
-            self.error = HTTPException(413, f"more than {self.max_parts} files in one request; the limit is {self.max_parts}")
+            self.error = HTTPException(
+                413, f"more than {self.max_parts} files in one request; the limit is {self.max_parts}"
+            )
 
     def _field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
@@ -60,7 +68,9 @@ class PartCounter:
         self.part_bytes += end - start
         if self.part_bytes > self.max_part_bytes and self.error is None:
             _, options = parse_options_header(self.disposition)
-            name = PurePath(options.get(b"filename", b"").decode("utf-8", "replace")).name[:200] or f"file{self.parts - 1}"
+            name = (
+                PurePath(options.get(b"filename", b"").decode("utf-8", "replace")).name[:200] or f"file{self.parts - 1}"
+            )
             self.error = HTTPException(413, f"{name}: larger than the upload limit of {self.max_part_mb:g} MB")
 
     def feed(self, chunk: bytes) -> None:
@@ -94,7 +104,9 @@ class UploadGuard:
         content_type, options = parse_options_header(headers.get("content-type", ""))
         counter = None
         if content_type == b"multipart/form-data" and options.get(b"boundary"):
-            counter = PartCounter(options[b"boundary"], settings.max_upload_bytes, settings.max_upload_mb, settings.max_files)
+            counter = PartCounter(
+                options[b"boundary"], settings.max_upload_bytes, settings.max_upload_mb, settings.max_files
+            )
         held, complete = 0, False
         deadline = time.monotonic() + settings.body_timeout
 
@@ -106,8 +118,11 @@ class UploadGuard:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
             except TimeoutError:
-                raise HTTPException(408, f"the request body did not arrive in time (limits: {settings.read_timeout:g} s without data, "
-                                         f"{settings.body_timeout:g} s in all)") from None
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive in time (limits: {settings.read_timeout:g} s without data, "
+                    f"{settings.body_timeout:g} s in all)",
+                ) from None
             if message["type"] != "http.request":
                 return message
             chunk = message.get("body", b"")
@@ -141,7 +156,7 @@ class PixelBudget:
         self.free = pixels
         self.changed = asyncio.Condition()
 
-    def reserve(self, pixels: int) -> "_Reservation":
+    def reserve(self, pixels: int) -> _Reservation:
         return _Reservation(self, min(pixels, self.capacity))
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-BLOOD_CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+BLOOD_CLASSES = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature granulocytes",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+]
 
 
 class Health(BaseModel):
@@ -24,7 +33,9 @@ class ModelInfo(BaseModel):
     backend: str = Field(description="pytorch or onnxruntime", examples=["onnxruntime"])
     explain: bool = Field(description="whether ?explain=true (Grad-CAM) is available", examples=[True])
     test_metrics: dict[str, float | int | None] | None = Field(
-        description="the run's test-split figures (n, acc, auc, f1_macro)", examples=[{"n": 3421, "acc": 0.9243, "auc": 0.9942, "f1_macro": 0.9145}])
+        description="the run's test-split figures (n, acc, auc, f1_macro)",
+        examples=[{"n": 3421, "acc": 0.9243, "auc": 0.9942, "f1_macro": 0.9145}],
+    )
     medclassify_version: str | None = Field(examples=["0.1.0"])
 
 
@@ -40,18 +51,34 @@ class ClassScore(BaseModel):
 
 
 class Prediction(BaseModel):
-    file: str = Field(description="the uploaded file's name; '[i]' marks frame i of a multi-frame DICOM", examples=["cell.png"])
-    prediction: str = Field(description="the predicted class (multi-label tasks: every label above 0.5, joined by '; ')", examples=["neutrophil"])
+    file: str = Field(
+        description="the uploaded file's name; '[i]' marks frame i of a multi-frame DICOM", examples=["cell.png"]
+    )
+    prediction: str = Field(
+        description="the predicted class (multi-label tasks: every label above 0.5, joined by '; ')",
+        examples=["neutrophil"],
+    )
     probability: float = Field(ge=0.0, le=1.0, description="the highest class probability", examples=[0.97])
     top: list[ClassScore] = Field(description="the most probable classes, best first")
-    probabilities: dict[str, float] = Field(description="every class's probability", examples=[{"neutrophil": 0.97, "eosinophil": 0.02}])
-    heatmap: str | None = Field(None, description="with ?explain=true: the Grad-CAM overlay of the predicted class, a PNG data URL",
-                                examples=["data:image/png;base64,iVBORw0KGgo..."])
-    decision: str | None = Field(None, description="the decision at the model's operating point (a threshold for one class chosen on "
-                                                   "validation, e.g. for a screening sensitivity): the class, or 'not CLASS'; null without one",
-                                 examples=["pneumonia"])
-    image: str | None = Field(None, description="with ?preview=true: the decoded image (longer side at most 512 px), a PNG data URL",
-                              examples=["data:image/png;base64,iVBORw0KGgo..."])
+    probabilities: dict[str, float] = Field(
+        description="every class's probability", examples=[{"neutrophil": 0.97, "eosinophil": 0.02}]
+    )
+    heatmap: str | None = Field(
+        None,
+        description="with ?explain=true: the Grad-CAM overlay of the predicted class, a PNG data URL",
+        examples=["data:image/png;base64,iVBORw0KGgo..."],
+    )
+    decision: str | None = Field(
+        None,
+        description="the decision at the model's operating point (a threshold for one class chosen on "
+        "validation, e.g. for a screening sensitivity): the class, or 'not CLASS'; null without one",
+        examples=["pneumonia"],
+    )
+    image: str | None = Field(
+        None,
+        description="with ?preview=true: the decoded image (longer side at most 512 px), a PNG data URL",
+        examples=["data:image/png;base64,iVBORw0KGgo..."],
+    )
 
 
 class PredictResponse(BaseModel):
@@ -63,6 +90,8 @@ class PredictResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    detail: str = Field(description="what was wrong, one line (422: 'WHERE: what is wrong', e.g. 'query.top: Input should be less "
-                                    "than or equal to 100')",
-                        examples=["scan.gif: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)"])
+    detail: str = Field(
+        description="what was wrong, one line (422: 'WHERE: what is wrong', e.g. 'query.top: Input should be less "
+        "than or equal to 100')",
+        examples=["scan.gif: not a PNG, JPEG, TIFF, BMP or DICOM file (judged by its content)"],
+    )

@@ -10,7 +10,6 @@ __getattr__, __dir__, __all__ = lazy.attach(
     __name__,
     submod_attrs={
         "checkpoint": ["load_checkpoint", "save_checkpoint"],
-        "config": ["TrainConfig"],
         "trainer": ["RunResult", "train"],
     },
 )

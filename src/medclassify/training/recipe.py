@@ -86,7 +86,13 @@ def build_optimizer(config, parameters) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    return torch.optim.SGD(
+        parameters,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.momentum > 0,
+    )
 
 
 def build_scheduler(config, optimizer, steps_per_epoch: int):
@@ -95,8 +101,9 @@ def build_scheduler(config, optimizer, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
-                                                   pct_start=warmup / total if warmup else 0.3)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup / total if warmup else 0.3
+        )
     if config.schedule == "cosine":
         main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
     elif config.schedule == "step":
@@ -123,7 +130,8 @@ class EarlyStopping:
     def step(self, value: float) -> bool:
         """Record one epoch's value; True when it is the best so far (NaN never is)."""
         improved = not math.isnan(value) and (
-            self.best is None or (value < self.best if self.mode == "min" else value > self.best))
+            self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        )
         if improved:
             self.best, self.bad_epochs = value, 0
         else:

@@ -6,7 +6,7 @@ Defaults are the paper's: cross-entropy, Adam (lr 1e-3), 10 epochs, batch 32, sh
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
 import statistics
@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +24,15 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, compute_normalization, load_dataset
+from ..config import TrainConfig
+from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, compute_normalization
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
 from ..io import folder_lock, write_csv, write_json
 from ..models import count_parameters, create_model
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .distributed import Distributed, barrier, gather, init_distributed, shutdown
-from .environment import environment_record, seed_everything
+from ..runs import RUN_FILES, RunDir, calibrate_held_run, load_checkpoint, load_run_data, save_checkpoint
+from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
+from ..runtime.environment import environment_record, seed_everything
 from .recipe import (
     EarlyStopping,
     balanced_sample_weights,
@@ -43,12 +43,26 @@ from .recipe import (
     set_backbone_trainable,
 )
 
+logger = logging.getLogger(__name__)
+
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s", "lr"]
 # Options that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "device", "resume", "quiet", "num_threads", "eval_batch_size", "out", "data_dir", "download", "verify", "amp",
-                     "calibrate", "threshold", "positive_class"}
-# Any of these in a folder means a run was (or is being) written there.
-RUN_FILES = ("config.json", "metrics.json", "best.pt", "last.pt")
+RESUMABLE_CHANGES = {
+    "epochs",
+    "device",
+    "resume",
+    "quiet",
+    "num_threads",
+    "eval_batch_size",
+    "out",
+    "data_dir",
+    "download",
+    "verify",
+    "amp",
+    "calibrate",
+    "threshold",
+    "positive_class",
+}
 
 
 @dataclass
@@ -59,25 +73,13 @@ class RunResult:
     already_complete: bool = False  # a finished run was resumed: nothing was trained or written
 
 
-def load_run_data(config: TrainConfig) -> LoadedDataset:
-    data = load_dataset(
-        config.dataset_name,
-        config.size,
-        config.data_dir,
-        channels=config.channels,
-        verify=config.verify,
-        download=config.download,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        split_seed=config.seed,
-    )
-    if config.orientation:
-        data.orientation = config.orientation
-    return data
-
-
 def model_spec(config: TrainConfig, data: LoadedDataset) -> dict:
-    return {"name": config.model, "in_channels": data.channels, "num_classes": data.num_classes, "image_size": data.size}
+    return {
+        "name": config.model,
+        "in_channels": data.channels,
+        "num_classes": data.num_classes,
+        "image_size": data.size,
+    }
 
 
 def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Normalization) -> dict:
@@ -85,8 +87,13 @@ def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Nor
     return {
         "model": model_spec(config, data),
         "preprocessing": {"size": data.size, "channels": data.channels, **normalization.as_dict()},
-        "dataset": {"name": data.name, "task": data.task, "class_names": data.class_names, "md5": data.source["md5"],
-                    "orientation": data.orientation},
+        "dataset": {
+            "name": data.name,
+            "task": str(data.task),
+            "class_names": data.class_names,
+            "md5": data.source["md5"],
+            "orientation": data.orientation,
+        },
         "medclassify_version": __version__,
     }
 
@@ -99,8 +106,18 @@ def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
         raise CheckpointError(f"{path}: cannot resume with different settings ({detail})")
 
 
-def train_one_epoch(model, loader: BatchLoader, optimizer, criterion, scaler, amp: bool, progress,
-                    scheduler=None, grad_clip: float = 0.0, frozen_backbone: bool = False) -> float:
+def train_one_epoch(
+    model,
+    loader: BatchLoader,
+    optimizer,
+    criterion,
+    scaler,
+    amp: bool,
+    progress,
+    scheduler=None,
+    grad_clip: float = 0.0,
+    frozen_backbone: bool = False,
+) -> float:
     model.train()
     if frozen_backbone:
         freeze_batchnorm_statistics(model)
@@ -144,34 +161,52 @@ def train(config: TrainConfig) -> RunResult:
 
 def check_run_folder(config: TrainConfig) -> None:
     """A new run needs a folder without a run in it; ``--resume`` needs the interrupted run's last.pt."""
-    run_dir = config.run_dir()
-    if config.resume and not (run_dir / "last.pt").is_file():
-        raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist; there is no interrupted run to continue")
-    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    run = RunDir(config.run_dir())
+    if config.resume and not run.last_path.is_file():
+        raise CheckpointError(f"--resume: {run.last_path} does not exist; there is no interrupted run to continue")
+    found = [name for name in RUN_FILES if (run / name).exists()]
     if not config.resume and found:
-        raise CheckpointError(f"{run_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, or choose another --out")
+        raise CheckpointError(
+            f"{run.path} already holds a run ({', '.join(found)}); pass --resume to continue it, or choose another --out"
+        )
 
 
 def _diverged(epoch: int, reason: str, config: TrainConfig, last_path: Path) -> TrainingDiverged:
     kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished, so no checkpoint was kept"
-    return TrainingDiverged(f"training diverged in epoch {epoch} ({reason}); {kept}. Lower --lr (now {config.lr:g}) "
-                            "or add --grad-clip, in another --out")
+    return TrainingDiverged(
+        f"training diverged in epoch {epoch} ({reason}); {kept}. Lower --lr (now {config.lr:g}) "
+        "or add --grad-clip, in another --out"
+    )
 
 
 def _finished_result(run_dir: Path, state: dict) -> RunResult:
     """A finished run read back from its records, for a --resume that has nothing left to do."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return RunResult(run_dir, {"best_epoch": state["best_epoch"], "epochs_run": len(state["history"]),
-                               "val": metrics["val"], "test": metrics["test"]}, state["history"], already_complete=True)
+    metrics = RunDir(run_dir).metrics()
+    return RunResult(
+        run_dir,
+        {
+            "best_epoch": state["best_epoch"],
+            "epochs_run": len(state["history"]),
+            "val": metrics["val"],
+            "test": metrics["test"],
+        },
+        state["history"],
+        already_complete=True,
+    )
 
 
 def _train(config: TrainConfig, context: Distributed, device: torch.device) -> RunResult:
-    run_dir = config.run_dir()
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    run = RunDir(config.run_dir())
+    run_dir, last_path, best_path = run.path, run.last_path, run.best_path
     if config.batch_size % context.world_size:
-        raise ConfigError(f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes")
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes"
+        )
     main = context.is_main
-    log = (lambda *a: None) if config.quiet or not main else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def log(message: str) -> None:
+        if main and not config.quiet:
+            logger.info(message)
 
     # ---- data --------------------------------------------------------------------------------
     if config.num_threads:
@@ -184,7 +219,9 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
     amp = config.amp and device.type == "cuda"
 
     # ---- model, loss, optimiser ----------------------------------------------------------------
-    model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained).to(device)
+    model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained).to(
+        device
+    )
     train_split = data.splits["train"]
     criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
     optimizer = build_optimizer(config, model.parameters())
@@ -193,8 +230,11 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
     shuffle = torch.Generator().manual_seed(config.seed + context.rank)
     augment_rng = torch.Generator(device).manual_seed(config.seed + 1 + context.rank)
     batch_size = config.batch_size // context.world_size
-    sampler = DistributedSampler(train_split, context.world_size, context.rank, shuffle=True, seed=config.seed) \
-        if context.enabled and config.sampler != "balanced" else None
+    sampler = (
+        DistributedSampler(train_split, context.world_size, context.rank, shuffle=True, seed=config.seed)
+        if context.enabled and config.sampler != "balanced"
+        else None
+    )
     epoch_size = -(-len(train_split) // context.world_size)
     steps_per_epoch = -(-epoch_size // batch_size)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
@@ -206,19 +246,25 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         state = load_checkpoint(last_path)
         _check_resumable(state["config"], config, last_path)
         if state["dataset"]["md5"] != data.source["md5"]:
-            raise CheckpointError(f"{last_path}: the data changed since the run started (MD5 {state['dataset']['md5']} -> {data.source['md5']})")
+            raise CheckpointError(
+                f"{last_path}: the data changed since the run started (MD5 {state['dataset']['md5']} -> {data.source['md5']})"
+            )
         # one RNG record per process (runs from before distributed training kept one, at the top level)
-        process_rng = state.get("process_rng") or [{k: state[k] for k in ("shuffle_rng", "torch_rng", "augment_rng", "cuda_rng") if k in state}]
+        process_rng = state.get("process_rng") or [
+            {k: state[k] for k in ("shuffle_rng", "torch_rng", "augment_rng", "cuda_rng") if k in state}
+        ]
         saved_world = len(process_rng)
         if saved_world != context.world_size:
-            raise CheckpointError(f"{last_path}: the run used {saved_world} process(es); resume it with the same number, not {context.world_size}")
+            raise CheckpointError(
+                f"{last_path}: the run used {saved_world} process(es); resume it with the same number, not {context.world_size}"
+            )
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scaler.load_state_dict(state["scaler_state"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler_state"])
         stopper.load_state_dict(state["early_stopping"])
-        if (state["epoch"] >= config.epochs or stopper.should_stop) and (run_dir / "metrics.json").is_file():
+        if (state["epoch"] >= config.epochs or stopper.should_stop) and run.is_finished():
             log(f"{run_dir} is already complete ({state['epoch']} epochs); nothing was trained or written")
             return _finished_result(run_dir, state)
         rng = process_rng[context.rank]
@@ -235,10 +281,10 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
     source = {k: v for k, v in data.source.items() if k != "files"}
     if main:
         write_json(
-            run_dir / "config.json",
+            run.config_path,
             {
                 "config": config.to_dict(),
-                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "written": datetime.now(UTC).isoformat(timespec="seconds"),
                 "resumed_after_epoch": start_epoch - 1 if config.resume else None,
                 "environment": environment_record(device),
                 "distributed": context.record(config.batch_size),
@@ -253,14 +299,26 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
 
     # ---- epochs ------------------------------------------------------------------------------
     train_loader = BatchLoader(
-        train_split, batch_size, normalization, device, shuffle=True, generator=shuffle, sampler=sampler,
+        train_split,
+        batch_size,
+        normalization,
+        device,
+        shuffle=True,
+        generator=shuffle,
+        sampler=sampler,
         sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
         epoch_size=epoch_size if context.enabled else None,
         augment=BatchAugment(config.augment, data.orientation, augment_rng) if config.augment != "none" else None,
     )
-    log(f"training {config.model} ({count_parameters(model):,} parameters) on {data.name} {data.size}px, "
+    log(
+        f"training {config.model} ({count_parameters(model):,} parameters) on {data.name} {data.size}px, "
         f"{len(data.splits['train'])} images, {config.epochs} epochs, device {device}"
-        + (f", {context.world_size} processes ({context.backend}) of {batch_size} images per batch" if context.enabled else ""))
+        + (
+            f", {context.world_size} processes ({context.backend}) of {batch_size} images per batch"
+            if context.enabled
+            else ""
+        )
+    )
     frozen = None
     for epoch in range(start_epoch, config.epochs + 1):
         if stopper.should_stop:
@@ -269,29 +327,63 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         if now_frozen != frozen:  # DDP syncs the parameters that require gradients when it is built
             if config.freeze_backbone:
                 set_backbone_trainable(model, not now_frozen)
-            trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if context.enabled else model
+            trained = (
+                DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                if context.enabled
+                else model
+            )
             frozen = now_frozen
         if sampler is not None:
             sampler.set_epoch(epoch)
         started = time.perf_counter()
-        with tqdm(total=epoch_size, desc=f"epoch {epoch}/{config.epochs}", unit="img",
-                  disable=True if config.quiet or not main else None, leave=False, file=sys.stderr) as progress:
+        with tqdm(
+            total=epoch_size,
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="img",
+            disable=True if config.quiet or not main else None,
+            leave=False,
+            file=sys.stderr,
+        ) as progress:
             try:
-                local_loss = train_one_epoch(trained, train_loader, optimizer, criterion, scaler, amp, progress,
-                                             scheduler, config.grad_clip, frozen)
+                local_loss = train_one_epoch(
+                    trained,
+                    train_loader,
+                    optimizer,
+                    criterion,
+                    scaler,
+                    amp,
+                    progress,
+                    scheduler,
+                    config.grad_clip,
+                    frozen,
+                )
             except TrainingDiverged as exc:
                 raise _diverged(epoch, str(exc), config, last_path) from None
         train_loss = statistics.fmean(gather(context, local_loss))  # every process saw epoch_size images
         seconds = time.perf_counter() - started
-        y_true, y_prob, val_loss = predict_split_sharded(model, data.splits["val"], config.eval_batch_size, normalization, device,
-                                                         data.multi_label, amp, context=context)
+        y_true, y_prob, val_loss = predict_split_sharded(
+            model,
+            data.splits["val"],
+            config.eval_batch_size,
+            normalization,
+            device,
+            data.multi_label,
+            amp,
+            context=context,
+        )
         if not (np.isfinite(y_prob).all() and math.isfinite(val_loss)):
             raise _diverged(epoch, "the validation outputs are not finite", config, last_path)
         val = classification_metrics(y_true, y_prob, data.task, data.class_names)
         row = {
-            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val["acc"],
-            "val_auc": val["auc"], "val_f1": val["f1_macro"], "seconds": round(seconds, 3),
-            "images_per_s": round(len(data.splits["train"]) / seconds, 1), "lr": optimizer.param_groups[0]["lr"],
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_acc": val["acc"],
+            "val_auc": val["auc"],
+            "val_f1": val["f1_macro"],
+            "seconds": round(seconds, 3),
+            "images_per_s": round(len(data.splits["train"]) / seconds, 1),
+            "lr": optimizer.param_groups[0]["lr"],
         }
         history.append(row)
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
@@ -299,25 +391,43 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         if improved:
             best_epoch = epoch
             if main:
-                save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row})
-        rng = {"shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state()}
+                save_checkpoint(
+                    best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row}
+                )
+        rng = {
+            "shuffle_rng": shuffle.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "augment_rng": augment_rng.get_state(),
+        }
         if device.type == "cuda":
             rng["cuda_rng"] = torch.cuda.get_rng_state(device)
         process_rng = gather(context, rng)
         if main:
             state = {
-                **metadata, "config": config.to_dict(), "epoch": epoch, "history": history,
-                "best_epoch": best_epoch, "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(),
-                "process_rng": process_rng, "early_stopping": stopper.state_dict(),
+                **metadata,
+                "config": config.to_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best_epoch": best_epoch,
+                "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(),
+                "scaler_state": scaler.state_dict(),
+                "process_rng": process_rng,
+                "early_stopping": stopper.state_dict(),
             }
             if scheduler is not None:
                 state["scheduler_state"] = scheduler.state_dict()
             save_checkpoint(last_path, state)
-            write_csv(run_dir / "history.csv", HISTORY_COLUMNS, ([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS] for r in history))
-        log(f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+            write_csv(
+                run.history_path,
+                HISTORY_COLUMNS,
+                ([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS] for r in history),
+            )
+        log(
+            f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             f"val acc {val['acc']:.4f}  val AUC {val['auc']:.4f}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s"
-            + ("  *best" if improved else ""))
+            + ("  *best" if improved else "")
+        )
         if stopper.should_stop:
             log(f"early stopping: no better validation {config.select_metric} for {config.early_stopping} epochs")
 
@@ -325,29 +435,50 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
     if best_epoch == 0:  # the metric was never defined (e.g. NaN AUC): keep the last weights
         best_epoch = len(history)
         if main:
-            save_checkpoint(best_path, {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]})
+            save_checkpoint(
+                best_path,
+                {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]},
+            )
     barrier(context)  # best.pt is complete before every process reads it
     bundle = load_checkpoint(best_path)
     model.load_state_dict(bundle["model_state"])
-    metrics, outputs = evaluate_model(model, data, normalization, device, config.eval_batch_size, amp,
-                                      tta_orientation=data.orientation if config.tta else None, context=context)
+    metrics, outputs = evaluate_model(
+        model,
+        data,
+        normalization,
+        device,
+        config.eval_batch_size,
+        amp,
+        tta_orientation=data.orientation if config.tta else None,
+        context=context,
+    )
     if main:
-        extra = {"checkpoint": "best.pt", "best_epoch": best_epoch, "epochs_run": len(history), "select_metric": config.select_metric, "tta": config.tta}
+        extra = {
+            "checkpoint": best_path.name,
+            "best_epoch": best_epoch,
+            "epochs_run": len(history),
+            "select_metric": config.select_metric,
+            "tta": config.tta,
+        }
         write_results(run_dir, metrics, outputs, data, extra)
         # the bundle also carries the test figures, for whoever applies it
         bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
         save_checkpoint(best_path, bundle)
         if config.calibrate != "none" or config.threshold is not None:
-            from ..evaluation.calibration import calibrate_held_run
-
-            done = calibrate_held_run(run_dir, config, config.calibrate, str(device), config.threshold, config.positive_class)
-            saved = json.loads((run_dir / "metrics.json").read_text())
+            done = calibrate_held_run(
+                run_dir, config, config.calibrate, str(device), config.threshold, config.positive_class
+            )
+            saved = run.metrics()
             metrics.update({key: saved[key] for key in ("calibrated", "operating_point") if key in saved})
             if "temperature" in done:
-                log(f"temperature {done['temperature']:.4g} fitted on validation; test ECE {done['before']['ece']:.4f} -> {done['after']['ece']:.4f}")
+                log(
+                    f"temperature {done['temperature']:.4g} fitted on validation; test ECE {done['before']['ece']:.4f} -> {done['after']['ece']:.4f}"
+                )
             if "operating_point" in done:
                 point = done["operating_point"]
-                log(f"threshold {point['threshold']:.4g} for {point['positive_class']} ({point['rule']} on validation); test sensitivity "
-                    f"{point['test']['sensitivity']:.4f}, specificity {point['test']['specificity']:.4f}")
+                log(
+                    f"threshold {point['threshold']:.4g} for {point['positive_class']} ({point['rule']} on validation); test sensitivity "
+                    f"{point['test']['sensitivity']:.4f}, specificity {point['test']['specificity']:.4f}"
+                )
     barrier(context)
     return RunResult(run_dir, {"best_epoch": best_epoch, "epochs_run": len(history), **metrics}, history)

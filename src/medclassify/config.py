@@ -10,12 +10,11 @@ from pathlib import Path
 
 import yaml
 
-from ..data import AUGMENT_CHOICES, FOLDER_NAME, NORMALIZE_CHOICES, ORIENTATIONS, get_dataset_info
-from ..errors import ConfigError
-from ..models import available_models
+from .data import AUGMENT_CHOICES, FOLDER_NAME, NORMALIZE_CHOICES, ORIENTATIONS, get_dataset_info
+from .errors import ConfigError, first_line
 
 SELECT_METRICS = ("auc", "acc", "f1", "loss")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 def option(default, help: str, *, choices=None):
@@ -26,13 +25,19 @@ def option(default, help: str, *, choices=None):
 @dataclass
 class TrainConfig:
     dataset: str | None = option(
-        None, "MedMNIST dataset (e.g. bloodmnist), 'synthcells', or 'folder' for an image folder at "
-        "--data-dir (default: 'folder' when --data-dir holds a train/ folder)"
+        None,
+        "MedMNIST dataset (e.g. bloodmnist), 'synthcells', or 'folder' for an image folder at "
+        "--data-dir (default: 'folder' when --data-dir holds a train/ folder)",
     )
     size: int = option(28, "image size in pixels (MedMNIST: 28, 64, 128 or 224)")
     model: str = option("paper-cnn", "model name from the registry (see 'medclassify models')")
-    data_dir: str | None = option(None, "folder with the .npz files or the image folder (default: the OS cache, ~/.cache/medclassify)")
-    out: str | None = option(None, "run folder to write (default: runs/DATASET_SIZE_MODEL_seedSEED; image folders: the folder's name for DATASET)")
+    data_dir: str | None = option(
+        None, "folder with the .npz files or the image folder (default: the OS cache, ~/.cache/medclassify)"
+    )
+    out: str | None = option(
+        None,
+        "run folder to write (default: runs/DATASET_SIZE_MODEL_seedSEED; image folders: the folder's name for DATASET)",
+    )
     epochs: int = option(10, "training epochs")
     batch_size: int = option(32, "training batch size")
     lr: float = option(1e-3, "learning rate (the peak rate with a schedule)")
@@ -40,49 +45,84 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU)")
     select_metric: str = option("auc", "validation metric that picks the best checkpoint", choices=SELECT_METRICS)
     normalize: str = option(
-        "dataset", "dataset: per-channel mean/std of the training split; half: (x-0.5)/0.5 as in "
-        "MedMNIST's examples; none: [0, 1]", choices=NORMALIZE_CHOICES
+        "dataset",
+        "dataset: per-channel mean/std of the training split; half: (x-0.5)/0.5 as in "
+        "MedMNIST's examples; none: [0, 1]",
+        choices=NORMALIZE_CHOICES,
     )
-    channels: int | None = option(None, "1 or 3: image folders are converted to this (default: what most images are); grey MedMNIST data can be repeated to 3", choices=(1, 3))
+    channels: int | None = option(
+        None,
+        "1 or 3: image folders are converted to this (default: what most images are); grey MedMNIST data can be repeated to 3",
+        choices=(1, 3),
+    )
     val_fraction: float = option(0.1, "image folders without val/: share of train/ held out for validation")
     test_fraction: float = option(0.2, "image folders without test/: share of train/ held out for testing")
-    verify: bool = option(True, "check the MD5 of MedMNIST files against the official sums (--no-verify accepts a local variant)")
+    verify: bool = option(
+        True, "check the MD5 of MedMNIST files against the official sums (--no-verify accepts a local variant)"
+    )
     download: bool = option(True, "download missing MedMNIST files (--no-download fails instead)")
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
     num_threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     eval_batch_size: int = option(256, "batch size for validation and test")
-    recipe: str | None = option(None, "a named recipe from the package's recipes/ folder (see 'medclassify recipes'); other options override it")
-    pretrained: bool = option(False, "start from torchvision's ImageNet weights (resnet18, resnet50, vgg11-bn, mobilenet-v3-small)")
+    recipe: str | None = option(
+        None, "a named recipe from the package's recipes/ folder (see 'medclassify recipes'); other options override it"
+    )
+    pretrained: bool = option(
+        False, "start from torchvision's ImageNet weights (resnet18, resnet50, vgg11-bn, mobilenet-v3-small)"
+    )
     freeze_backbone: bool = option(False, "train only the classification head")
     unfreeze_after: int | None = option(None, "with --freeze-backbone: fine-tune every layer after this many epochs")
-    augment: str = option("none", "batch augmentation: none (the paper), light (flips/rotation/shift as the data allow), strong (adds crop scale and intensity jitter)", choices=AUGMENT_CHOICES)
-    orientation: str | None = option(None, "which geometric transforms keep labels true: free, mirror-x or fixed (default: the dataset's metadata; image folders: fixed)", choices=ORIENTATIONS)
-    optimizer: str = option("adam", "adam (the paper), adamw or sgd (with --momentum)", choices=("adam", "adamw", "sgd"))
+    augment: str = option(
+        "none",
+        "batch augmentation: none (the paper), light (flips/rotation/shift as the data allow), strong (adds crop scale and intensity jitter)",
+        choices=AUGMENT_CHOICES,
+    )
+    orientation: str | None = option(
+        None,
+        "which geometric transforms keep labels true: free, mirror-x or fixed (default: the dataset's metadata; image folders: fixed)",
+        choices=ORIENTATIONS,
+    )
+    optimizer: str = option(
+        "adam", "adam (the paper), adamw or sgd (with --momentum)", choices=("adam", "adamw", "sgd")
+    )
     weight_decay: float = option(0.0, "weight decay")
     momentum: float = option(0.9, "SGD momentum (Nesterov)")
-    schedule: str = option("none", "learning-rate schedule, stepped every batch", choices=("none", "cosine", "onecycle", "step"))
+    schedule: str = option(
+        "none", "learning-rate schedule, stepped every batch", choices=("none", "cosine", "onecycle", "step")
+    )
     milestones: list[int] | None = option(None, "step schedule: epochs after which the rate is multiplied by --gamma")
     gamma: float = option(0.1, "step schedule: the factor at each milestone")
     warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
     class_weights: str = option("none", "balanced: weight the loss by n / (k * n_class)", choices=("none", "balanced"))
-    sampler: str = option("shuffle", "shuffle (the paper) or balanced: draw every class equally often", choices=("shuffle", "balanced"))
+    sampler: str = option(
+        "shuffle", "shuffle (the paper) or balanced: draw every class equally often", choices=("shuffle", "balanced")
+    )
     loss: str = option("ce", "ce (cross-entropy) or focal", choices=("ce", "focal"))
     focal_gamma: float = option(2.0, "focal loss gamma (0 gives cross-entropy)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy targets, as torch.nn.CrossEntropyLoss")
     early_stopping: int = option(0, "stop after this many epochs without improvement of --select-metric (0: off)")
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
     tta: bool = option(False, "test-time augmentation: average the predictions over the label-safe flips")
-    calibrate: str = option("none", "temperature: after training, fit a temperature on the validation split and store it in the "
-                            "bundle (as 'medclassify calibrate RUN')", choices=("none", "temperature"))
-    threshold: str | None = option(None, "after training, choose the decision threshold on the validation split: youden, "
-                                   "sensitivity=0.95, specificity=0.9 or a probability (binary tasks, or with --positive-class)")
-    positive_class: str | None = option(None, "with --threshold on a multi-class task: the class decided against the rest")
+    calibrate: str = option(
+        "none",
+        "temperature: after training, fit a temperature on the validation split and store it in the "
+        "bundle (as 'medclassify calibrate RUN')",
+        choices=("none", "temperature"),
+    )
+    threshold: str | None = option(
+        None,
+        "after training, choose the decision threshold on the validation split: youden, "
+        "sensitivity=0.95, specificity=0.9 or a probability (binary tasks, or with --positive-class)",
+    )
+    positive_class: str | None = option(
+        None, "with --threshold on a multi-class task: the class decided against the rest"
+    )
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
     quiet: bool = option(False, "no progress bars or epoch lines")
 
     # ---- filling ---------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
         """Fill the fields from a mapping; a ``recipe`` key first fills them from that recipe."""
         known = {f.name for f in fields(cls)}
         keys = {k.replace("-", "_"): v for k, v in values.items()}
@@ -96,16 +136,16 @@ class TrainConfig:
         return checked_config(keys, source)
 
     @classmethod
-    def from_recipe(cls, name: str, **overrides) -> "TrainConfig":
+    def from_recipe(cls, name: str, **overrides) -> TrainConfig:
         """A named recipe with some fields overridden, e.g. ``from_recipe("paper-bn-aug", dataset="bloodmnist")``."""
         return cls.from_dict({**overrides, "recipe": name})
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the YAML config ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: cannot read the YAML config ({first_line(exc)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of TrainConfig keys, got {type(values).__name__}")
         return cls.from_dict(values, source=str(path))
@@ -131,7 +171,7 @@ class TrainConfig:
         return Path("runs") / f"{name}_{self.size}_{self.model}_seed{self.seed}"
 
     # ---- checking ----------------------------------------------------------------------------
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the option for any impossible value."""
         if self.recipe:
             load_recipe(self.recipe)  # an unknown name fails here, naming the choices
@@ -147,6 +187,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"--size {self.size} is not available for {name}; choose one of {', '.join(map(str, info.sizes))}"
                 )
+        from .models import available_models  # torch: only when a config is checked, not for --help
+
         if self.model not in available_models():
             raise ConfigError(f"--model: unknown model '{self.model}'; choose one of: {', '.join(available_models())}")
         positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
@@ -189,12 +231,14 @@ class TrainConfig:
         if self.unfreeze_after is not None and (not self.freeze_backbone or not 0 < self.unfreeze_after < self.epochs):
             raise ConfigError(f"--unfreeze-after needs --freeze-backbone and a value between 1 and {self.epochs - 1}")
         if self.threshold is not None:
-            from ..evaluation.threshold import parse_rule
+            from .evaluation.threshold import parse_rule
 
             parse_rule(self.threshold)
         if self.pretrained and not available_models()[self.model].pretrained:
             with_weights = [n for n, e in available_models().items() if e.pretrained]
-            raise ConfigError(f"--pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}")
+            raise ConfigError(
+                f"--pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}"
+            )
         return self
 
 
@@ -240,4 +284,3 @@ def load_recipe(name: str) -> dict:
 
 def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
-

@@ -8,10 +8,10 @@ import base64
 import io
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,7 @@ from ..errors import CheckpointError, ConfigError
 from ..explain.gradcam import cam_maps, overlay_pixels, resize_map
 from ..inference.predictor import Predictor, onnx_metadata
 from ..io import file_md5
+from ..runs.files import BEST_FILE
 
 
 class MicroBatcher:
@@ -98,10 +99,14 @@ class ServedModel:
 
     def explain_predictor(self) -> Predictor:
         if not self.can_explain:
-            raise ConfigError(f"model '{self.name}' is an ONNX file without PyTorch weights; Grad-CAM needs the run folder or its best.pt")
+            raise ConfigError(
+                f"model '{self.name}' is an ONNX file without PyTorch weights; Grad-CAM needs the run folder or its best.pt"
+            )
         if self.explainer is None:
             torch_backed = self.predictor.backend.name == "pytorch"
-            self.explainer = self.predictor if torch_backed else Predictor.from_run(self.path, device="cpu", backend="torch")
+            self.explainer = (
+                self.predictor if torch_backed else Predictor.from_run(self.path, device="cpu", backend="torch")
+            )
         return self.explainer
 
     def heatmaps(self, sources: list[SourceImage], pixels: np.ndarray, classes: list[int]) -> list[str]:
@@ -125,7 +130,7 @@ def png_data_url(pixels: np.ndarray) -> str:
 def model_version(path: Path) -> str:
     """The first 12 hex digits of the weights' MD5: an ONNX export shares its best.pt's version."""
     if path.is_dir():
-        path = path / "best.pt"
+        path = path / BEST_FILE
     if path.suffix.lower() == ".onnx":
         return onnx_metadata(path).get("checkpoint_md5", file_md5(path))[:12]
     return file_md5(path)[:12]

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import binomtest, rankdata
 
-from ..evaluation.metrics import (
-    BINARY,
+from ..tasks import Task
+from .metrics import (
     CALIBRATION_METRICS,
-    MULTI_LABEL,
-    ORDINAL,
     accuracy,
     auc_score,
     calibration_error,
@@ -74,20 +72,30 @@ class Side:
 
     y_true: np.ndarray
     scores: list[np.ndarray]  # one probability matrix per seed
-    task: str
+    task: Task
     _predicted: list[np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self):
         self._predicted = [predicted_labels(s, self.task) for s in self.scores]
-        self._calibration = None if self.task == MULTI_LABEL else [self._per_image(s, p) for s, p in zip(self.scores, self._predicted)]
+        self._calibration = (
+            None
+            if self.task == Task.MULTI_LABEL
+            else [self._per_image(s, p) for s, p in zip(self.scores, self._predicted)]
+        )
 
     def _per_image(self, scores: np.ndarray, predicted: np.ndarray) -> dict:
         """What the calibration figures of any resample are made of, per image."""
         y, k = self.y_true, scores.shape[1]
         onehot = np.eye(k)[y]
-        brier = (scores[:, -1] - y) ** 2 if self.task == BINARY else ((scores - onehot) ** 2).sum(1)
-        return {"brier": brier, "nll": -np.log(np.clip(scores[np.arange(len(y)), y], 1e-15, 1.0)),
-                "confidence": scores[np.arange(len(y)), predicted], "correct": predicted == y, "onehot": onehot, "scores": scores}
+        brier = (scores[:, -1] - y) ** 2 if self.task == Task.BINARY else ((scores - onehot) ** 2).sum(1)
+        return {
+            "brier": brier,
+            "nll": -np.log(np.clip(scores[np.arange(len(y)), y], 1e-15, 1.0)),
+            "confidence": scores[np.arange(len(y)), predicted],
+            "correct": predicted == y,
+            "onehot": onehot,
+            "scores": scores,
+        }
 
     def resampled_calibration(self, index: np.ndarray, seeds: np.ndarray | None = None) -> dict[str, float]:
         """:data:`CALIBRATION_METRICS` on the images ``index``, averaged over ``seeds`` (as
@@ -99,12 +107,23 @@ class Side:
             else:
                 c, y, p = self._calibration[k], self.y_true[index], self._predicted[k][index]
                 classes = c["scores"].shape[1]
-                draw = {"brier": float(c["brier"][index].mean()), "nll": float(c["nll"][index].mean()),
-                        "ece": calibration_error(c["confidence"][index], c["correct"][index]),
-                        "classwise_ece": float(np.mean([calibration_error(c["scores"][index, j], c["onehot"][index, j] == 1)
-                                                        for j in range(classes)])),
-                        **_agreement(np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes),
-                                     self.task == ORDINAL)}
+                draw = {
+                    "brier": float(c["brier"][index].mean()),
+                    "nll": float(c["nll"][index].mean()),
+                    "ece": calibration_error(c["confidence"][index], c["correct"][index]),
+                    "classwise_ece": float(
+                        np.mean(
+                            [
+                                calibration_error(c["scores"][index, j], c["onehot"][index, j] == 1)
+                                for j in range(classes)
+                            ]
+                        )
+                    ),
+                    **_agreement(
+                        np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes),
+                        self.task == Task.ORDINAL,
+                    ),
+                }
             for name in CALIBRATION_METRICS:
                 values[name].append(draw[name])
         return {name: float(np.nanmean(v)) for name, v in values.items()}
@@ -131,7 +150,7 @@ class Side:
         for k in range(self.n_seeds) if seeds is None else seeds:
             scores, predicted = self.scores[k], self._predicted[k]
             p, s = predicted[index], scores[index]
-            if self.task == MULTI_LABEL:
+            if self.task == Task.MULTI_LABEL:
                 values["acc"].append(float(np.mean(p == y)))
                 tp, fp, fn = ((p == 1) & (y == 1)).sum(0), ((p == 1) & (y == 0)).sum(0), ((p == 0) & (y == 1)).sum(0)
                 aucs = [_rank_auc(y[:, i] == 1, s[:, i]) for i in range(s.shape[1])]
@@ -141,14 +160,14 @@ class Side:
                 matrix = np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes)
                 tp = np.diag(matrix)
                 fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
-                if self.task == BINARY:
+                if self.task == Task.BINARY:
                     aucs = [_rank_auc(y == 1, s[:, -1])]
                 else:
                     aucs = [_rank_auc(y == i, s[:, i]) for i in range(classes)]
             values["f1_macro"].append(_f1_from_counts(tp, fp, fn))
             valid = [a for a in aucs if not np.isnan(a)]
             values["auc"].append(float(np.mean(valid)) if valid else np.nan)
-            if self.task != BINARY:
+            if self.task != Task.BINARY:
                 for i, value in enumerate(aucs):
                     values.setdefault(f"class_auc_{i}", []).append(value)
         with np.errstate(all="ignore"):  # a class absent from a resample has no AUC: NaN, left out of the interval

@@ -9,8 +9,8 @@ process on the combined batch and the learning rate needs no scaling.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 from .environment import select_device
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Distributed:
             "batch_per_process": batch_size // self.world_size,
             "effective_batch": batch_size,
             "lr_rule": "--batch-size is the effective batch split over the processes; gradients are averaged, "
-                       "so the learning rate is the single-process one",
+            "so the learning rate is the single-process one",
         }
 
 
@@ -60,14 +62,18 @@ def init_distributed(requested_device: str) -> tuple[Distributed, torch.device]:
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"{local_world_size} processes on this machine but {torch.cuda.device_count()} GPU(s): use one process per GPU")
+            raise ConfigError(
+                f"{local_world_size} processes on this machine but {torch.cuda.device_count()} GPU(s): use one process per GPU"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise ConfigError(f"--device {requested_device}: distributed training runs on CUDA (NCCL) or the CPU (Gloo), not {device.type}")
+        raise ConfigError(
+            f"--device {requested_device}: distributed training runs on CUDA (NCCL) or the CPU (Gloo), not {device.type}"
+        )
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return Distributed(rank, world_size, local_rank, local_world_size, backend), device
@@ -123,13 +129,15 @@ def launch(nproc: int, argv: list[str]) -> int:
     elastic_logs = logging.getLogger("torch.distributed.elastic")
     level = elastic_logs.level
     try:
-        args = parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={scratch}", "-m", "medclassify", *argv])
+        args = parse_args(
+            ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={scratch}", "-m", "medclassify", *argv]
+        )
         elastic_logs.setLevel(logging.CRITICAL)  # the failed processes have said what went wrong
         try:
             run(args)
         except ChildFailedError as exc:
             codes = [failure.exitcode for failure in exc.failures.values()]
-            print(f"medclassify: {len(codes)} of {nproc} processes failed (exit code {codes[0]})", file=sys.stderr)
+            logger.error(f"medclassify: {len(codes)} of {nproc} processes failed (exit code {codes[0]})")
             return codes[0] if codes[0] > 0 else 1
         return 0
     finally:

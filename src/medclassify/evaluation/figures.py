@@ -1,0 +1,84 @@
+"""Figures of one run's evaluation, each saved as PNG (150 dpi) and SVG: the reliability diagram
+before and after temperature scaling, and the helpers the study figures share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..io import atomic_path  # noqa: E402
+from ..tasks import Task  # noqa: E402
+from .metrics import calibration_error, predicted_labels  # noqa: E402
+
+
+def save_figure(figure, path_without_suffix: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """Write the figure atomically in each format (PNG at 150 dpi) and close it."""
+    paths = []
+    for fmt in formats:
+        path = path_without_suffix.with_name(f"{path_without_suffix.name}.{fmt}")
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=fmt, bbox_inches="tight", **({"dpi": 150} if fmt == "png" else {}))
+        paths.append(path)
+    plt.close(figure)
+    return paths
+
+
+def rescaled(scores: np.ndarray, temperature: float, multi_label: bool) -> np.ndarray:
+    """Probabilities under ``logits / T``, from the probabilities themselves: log-probabilities are
+    the logits up to a constant per image (softmax), and logit(p) is the logit (sigmoid)."""
+    clipped = np.clip(scores, 1e-12, 1 - 1e-12)
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-np.log(clipped / (1 - clipped)) / temperature))
+    z = np.log(clipped) / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def reliability(
+    y_true: np.ndarray, scores: np.ndarray, task: str, n_bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per confidence bin: accuracy and count, the bin edges, and the ECE (top-label; multi-label:
+    every label's decision)."""
+    if task == Task.MULTI_LABEL:
+        confidence, correct = np.maximum(scores, 1 - scores).ravel(), ((scores > 0.5) == (y_true == 1)).ravel()
+    else:
+        decided = predicted_labels(scores, task)
+        confidence, correct = scores[np.arange(len(decided)), decided], decided == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    accuracy = np.bincount(bins, correct, n_bins) / np.maximum(count, 1)
+    return accuracy, count, edges, calibration_error(confidence, correct, n_bins)
+
+
+def reliability_diagram(
+    y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, task: str, out: Path, temperature: float
+) -> list[Path]:
+    """Accuracy against confidence in equal-width bins, before and after temperature scaling, with
+    each side's ECE (top-label; multi-label: every label's decision)."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, layout="constrained")
+    for ax, scores, title in ((axes[0], raw, "before"), (axes[1], calibrated, f"after (T = {temperature:.3g})")):
+        accuracy, count, edges, ece = reliability(y_true, scores, task)
+        ax.bar(
+            edges[:-1],
+            np.where(count > 0, accuracy, 0),
+            width=edges[1],
+            align="edge",
+            edgecolor="white",
+            color="tab:blue",
+            label="accuracy in the bin",
+        )
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        ax.set_title(f"{title}: ECE {ece:.4f}", fontsize=10)
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8, loc="upper left")
+    figure.suptitle("Reliability on the test split (temperature fitted on validation)")
+    return save_figure(figure, out)
