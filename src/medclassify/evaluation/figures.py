@@ -56,6 +56,21 @@ def reliability(
     return accuracy, count, edges, calibration_error(confidence, correct, n_bins)
 
 
+def reliability_bars(ax, y_true: np.ndarray, scores: np.ndarray, task: str, label: str) -> float:
+    """Draw the accuracy of each confidence bin as bars on ``ax``; returns the ECE."""
+    accuracy, count, edges, ece = reliability(y_true, scores, task)
+    ax.bar(
+        edges[:-1],
+        np.where(count > 0, accuracy, 0),
+        width=edges[1],
+        align="edge",
+        edgecolor="white",
+        color="tab:blue",
+        label=label,
+    )
+    return ece
+
+
 def reliability_diagram(
     y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, task: str, out: Path, temperature: float
 ) -> list[Path]:
@@ -63,16 +78,7 @@ def reliability_diagram(
     each side's ECE (top-label; multi-label: every label's decision)."""
     figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, layout="constrained")
     for ax, scores, title in ((axes[0], raw, "before"), (axes[1], calibrated, f"after (T = {temperature:.3g})")):
-        accuracy, count, edges, ece = reliability(y_true, scores, task)
-        ax.bar(
-            edges[:-1],
-            np.where(count > 0, accuracy, 0),
-            width=edges[1],
-            align="edge",
-            edgecolor="white",
-            color="tab:blue",
-            label="accuracy in the bin",
-        )
+        ece = reliability_bars(ax, y_true, scores, task, "accuracy in the bin")
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
         ax.set_title(f"{title}: ECE {ece:.4f}", fontsize=10)
         ax.set_xlabel("confidence")

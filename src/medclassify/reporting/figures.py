@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from ..evaluation.figures import reliability, rescaled, save_figure  # noqa: E402
+from ..evaluation.figures import reliability, reliability_bars, rescaled, save_figure  # noqa: E402
 from ..tasks import Task  # noqa: E402
 from .texts import METRIC_NAMES, shorten  # noqa: E402
 
@@ -230,20 +230,11 @@ def studyreliability(experiments, out: Path) -> list[Path]:
     )
     for ax, e in zip(axes.flat, experiments):
         scores = e.side.scores[0]
-        accuracy, count, edges, ece = reliability(e.side.y_true, scores, e.task)
-        ax.bar(
-            edges[:-1],
-            np.where(count > 0, accuracy, 0),
-            width=edges[1],
-            align="edge",
-            edgecolor="white",
-            color="tab:blue",
-            label="as trained",
-        )
+        ece = reliability_bars(ax, e.side.y_true, scores, e.task, "as trained")
         title = f"ECE {ece:.4f}"
         temperature = (e.metrics[0].get("calibrated") or {}).get("temperature")
         if temperature:
-            after, after_count, _, after_ece = reliability(
+            after, after_count, edges, after_ece = reliability(
                 e.side.y_true, rescaled(scores, temperature, e.task == Task.MULTI_LABEL), e.task
             )
             ax.step(

@@ -1,0 +1,162 @@
+"""A run folder as one object: the names of its files and their readers, the bundle (``best.pt``)
+and the last training state (``last.pt``). Checkpoints are plain dicts of tensors and primitives,
+saved atomically and loaded with ``weights_only=True`` so that loading never runs pickled code.
+torch is imported only to read or write a checkpoint, so that an ONNX prediction starts without it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import CheckpointError, first_line
+from ..io import atomic_path
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+PREDICTIONS_FILE = "predictions.csv"
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
+ONNX_FILE = "model.onnx"
+RELIABILITY_FIGURE = "reliability"  # .png and .svg
+# Any of these in a folder means a run was (or is being) written there.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE)
+
+CHECKPOINT_FORMAT = "medclassify.checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    import torch
+
+    buffer = io.BytesIO()  # serialised first, so that a full disk is an OSError of the write below
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, **payload}, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file fails in many ways inside the unpickler
+        raise CheckpointError(f"{path}: not a readable medclassify checkpoint ({first_line(exc)})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a medclassify checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if data.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer medclassify (format {data['format_version']}); upgrade to read it")
+    return data
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run folder. Readers raise :class:`CheckpointError` naming the file."""
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / PREDICTIONS_FILE
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / BEST_FILE
+
+    @property
+    def last_path(self) -> Path:
+        return self.path / LAST_FILE
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / ONNX_FILE
+
+    def has_run_files(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def is_finished(self) -> bool:
+        """Training ended and the test split was evaluated (``metrics.json`` exists)."""
+        return self.metrics_path.is_file()
+
+    def record(self) -> dict:
+        """``config.json``: the config, seed, versions, environment and data checksums of the run."""
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.path}: not a medclassify run folder (no {CONFIG_FILE})")
+        try:
+            return json.loads(self.config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{self.config_path}: not a readable run config ({exc})") from None
+
+    def config(self, data_dir: str | None = None) -> TrainConfig:
+        """The TrainConfig the run was trained with; ``data_dir``: where the data are now, if they
+        moved since training."""
+        from ..config import TrainConfig
+
+        record = self.record()
+        try:
+            config = TrainConfig.from_dict(record["config"], source=str(self.config_path))
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{self.config_path}: not a readable run config ({exc})") from None
+        if data_dir:
+            config.data_dir = data_dir
+        return config
+
+    def metrics(self) -> dict:
+        if not self.is_finished():
+            raise CheckpointError(f"{self.path}: no {METRICS_FILE}; the run has not finished")
+        return json.loads(self.metrics_path.read_text())
+
+    def history(self) -> list[dict]:
+        return read_csv(self.history_path)
+
+    def predictions(self) -> list[dict]:
+        return read_csv(self.predictions_path)
+
+    def bundle(self) -> dict:
+        """``best.pt``: the model, its preprocessing, dataset facts, calibration and operating point."""
+        return load_checkpoint(self.best_path)
+
+    def last_state(self) -> dict:
+        """``last.pt``: everything an interrupted run resumes from."""
+        return load_checkpoint(self.last_path)
+
+
+def result_files(checkpoint: str) -> tuple[str, str]:
+    """The metrics and predictions files of an evaluation: the best checkpoint's are the run's own
+    (``metrics.json``, ``predictions.csv``); another checkpoint's are kept apart beside them."""
+    if checkpoint == "best":
+        return METRICS_FILE, PREDICTIONS_FILE
+    return f"metrics_{checkpoint}.json", f"predictions_{checkpoint}.csv"
