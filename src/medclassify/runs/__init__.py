@@ -7,8 +7,29 @@ import lazy_loader as lazy
 __getattr__, __dir__, __all__ = lazy.attach(
     __name__,
     submod_attrs={
-        "files": ["BEST_FILE", "CONFIG_FILE", "HISTORY_FILE", "LAST_FILE", "METRICS_FILE", "ONNX_FILE", "PREDICTIONS_FILE",
-                  "RELIABILITY_FIGURE", "RUN_FILES", "RunDir", "load_checkpoint", "read_csv", "result_files", "save_checkpoint"],
-        "operations": ["TorchBackend", "calibrate_held_run", "calibrate_run", "check_bundle_fits", "evaluate_run", "load_run_data"],
+        "files": [
+            "BEST_FILE",
+            "CONFIG_FILE",
+            "HISTORY_FILE",
+            "LAST_FILE",
+            "METRICS_FILE",
+            "ONNX_FILE",
+            "PREDICTIONS_FILE",
+            "RELIABILITY_FIGURE",
+            "RUN_FILES",
+            "RunDir",
+            "load_checkpoint",
+            "read_csv",
+            "result_files",
+            "save_checkpoint",
+        ],
+        "operations": [
+            "TorchBackend",
+            "calibrate_held_run",
+            "calibrate_run",
+            "check_bundle_fits",
+            "evaluate_run",
+            "load_run_data",
+        ],
     },
 )

@@ -55,7 +55,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a medclassify checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     if data.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer medclassify (format {data['format_version']}); upgrade to read it")
+        raise CheckpointError(
+            f"{path}: written by a newer medclassify (format {data['format_version']}); upgrade to read it"
+        )
     return data
 
 

@@ -46,12 +46,18 @@ def load_run_data(config: TrainConfig) -> LoadedDataset:
 def check_bundle_fits(state: dict, data: LoadedDataset, path: Path) -> None:
     """The checkpoint's model must take the data's images and predict its classes."""
     spec, dataset = state["model"], state["dataset"]
-    found = {"classes": (spec["num_classes"], data.num_classes), "channels": (spec["in_channels"], data.channels),
-             "image size": (spec["image_size"], data.size), "task": (dataset["task"], data.task),
-             "class names": (list(dataset["class_names"]), list(data.class_names))}
+    found = {
+        "classes": (spec["num_classes"], data.num_classes),
+        "channels": (spec["in_channels"], data.channels),
+        "image size": (spec["image_size"], data.size),
+        "task": (dataset["task"], data.task),
+        "class names": (list(dataset["class_names"]), list(data.class_names)),
+    }
     wrong = [f"{what} {have!r} vs {need!r}" for what, (have, need) in found.items() if have != need]
     if wrong:
-        raise CheckpointError(f"{path}: the model does not fit the run's data ({'; '.join(wrong)}); nothing was written")
+        raise CheckpointError(
+            f"{path}: the model does not fit the run's data ({'; '.join(wrong)}); nothing was written"
+        )
 
 
 class TorchBackend:
@@ -65,7 +71,9 @@ class TorchBackend:
         try:
             self.model.load_state_dict(state["model_state"])
         except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: the weights do not fit model '{spec['name']}' ({first_line(exc)})") from None
+            raise CheckpointError(
+                f"{path}: the weights do not fit model '{spec['name']}' ({first_line(exc)})"
+            ) from None
         self.device = select_device(device)
         self.model.eval().to(self.device)
 
@@ -74,7 +82,9 @@ class TorchBackend:
             return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
-def evaluate_run(run_dir: str | Path, checkpoint: str = "best", data_dir: str | None = None, device: str = "auto") -> dict:
+def evaluate_run(
+    run_dir: str | Path, checkpoint: str = "best", data_dir: str | None = None, device: str = "auto"
+) -> dict:
     """Rebuild the run's data and model, evaluate the checkpoint on val and test, and write its
     :func:`result_files` (the best checkpoint rewrites ``metrics.json`` and ``predictions.csv``).
     Returns the metrics."""
@@ -89,25 +99,46 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", data_dir: str | 
         data = load_run_data(config)
         check_bundle_fits(state, data, path)
         if data.source["md5"] != state["dataset"]["md5"]:
-            warnings.warn(f"the data differ from those the run was trained on (MD5 {state['dataset']['md5']} -> {data.source['md5']})",
-                          stacklevel=2)
+            warnings.warn(
+                f"the data differ from those the run was trained on (MD5 {state['dataset']['md5']} -> {data.source['md5']})",
+                stacklevel=2,
+            )
         spec = state["model"]
         model = create_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["image_size"])
         model.load_state_dict(state["model_state"])
         model.to(target)
         prep = state["preprocessing"]
         normalization = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
-        metrics, outputs = evaluate_model(model, data, normalization, target, config.eval_batch_size,
-                                          tta_orientation=data.orientation if config.tta else None)
-        extra = {"checkpoint": path.name, "epoch": state.get("epoch"), "select_metric": config.select_metric, "tta": config.tta}
+        metrics, outputs = evaluate_model(
+            model,
+            data,
+            normalization,
+            target,
+            config.eval_batch_size,
+            tta_orientation=data.orientation if config.tta else None,
+        )
+        extra = {
+            "checkpoint": path.name,
+            "epoch": state.get("epoch"),
+            "select_metric": config.select_metric,
+            "tta": config.tta,
+        }
         if checkpoint == "best":
             extra["best_epoch"] = state.get("epoch")
-        write_results(run.path, metrics, outputs, data, extra, *result_files(checkpoint), medmnist_files=checkpoint == "best")
+        write_results(
+            run.path, metrics, outputs, data, extra, *result_files(checkpoint), medmnist_files=checkpoint == "best"
+        )
         return metrics
 
 
-def calibrate_run(run_dir: str | Path, method: str = "temperature", data_dir: str | None = None, device: str = "auto",
-                  threshold: str | None = None, positive_class: str | None = None) -> dict:
+def calibrate_run(
+    run_dir: str | Path,
+    method: str = "temperature",
+    data_dir: str | None = None,
+    device: str = "auto",
+    threshold: str | None = None,
+    positive_class: str | None = None,
+) -> dict:
     """Fit ``method`` (``temperature``, or ``none`` to keep the bundle's) on the run's validation
     split and, with ``threshold`` (a rule of :mod:`.evaluation.threshold`), choose an operating point
     for ``positive_class`` (binary tasks: the second class) on the validation split too. Both are
@@ -130,15 +161,25 @@ def calibrate_run(run_dir: str | Path, method: str = "temperature", data_dir: st
 def _positive_index(class_names: list[str], task: str, positive_class: str | None) -> int:
     if positive_class is None:
         if task != Task.BINARY:
-            raise ConfigError(f"--positive-class is needed for an operating point of a {task} task; classes: {', '.join(class_names)}")
+            raise ConfigError(
+                f"--positive-class is needed for an operating point of a {task} task; classes: {', '.join(class_names)}"
+            )
         return 1
     if positive_class not in class_names:
-        raise ConfigError(f"--positive-class {positive_class}: not a class of this model; classes: {', '.join(class_names)}")
+        raise ConfigError(
+            f"--positive-class {positive_class}: not a class of this model; classes: {', '.join(class_names)}"
+        )
     return class_names.index(positive_class)
 
 
-def calibrate_held_run(run_dir: Path, config: TrainConfig, method: str = "temperature", device: str = "auto",
-                       threshold: str | None = None, positive_class: str | None = None) -> dict:
+def calibrate_held_run(
+    run_dir: Path,
+    config: TrainConfig,
+    method: str = "temperature",
+    device: str = "auto",
+    threshold: str | None = None,
+    positive_class: str | None = None,
+) -> dict:
     """:func:`calibrate_run` for a run folder this process already holds (``train --calibrate``)."""
     run = RunDir(run_dir)
     if not run.is_finished():
@@ -150,8 +191,12 @@ def calibrate_held_run(run_dir: Path, config: TrainConfig, method: str = "temper
     positive = _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
 
     def logits_of(pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return np.concatenate([backend(normalise_pixels(pixels[i : i + batch_size], prep["mean"], prep["std"]))
-                               for i in range(0, len(pixels), batch_size)])
+        return np.concatenate(
+            [
+                backend(normalise_pixels(pixels[i : i + batch_size], prep["mean"], prep["std"]))
+                for i in range(0, len(pixels), batch_size)
+            ]
+        )
 
     split_logits = {split: logits_of(data.splits[split].images.numpy()) for split in ("val", "test")}
     labels = {split: data.splits[split].labels.numpy() for split in ("val", "test")}
@@ -162,12 +207,16 @@ def calibrate_held_run(run_dir: Path, config: TrainConfig, method: str = "temper
         return {split: probabilities_from_logits(split_logits[split] / t, data.multi_label) for split in split_logits}
 
     def figures(scores: dict) -> dict:
-        return {split: classification_metrics(labels[split], scores[split], data.task, data.class_names) for split in scores}
+        return {
+            split: classification_metrics(labels[split], scores[split], data.task, data.class_names) for split in scores
+        }
 
     if method == "temperature":
         temperature = fit_temperature(split_logits["val"], labels["val"], data.multi_label)
         record = {
-            "method": method, "temperature": temperature, "fitted_on": "val",
+            "method": method,
+            "temperature": temperature,
+            "fitted_on": "val",
             "val_nll_before": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label),
             "val_nll_after": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label, temperature),
         }
@@ -176,16 +225,31 @@ def calibrate_held_run(run_dir: Path, config: TrainConfig, method: str = "temper
         raw, calibrated = figures(raw_scores), figures(scores)
         metrics["calibrated"] = {**record, **calibrated, "uncalibrated": raw}
         bundle["calibration"] = record
-        reliability_diagram(labels["test"], raw_scores["test"], scores["test"], data.task, run / RELIABILITY_FIGURE, temperature)
-        done.update(record, before={k: raw["test"][k] for k in CALIBRATION_METRICS}, after={k: calibrated["test"][k] for k in CALIBRATION_METRICS})
+        reliability_diagram(
+            labels["test"], raw_scores["test"], scores["test"], data.task, run / RELIABILITY_FIGURE, temperature
+        )
+        done.update(
+            record,
+            before={k: raw["test"][k] for k in CALIBRATION_METRICS},
+            after={k: calibrated["test"][k] for k in CALIBRATION_METRICS},
+        )
     else:
         temperature = float((bundle.get("calibration") or {}).get("temperature", 1.0))
         scores = probabilities(temperature)
     if threshold is not None:
-        is_positive = {split: (labels[split][:, positive] == 1) if data.multi_label else labels[split] == positive for split in labels}
+        is_positive = {
+            split: (labels[split][:, positive] == 1) if data.multi_label else labels[split] == positive
+            for split in labels
+        }
         chosen = choose_threshold(is_positive["val"], scores["val"][:, positive], threshold)
-        point = {"rule": threshold, "positive_class": data.class_names[positive], "threshold": chosen, "chosen_on": "val",
-                 "temperature": temperature, **{split: operating_point(is_positive[split], scores[split][:, positive], chosen) for split in labels}}
+        point = {
+            "rule": threshold,
+            "positive_class": data.class_names[positive],
+            "threshold": chosen,
+            "chosen_on": "val",
+            "temperature": temperature,
+            **{split: operating_point(is_positive[split], scores[split][:, positive], chosen) for split in labels},
+        }
         bundle["operating_point"] = point
         metrics["operating_point"] = point
         done["operating_point"] = point
