@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from medmnist.evaluator import getACC, getAUC
 
 from helpers import interrupt_training_at_epoch
-from medclassify import TrainConfig, evaluate_run, train
+from medclassify import RunConfig, RuntimeConfig, TrainConfig, evaluate_run, train
 from medclassify.errors import CheckpointError, ConfigError
 from medclassify.io import file_md5
 from medclassify.runs import load_checkpoint
@@ -147,7 +148,9 @@ def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_r
     config = config_for(blood_dir, tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    state = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert state["epoch"] == 1 and state["best_epoch"] == 1 and len(state["history"]) == 1
+    assert {"model_state", "optimizer_state", "scaler_state", "early_stopping", "process_rng"} <= set(state)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
 
@@ -158,6 +161,18 @@ def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_r
     assert read_history(resumed.run_dir) == read_history(blood_run.run_dir)
     assert resumed.metrics["test"] == blood_run.metrics["test"]
     assert json.loads((resumed.run_dir / "config.json").read_text())["resumed_after_epoch"] == 1
+
+
+def test_where_a_run_executes_may_change_on_resume_and_what_defines_it_may_not():
+    run_fields, runtime_fields = {f.name for f in fields(RunConfig)}, {f.name for f in fields(RuntimeConfig)}
+    assert not run_fields & runtime_fields
+    assert run_fields | runtime_fields == {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(dataset="bloodmnist")
+    elsewhere = replace(config, device="cpu", num_threads=1, out="x", data_dir="y", quiet=True, eval_batch_size=7)
+    longer = replace(config, epochs=20, calibrate="temperature", threshold="youden")
+    assert elsewhere.fixed_settings() == longer.fixed_settings() == config.fixed_settings()
+    assert replace(config, lr=0.01).fixed_settings() != config.fixed_settings()
+    assert "device" not in config.fixed_settings() and "seed" in config.fixed_settings()
 
 
 def test_resume_refuses_changed_settings_or_missing_run(blood_dir, tmp_path, blood_run):

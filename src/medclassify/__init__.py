@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
         "evaluation": ["classification_metrics"],
         "inference": ["Predictor", "export_model"],
         "models": ["available_models", "create_model"],
-        "config": ["TrainConfig"],
+        "config": ["RunConfig", "RuntimeConfig", "TrainConfig"],
         "runs": ["RunDir", "evaluate_run"],
         "training": ["RunResult", "train"],
     },

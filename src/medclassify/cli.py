@@ -14,6 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
+from .defaults import BOOTSTRAP_RESAMPLES, EXPORT_FORMATS, GRID_PER_CLASS, PARITY_TOLERANCE, PREDICT_BATCH_SIZE
 from .errors import MedclassifyError
 
 TRAIN_EXAMPLES = """examples:
@@ -156,7 +157,9 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
     parser.add_argument("--top", type=int, default=3, help="classes listed per image (default: 3)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument(
+        "--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="images per forward pass (default: %(default)s)"
+    )
     parser.add_argument(
         "--backend",
         choices=("auto", "torch", "onnx"),
@@ -187,7 +190,10 @@ def _add_explain_options(parser: argparse.ArgumentParser) -> None:
         "--split", choices=("test", "val"), default="test", help="split for the grid figure (default: test)"
     )
     parser.add_argument(
-        "--per-class", type=int, default=2, help="correct and wrong examples per class in the grid (default: 2)"
+        "--per-class",
+        type=int,
+        default=GRID_PER_CLASS,
+        help="correct and wrong examples per class in the grid (default: %(default)s)",
     )
     parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
     _add_device_option(parser)
@@ -195,11 +201,19 @@ def _add_explain_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="RUN_OR_BUNDLE", help="run folder (its best.pt) or .pt bundle")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
+    parser.add_argument(
+        "--format",
+        choices=tuple(EXPORT_FORMATS),
+        default=next(iter(EXPORT_FORMATS)),
+        help="file format (default: %(default)s)",
+    )
     parser.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx or RUN/model.ts)")
     parser.add_argument("--data-dir", help="where the run's data are now, for the parity check on the test split")
     parser.add_argument(
-        "--tolerance", type=float, default=1e-4, help="largest allowed logit difference to PyTorch (default: 1e-4)"
+        "--tolerance",
+        type=float,
+        default=PARITY_TOLERANCE,
+        help="largest allowed logit difference to PyTorch (default: %(default)g)",
     )
 
 
@@ -285,44 +299,17 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file in MB (default: 10)")
-    parser.add_argument(
-        "--max-pixels", type=int, default=50_000_000, help="largest accepted image in pixels (default: 50,000,000)"
-    )
-    parser.add_argument("--max-files", type=int, default=32, help="most files in one request (default: 32)")
-    parser.add_argument(
-        "--max-batch", type=int, default=64, help="most images in one forward pass of queued requests (default: 64)"
-    )
-    parser.add_argument(
-        "--max-request-pixels",
-        type=int,
-        default=100_000_000,
-        help="most pixels of all images in one request together (default: 100,000,000)",
-    )
-    parser.add_argument(
-        "--max-decoding-pixels",
-        type=int,
-        default=50_000_000,
-        help="most pixels being decoded at once, all requests together (default: 50,000,000, one largest image)",
-    )
-    parser.add_argument(
-        "--max-inflight-mb",
-        type=float,
-        default=1024.0,
-        help="most upload MB held at once, all requests together; more is 503 (default: 1024)",
-    )
-    parser.add_argument(
-        "--read-timeout", type=float, default=10.0, help="seconds a request body may pause (default: 10)"
-    )
-    parser.add_argument(
-        "--body-timeout", type=float, default=120.0, help="seconds for a whole request body (default: 120)"
-    )
-    parser.add_argument(
-        "--header-timeout", type=float, default=10.0, help="seconds for a request's headers (default: 10)"
-    )
-    parser.add_argument(
-        "--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (default: 5)"
-    )
+    from .serve.settings import ServeSettings
+
+    for f in fields(ServeSettings):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=float if f.type == "float" else int,
+            default=f.default,
+            help=f"{f.metadata['help']} (default: {f.default:,})"
+            if f.type == "int"
+            else f"{f.metadata['help']} (default: {f.default:g})",
+        )
     parser.add_argument(
         "--max-connections", type=int, default=100, help="most open connections; more are answered 503 (default: 100)"
     )
@@ -374,7 +361,10 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         help="with --backend ray: the cluster to join, e.g. auto or ray://HEAD:10001 (default: start Ray here)",
     )
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals (default: 1000)"
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP_RESAMPLES,
+        help="bootstrap resamples for the confidence intervals (default: %(default)s)",
     )
     parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language of report.md/.html (default: en)")
     parser.add_argument(

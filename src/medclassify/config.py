@@ -17,13 +17,18 @@ SELECT_METRICS = ("auc", "acc", "f1", "loss")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
-def option(default, help: str, *, choices=None):
-    """A field with the help and choices its command-line option shows."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, *, choices=None, resumable: bool = False):
+    """A field with the help and choices its command-line option shows; ``resumable``: the value may
+    change when an interrupted run is resumed."""
+    return field(default=default, metadata={"help": help, "choices": choices, "resumable": resumable})
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """The settings that define a run: its data, model and recipe. ``--resume`` refuses to continue
+    a run under other values, except for the fields marked ``resumable`` (more epochs, and what is
+    done after training)."""
+
     dataset: str | None = option(
         None,
         "MedMNIST dataset (e.g. bloodmnist), 'synthcells', or 'folder' for an image folder at "
@@ -31,18 +36,10 @@ class TrainConfig:
     )
     size: int = option(28, "image size in pixels (MedMNIST: 28, 64, 128 or 224)")
     model: str = option("paper-cnn", "model name from the registry (see 'medclassify models')")
-    data_dir: str | None = option(
-        None, "folder with the .npz files or the image folder (default: the OS cache, ~/.cache/medclassify)"
-    )
-    out: str | None = option(
-        None,
-        "run folder to write (default: runs/DATASET_SIZE_MODEL_seedSEED; image folders: the folder's name for DATASET)",
-    )
-    epochs: int = option(10, "training epochs")
+    epochs: int = option(10, "training epochs", resumable=True)
     batch_size: int = option(32, "training batch size")
     lr: float = option(1e-3, "learning rate (the peak rate with a schedule)")
     seed: int = option(0, "random seed for weights, shuffling and folder splits")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU)")
     select_metric: str = option("auc", "validation metric that picks the best checkpoint", choices=SELECT_METRICS)
     normalize: str = option(
         "dataset",
@@ -57,13 +54,6 @@ class TrainConfig:
     )
     val_fraction: float = option(0.1, "image folders without val/: share of train/ held out for validation")
     test_fraction: float = option(0.2, "image folders without test/: share of train/ held out for testing")
-    verify: bool = option(
-        True, "check the MD5 of MedMNIST files against the official sums (--no-verify accepts a local variant)"
-    )
-    download: bool = option(True, "download missing MedMNIST files (--no-download fails instead)")
-    amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
-    num_threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
-    eval_batch_size: int = option(256, "batch size for validation and test")
     recipe: str | None = option(
         None, "a named recipe from the package's recipes/ folder (see 'medclassify recipes'); other options override it"
     )
@@ -108,17 +98,47 @@ class TrainConfig:
         "temperature: after training, fit a temperature on the validation split and store it in the "
         "bundle (as 'medclassify calibrate RUN')",
         choices=("none", "temperature"),
+        resumable=True,
     )
     threshold: str | None = option(
         None,
         "after training, choose the decision threshold on the validation split: youden, "
         "sensitivity=0.95, specificity=0.9 or a probability (binary tasks, or with --positive-class)",
+        resumable=True,
     )
     positive_class: str | None = option(
-        None, "with --threshold on a multi-class task: the class decided against the rest"
+        None, "with --threshold on a multi-class task: the class decided against the rest", resumable=True
+    )
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how a run executes: paths, device, threads, output. These may differ between an
+    interrupted run and its resumption."""
+
+    data_dir: str | None = option(
+        None, "folder with the .npz files or the image folder (default: the OS cache, ~/.cache/medclassify)"
+    )
+    out: str | None = option(
+        None,
+        "run folder to write (default: runs/DATASET_SIZE_MODEL_seedSEED; image folders: the folder's name for DATASET)",
+    )
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU)")
+    num_threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+    eval_batch_size: int = option(256, "batch size for validation and test")
+    amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
+    download: bool = option(True, "download missing MedMNIST files (--no-download fails instead)")
+    verify: bool = option(
+        True, "check the MD5 of MedMNIST files against the official sums (--no-verify accepts a local variant)"
     )
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
     quiet: bool = option(False, "no progress bars or epoch lines")
+
+
+@dataclass
+class TrainConfig(RuntimeConfig, RunConfig):
+    """A run as the CLI, a YAML file and Python fill it: one flat set of keys, the fields of
+    :class:`RunConfig` and :class:`RuntimeConfig`."""
 
     # ---- filling ---------------------------------------------------------------------------
     @classmethod
@@ -142,6 +162,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Fill the fields from a YAML mapping of TrainConfig keys; a bad file is one :class:`ConfigError` line."""
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -153,9 +174,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def fixed_settings(self) -> dict:
+        """The :class:`RunConfig` values a resumed run must share with the run it continues."""
+        return {f.name: getattr(self, f.name) for f in fields(RunConfig) if not f.metadata["resumable"]}
+
     # ---- derived values ----------------------------------------------------------------------
     @property
     def dataset_name(self) -> str:
+        """The dataset in lower case; 'folder' when only --data-dir (with a train/ folder) is given."""
         if self.dataset:
             return self.dataset.lower()
         if self.data_dir and (Path(self.data_dir).expanduser() / "train").is_dir():
@@ -163,6 +189,7 @@ class TrainConfig:
         raise ConfigError("--dataset is required (or give --data-dir a folder that holds train/<class>/ images)")
 
     def run_dir(self) -> Path:
+        """The run folder: --out, or runs/DATASET_SIZE_MODEL_seedSEED."""
         if self.out:
             return Path(self.out).expanduser()
         name = self.dataset_name
@@ -271,10 +298,12 @@ def checked_config(values: dict, source: str = "config") -> TrainConfig:
 
 
 def available_recipes() -> dict[str, Path]:
+    """The named recipes shipped in ``recipes/``: name -> YAML file."""
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
 
 
 def load_recipe(name: str) -> dict:
+    """A recipe's TrainConfig keys (dashes as underscores); an unknown name is a :class:`ConfigError`."""
     recipes = available_recipes()
     if name not in recipes:
         raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)}")

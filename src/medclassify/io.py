@@ -155,11 +155,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON atomically; NaN and infinity become null."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a header and rows as CSV atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -167,6 +169,7 @@ def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterabl
 
 
 def file_md5(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """The hex MD5 of a file, read in chunks."""
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):

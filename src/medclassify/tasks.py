@@ -9,6 +9,8 @@ import numpy as np
 
 
 class Task(StrEnum):
+    """MedMNIST's task kinds; the values are MedMNIST's own strings, as its INFO and the bundles hold them."""
+
     MULTI_CLASS = "multi-class"
     BINARY = "binary-class"
     MULTI_LABEL = "multi-label, binary-class"

@@ -91,6 +91,8 @@ SOURCE_PAPERS = {
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What medclassify knows of a dataset before reading it: task, channels, classes, sizes, files."""
+
     name: str
     task: Task
     n_channels: int
@@ -157,12 +159,14 @@ def medmnist_2d_flags() -> list[str]:
 
 
 def dataset_catalog() -> dict[str, DatasetInfo]:
+    """Every 2D MedMNIST dataset (from medmnist's INFO) and the bundled synthetic one, by name."""
     catalog = {flag: _from_medmnist(flag) for flag in medmnist_2d_flags()}
     catalog[SYNTHETIC_NAME] = SYNTHCELLS
     return catalog
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
+    """The catalog entry of ``name`` (any case); an unknown name is a :class:`ConfigError` listing the known ones."""
     catalog = dataset_catalog()
     key = name.lower()
     if key not in catalog:

@@ -58,6 +58,8 @@ def load_folder_dataset(
     test_fraction: float = 0.2,
     split_seed: int = 0,
 ) -> LoadedDataset:
+    """An image folder (``train/CLASS/*``, optional ``val/`` and ``test/``) resized to ``size``; missing
+    splits are held out of train/ by class, with ``split_seed``. ``source['files']`` says which file went where."""
     root = Path(root)
     train_dir = root / "train"
     if not train_dir.is_dir():

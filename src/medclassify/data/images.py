@@ -32,6 +32,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..defaults import MAX_PIXELS
 from ..errors import DataError, first_line
 
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -48,9 +49,6 @@ MAGIC_NUMBERS = (
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 LUMA = np.array([0.299, 0.587, 0.114])
-# Largest image (all frames of a DICOM file, all images of an array file together) read by default:
-# the check comes from the file's header, before any pixel is decoded.
-MAX_PIXELS = 50_000_000
 # DICOM elements larger than this are left on disk until needed (pixel data) or never read (the rest).
 DICOM_DEFER_BYTES = 1 << 20
 DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
@@ -208,6 +206,8 @@ def dicom_voi(values: np.ndarray, ds, name: str | Path) -> np.ndarray | None:
 
 
 def read_dicom(source: Path | BinaryIO, name: str | Path, max_pixels: int | None = MAX_PIXELS) -> list[SourceImage]:
+    """The frames of a DICOM file as 8-bit images: modality LUT, then the VOI LUT or window, MONOCHROME1
+    inverted; a file over ``max_pixels`` is refused from its header."""
     from pydicom.pixels import apply_modality_lut, convert_color_space
 
     with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as fp:

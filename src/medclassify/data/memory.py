@@ -14,6 +14,8 @@ from ..tasks import Task
 
 @dataclass
 class Split:
+    """One split in memory: uint8 images and their labels."""
+
     images: torch.Tensor  # uint8, N x C x H x W
     labels: torch.Tensor  # int64 N (single-label tasks) or float32 N x L (multi-label)
 
@@ -23,6 +25,8 @@ class Split:
 
 @dataclass
 class LoadedDataset:
+    """A dataset ready for training: its splits, classes, task, orientation and where it came from (``source``)."""
+
     name: str
     task: Task
     class_names: list[str]

@@ -21,6 +21,7 @@ SPLITS = ("train", "val", "test")
 
 
 def missing_file_message(info: DatasetInfo, size: int, data_dir: Path, reason: str = "") -> str:
+    """The one-line error for a MedMNIST file that is neither on disk nor downloadable."""
     because = f" ({reason})" if reason else ""
     return (
         f"{info.filename(size)} is not in {data_dir} and could not be downloaded{because}; "
@@ -52,6 +53,7 @@ def download(info: DatasetInfo, size: int, data_dir: Path) -> Path:
 
 
 def locate(info: DatasetInfo, size: int, data_dir: Path, download_missing: bool = True) -> Path:
+    """The path of the MedMNIST ``.npz`` file in ``data_dir``, downloaded there first if missing and allowed."""
     path = data_dir / info.filename(size)
     if path.is_file():
         return path
@@ -137,6 +139,7 @@ def read_npz(path: Path, info: DatasetInfo, size: int) -> dict[str, Split]:
 def load_npz_dataset(
     info: DatasetInfo, size: int, data_dir: Path, verify: bool = True, download_missing: bool = True
 ) -> LoadedDataset:
+    """A MedMNIST file as a :class:`LoadedDataset`, its MD5 checked against the official sum when ``verify``."""
     path = locate(info, size, data_dir, download_missing)
     md5 = verify_md5(path, info.md5(size), verify)
     splits = read_npz(path, info, size)

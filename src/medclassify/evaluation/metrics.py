@@ -24,6 +24,7 @@ Calibration and agreement (:func:`calibration_metrics`), on the same class decis
 from __future__ import annotations
 
 import math
+from typing import NotRequired, TypedDict
 
 import numpy as np
 from sklearn.metrics import (
@@ -64,6 +65,7 @@ def _auc(y_true_binary: np.ndarray, score: np.ndarray) -> float:
 
 
 def per_class_auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> list[float]:
+    """One ROC AUC per class (one-vs-rest; binary tasks: one value), NaN where a class has one label only."""
     if task == Task.MULTI_LABEL:
         return [_auc(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]
     if task == Task.BINARY:
@@ -78,6 +80,7 @@ def auc_score(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
 
 
 def accuracy(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """Accuracy of the predicted labels (multi-label: the mean of the per-label accuracies)."""
     y_true, y_pred = np.asarray(y_true), predicted_labels(y_score, task)
     if task == Task.MULTI_LABEL:
         return float(np.mean([accuracy_score(y_true[:, i], y_pred[:, i]) for i in range(y_true.shape[1])]))
@@ -85,6 +88,7 @@ def accuracy(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
 
 
 def macro_f1(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """F1 averaged over the classes with equal weight (absent classes count as 0)."""
     y_pred = predicted_labels(y_score, task)
     labels = None if task == Task.MULTI_LABEL else list(range(np.asarray(y_score).shape[1]))
     return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
@@ -146,9 +150,37 @@ def calibration_metrics(y_true: np.ndarray, y_score: np.ndarray, task: str) -> d
     return result
 
 
+class ClassReport(TypedDict):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    auc: NotRequired[float]  # not for binary tasks: their one AUC is the split's
+
+
+class SplitMetrics(TypedDict):
+    """What :func:`classification_metrics` reports for one split (metrics.json's ``val`` and ``test``)."""
+
+    n: int
+    acc: float
+    auc: float
+    f1_macro: float
+    per_class: dict[str, ClassReport]
+    confusion_matrix: list
+    brier: float
+    nll: float
+    ece: float
+    classwise_ece: float
+    balanced_acc: float
+    mcc: float
+    kappa: float
+    sensitivity: NotRequired[float]  # binary tasks
+    specificity: NotRequired[float]
+
+
 def classification_metrics(
     y_true: np.ndarray, y_score: np.ndarray, task: str, class_names: list[str] | None = None
-) -> dict:
+) -> SplitMetrics:
     """Everything a run reports for one split.
 
     ``y_true``: labels (N,) or, multi-label, an indicator matrix (N, L); ``y_score``: class

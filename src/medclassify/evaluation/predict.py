@@ -16,6 +16,7 @@ def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
 
 
 def loss_function(multi_label: bool) -> nn.Module:
+    """The evaluation loss: cross-entropy, or binary cross-entropy per label for multi-label tasks."""
     return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
 
 

@@ -123,6 +123,7 @@ def write_results(
 
 
 def summary_line(split: str, metrics: dict) -> str:
+    """One printed line of a split's accuracy, macro-F1 and macro-AUC (and sensitivity/specificity when binary)."""
     line = f"{split}: acc {metrics['acc']:.4f}  macro-F1 {metrics['f1_macro']:.4f}  macro-AUC {metrics['auc']:.4f}"
     if "sensitivity" in metrics:
         line += f"  sensitivity {metrics['sensitivity']:.4f}  specificity {metrics['specificity']:.4f}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import CALIBRATION_METRICS
 from ..evaluation.stats import METRICS, Side, bootstrap_calibration, bootstrap_interval
 from ..runs import BEST_FILE, RunDir
@@ -34,6 +35,8 @@ def read_predictions(run_dir: Path, multi_label: bool) -> tuple[np.ndarray, np.n
 
 @dataclass
 class Experiment:
+    """One cell of a study (dataset, size, model) and the runs of its seeds, read back from their folders."""
+
     dataset: str
     size: int
     model: str
@@ -120,7 +123,7 @@ def _best_metrics(run_dir: Path) -> dict | None:
     return metrics
 
 
-def results_rows(experiments: list[Experiment], n_boot: int = 1000) -> list[dict]:
+def results_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAMPLES) -> list[dict]:
     """One row per experiment: seed mean and standard deviation, bootstrap CI, timing."""
     rows = []
     for e in experiments:

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ExperimentStatus:
+    """One seed's run of a study, and whether it was found complete or trained now."""
+
     config: TrainConfig
     state: str  # "done" (found complete) or "trained"
 

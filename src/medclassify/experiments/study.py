@@ -62,6 +62,8 @@ class StudySchema(BaseModel):
 
 @dataclass
 class Study:
+    """A study file: the grid (datasets x sizes x models x seeds) and the TrainConfig keys every run shares."""
+
     name: str
     datasets: list[str]
     sizes: list[int]
@@ -72,6 +74,7 @@ class Study:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "study") -> Study:
+        """A study from a mapping, each key checked; a bad value is one :class:`ConfigError` line naming it."""
         known = set(StudySchema.model_fields)
         unknown = sorted(set(values) - known)
         if unknown:
@@ -105,6 +108,7 @@ class Study:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Study:
+        """A study from its YAML file (see :meth:`from_dict`)."""
         try:
             values = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:
@@ -114,6 +118,8 @@ class Study:
         return cls.from_dict(values, source=str(path))
 
     def validate(self, source: str = "study") -> None:
+        """Raise :class:`ConfigError` for a grid that is too large, a reserved or unknown key, or a cell that
+        is not a valid run (every cell is checked before any starts)."""
         cells = len(self.datasets) * len(self.sizes) * len(self.models) * len(self.seeds)
         if cells > MAX_CELLS:
             raise ConfigError(
@@ -156,4 +162,5 @@ class Study:
 
 
 def experiment_name(dataset: str, size: int, model: str, seed: int) -> str:
+    """The run folder's name of one grid cell and seed."""
     return f"{dataset}_{size}_{model}_seed{seed}"

@@ -21,6 +21,7 @@ from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from ..data.images import model_input  # noqa: E402
+from ..defaults import GRID_PER_CLASS  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..inference.predictor import Predictor  # noqa: E402
 from ..models import get_model_entry  # noqa: E402
@@ -32,6 +33,8 @@ HEATMAP_ALPHA = 0.45
 
 @dataclass
 class Explanation:
+    """A Grad-CAM heatmap of one image, with the class it explains and that class's probability."""
+
     source: str
     pixels: np.ndarray  # uint8 H x W x 3, the image as given
     heatmap: np.ndarray  # float32 H x W in [0, 1], at the image's own size
@@ -65,6 +68,8 @@ def feature_map_layers(model: torch.nn.Module, channels: int, size: int) -> list
 def target_layer(
     model: torch.nn.Module, model_name: str, layer: str | None = None, channels: int = 3, size: int = 28
 ) -> torch.nn.Module:
+    """The module Grad-CAM reads: ``layer`` (a dotted name) or the model's registered last block; an
+    unusable name is a :class:`ConfigError` listing the usable ones."""
     name = layer or get_model_entry(model_name).cam_layer
     usable = feature_map_layers(model, channels, size)
     if name not in usable:
@@ -105,6 +110,7 @@ def cam_maps(predictor: Predictor, batch: np.ndarray, targets: list[int], layer:
 
 
 def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A [0, 1] heatmap resized bilinearly to ``height`` x ``width``."""
     resized = np.asarray(Image.fromarray(heatmap, mode="F").resize((width, height), Image.Resampling.BILINEAR))
     return np.clip(resized, 0.0, 1.0)
 
@@ -208,7 +214,7 @@ def split_grid(
     pixels: np.ndarray,
     y_true: np.ndarray,
     out: Path,
-    per_class: int = 2,
+    per_class: int = GRID_PER_CLASS,
     layer: str | None = None,
     title: str = "Grad-CAM: correct and wrong predictions per class",
 ) -> Path:
@@ -265,7 +271,7 @@ def explain_split(
     run_dir: str | Path,
     out: Path,
     split: str = "test",
-    per_class: int = 2,
+    per_class: int = GRID_PER_CLASS,
     layer: str | None = None,
     data_dir: str | None = None,
     device: str = "auto",

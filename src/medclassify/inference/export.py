@@ -18,19 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..defaults import EXPORT_FORMATS as FORMATS
+from ..defaults import PARITY_TOLERANCE
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_path, file_md5, folder_lock, write_json
 from ..runs.files import ONNX_FILE, RunDir
 from .predictor import EXPORTS_RECORD, ONNX_METADATA_KEY, Predictor, recorded_export
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 TORCHSCRIPT_METADATA = "medclassify.json"
-PARITY_TOLERANCE = 1e-4
 RANDOM_PARITY_IMAGES = 64
 
 
 @dataclass
 class ExportResult:
+    """Where an export went and how closely its logits matched PyTorch's."""
+
     path: Path
     format: str
     bytes: int
@@ -100,6 +102,7 @@ def _torchscript_allowed():
 
 
 def write_torchscript(model: torch.nn.Module, metadata: dict, path: Path, channels: int, size: int) -> None:
+    """Trace ``model`` and save it with the bundle's metadata as an extra file."""
     with _torchscript_allowed():
         traced = torch.jit.trace(model.eval(), torch.zeros(2, channels, size, size))
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
@@ -138,6 +141,7 @@ def parity_pixels(run_dir: Path | None, predictor: Predictor, data_dir: str | No
 
 
 def max_logit_difference(reference, candidate, pixels: np.ndarray, normalise, batch_size: int = 256) -> float:
+    """The largest absolute logit difference between two models over ``pixels`` (uint8 N x C x H x W)."""
     worst = 0.0
     for start in range(0, len(pixels), batch_size):
         batch = normalise(pixels[start : start + batch_size])

@@ -29,9 +29,10 @@ from ..data.images import (
     pil_to_rgb,
     read_image_file,
 )
+from ..defaults import PREDICT_BATCH_SIZE
 from ..errors import CheckpointError, DataError, first_line
 from ..io import file_md5
-from ..runs.files import BEST_FILE, ONNX_FILE
+from ..runs.files import BEST_FILE, ONNX_FILE, BundleMetadata
 from ..tasks import Task, probabilities_from_logits
 
 THRESHOLD = 0.5
@@ -102,6 +103,8 @@ def _bundle_problems(spec: dict, prep: dict, data: dict) -> list[str]:
 
 
 class OnnxBackend:
+    """Logits from an exported ONNX model through ONNX Runtime (no torch import)."""
+
     name = "onnxruntime"
 
     def __init__(self, path: Path):
@@ -206,12 +209,14 @@ class Predictions:
         return self.probabilities.argmax(axis=1)
 
     def predicted(self, i: int) -> str:
+        """Image ``i``'s predicted class name (multi-label: every label over the threshold, joined by '; ')."""
         if self.multi_label:
             names = [self.class_names[k] for k in np.flatnonzero(self.probabilities[i] > THRESHOLD)]
             return "; ".join(names) or "(none)"
         return self.class_names[int(self.probabilities[i].argmax())]
 
     def top(self, i: int, k: int = 3) -> list[tuple[str, float]]:
+        """Image ``i``'s ``k`` most probable classes with their probabilities, most probable first."""
         order = np.argsort(-self.probabilities[i], kind="stable")[:k]
         return [(self.class_names[j], float(self.probabilities[i, j])) for j in order]
 
@@ -234,9 +239,9 @@ class Predictions:
 class Predictor:
     """A trained model with the preprocessing it was trained with."""
 
-    def __init__(self, metadata: dict, backend, source: Path, calibrated: bool = True):
+    def __init__(self, metadata: BundleMetadata, backend, source: Path, calibrated: bool = True):
         _check_bundle(metadata, source)
-        self.metadata = metadata
+        self.metadata: BundleMetadata = metadata
         self.backend = backend
         self.source = source
         prep = metadata["preprocessing"]
@@ -334,6 +339,7 @@ class Predictor:
 
     # ---- prediction --------------------------------------------------------------------------
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's logits for a normalised float32 N x C x size x size batch."""
         return self.backend(batch)
 
     def logits_of_pixels(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -346,7 +352,7 @@ class Predictor:
         bundle's temperature applied."""
         return probabilities_from_logits(self.logits_of_pixels(pixels, batch_size) / self.temperature, self.multi_label)
 
-    def predict(self, images, batch_size: int = 64, progress: bool = False) -> Predictions:
+    def predict(self, images, batch_size: int = PREDICT_BATCH_SIZE, progress: bool = False) -> Predictions:
         """Class probabilities for files, folders (every image file in them), PIL images or arrays.
         Unreadable files are skipped and listed in ``Predictions.skipped``."""
         items = _expand(images)
@@ -365,6 +371,7 @@ class Predictor:
         return Predictions(names, probabilities, self.class_names, self.multi_label, skipped, self.operating_point)
 
     def describe(self) -> str:
+        """One line naming the model, its dataset, input and backend (for logs and the server's start)."""
         spec, data = self.metadata["model"], self.metadata["dataset"]
         calibration = self.metadata.get("calibration") or {}
         scaled = f", temperature {calibration['temperature']:.3g}" if "temperature" in calibration else ""

@@ -20,6 +20,8 @@ Builder = Callable[[int, int, int], nn.Module]
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its builder, description, whether ImageNet weights exist, and its Grad-CAM layer."""
+
     name: str
     builder: Builder
     description: str
@@ -33,6 +35,8 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register_model(
     name: str, description: str, pretrained: bool = False, cam_layer: str = "features"
 ) -> Callable[[Builder], Builder]:
+    """Decorator that registers ``builder(in_channels, num_classes, image_size) -> nn.Module`` under ``name``."""
+
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
@@ -43,16 +47,20 @@ def register_model(
 
 
 def available_models() -> dict[str, ModelEntry]:
+    """Every registered model by name."""
     return dict(_REGISTRY)
 
 
 def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
 def create_model(name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    """A new model by name for the input and classes given; ``pretrained`` loads ImageNet weights where
+    the model has them."""
     entry = get_model_entry(name)
     if not pretrained:
         return entry.builder(in_channels, num_classes, image_size)

@@ -24,6 +24,8 @@ SMALL_INPUT = 64
 
 
 def imagenet_state_dict(weights) -> dict:
+    """The ImageNet weights of a torchvision ``weights`` enum, from torch's cache or downloaded there;
+    an unreachable download is one :class:`ConfigError` line."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / Path(urlparse(weights.url).path).name
     try:

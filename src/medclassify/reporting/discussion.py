@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.stats import METRICS, bootstrap_difference, mcnemar_per_seed
 from .settings import differing_settings
 
@@ -32,6 +33,9 @@ FACTORS = ("size", "model", "dataset")
 
 @dataclass
 class Comparison:
+    """Two experiments that differ in one factor (``fixed``: the values they share), and the measured
+    differences of their test metrics."""
+
     factor: str
     fixed: dict
     a: object  # Experiment: the baseline level (first in the study)
@@ -53,7 +57,7 @@ class Comparison:
         return "same"
 
 
-def compare(experiments, n_boot: int = 1000) -> list[Comparison]:
+def compare(experiments, n_boot: int = BOOTSTRAP_RESAMPLES) -> list[Comparison]:
     """For every factor the study varies, compare each level with the first, the others held fixed."""
     comparisons = []
     for factor in FACTORS:

@@ -20,6 +20,7 @@ FPR_GRID = np.linspace(0.0, 1.0, 201)
 
 
 def experiment_colours(experiments) -> dict[str, tuple]:
+    """One colour per experiment name, the same in every figure of a study."""
     palette = plt.get_cmap("tab10" if len(experiments) <= 10 else "tab20")
     return {e.name: palette(i % palette.N) for i, e in enumerate(experiments)}
 

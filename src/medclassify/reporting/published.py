@@ -12,6 +12,8 @@ from importlib.resources import files
 
 @dataclass(frozen=True)
 class PublishedResult:
+    """One published test result (not measured here) and the source it was transcribed from."""
+
     dataset: str
     size: int  # the MedMNIST image size the method was trained on
     method: str

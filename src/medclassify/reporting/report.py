@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..data import get_dataset_info
+from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import CALIBRATION_METRICS
 from ..experiments.results import load_experiments, results_rows
 from ..io import atomic_path
@@ -318,6 +319,7 @@ def _md_table(header, rows) -> str:
 
 
 def render_markdown(blocks, base: Path) -> str:
+    """The report blocks as Markdown, figure paths relative to ``base``."""
     parts = []
     for block in blocks:
         kind = block[0]
@@ -333,6 +335,7 @@ def render_markdown(blocks, base: Path) -> str:
 
 
 def render_html(blocks, lang: str) -> str:
+    """The report blocks as one self-contained HTML page in language ``lang``."""
     body = []
     for block in blocks:
         kind = block[0]
@@ -365,8 +368,9 @@ def render_html(blocks, lang: str) -> str:
 
 
 def write_report(
-    study, experiments, rows, figures: dict, study_dir: Path, lang: str = "en", n_boot: int = 1000
+    study, experiments, rows, figures: dict, study_dir: Path, lang: str = "en", n_boot: int = BOOTSTRAP_RESAMPLES
 ) -> tuple[Path, Path]:
+    """Write report.md and report.html into ``study_dir`` atomically; returns their paths."""
     blocks = build_blocks(study, experiments, rows, figures, lang, n_boot)
     md_path, html_path = study_dir / "report.md", study_dir / "report.html"
     with atomic_path(md_path) as tmp:
@@ -376,7 +380,7 @@ def write_report(
     return md_path, html_path
 
 
-def write_study_outputs(study, study_dir: str | Path, n_boot: int = 1000, lang: str = "en") -> dict:
+def write_study_outputs(study, study_dir: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES, lang: str = "en") -> dict:
     """Everything a finished study reports: results.csv/.md, the figures, report.md/.html."""
     study_dir = Path(study_dir)
     experiments = load_experiments(study, study_dir)

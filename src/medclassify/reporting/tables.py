@@ -13,6 +13,7 @@ LABELS = METRIC_NAMES["en"]
 
 
 def metric_cell(row: dict, metric: str) -> str:
+    """A results-table cell: the test metric, ± its std over seeds when there are several, and its 95% interval."""
     spread = f" ± {row[f'test_{metric}_std']:.4f}" if len(str(row["seeds"]).split()) > 1 else ""
     return (
         f"{row[f'test_{metric}']:.4f}{spread} ({row[f'test_{metric}_ci_low']:.4f}–{row[f'test_{metric}_ci_high']:.4f})"
@@ -25,6 +26,7 @@ def _number(value: float) -> str:
 
 
 def write_results_table(rows: list[dict], study_dir: str | Path) -> None:
+    """Write results.csv (one row per experiment, every column) into ``study_dir``."""
     study_dir = Path(study_dir)
     header = list(rows[0]) if rows else ["experiment"]
     write_csv(

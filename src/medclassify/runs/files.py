@@ -10,7 +10,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from ..errors import CheckpointError, first_line
 from ..io import atomic_path
@@ -29,11 +29,53 @@ RELIABILITY_FIGURE = "reliability"  # .png and .svg
 # Any of these in a folder means a run was (or is being) written there.
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE)
 
+
+class ModelSpec(TypedDict):
+    """What rebuilds a model from the registry."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+class Preprocessing(TypedDict):
+    """How an image becomes the model's input: resized to ``size``, ``channels``, then (x - mean) / std."""
+
+    size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+
+class DatasetRecord(TypedDict):
+    """What a model was trained on: enough to name its outputs and to check its data again."""
+
+    name: str
+    task: str  # a :class:`~medclassify.tasks.Task` value
+    class_names: list[str]
+    md5: str
+    orientation: str
+
+
+class BundleMetadata(TypedDict):
+    """The part of ``best.pt`` (and of an exported model) that describes the model without the run
+    folder; ``calibration`` and ``operating_point`` appear once they were fitted."""
+
+    model: ModelSpec
+    preprocessing: Preprocessing
+    dataset: DatasetRecord
+    medclassify_version: str
+    calibration: NotRequired[dict]
+    operating_point: NotRequired[dict]
+
+
 CHECKPOINT_FORMAT = "medclassify.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Save a checkpoint dict with this format's version, atomically (serialised in memory first)."""
     import torch
 
     buffer = io.BytesIO()  # serialised first, so that a full disk is an OSError of the write below
@@ -43,6 +85,8 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``; a missing,
+    foreign or damaged file is one :class:`CheckpointError` line."""
     import torch
 
     path = Path(path)
@@ -62,6 +106,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 

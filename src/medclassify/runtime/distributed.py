@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Distributed:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -80,6 +82,7 @@ def init_distributed(requested_device: str) -> tuple[Distributed, torch.device]:
 
 
 def shutdown(context: Distributed) -> None:
+    """Destroy the process group when this run created one."""
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -94,6 +97,7 @@ def gather(context: Distributed, value) -> list:
 
 
 def barrier(context: Distributed) -> None:
+    """Wait for every process (a no-op for one process)."""
     if context.enabled:
         dist.barrier()
 

@@ -17,6 +17,7 @@ RECORDED_PACKAGES = ("medclassify", "torch", "torchvision", "numpy", "scikit-lea
 
 
 def select_device(requested: str = "auto") -> torch.device:
+    """The torch device for ``auto`` (CUDA, then MPS, then CPU) or a named one that is available."""
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -41,6 +42,7 @@ def seed_everything(seed: int) -> None:
 
 
 def package_versions() -> dict[str, str | None]:
+    """The installed version of each recorded package (None when absent)."""
     versions = {}
     for name in RECORDED_PACKAGES:
         try:
@@ -51,6 +53,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def environment_record(device: torch.device) -> dict:
+    """What config.json records of the machine: Python, platform, processor, threads, device, versions."""
     record = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

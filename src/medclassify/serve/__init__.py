@@ -1,6 +1,15 @@
-"""Serving models over HTTP: a FastAPI application with a web page."""
+"""Serving models over HTTP: a FastAPI application with a web page.
 
-from .app import ServeSettings, create_app
-from .served import ServedModel, load_served_models
+Attributes load on first use, so that the server's settings (``settings``) can be read without
+importing FastAPI or torch."""
 
-__all__ = ["ServeSettings", "ServedModel", "create_app", "load_served_models"]
+import lazy_loader as lazy
+
+__getattr__, __dir__, __all__ = lazy.attach(
+    __name__,
+    submod_attrs={
+        "app": ["create_app"],
+        "served": ["ServedModel", "load_served_models"],
+        "settings": ["ServeSettings"],
+    },
+)

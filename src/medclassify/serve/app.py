@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 from typing import Annotated
 
@@ -27,7 +25,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from .. import __version__
 from ..data.images import (
-    MAX_PIXELS,
     ImageTooLarge,
     SourceImage,
     UnsupportedImage,
@@ -35,11 +32,12 @@ from ..data.images import (
     model_input,
     read_image_bytes,
 )
-from ..errors import ConfigError, DataError, MedclassifyError
+from ..errors import DataError, MedclassifyError
 from ..inference.predictor import Predictions
 from .limits import PixelBudget, UploadGuard
 from .schemas import ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 from .served import MicroBatcher, ServedModel, png_data_url
+from .settings import ServeSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("medclassify.serve")
@@ -48,50 +46,6 @@ log = logging.getLogger("medclassify.serve")
 # Decoded images are kept at most this long on their longer side (shown on the page, and the
 # Grad-CAM overlay's size); JPEGs are decoded at a reduced scale that still reaches it.
 DISPLAY_SIDE = 512
-
-
-@dataclass
-class ServeSettings:
-    """The server's limits; :meth:`validate` names the option of an impossible value."""
-
-    max_upload_mb: float = 10.0  # per file
-    max_pixels: int = MAX_PIXELS  # per image (all frames of a DICOM file together)
-    max_files: int = 32  # per request
-    max_batch: int = 64  # images per forward pass of the micro-batcher
-    max_request_pixels: int = 100_000_000  # all images of one request together
-    max_decoding_pixels: int = MAX_PIXELS  # images being decoded at once, all requests together (one largest image)
-    max_inflight_mb: float = 1024.0  # upload bytes held at once, all requests together
-    read_timeout: float = 10.0  # seconds the body may pause
-    body_timeout: float = 120.0  # seconds for a whole request body
-    header_timeout: float = 10.0  # seconds for a request's headers
-    keep_alive: float = 5.0  # seconds an idle connection stays open
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    @property
-    def max_request_bytes(self) -> int:
-        return self.max_upload_bytes * self.max_files + (1 << 20)  # plus room for the multipart framing
-
-    @property
-    def max_inflight_bytes(self) -> int:
-        return max(int(self.max_inflight_mb * 1024 * 1024), self.max_request_bytes)
-
-    def validate(self) -> ServeSettings:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            whole = f.type == "int"
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-                or (whole and value != int(value))
-            ):
-                kind = "a whole number" if whole else "a finite number"
-                raise ConfigError(f"--{f.name.replace('_', '-')} must be {kind} > 0, got {value}")
-        return self
 
 
 class Telemetry:
@@ -176,6 +130,7 @@ def route_family(path: str) -> str:
 
 
 def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI application serving ``models`` (name -> model) under ``settings``' limits."""
     settings = settings or ServeSettings()
     telemetry = Telemetry()
 

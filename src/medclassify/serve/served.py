@@ -70,6 +70,8 @@ class MicroBatcher:
 
 @dataclass
 class ServedModel:
+    """A model the server offers: its predictor, where it came from and its version."""
+
     name: str
     path: Path
     predictor: Predictor
@@ -98,6 +100,7 @@ class ServedModel:
         }
 
     def explain_predictor(self) -> Predictor:
+        """The PyTorch predictor Grad-CAM needs; an ONNX-only model is a :class:`ConfigError`."""
         if not self.can_explain:
             raise ConfigError(
                 f"model '{self.name}' is an ONNX file without PyTorch weights; Grad-CAM needs the run folder or its best.pt"
@@ -122,6 +125,7 @@ class ServedModel:
 
 
 def png_data_url(pixels: np.ndarray) -> str:
+    """A uint8 image as a ``data:image/png;base64`` URL for the web page."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -61,6 +61,8 @@ def class_weights(labels: torch.Tensor, num_classes: int, multi_label: bool) -> 
 
 
 def build_loss(config, train_labels: torch.Tensor, num_classes: int, multi_label: bool) -> nn.Module:
+    """The training loss of ``config`` (cross-entropy or focal, class weights, label smoothing; BCE for
+    multi-label tasks)."""
     weight = class_weights(train_labels, num_classes, multi_label) if config.class_weights == "balanced" else None
     if multi_label:
         if config.label_smoothing:
@@ -82,6 +84,7 @@ def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
 
 
 def build_optimizer(config, parameters) -> torch.optim.Optimizer:
+    """Adam, AdamW or Nesterov SGD over ``parameters`` with ``config``'s rate and weight decay."""
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":

@@ -1,5 +1,5 @@
-"""The training recipe, read top to bottom: data -> model -> optimiser -> epochs (train, validate,
-checkpoint) -> test evaluation of the best checkpoint.
+"""The training recipe, read top to bottom: prepare (data -> model -> optimiser) -> resume ->
+epochs (train, validate, checkpoint) -> finish (test evaluation of the best checkpoint).
 
 Defaults are the paper's: cross-entropy, Adam (lr 1e-3), 10 epochs, batch 32, shuffled training set.
 """
@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -28,9 +29,11 @@ from ..config import TrainConfig
 from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, compute_normalization
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
+from ..evaluation.metrics import SplitMetrics
 from ..io import folder_lock, write_csv, write_json
 from ..models import count_parameters, create_model
 from ..runs import RUN_FILES, RunDir, calibrate_held_run, load_checkpoint, load_run_data, save_checkpoint
+from ..runs.files import BundleMetadata, ModelSpec
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
 from ..runtime.environment import environment_record, seed_everything
 from .recipe import (
@@ -46,34 +49,76 @@ from .recipe import (
 logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_auc", "val_f1", "seconds", "images_per_s", "lr"]
-# Options that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {
-    "epochs",
-    "device",
-    "resume",
-    "quiet",
-    "num_threads",
-    "eval_batch_size",
-    "out",
-    "data_dir",
-    "download",
-    "verify",
-    "amp",
-    "calibrate",
-    "threshold",
-    "positive_class",
-}
+
+
+class RunMetrics(TypedDict):
+    """What :func:`train` returns of a run (metrics.json holds the same, and more)."""
+
+    best_epoch: int
+    epochs_run: int
+    val: SplitMetrics
+    test: SplitMetrics
+    calibrated: NotRequired[dict]
+    operating_point: NotRequired[dict]
 
 
 @dataclass
 class RunResult:
+    """A finished run: its folder, the validation and test metrics, and one history row per epoch."""
+
     run_dir: Path
-    metrics: dict
+    metrics: RunMetrics
     history: list[dict] = field(default_factory=list)
     already_complete: bool = False  # a finished run was resumed: nothing was trained or written
 
 
-def model_spec(config: TrainConfig, data: LoadedDataset) -> dict:
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+@dataclass
+class Progress:
+    """How far a run got: the last finished epoch, the best one, and one history row per epoch."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "best_epoch": self.best_epoch, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.best_epoch, self.history = state["epoch"], state["best_epoch"], state["history"]
+
+
+class ProcessRng:
+    """The random streams of one process: batch order, augmentation, torch's global one (and CUDA's)."""
+
+    def __init__(self, shuffle: torch.Generator, augment: torch.Generator, device: torch.device):
+        self.shuffle, self.augment, self.device = shuffle, augment, device
+
+    def state_dict(self) -> dict:
+        state = {
+            "shuffle_rng": self.shuffle.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "augment_rng": self.augment.get_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.augment.set_state(state["augment_rng"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+
+def model_spec(config: TrainConfig, data: LoadedDataset) -> ModelSpec:
+    """What rebuilds the model: its registry name, input channels, classes and image size."""
     return {
         "name": config.model,
         "in_channels": data.channels,
@@ -82,7 +127,7 @@ def model_spec(config: TrainConfig, data: LoadedDataset) -> dict:
     }
 
 
-def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Normalization) -> dict:
+def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Normalization) -> BundleMetadata:
     """What a checkpoint needs to rebuild the model and its preprocessing without the run folder."""
     return {
         "model": model_spec(config, data),
@@ -99,8 +144,8 @@ def bundle_metadata(config: TrainConfig, data: LoadedDataset, normalization: Nor
 
 
 def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    current = config.fixed_settings()
+    changed = sorted(k for k in current if saved.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise CheckpointError(f"{path}: cannot resume with different settings ({detail})")
@@ -118,6 +163,8 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     frozen_backbone: bool = False,
 ) -> float:
+    """One pass over ``loader``, stepping the optimiser (and a per-batch scheduler) after every
+    batch; returns the mean training loss. Raises :class:`TrainingDiverged` on a non-finite loss."""
     model.train()
     if frozen_backbone:
         freeze_batchnorm_statistics(model)
@@ -154,7 +201,16 @@ def train(config: TrainConfig) -> RunResult:
     context, device = init_distributed(config.device)
     try:
         with folder_lock(config.run_dir(), "train") if context.is_main else nullcontext():
-            return _train(config, context, device)
+            session = TrainingSession.prepare(config, context, device)
+            if config.resume and (finished := session.resume()) is not None:
+                return finished
+            session.write_run_record()
+            session.log_start()
+            for epoch in range(session.progress.epoch + 1, config.epochs + 1):
+                if session.stopper.should_stop:
+                    break
+                session.run_epoch(epoch)
+            return session.finish()
     finally:
         shutdown(context)
 
@@ -171,80 +227,143 @@ def check_run_folder(config: TrainConfig) -> None:
         )
 
 
-def _diverged(epoch: int, reason: str, config: TrainConfig, last_path: Path) -> TrainingDiverged:
-    kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished, so no checkpoint was kept"
-    return TrainingDiverged(
-        f"training diverged in epoch {epoch} ({reason}); {kept}. Lower --lr (now {config.lr:g}) "
-        "or add --grad-clip, in another --out"
-    )
+@dataclass
+class TrainingSession:
+    """One process's run: what :meth:`prepare` builds, the state that ``last.pt`` keeps, and the
+    steps that move it on (:meth:`resume`, :meth:`run_epoch`, :meth:`finish`)."""
 
+    config: TrainConfig
+    context: Distributed
+    device: torch.device
+    run: RunDir
+    data: LoadedDataset
+    normalization: Normalization
+    amp: bool
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    scheduler: Any
+    stopper: EarlyStopping
+    rng: ProcessRng
+    sampler: DistributedSampler | None
+    epoch_size: int
+    loader: BatchLoader
+    metadata: BundleMetadata
+    progress: Progress = field(default_factory=Progress)
+    trained: torch.nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun
+    frozen: bool | None = None
 
-def _finished_result(run_dir: Path, state: dict) -> RunResult:
-    """A finished run read back from its records, for a --resume that has nothing left to do."""
-    metrics = RunDir(run_dir).metrics()
-    return RunResult(
-        run_dir,
-        {
-            "best_epoch": state["best_epoch"],
-            "epochs_run": len(state["history"]),
-            "val": metrics["val"],
-            "test": metrics["test"],
-        },
-        state["history"],
-        already_complete=True,
-    )
+    # ---- prepare: data -> model -> loss, optimiser, schedule -> batches ----------------------------
+    @classmethod
+    def prepare(cls, config: TrainConfig, context: Distributed, device: torch.device) -> TrainingSession:
+        """Build the run in the recipe's order: seed, data, normalisation, model, loss, optimiser, random
+        streams, batches, schedule. The order is part of the numbers: keep it."""
+        if config.batch_size % context.world_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes"
+            )
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        elif context.enabled and device.type == "cpu":  # processes on one machine share its cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
+        seed_everything(config.seed)
+        data = load_run_data(config)
+        normalization = compute_normalization(data.splits["train"].images, config.normalize)
 
-
-def _train(config: TrainConfig, context: Distributed, device: torch.device) -> RunResult:
-    run = RunDir(config.run_dir())
-    run_dir, last_path, best_path = run.path, run.last_path, run.best_path
-    if config.batch_size % context.world_size:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes"
+        model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained).to(
+            device
         )
-    main = context.is_main
+        train_split = data.splits["train"]
+        criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
+        optimizer = build_optimizer(config, model.parameters())
+        amp = config.amp and device.type == "cuda"
+        # each process draws its own shuffles and augmentations; one process draws exactly what it always did
+        rng = ProcessRng(
+            torch.Generator().manual_seed(config.seed + context.rank),
+            torch.Generator(device).manual_seed(config.seed + 1 + context.rank),
+            device,
+        )
+        batch_size = config.batch_size // context.world_size
+        sampler = (
+            DistributedSampler(train_split, context.world_size, context.rank, shuffle=True, seed=config.seed)
+            if context.enabled and config.sampler != "balanced"
+            else None
+        )
+        epoch_size = -(-len(train_split) // context.world_size)
+        loader = BatchLoader(
+            train_split,
+            batch_size,
+            normalization,
+            device,
+            shuffle=True,
+            generator=rng.shuffle,
+            sampler=sampler,
+            sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
+            epoch_size=epoch_size if context.enabled else None,
+            augment=BatchAugment(config.augment, data.orientation, rng.augment) if config.augment != "none" else None,
+        )
+        return cls(
+            config=config,
+            context=context,
+            device=device,
+            run=RunDir(config.run_dir()),
+            data=data,
+            normalization=normalization,
+            amp=amp,
+            model=model,
+            criterion=criterion,
+            optimizer=optimizer,
+            scaler=torch.amp.GradScaler(device.type, enabled=amp),
+            scheduler=build_scheduler(config, optimizer, -(-epoch_size // batch_size)),
+            stopper=EarlyStopping(config.early_stopping, "min" if config.select_metric == "loss" else "max"),
+            rng=rng,
+            sampler=sampler,
+            epoch_size=epoch_size,
+            loader=loader,
+            metadata=bundle_metadata(config, data, normalization),
+        )
 
-    def log(message: str) -> None:
-        if main and not config.quiet:
+    @property
+    def main(self) -> bool:
+        return self.context.is_main
+
+    def log(self, message: str) -> None:
+        if self.main and not self.config.quiet:
             logger.info(message)
 
-    # ---- data --------------------------------------------------------------------------------
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    elif context.enabled and device.type == "cpu":  # processes on one machine share its cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
-    seed_everything(config.seed)
-    data = load_run_data(config)
-    normalization = compute_normalization(data.splits["train"].images, config.normalize)
-    amp = config.amp and device.type == "cuda"
+    # ---- the training state: what last.pt keeps and --resume restores ----------------------------
+    def stateful(self) -> dict[str, Stateful]:
+        """Every object whose state a resumed run needs, under its key in ``last.pt``. The random
+        streams are kept per process, beside these (``process_rng``)."""
+        objects: dict[str, Stateful] = {
+            "model_state": self.model,
+            "optimizer_state": self.optimizer,
+            "scaler_state": self.scaler,
+            "early_stopping": self.stopper,
+        }
+        if self.scheduler is not None:
+            objects["scheduler_state"] = self.scheduler
+        return objects
 
-    # ---- model, loss, optimiser ----------------------------------------------------------------
-    model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained).to(
-        device
-    )
-    train_split = data.splits["train"]
-    criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
-    optimizer = build_optimizer(config, model.parameters())
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    # each process draws its own shuffles and augmentations; one process draws exactly what it always did
-    shuffle = torch.Generator().manual_seed(config.seed + context.rank)
-    augment_rng = torch.Generator(device).manual_seed(config.seed + 1 + context.rank)
-    batch_size = config.batch_size // context.world_size
-    sampler = (
-        DistributedSampler(train_split, context.world_size, context.rank, shuffle=True, seed=config.seed)
-        if context.enabled and config.sampler != "balanced"
-        else None
-    )
-    epoch_size = -(-len(train_split) // context.world_size)
-    steps_per_epoch = -(-epoch_size // batch_size)
-    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
-    stopper = EarlyStopping(config.early_stopping, "min" if config.select_metric == "loss" else "max")
-    history: list[dict] = []
-    start_epoch, best_epoch = 1, 0
+    def save_state(self) -> None:
+        """Write ``last.pt`` (rank 0); every process contributes its random streams."""
+        process_rng = gather(self.context, self.rng.state_dict())
+        if self.main:
+            state = {
+                **self.metadata,
+                "config": self.config.to_dict(),
+                **self.progress.state_dict(),
+                **{key: obj.state_dict() for key, obj in self.stateful().items()},
+                "process_rng": process_rng,
+            }
+            save_checkpoint(self.run.last_path, state)
 
-    if config.resume:
+    def resume(self) -> RunResult | None:
+        """Restore the state of ``last.pt``; a run that had already finished is returned as it is."""
+        last_path, data = self.run.last_path, self.data
         state = load_checkpoint(last_path)
-        _check_resumable(state["config"], config, last_path)
+        _check_resumable(state["config"], self.config, last_path)
         if state["dataset"]["md5"] != data.source["md5"]:
             raise CheckpointError(
                 f"{last_path}: the data changed since the run started (MD5 {state['dataset']['md5']} -> {data.source['md5']})"
@@ -253,126 +372,141 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
         process_rng = state.get("process_rng") or [
             {k: state[k] for k in ("shuffle_rng", "torch_rng", "augment_rng", "cuda_rng") if k in state}
         ]
-        saved_world = len(process_rng)
-        if saved_world != context.world_size:
+        if len(process_rng) != self.context.world_size:
             raise CheckpointError(
-                f"{last_path}: the run used {saved_world} process(es); resume it with the same number, not {context.world_size}"
+                f"{last_path}: the run used {len(process_rng)} process(es); resume it with the same number, not {self.context.world_size}"
             )
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        scaler.load_state_dict(state["scaler_state"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler_state"])
-        stopper.load_state_dict(state["early_stopping"])
-        if (state["epoch"] >= config.epochs or stopper.should_stop) and run.is_finished():
-            log(f"{run_dir} is already complete ({state['epoch']} epochs); nothing was trained or written")
-            return _finished_result(run_dir, state)
-        rng = process_rng[context.rank]
-        augment_rng.set_state(rng["augment_rng"])
-        shuffle.set_state(rng["shuffle_rng"])
-        torch.set_rng_state(rng["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in rng:
-            torch.cuda.set_rng_state(rng["cuda_rng"], device)
-        history, best_epoch = state["history"], state["best_epoch"]
-        start_epoch = state["epoch"] + 1
-        log(f"resuming {run_dir} after epoch {state['epoch']}")
+        for key, obj in self.stateful().items():
+            obj.load_state_dict(state[key])
+        self.progress.load_state_dict(state)
+        if (self.progress.epoch >= self.config.epochs or self.stopper.should_stop) and self.run.is_finished():
+            self.log(
+                f"{self.run.path} is already complete ({self.progress.epoch} epochs); nothing was trained or written"
+            )
+            return self._finished_result()
+        self.rng.load_state_dict(process_rng[self.context.rank])
+        self.log(f"resuming {self.run.path} after epoch {self.progress.epoch}")
+        return None
 
-    metadata = bundle_metadata(config, data, normalization)
-    source = {k: v for k, v in data.source.items() if k != "files"}
-    if main:
+    def _finished_result(self) -> RunResult:
+        """A finished run read back from its records, for a --resume that has nothing left to do."""
+        metrics = self.run.metrics()
+        return RunResult(
+            self.run.path,
+            {
+                "best_epoch": self.progress.best_epoch,
+                "epochs_run": len(self.progress.history),
+                "val": metrics["val"],
+                "test": metrics["test"],
+            },
+            self.progress.history,
+            already_complete=True,
+        )
+
+    # ---- records ------------------------------------------------------------------------------------
+    def write_run_record(self) -> None:
+        """config.json (config, environment, data, model) and, for image folders, split.csv."""
+        if not self.main:
+            return
+        config, data, metadata = self.config, self.data, self.metadata
+        source = {k: v for k, v in data.source.items() if k != "files"}
         write_json(
-            run.config_path,
+            self.run.config_path,
             {
                 "config": config.to_dict(),
                 "written": datetime.now(UTC).isoformat(timespec="seconds"),
-                "resumed_after_epoch": start_epoch - 1 if config.resume else None,
-                "environment": environment_record(device),
-                "distributed": context.record(config.batch_size),
+                "resumed_after_epoch": self.progress.epoch if config.resume else None,
+                "environment": environment_record(self.device),
+                "distributed": self.context.record(config.batch_size),
                 "data": {**metadata["dataset"], "channels": data.channels, "size": data.size, "source": source},
                 "preprocessing": metadata["preprocessing"],
-                "model": {**metadata["model"], "parameters": count_parameters(model)},
+                "model": {**metadata["model"], "parameters": count_parameters(self.model)},
             },
         )
         if "files" in data.source:  # image folders: which file went to which split
             rows = [(path, split) for split, paths in data.source["files"].items() for path in paths]
-            write_csv(run_dir / "split.csv", ["file", "split"], rows)
+            write_csv(self.run.path / "split.csv", ["file", "split"], rows)
 
-    # ---- epochs ------------------------------------------------------------------------------
-    train_loader = BatchLoader(
-        train_split,
-        batch_size,
-        normalization,
-        device,
-        shuffle=True,
-        generator=shuffle,
-        sampler=sampler,
-        sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
-        epoch_size=epoch_size if context.enabled else None,
-        augment=BatchAugment(config.augment, data.orientation, augment_rng) if config.augment != "none" else None,
-    )
-    log(
-        f"training {config.model} ({count_parameters(model):,} parameters) on {data.name} {data.size}px, "
-        f"{len(data.splits['train'])} images, {config.epochs} epochs, device {device}"
-        + (
-            f", {context.world_size} processes ({context.backend}) of {batch_size} images per batch"
-            if context.enabled
-            else ""
-        )
-    )
-    frozen = None
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stopper.should_stop:
-            break
-        now_frozen = config.freeze_backbone and (config.unfreeze_after is None or epoch <= config.unfreeze_after)
-        if now_frozen != frozen:  # DDP syncs the parameters that require gradients when it is built
-            if config.freeze_backbone:
-                set_backbone_trainable(model, not now_frozen)
-            trained = (
-                DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def log_start(self) -> None:
+        config, context = self.config, self.context
+        self.log(
+            f"training {config.model} ({count_parameters(self.model):,} parameters) on {self.data.name} {self.data.size}px, "
+            f"{len(self.data.splits['train'])} images, {config.epochs} epochs, device {self.device}"
+            + (
+                f", {context.world_size} processes ({context.backend}) of {self.loader.batch_size} images per batch"
                 if context.enabled
-                else model
+                else ""
             )
-            frozen = now_frozen
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        )
+
+    def _diverged(self, epoch: int, reason: str) -> TrainingDiverged:
+        last_path = self.run.last_path
+        kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished, so no checkpoint was kept"
+        return TrainingDiverged(
+            f"training diverged in epoch {epoch} ({reason}); {kept}. Lower --lr (now {self.config.lr:g}) "
+            "or add --grad-clip, in another --out"
+        )
+
+    # ---- one epoch: train, validate, checkpoint ------------------------------------------------------
+    def _set_frozen(self, epoch: int) -> None:
+        config = self.config
+        now_frozen = config.freeze_backbone and (config.unfreeze_after is None or epoch <= config.unfreeze_after)
+        if now_frozen == self.frozen:
+            return
+        if config.freeze_backbone:
+            set_backbone_trainable(self.model, not now_frozen)
+        # DDP syncs the parameters that require gradients when it is built
+        self.trained = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.context.enabled
+            else self.model
+        )
+        self.frozen = now_frozen
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch, validate, keep best.pt and last.pt; returns the epoch's history row."""
+        config, data, context = self.config, self.data, self.context
+        self._set_frozen(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
         started = time.perf_counter()
         with tqdm(
-            total=epoch_size,
+            total=self.epoch_size,
             desc=f"epoch {epoch}/{config.epochs}",
             unit="img",
-            disable=True if config.quiet or not main else None,
+            disable=True if config.quiet or not self.main else None,
             leave=False,
             file=sys.stderr,
-        ) as progress:
+        ) as bar:
             try:
                 local_loss = train_one_epoch(
-                    trained,
-                    train_loader,
-                    optimizer,
-                    criterion,
-                    scaler,
-                    amp,
-                    progress,
-                    scheduler,
+                    self.trained,
+                    self.loader,
+                    self.optimizer,
+                    self.criterion,
+                    self.scaler,
+                    self.amp,
+                    bar,
+                    self.scheduler,
                     config.grad_clip,
-                    frozen,
+                    self.frozen,
                 )
             except TrainingDiverged as exc:
-                raise _diverged(epoch, str(exc), config, last_path) from None
+                raise self._diverged(epoch, str(exc)) from None
         train_loss = statistics.fmean(gather(context, local_loss))  # every process saw epoch_size images
         seconds = time.perf_counter() - started
         y_true, y_prob, val_loss = predict_split_sharded(
-            model,
+            self.model,
             data.splits["val"],
             config.eval_batch_size,
-            normalization,
-            device,
+            self.normalization,
+            self.device,
             data.multi_label,
-            amp,
+            self.amp,
             context=context,
         )
         if not (np.isfinite(y_prob).all() and math.isfinite(val_loss)):
-            raise _diverged(epoch, "the validation outputs are not finite", config, last_path)
+            raise self._diverged(epoch, "the validation outputs are not finite")
         val = classification_metrics(y_true, y_prob, data.task, data.class_names)
         row = {
             "epoch": epoch,
@@ -383,102 +517,104 @@ def _train(config: TrainConfig, context: Distributed, device: torch.device) -> R
             "val_f1": val["f1_macro"],
             "seconds": round(seconds, 3),
             "images_per_s": round(len(data.splits["train"]) / seconds, 1),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[0]["lr"],
         }
-        history.append(row)
+        progress = self.progress
+        progress.history.append(row)
+        progress.epoch = epoch
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
-        improved = stopper.step(selected)  # every process sees the same gathered metrics, so they agree
+        improved = self.stopper.step(selected)  # every process sees the same gathered metrics, so they agree
         if improved:
-            best_epoch = epoch
-            if main:
-                save_checkpoint(
-                    best_path, {**metadata, "model_state": model.state_dict(), "epoch": epoch, "val_metrics": row}
-                )
-        rng = {
-            "shuffle_rng": shuffle.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "augment_rng": augment_rng.get_state(),
-        }
-        if device.type == "cuda":
-            rng["cuda_rng"] = torch.cuda.get_rng_state(device)
-        process_rng = gather(context, rng)
-        if main:
-            state = {
-                **metadata,
-                "config": config.to_dict(),
-                "epoch": epoch,
-                "history": history,
-                "best_epoch": best_epoch,
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "scaler_state": scaler.state_dict(),
-                "process_rng": process_rng,
-                "early_stopping": stopper.state_dict(),
-            }
-            if scheduler is not None:
-                state["scheduler_state"] = scheduler.state_dict()
-            save_checkpoint(last_path, state)
+            progress.best_epoch = epoch
+            if self.main:
+                self._save_best(row)
+        self.save_state()
+        if self.main:
             write_csv(
-                run.history_path,
+                self.run.history_path,
                 HISTORY_COLUMNS,
-                ([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS] for r in history),
+                (
+                    [f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS]
+                    for r in progress.history
+                ),
             )
-        log(
+        self.log(
             f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             f"val acc {val['acc']:.4f}  val AUC {val['auc']:.4f}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s"
             + ("  *best" if improved else "")
         )
-        if stopper.should_stop:
-            log(f"early stopping: no better validation {config.select_metric} for {config.early_stopping} epochs")
+        if self.stopper.should_stop:
+            self.log(f"early stopping: no better validation {config.select_metric} for {config.early_stopping} epochs")
+        return row
 
-    # ---- test evaluation of the best checkpoint ------------------------------------------------
-    if best_epoch == 0:  # the metric was never defined (e.g. NaN AUC): keep the last weights
-        best_epoch = len(history)
-        if main:
-            save_checkpoint(
-                best_path,
-                {**metadata, "model_state": model.state_dict(), "epoch": best_epoch, "val_metrics": history[-1]},
+    def _save_best(self, row: dict) -> None:
+        save_checkpoint(
+            self.run.best_path,
+            {
+                **self.metadata,
+                "model_state": self.model.state_dict(),
+                "epoch": self.progress.best_epoch,
+                "val_metrics": row,
+            },
+        )
+
+    # ---- finish: test evaluation of the best checkpoint -----------------------------------------------
+    def finish(self) -> RunResult:
+        """Evaluate best.pt on validation and test, write the results, and calibrate when asked."""
+        config, data, progress, run = self.config, self.data, self.progress, self.run
+        if progress.best_epoch == 0:  # the metric was never defined (e.g. NaN AUC): keep the last weights
+            progress.best_epoch = len(progress.history)
+            if self.main:
+                self._save_best(progress.history[-1])
+        barrier(self.context)  # best.pt is complete before every process reads it
+        bundle = load_checkpoint(run.best_path)
+        self.model.load_state_dict(bundle["model_state"])
+        metrics, outputs = evaluate_model(
+            self.model,
+            data,
+            self.normalization,
+            self.device,
+            config.eval_batch_size,
+            self.amp,
+            tta_orientation=data.orientation if config.tta else None,
+            context=self.context,
+        )
+        if self.main:
+            extra = {
+                "checkpoint": run.best_path.name,
+                "best_epoch": progress.best_epoch,
+                "epochs_run": len(progress.history),
+                "select_metric": config.select_metric,
+                "tta": config.tta,
+            }
+            write_results(run.path, metrics, outputs, data, extra)
+            # the bundle also carries the test figures, for whoever applies it
+            bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
+            save_checkpoint(run.best_path, bundle)
+            if config.calibrate != "none" or config.threshold is not None:
+                metrics.update(self._calibrate())
+        barrier(self.context)
+        return RunResult(
+            run.path,
+            {"best_epoch": progress.best_epoch, "epochs_run": len(progress.history), **metrics},
+            progress.history,
+        )
+
+    def _calibrate(self) -> dict:
+        """Fit the temperature and/or the operating point on validation; their records in metrics.json."""
+        config = self.config
+        done = calibrate_held_run(
+            self.run.path, config, config.calibrate, str(self.device), config.threshold, config.positive_class
+        )
+        if "temperature" in done:
+            self.log(
+                f"temperature {done['temperature']:.4g} fitted on validation; test ECE {done['before']['ece']:.4f} -> {done['after']['ece']:.4f}"
             )
-    barrier(context)  # best.pt is complete before every process reads it
-    bundle = load_checkpoint(best_path)
-    model.load_state_dict(bundle["model_state"])
-    metrics, outputs = evaluate_model(
-        model,
-        data,
-        normalization,
-        device,
-        config.eval_batch_size,
-        amp,
-        tta_orientation=data.orientation if config.tta else None,
-        context=context,
-    )
-    if main:
-        extra = {
-            "checkpoint": best_path.name,
-            "best_epoch": best_epoch,
-            "epochs_run": len(history),
-            "select_metric": config.select_metric,
-            "tta": config.tta,
-        }
-        write_results(run_dir, metrics, outputs, data, extra)
-        # the bundle also carries the test figures, for whoever applies it
-        bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
-        save_checkpoint(best_path, bundle)
-        if config.calibrate != "none" or config.threshold is not None:
-            done = calibrate_held_run(
-                run_dir, config, config.calibrate, str(device), config.threshold, config.positive_class
+        if "operating_point" in done:
+            point = done["operating_point"]
+            self.log(
+                f"threshold {point['threshold']:.4g} for {point['positive_class']} ({point['rule']} on validation); test sensitivity "
+                f"{point['test']['sensitivity']:.4f}, specificity {point['test']['specificity']:.4f}"
             )
-            saved = run.metrics()
-            metrics.update({key: saved[key] for key in ("calibrated", "operating_point") if key in saved})
-            if "temperature" in done:
-                log(
-                    f"temperature {done['temperature']:.4g} fitted on validation; test ECE {done['before']['ece']:.4f} -> {done['after']['ece']:.4f}"
-                )
-            if "operating_point" in done:
-                point = done["operating_point"]
-                log(
-                    f"threshold {point['threshold']:.4g} for {point['positive_class']} ({point['rule']} on validation); test sensitivity "
-                    f"{point['test']['sensitivity']:.4f}, specificity {point['test']['specificity']:.4f}"
-                )
-    barrier(context)
-    return RunResult(run_dir, {"best_epoch": best_epoch, "epochs_run": len(history), **metrics}, history)
+        saved = self.run.metrics()
+        return {key: saved[key] for key in ("calibrated", "operating_point") if key in saved}
