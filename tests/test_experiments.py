@@ -2,12 +2,13 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 
 from helpers import write_study_files
 from medclassify.errors import ConfigError
 from medclassify.evaluation.stats import Side, bootstrap_interval
 from medclassify.experiments import Study, load_experiments, results_rows, run_study
+from medclassify.experiments.results import ensemble_rows
 from medclassify.reporting.tables import write_results_table
 from medclassify.training import trainer
 
@@ -97,6 +98,20 @@ def test_several_seeds_give_mean_and_standard_deviation(two_datasets, tmp_path):
     )
     write_results_table([row], tmp_path / "s")
     assert " ± " in (tmp_path / "s" / "results.md").read_text()
+
+    # the seed ensemble: the mean of the seeds' test probabilities, scored as one model
+    experiments = load_experiments(study, tmp_path / "s")
+    (ensemble,) = ensemble_rows(experiments, [row], n_boot=20)
+    mean = np.mean(experiments[0].side.scores, axis=0)
+    truth = experiments[0].side.y_true
+    assert ensemble["experiment"] == "pneumoniamnist_28_paper-cnn_ensemble" and ensemble["ensemble"]
+    assert ensemble["test_auc"] == pytest.approx(roc_auc_score(truth, mean[:, 1]))
+    assert ensemble["test_acc"] == pytest.approx(accuracy_score(truth, mean.argmax(1)))
+    assert ensemble["test_acc_std"] == 0.0 and ensemble["test_acc_ci_low"] <= ensemble["test_acc"]
+    assert list(ensemble) == list(row)  # one results.csv, one set of columns
+    write_results_table([row, ensemble], tmp_path / "s")
+    table = (tmp_path / "s" / "results.md").read_text()
+    assert "| 0 1 (ensemble) |" in table and "Rows marked (ensemble)" in table
 
 
 def test_bootstrap_interval_covers_the_metric_and_narrows_with_more_data():

@@ -300,7 +300,9 @@ def test_recipe_options_reject_impossible_values(values, message):
         cfg(**values).validate()
 
 
-def test_resume_with_schedule_and_augmentation_matches_an_uninterrupted_run(blood_dir, tmp_path, monkeypatch):
+def test_resume_with_schedule_augmentation_ema_and_mixing_matches_an_uninterrupted_run(
+    blood_dir, tmp_path, monkeypatch
+):
     from medclassify.training import trainer
 
     base = dict(
@@ -315,6 +317,8 @@ def test_resume_with_schedule_and_augmentation_matches_an_uninterrupted_run(bloo
         augment="strong",
         optimizer="adamw",
         weight_decay=1e-4,
+        ema_decay=0.9,
+        mix="mixup-cutmix",
     )
     straight = train(TrainConfig(**base, out=str(tmp_path / "straight")))
     real_epoch = interrupt_training_at_epoch(monkeypatch, 2)

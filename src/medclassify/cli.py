@@ -133,7 +133,10 @@ def _add_models_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "study", metavar="STUDY_YAML", help="the study file (name, datasets, sizes, models, seeds, train)"
+        "study",
+        metavar="STUDY_YAML",
+        help="the study file (name, datasets, sizes, models, seeds, train), or a packaged study: "
+        + ", ".join(sorted(p.stem for p in (Path(__file__).parent / "studies").glob("*.yaml"))),
     )
     _add_study_options(parser)
 
@@ -285,6 +288,34 @@ CALIBRATE_EPILOG = """examples:
 A temperature T is fitted on the validation split (minimum negative log-likelihood) and the logits are
 divided by it from then on: the class decisions stay, the probabilities say how often the model is right.
 Export again afterwards: the exported graph holds T.
+"""
+
+
+def _add_ensemble_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "models", metavar="RUN_OR_BUNDLE", nargs="+", help="run folders (their best.pt) or .pt bundles, at least two"
+    )
+    parser.add_argument("--out", metavar="FILE.pt", required=True, help="the ensemble bundle to write")
+
+
+def _run_ensemble(args: argparse.Namespace) -> int:
+    from .runs import make_ensemble
+
+    result = make_ensemble(args.models, args.out)
+    print(
+        f"ensemble of {len(result.members)} models ({result.parameters:,} parameters) written to {result.path}; "
+        "predict, serve, explain and export use it like any bundle"
+    )
+    return 0
+
+
+ENSEMBLE_EPILOG = """examples:
+  medclassify ensemble runs/blood_seed0 runs/blood_seed1 runs/blood_seed2 --out blood_ensemble.pt
+  medclassify predict blood_ensemble.pt cell.png
+  medclassify export blood_ensemble.pt                 # one ONNX graph holding every member
+
+The ensemble's probabilities are the mean of its members' (each after its own temperature when the
+run was calibrated). Members must share the input (size, channels, normalisation) and the data.
 """
 
 
@@ -485,7 +516,10 @@ def _run_study(args: argparse.Namespace) -> int:
     from .experiments import Study, run_study
     from .reporting.report import write_study_outputs
 
-    path = getattr(args, "study", None) or files("medclassify") / "studies" / "paper.yaml"
+    packaged = files("medclassify") / "studies"
+    path = getattr(args, "study", None) or packaged / "paper.yaml"
+    if not Path(path).exists() and (packaged / f"{path}.yaml").is_file():  # a packaged study by name
+        path = packaged / f"{path}.yaml"
     study = Study.from_yaml(path)
     for option in ("seeds", "workers", "bootstrap"):
         value = getattr(args, option)
@@ -771,6 +805,12 @@ COMMANDS = {
         CALIBRATE_EPILOG,
         _add_calibrate_options,
         _run_calibrate,
+    ),
+    "ensemble": (
+        "average several trained models (e.g. seeds) into one bundle",
+        ENSEMBLE_EPILOG,
+        _add_ensemble_options,
+        _run_ensemble,
     ),
     "serve": (
         "serve models over HTTP: a JSON API and a web page for drag-and-drop prediction with Grad-CAM",

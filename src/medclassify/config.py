@@ -4,6 +4,7 @@ these fields, a YAML file fills the same fields, and Python code sets them direc
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,8 @@ from .data import AUGMENT_CHOICES, FOLDER_NAME, NORMALIZE_CHOICES, ORIENTATIONS,
 from .errors import ConfigError, first_line
 
 SELECT_METRICS = ("auc", "acc", "f1", "loss")
+MIX_CHOICES = ("none", "mixup", "cutmix", "mixup-cutmix")
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
@@ -92,6 +95,23 @@ class RunConfig:
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy targets, as torch.nn.CrossEntropyLoss")
     early_stopping: int = option(0, "stop after this many epochs without improvement of --select-metric (0: off)")
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
+    ema_decay: float = option(
+        0.0,
+        "keep an exponential moving average of the weights with this decay per step (e.g. 0.998); it is "
+        "validated, checkpointed and tested in place of the raw weights (0: off)",
+    )
+    mix: str = option(
+        "none",
+        "mix pairs of training images and their labels: mixup, cutmix, or either per batch (single-label tasks)",
+        choices=MIX_CHOICES,
+    )
+    mix_alpha: float = option(1.0, "Beta(alpha, alpha) for the mixing proportion of --mix")
+    time_budget: str | None = option(
+        None,
+        "train within this wall time, e.g. 10m, 90s or 1h: the first steps are timed and --epochs is set so "
+        "that training and the test evaluation end within it (the chosen epochs go into config.json)",
+        resumable=True,
+    )
     tta: bool = option(False, "test-time augmentation: average the predictions over the label-safe flips")
     calibrate: str = option(
         "none",
@@ -127,6 +147,11 @@ class RuntimeConfig:
     num_threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     eval_batch_size: int = option(256, "batch size for validation and test")
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = option(
+        False,
+        "keep weights and batches channels-last: faster convolutions on CPUs (oneDNN) and GPUs; the numbers "
+        "differ from the default layout's in the last digits",
+    )
     download: bool = option(True, "download missing MedMNIST files (--no-download fails instead)")
     verify: bool = option(
         True, "check the MD5 of MedMNIST files against the official sums (--no-verify accepts a local variant)"
@@ -241,6 +266,14 @@ class TrainConfig(RuntimeConfig, RunConfig):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{flag(key)} must be a number >= 0, got {value!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+        if not (isinstance(self.mix_alpha, (int, float)) and math.isfinite(self.mix_alpha) and self.mix_alpha > 0):
+            raise ConfigError(f"--mix-alpha must be a number > 0, got {self.mix_alpha!r}")
+        if self.mix != "none" and self.loss == "focal":
+            raise ConfigError("--mix needs the cross-entropy loss (mixed targets are soft); drop --loss focal")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 < self.gamma <= 1:
@@ -309,6 +342,19 @@ def load_recipe(name: str) -> dict:
         raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)}")
     values = yaml.safe_load(recipes[name].read_text()) or {}
     return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration such as ``90s``, ``10m``, ``1h30m`` or ``600`` (seconds); ``--time-budget``
+    is named in the error of anything else."""
+    match = DURATION.fullmatch(str(text).strip().lower())
+    if not match or not any(match.groups()):
+        raise ConfigError(f"--time-budget: expected a duration such as 90s, 10m or 1h30m, got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise ConfigError(f"--time-budget must be longer than 0 s, got {text!r}")
+    return total
 
 
 def flag(field_name: str) -> str:

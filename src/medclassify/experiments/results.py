@@ -134,6 +134,7 @@ def results_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAMPLE
             "model": e.model,
             "seeds": " ".join(map(str, e.seeds)),
             "n_test": len(e.side.y_true),
+            "ensemble": False,
         }
         intervals = {**bootstrap_interval(e.side, n_boot), **bootstrap_calibration(e.side, n_boot)}
         for name in METRICS:
@@ -164,3 +165,28 @@ def results_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAMPLE
         row["images_per_s"] = float(np.mean([np.mean([float(r["images_per_s"]) for r in h]) for h in e.histories]))
         rows.append(row)
     return rows
+
+
+def ensemble_rows(experiments: list[Experiment], rows: list[dict], n_boot: int = BOOTSTRAP_RESAMPLES) -> list[dict]:
+    """For each experiment with several seeds, its seed ensemble as one model: the mean of the seeds'
+    test probabilities, with 95% intervals over the test images (one model: no spread over seeds).
+    ``rows``: the experiments' :func:`results_rows`, whose columns these rows share."""
+    ensembles = []
+    for e, base in zip(experiments, rows, strict=True):
+        if e.side.n_seeds < 2:
+            continue
+        side = Side(e.side.y_true, [np.mean(e.side.scores, axis=0)], e.side.task)
+        every_image = np.arange(len(side.y_true))
+        point = {**side.resampled(every_image, [0]), **side.resampled_calibration(every_image, [0])}
+        intervals = {**bootstrap_interval(side, n_boot), **bootstrap_calibration(side, n_boot)}
+        row = {**base, "experiment": f"{e.name}_ensemble", "ensemble": True}
+        for name in (*METRICS, *CALIBRATION_METRICS):
+            row[f"test_{name}"], row[f"test_{name}_std"] = point[name], 0.0
+            row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
+        for i, class_name in enumerate(e.class_names if e.task != Task.BINARY else []):
+            key = f"test_auc_{class_name}"
+            row[key], row[f"{key}_std"] = point[f"class_auc_{i}"], 0.0
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = intervals[f"class_auc_{i}"]
+        row["train_seconds"] = base["train_seconds"] * e.side.n_seeds  # every member was trained
+        ensembles.append(row)
+    return ensembles

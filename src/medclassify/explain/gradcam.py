@@ -24,7 +24,7 @@ from ..data.images import model_input  # noqa: E402
 from ..defaults import GRID_PER_CLASS  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..inference.predictor import Predictor  # noqa: E402
-from ..models import get_model_entry  # noqa: E402
+from ..models import cam_layer_names  # noqa: E402
 from ..reporting.figures import save_figure  # noqa: E402
 from ..reporting.texts import shorten  # noqa: E402
 
@@ -66,11 +66,10 @@ def feature_map_layers(model: torch.nn.Module, channels: int, size: int) -> list
 
 
 def target_layer(
-    model: torch.nn.Module, model_name: str, layer: str | None = None, channels: int = 3, size: int = 28
+    model: torch.nn.Module, model_name: str, name: str, channels: int = 3, size: int = 28
 ) -> torch.nn.Module:
-    """The module Grad-CAM reads: ``layer`` (a dotted name) or the model's registered last block; an
-    unusable name is a :class:`ConfigError` listing the usable ones."""
-    name = layer or get_model_entry(model_name).cam_layer
+    """The module called ``name`` (a dotted path) that Grad-CAM reads; one whose output is not a
+    feature map is a :class:`ConfigError` listing the usable ones."""
     usable = feature_map_layers(model, channels, size)
     if name not in usable:
         top = [n for n in usable if n.count(".") <= 1]
@@ -101,8 +100,12 @@ def cam_maps(predictor: Predictor, batch: np.ndarray, targets: list[int], layer:
     """Grad-CAM maps (N x size x size, each scaled to [0, 1]) for normalised input ``batch``."""
     model = predictor.model
     device = next(model.parameters()).device
-    layer_module = target_layer(model, predictor.metadata["model"]["name"], layer, predictor.channels, predictor.size)
-    with GradCAM(model=model, target_layers=[layer_module]) as cam:
+    spec = predictor.metadata["model"]
+    layers = [
+        target_layer(model, spec["name"], name, predictor.channels, predictor.size)
+        for name in ([layer] if layer else cam_layer_names(spec))
+    ]  # an ensemble: every member's last block, their maps averaged by grad-cam
+    with GradCAM(model=model, target_layers=layers) as cam:
         maps = cam(
             input_tensor=torch.from_numpy(batch).to(device), targets=[ClassifierOutputTarget(k) for k in targets]
         )

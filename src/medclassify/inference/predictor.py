@@ -52,6 +52,7 @@ def bundle_description(state: dict) -> dict:
         "test_metrics",
         "calibration",
         "operating_point",
+        "ensemble",
     )
     return {k: state[k] for k in keys if k in state}
 

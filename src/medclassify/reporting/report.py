@@ -12,7 +12,7 @@ from .. import __version__
 from ..data import get_dataset_info
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import CALIBRATION_METRICS
-from ..experiments.results import load_experiments, results_rows
+from ..experiments.results import ensemble_rows, load_experiments, results_rows
 from ..io import atomic_path
 from ..models import available_models
 from ..tasks import Task
@@ -43,7 +43,9 @@ def _setting_value(value: str, t: dict) -> str:
     return t["values"].get(value, value)
 
 
-def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int) -> list[tuple]:
+def build_blocks(
+    study, experiments, rows, figures: dict, lang: str, n_boot: int, ensembles: list[dict] | None = None
+) -> list[tuple]:
     """The report as a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows),
     ("figure", png path, caption). Every statement comes from the runs' own records."""
     t, names = TEXTS[lang], METRIC_NAMES[lang]
@@ -132,15 +134,18 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
         table(t["differing_caption"], [t["experiment"]] + [labels[k] for k in differing], per_experiment)
 
     blocks.append(("h2", t["results"]))
+    ensembles = ensembles or []
     measured = [
         [
-            f"{r['dataset']} · {r['model']}",
+            t["ensemble_row"].format(dataset=r["dataset"], model=r["model"], n=len(r["seeds"].split()))
+            if r.get("ensemble")
+            else f"{r['dataset']} · {r['model']}",
             str(r["size"]),
             metric_cell(r, "acc"),
             metric_cell(r, "f1_macro"),
             metric_cell(r, "auc"),
         ]
-        for r in rows
+        for r in rows + ensembles
     ]
     published = [
         p
@@ -162,6 +167,8 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
             for p in published
         ],
     )
+    if ensembles:
+        blocks.append(("p", t["ensemble_note"]))
     if published:
         blocks += [
             ("p", t["published_note"].format(citation=citation))
@@ -172,7 +179,7 @@ def build_blocks(study, experiments, rows, figures: dict, lang: str, n_boot: int
     table(
         t["calibration_caption"],
         [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
-        [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows],
+        [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows + ensembles],
     )
 
     for dataset in dict.fromkeys(e.dataset for e in experiments):
@@ -368,10 +375,17 @@ def render_html(blocks, lang: str) -> str:
 
 
 def write_report(
-    study, experiments, rows, figures: dict, study_dir: Path, lang: str = "en", n_boot: int = BOOTSTRAP_RESAMPLES
+    study,
+    experiments,
+    rows,
+    figures: dict,
+    study_dir: Path,
+    lang: str = "en",
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    ensembles: list[dict] | None = None,
 ) -> tuple[Path, Path]:
     """Write report.md and report.html into ``study_dir`` atomically; returns their paths."""
-    blocks = build_blocks(study, experiments, rows, figures, lang, n_boot)
+    blocks = build_blocks(study, experiments, rows, figures, lang, n_boot, ensembles)
     md_path, html_path = study_dir / "report.md", study_dir / "report.html"
     with atomic_path(md_path) as tmp:
         tmp.write_text(render_markdown(blocks, study_dir), encoding="utf-8")
@@ -387,7 +401,8 @@ def write_study_outputs(study, study_dir: str | Path, n_boot: int = BOOTSTRAP_RE
     if not experiments:
         return {}
     rows = results_rows(experiments, n_boot)
-    write_results_table(rows, study_dir)
+    ensembles = ensemble_rows(experiments, rows, n_boot)
+    write_results_table(rows + ensembles, study_dir)
     figures = study_figures(experiments, study_dir / "figures")
-    md_path, html_path = write_report(study, experiments, rows, figures, study_dir, lang, n_boot)
+    md_path, html_path = write_report(study, experiments, rows, figures, study_dir, lang, n_boot, ensembles)
     return {"results": study_dir / "results.md", "figures": figures, "report": md_path, "report_html": html_path}

@@ -14,7 +14,9 @@ LABELS = METRIC_NAMES["en"]
 
 def metric_cell(row: dict, metric: str) -> str:
     """A results-table cell: the test metric, ± its std over seeds when there are several, and its 95% interval."""
-    spread = f" ± {row[f'test_{metric}_std']:.4f}" if len(str(row["seeds"]).split()) > 1 else ""
+    spread = (
+        f" ± {row[f'test_{metric}_std']:.4f}" if len(str(row["seeds"]).split()) > 1 and not row.get("ensemble") else ""
+    )
     return (
         f"{row[f'test_{metric}']:.4f}{spread} ({row[f'test_{metric}_ci_low']:.4f}–{row[f'test_{metric}_ci_high']:.4f})"
     )
@@ -41,13 +43,21 @@ def write_results_table(rows: list[dict], study_dir: str | Path) -> None:
         "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|---|",
     ]
     for r in rows:
+        seeds = f"{r['seeds']} (ensemble)" if r.get("ensemble") else r["seeds"]
         lines.append(
-            f"| {r['dataset']} | {r['size']} | {r['model']} | {r['seeds']} | "
+            f"| {r['dataset']} | {r['size']} | {r['model']} | {seeds} | "
             + " | ".join(metric_cell(r, m) for m in METRICS)
             + f" | {_number(r['best_epoch'])} | {r['train_seconds']:.0f} s | {r['images_per_s']:.0f} |"
         )
     with atomic_path(study_dir / "results.md") as tmp:
         tmp.write_text(
             "\n".join(lines) + "\n\nMean ± standard deviation over seeds; 95% CI: bootstrap over seeds and test images "
-            "(one seed: over test images only, the spread between runs is unknown).\n"
+            "(one seed: over test images only, the spread between runs is unknown)."
+            + (
+                " Rows marked (ensemble): the mean of the seeds' test probabilities taken as one model; "
+                "95% CI over test images."
+                if any(r.get("ensemble") for r in rows)
+                else ""
+            )
+            + "\n"
         )

@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
             "result_files",
             "save_checkpoint",
         ],
+        "ensemble": ["EnsembleResult", "make_ensemble"],
         "operations": [
             "TorchBackend",
             "calibrate_held_run",

@@ -19,7 +19,7 @@ from ..evaluation.figures import reliability_diagram
 from ..evaluation.metrics import CALIBRATION_METRICS
 from ..evaluation.threshold import choose_threshold, operating_point, parse_rule
 from ..io import folder_lock, write_json
-from ..models import create_model
+from ..models import model_from_spec
 from ..runtime.environment import select_device
 from ..tasks import Task, probabilities_from_logits
 from .files import METRICS_FILE, RELIABILITY_FIGURE, RunDir, load_checkpoint, result_files, save_checkpoint
@@ -67,7 +67,7 @@ class TorchBackend:
 
     def __init__(self, state: dict, path: Path, device: str = "auto"):
         spec = state["model"]
-        self.model = create_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["image_size"])
+        self.model = model_from_spec(spec)
         try:
             self.model.load_state_dict(state["model_state"])
         except (RuntimeError, KeyError) as exc:
@@ -104,7 +104,7 @@ def evaluate_run(
                 stacklevel=2,
             )
         spec = state["model"]
-        model = create_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["image_size"])
+        model = model_from_spec(spec)
         model.load_state_dict(state["model_state"])
         model.to(target)
         prep = state["preprocessing"]

@@ -77,6 +77,50 @@ def build_loss(config, train_labels: torch.Tensor, num_classes: int, multi_label
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
 
 
+def build_mixer(config, num_classes: int, multi_label: bool):
+    """``--mix``: torchvision's MixUp and/or CutMix over whole batches, returning soft targets that
+    sum to 1; None for ``none``. Mixing never moves a pixel (CutMix pastes a box at the same place),
+    so it is safe for every orientation."""
+    if config.mix == "none":
+        return None
+    if multi_label:
+        raise ConfigError("--mix mixes single labels into soft targets; this dataset is multi-label")
+    from torchvision.transforms import v2
+
+    mixers = {
+        "mixup": [v2.MixUp(alpha=config.mix_alpha, num_classes=num_classes)],
+        "cutmix": [v2.CutMix(alpha=config.mix_alpha, num_classes=num_classes)],
+    }
+    chosen = mixers.get(config.mix) or mixers["mixup"] + mixers["cutmix"]
+    return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay of the ``updates``-th update after the first: ``min(decay, (1 + n) / (10 + n))``,
+    timm's warm-up, so that early in training the average follows the weights instead of the
+    random initial ones."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def build_ema(model: nn.Module, decay: float):
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics
+    (``torch.optim.swa_utils.AveragedModel``): the first update copies the weights, then
+    ``ema = d * ema + (1 - d) * weights`` with ``d = ema_decay_at(decay, n)``; integer buffers (batch
+    counts) are copied. None when ``decay`` is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if not torch.is_floating_point(averaged[0]):
+            torch._foreach_copy_(averaged, current)
+            return
+        torch._foreach_lerp_(averaged, current, 1 - ema_decay_at(decay, int(n_averaged)))
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
     """Per-image weights that make every class equally likely to be drawn (``--sampler balanced``)."""
     counts = torch.bincount(labels)

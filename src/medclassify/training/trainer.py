@@ -6,14 +6,16 @@ Defaults are the paper's: cross-entropy, Adam (lr 1e-3), 10 epochs, batch 32, sh
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict
@@ -25,8 +27,8 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import TrainConfig
-from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, compute_normalization
+from ..config import TrainConfig, parse_duration
+from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, Split, compute_normalization, tta_views
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
 from ..evaluation.metrics import SplitMetrics
@@ -36,10 +38,13 @@ from ..runs import RUN_FILES, RunDir, calibrate_held_run, load_checkpoint, load_
 from ..runs.files import BundleMetadata, ModelSpec
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
 from ..runtime.environment import environment_record, seed_everything
+from .budget import BudgetPlan, images_per_second, plan_epochs
 from .recipe import (
     EarlyStopping,
     balanced_sample_weights,
+    build_ema,
     build_loss,
+    build_mixer,
     build_optimizer,
     build_scheduler,
     freeze_batchnorm_statistics,
@@ -151,6 +156,45 @@ def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
         raise CheckpointError(f"{path}: cannot resume with different settings ({detail})")
 
 
+def train_step(
+    model,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer,
+    criterion,
+    scaler,
+    amp: bool,
+    scheduler=None,
+    grad_clip: float = 0.0,
+    ema=None,
+    mixer=None,
+    channels_last: bool = False,
+) -> float:
+    """One optimiser step on a batch (mixed first with ``mixer``; the EMA and a per-batch scheduler
+    follow the step); returns the batch's loss. Raises :class:`TrainingDiverged` on a non-finite loss."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if mixer is not None:
+        images, targets = mixer(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+        loss = criterion(model(images).float(), targets)
+    value = loss.item()
+    if not math.isfinite(value):  # stop before the step spreads it into the weights
+        raise TrainingDiverged(f"the training loss is {value}")
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if ema is not None:
+        ema.update_parameters(getattr(model, "module", model))  # the model itself, not its DDP wrapper
+    if scheduler is not None:
+        scheduler.step()
+    return value
+
+
 def train_one_epoch(
     model,
     loader: BatchLoader,
@@ -162,28 +206,19 @@ def train_one_epoch(
     scheduler=None,
     grad_clip: float = 0.0,
     frozen_backbone: bool = False,
+    ema=None,
+    mixer=None,
+    channels_last: bool = False,
 ) -> float:
-    """One pass over ``loader``, stepping the optimiser (and a per-batch scheduler) after every
-    batch; returns the mean training loss. Raises :class:`TrainingDiverged` on a non-finite loss."""
+    """One pass over ``loader`` with :func:`train_step`; returns the mean training loss."""
     model.train()
     if frozen_backbone:
         freeze_batchnorm_statistics(model)
     loss_sum, count = 0.0, 0
     for images, targets in loader:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(loader.device.type, dtype=torch.float16, enabled=amp):
-            loss = criterion(model(images).float(), targets)
-        value = loss.item()
-        if not math.isfinite(value):  # stop before the step spreads it into the weights
-            raise TrainingDiverged(f"the training loss is {value}")
-        scaler.scale(loss).backward()
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if scheduler is not None:
-            scheduler.step()
+        value = train_step(
+            model, images, targets, optimizer, criterion, scaler, amp, scheduler, grad_clip, ema, mixer, channels_last
+        )
         loss_sum += value * len(targets)
         count += len(targets)
         progress.update(len(targets))
@@ -196,17 +231,18 @@ def train(config: TrainConfig) -> RunResult:
 
     Under ``torchrun`` every process runs this function: DistributedDataParallel over the processes,
     each with its share of every batch; rank 0 alone prints and writes files."""
+    started = time.perf_counter()
     config.validate()
     check_run_folder(config)
     context, device = init_distributed(config.device)
     try:
         with folder_lock(config.run_dir(), "train") if context.is_main else nullcontext():
-            session = TrainingSession.prepare(config, context, device)
+            session = TrainingSession.prepare(config, context, device, started)
             if config.resume and (finished := session.resume()) is not None:
                 return finished
             session.write_run_record()
             session.log_start()
-            for epoch in range(session.progress.epoch + 1, config.epochs + 1):
+            for epoch in range(session.progress.epoch + 1, session.config.epochs + 1):
                 if session.stopper.should_stop:
                     break
                 session.run_epoch(epoch)
@@ -250,15 +286,21 @@ class TrainingSession:
     epoch_size: int
     loader: BatchLoader
     metadata: BundleMetadata
+    ema: Any = None  # torch.optim.swa_utils.AveragedModel with --ema-decay
+    mixer: Any = None  # MixUp/CutMix with --mix
+    budget: BudgetPlan | None = None  # how --time-budget chose the epochs
     progress: Progress = field(default_factory=Progress)
     trained: torch.nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun
     frozen: bool | None = None
 
     # ---- prepare: data -> model -> loss, optimiser, schedule -> batches ----------------------------
     @classmethod
-    def prepare(cls, config: TrainConfig, context: Distributed, device: torch.device) -> TrainingSession:
+    def prepare(
+        cls, config: TrainConfig, context: Distributed, device: torch.device, started: float | None = None
+    ) -> TrainingSession:
         """Build the run in the recipe's order: seed, data, normalisation, model, loss, optimiser, random
-        streams, batches, schedule. The order is part of the numbers: keep it."""
+        streams, batches, (the time budget's epochs), schedule. The order is part of the numbers: keep
+        it. ``started``: when the run began (``time.perf_counter()``), for the time budget."""
         if config.batch_size % context.world_size:
             raise ConfigError(
                 f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes"
@@ -271,9 +313,8 @@ class TrainingSession:
         data = load_run_data(config)
         normalization = compute_normalization(data.splits["train"].images, config.normalize)
 
-        model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained).to(
-            device
-        )
+        model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained)
+        model = model.to(device, memory_format=torch.channels_last) if config.channels_last else model.to(device)
         train_split = data.splits["train"]
         criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
         optimizer = build_optimizer(config, model.parameters())
@@ -291,18 +332,19 @@ class TrainingSession:
             else None
         )
         epoch_size = -(-len(train_split) // context.world_size)
-        loader = BatchLoader(
-            train_split,
-            batch_size,
-            normalization,
-            device,
-            shuffle=True,
-            generator=rng.shuffle,
-            sampler=sampler,
-            sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
-            epoch_size=epoch_size if context.enabled else None,
-            augment=BatchAugment(config.augment, data.orientation, rng.augment) if config.augment != "none" else None,
-        )
+        loader = _train_loader(config, data, normalization, device, rng, sampler, batch_size, epoch_size, context)
+        mixer = build_mixer(config, data.num_classes, data.multi_label)
+        ema = build_ema(model, config.ema_decay)
+        budget = None
+        if config.time_budget:
+            if config.resume:  # the interrupted run's own choice
+                epochs = load_checkpoint(RunDir(config.run_dir()).last_path)["config"]["epochs"]
+            else:
+                budget = _plan_budget(
+                    config, context, device, data, normalization, model, criterion, loader, amp, mixer, started
+                )
+                epochs = budget.epochs
+            config = _with_epochs(config, epochs)
         return cls(
             config=config,
             context=context,
@@ -322,6 +364,9 @@ class TrainingSession:
             epoch_size=epoch_size,
             loader=loader,
             metadata=bundle_metadata(config, data, normalization),
+            ema=ema,
+            mixer=mixer,
+            budget=budget,
         )
 
     @property
@@ -344,7 +389,14 @@ class TrainingSession:
         }
         if self.scheduler is not None:
             objects["scheduler_state"] = self.scheduler
+        if self.ema is not None:
+            objects["ema_state"] = self.ema
         return objects
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights that are validated, kept in best.pt and tested: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def save_state(self) -> None:
         """Write ``last.pt`` (rank 0); every process contributes its random streams."""
@@ -421,6 +473,7 @@ class TrainingSession:
                 "data": {**metadata["dataset"], "channels": data.channels, "size": data.size, "source": source},
                 "preprocessing": metadata["preprocessing"],
                 "model": {**metadata["model"], "parameters": count_parameters(self.model)},
+                "time_budget": self.budget.record() if self.budget else None,
             },
         )
         if "files" in data.source:  # image folders: which file went to which split
@@ -490,13 +543,16 @@ class TrainingSession:
                     self.scheduler,
                     config.grad_clip,
                     self.frozen,
+                    self.ema,
+                    self.mixer,
+                    config.channels_last,
                 )
             except TrainingDiverged as exc:
                 raise self._diverged(epoch, str(exc)) from None
         train_loss = statistics.fmean(gather(context, local_loss))  # every process saw epoch_size images
         seconds = time.perf_counter() - started
         y_true, y_prob, val_loss = predict_split_sharded(
-            self.model,
+            self.evaluated,
             data.splits["val"],
             config.eval_batch_size,
             self.normalization,
@@ -552,7 +608,7 @@ class TrainingSession:
             self.run.best_path,
             {
                 **self.metadata,
-                "model_state": self.model.state_dict(),
+                "model_state": self.evaluated.state_dict(),
                 "epoch": self.progress.best_epoch,
                 "val_metrics": row,
             },
@@ -568,9 +624,9 @@ class TrainingSession:
                 self._save_best(progress.history[-1])
         barrier(self.context)  # best.pt is complete before every process reads it
         bundle = load_checkpoint(run.best_path)
-        self.model.load_state_dict(bundle["model_state"])
+        self.evaluated.load_state_dict(bundle["model_state"])
         metrics, outputs = evaluate_model(
-            self.model,
+            self.evaluated,
             data,
             self.normalization,
             self.device,
@@ -618,3 +674,91 @@ class TrainingSession:
             )
         saved = self.run.metrics()
         return {key: saved[key] for key in ("calibrated", "operating_point") if key in saved}
+
+
+def _train_loader(config, data, normalization, device, rng: ProcessRng, sampler, batch_size, epoch_size, context):
+    train_split = data.splits["train"]
+    return BatchLoader(
+        train_split,
+        batch_size,
+        normalization,
+        device,
+        shuffle=True,
+        generator=rng.shuffle,
+        sampler=sampler,
+        sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
+        epoch_size=epoch_size if context.enabled else None,
+        augment=BatchAugment(config.augment, data.orientation, rng.augment) if config.augment != "none" else None,
+    )
+
+
+def _with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
+    """The config with the epochs the time budget chose; what depends on the epochs is checked again."""
+    chosen = replace(config, epochs=epochs, time_budget=None)
+    try:
+        return chosen.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"--time-budget {config.time_budget} allows {epochs} epoch(s) here: {exc}") from None
+
+
+def _plan_budget(config, context, device, data, normalization, model, criterion, loader, amp, mixer, started):
+    """Time training steps and validation on copies (the run's weights, optimiser and random streams
+    stay untouched) and choose the epochs that fit the budget; every process takes the smallest."""
+    torch_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    probe = copy.deepcopy(model).train()
+    optimizer = build_optimizer(config, probe.parameters())
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    ema = build_ema(probe, config.ema_decay)
+    probe_rng = ProcessRng(torch.Generator().manual_seed(0), torch.Generator(device).manual_seed(1), device)
+    single = replace(context, world_size=1, rank=0)
+    probe_loader = _train_loader(config, data, normalization, device, probe_rng, None, loader.batch_size, None, single)
+
+    def batches():
+        while True:
+            yield from probe_loader
+
+    stream = batches()
+
+    def step() -> int:
+        images, targets = next(stream)
+        train_step(
+            probe, images, targets, optimizer, criterion, scaler, amp, None, config.grad_clip, ema, mixer,
+            config.channels_last,
+        )  # fmt: skip
+        return len(targets)
+
+    train_ips = images_per_second(step)
+    val = data.splits["val"]
+    sample = Split(val.images[: 4 * config.eval_batch_size], val.labels[: 4 * config.eval_batch_size])
+
+    def evaluate() -> int:
+        predict_split_sharded(probe, sample, config.eval_batch_size, normalization, device, data.multi_label, amp)
+        return len(sample)
+
+    eval_ips = images_per_second(evaluate, warmup=1, seconds=0.5)
+    # what an epoch costs besides its images: the validation metrics and two checkpoints
+    y_true, y_prob, _ = predict_split_sharded(
+        probe, sample, config.eval_batch_size, normalization, device, data.multi_label, amp
+    )
+    overhead_started = time.perf_counter()
+    classification_metrics(y_true, y_prob, data.task, data.class_names)
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ("best.pt", "last.pt"):
+            save_checkpoint(Path(folder) / name, {"model": probe.state_dict(), "optimizer": optimizer.state_dict()})
+    epoch_overhead_s = time.perf_counter() - overhead_started
+    torch.set_rng_state(torch_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    plan = plan_epochs(
+        parse_duration(config.time_budget),
+        time.perf_counter() - (started if started is not None else overhead_started),
+        train_ips,
+        eval_ips,
+        -(-len(data.splits["train"]) // context.world_size),
+        -(-len(val) // context.world_size),
+        -(-len(data.splits["test"]) // context.world_size),
+        len(tta_views(sample.images[:1], data.orientation)) if config.tta else 1,
+        epoch_overhead_s,
+    )
+    return replace(plan, epochs=min(gather(context, plan.epochs)))

@@ -1,0 +1,124 @@
+"""The training tools of the faster recipes: weight EMA, MixUp/CutMix, and the time budget."""
+
+import json
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import interrupt_training_at_epoch
+from medclassify import TrainConfig, train
+from medclassify.config import parse_duration
+from medclassify.errors import ConfigError
+from medclassify.runs import load_checkpoint
+from medclassify.training import trainer
+from medclassify.training.budget import PLANNED_SHARE, plan_epochs
+from medclassify.training.recipe import build_ema, build_mixer, ema_decay_at
+
+
+def test_ema_weights_are_the_hand_computed_moving_average():
+    model = nn.Linear(2, 1)
+    ema = build_ema(model, 0.9)
+    seen = []
+    for value in (1.0, 3.0, -2.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update_parameters(model)
+        seen.append(value)
+    # the first update copies the weights; then decay min(0.9, (1 + n) / (10 + n)) for n = 1, 2
+    d1, d2 = 2 / 11, 3 / 12
+    expected = d2 * (d1 * 1.0 + (1 - d1) * 3.0) + (1 - d2) * -2.0
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), expected))
+    assert [ema_decay_at(0.9, n) for n in (1, 2, 100)] == [d1, d2, 0.9]
+    assert build_ema(model, 0.0) is None
+
+
+def test_ema_weights_are_validated_checkpointed_and_tested(blood_dir, tmp_path):
+    config = TrainConfig(
+        dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, epochs=2,
+        ema_decay=0.5, select_metric="loss", out=str(tmp_path / "ema"),
+    )  # fmt: skip
+    result = train(config)
+    last = load_checkpoint(tmp_path / "ema" / "last.pt")
+    best = load_checkpoint(tmp_path / "ema" / "best.pt")
+    averaged = {k.removeprefix("module."): v for k, v in last["ema_state"].items() if k.startswith("module.")}
+    assert set(averaged) == set(last["model_state"])
+    assert any(not torch.equal(averaged[k], last["model_state"][k]) for k in averaged)  # not the raw weights
+    if result.metrics["best_epoch"] == 2:
+        assert all(torch.equal(best["model_state"][k], averaged[k]) for k in averaged)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_targets_sum_to_one_and_no_pixel_moves(kind):
+    torch.manual_seed(0)
+    config = TrainConfig(mix=kind, mix_alpha=1.0)
+    mixer = build_mixer(config, num_classes=5, multi_label=False)
+    images, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    mixed, targets = mixer(images, labels)
+    partner = images.roll(1, 0)  # torchvision mixes each image with its neighbour in the batch
+    assert targets.shape == (6, 5) and torch.allclose(targets.sum(1), torch.ones(6))
+    lam = targets[0, 0].item()  # labels 0 and 0 would merge: image 1 (label 1, partner label 0) is clean
+    lam = targets[1, 1].item()
+    assert 0 < lam <= 1 and targets[1, 0].item() == pytest.approx(1 - lam)
+    if kind == "mixup":
+        assert torch.allclose(mixed, lam * images + (1 - lam) * partner, atol=1e-6)
+    else:  # every pixel is the image's own or its partner's at the same place: no flip, no shift
+        own, pasted = mixed == images, mixed == partner
+        assert bool((own | pasted).all())
+        assert (~own).float().mean().item() == pytest.approx(1 - lam, abs=0.05)
+
+
+def test_mixing_refuses_multi_label_tasks_and_the_focal_loss():
+    with pytest.raises(ConfigError, match="multi-label"):
+        build_mixer(TrainConfig(mix="mixup"), num_classes=3, multi_label=True)
+    with pytest.raises(ConfigError, match="--mix needs the cross-entropy loss"):
+        TrainConfig(dataset="bloodmnist", mix="cutmix", loss="focal").validate()
+    assert build_mixer(TrainConfig(), num_classes=3, multi_label=False) is None
+
+
+def test_durations_parse_and_bad_ones_name_the_option():
+    assert [parse_duration(t) for t in ("10m", "90s", "1h30m", "600", "0.5m")] == [600, 90, 5400, 600, 30]
+    for bad in ("", "10x", "0s", "-1", "m"):
+        with pytest.raises(ConfigError, match="--time-budget"):
+            parse_duration(bad)
+
+
+def test_plan_fits_the_epochs_and_the_final_evaluation_into_the_budget():
+    plan = plan_epochs(
+        budget_s=600, spent_s=10, train_images_per_s=1000, eval_images_per_s=4000,
+        train_images=12000, val_images=2000, test_images=4000, test_views=2, epoch_overhead_s=0.5,
+    )  # fmt: skip
+    # an epoch: 12 s training + 0.5 s validation + 0.5 s; the end: 6000 x 2 views / 4000 + 2 x 0.5
+    assert plan.epoch_s == pytest.approx(13.0) and plan.final_s == pytest.approx(4.0)
+    assert plan.epochs == int((PLANNED_SHARE * 600 - 10 - 4.0) // 13.0) == 42
+    with pytest.raises(ConfigError, match="--time-budget 20 s is too short: one epoch and the evaluation need about"):
+        plan_epochs(20, 10, 1000, 4000, 12000, 2000, 4000)
+
+
+@pytest.mark.slow
+def test_time_budget_ends_in_time_records_its_epochs_and_resumes_to_the_same_run(blood_dir, tmp_path, monkeypatch):
+    budget = 15
+    config = TrainConfig(
+        dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, model="bn-cnn",
+        schedule="onecycle", time_budget=f"{budget}s", out=str(tmp_path / "budget"),
+    )  # fmt: skip
+    started = time.perf_counter()
+    straight = train(config)
+    elapsed = time.perf_counter() - started
+    assert elapsed < budget
+    record = json.loads((tmp_path / "budget" / "config.json").read_text())
+    epochs = record["time_budget"]["epochs"]
+    assert epochs >= 2 and straight.metrics["epochs_run"] == epochs
+    assert record["config"]["epochs"] == epochs and record["config"]["time_budget"] is None
+
+    # the recorded config trains as many epochs; interrupted and resumed under the budget option, too
+    again = replace(TrainConfig(**record["config"]), out=str(tmp_path / "again"))
+    real_epoch = interrupt_training_at_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(again)
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    resumed = train(replace(again, time_budget=f"{budget}s", epochs=1, resume=True))
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]
+    assert resumed.metrics["test"] == straight.metrics["test"]
