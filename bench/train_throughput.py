@@ -1,7 +1,11 @@
-"""Training throughput of the paper's CNN: medclassify's in-memory pipeline vs the usual
-``medmnist`` Dataset + ToTensor + DataLoader pipeline, same model, same batch size, same step.
+"""Training throughput: medclassify's in-memory pipeline (default layout, and channels-last as
+``--channels-last`` trains) vs the loop a user writes by hand (``medmnist`` Dataset + ToTensor +
+DataLoader, the same model in PyTorch's default settings, same batch size, same step), for the
+paper's CNN and the CPU recipe's bn-cnn. Also the FLOPs of a training step per image
+(``torch.utils.flop_counter``), the rate achieved, and its fraction of this CPU's dense fp32 matmul
+rate measured in the same run.
 
-    python bench/train_throughput.py --data-dir ../shared/data
+    python bench/train_throughput.py --data-dir ../shared/data [--batch-size 128] [--with-64px]
 
 Prints JSON. The 64 px file is made from the 28 px one (bilinear upsampling, official layout) in a
 temporary folder when no real ``bloodmnist_64.npz`` is present, since only the timing matters here.
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from medclassify.data import BatchLoader, compute_normalization, load_dataset
@@ -38,15 +43,22 @@ def make_64px_file(source: Path, folder: Path) -> None:
     np.savez(folder / "bloodmnist_64.npz", **arrays)
 
 
-def images_per_second(batches, size: int, n_images: int, warmup: int = 5) -> float:
-    """Train the paper's CNN on ``batches`` (an iterator of (x, y)) and time ``n_images`` of it."""
+def images_per_second(
+    batches, size: int, n_images: int, model_name: str = "paper-cnn", channels_last: bool = False, warmup: int = 5
+) -> float:
+    """Train ``model_name`` on ``batches`` (an iterator of (x, y)) and time ``n_images`` of it;
+    ``channels_last`` keeps the weights and every batch in that layout, as ``--channels-last`` does."""
     torch.manual_seed(0)
-    model = create_model("paper-cnn", 3, 8, size)
+    model = create_model(model_name, 3, 8, size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = torch.nn.CrossEntropyLoss()
     model.train()
 
     def step(images, labels):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         criterion(model(images), labels).backward()
         optimizer.step()
@@ -62,12 +74,34 @@ def images_per_second(batches, size: int, n_images: int, warmup: int = 5) -> flo
     return seen / (time.perf_counter() - started)
 
 
+def training_flops_per_image(model_name: str, size: int, batch_size: int) -> float:
+    """Floating-point operations of one training step (forward and backward) per image, counted by
+    ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
+    model = create_model(model_name, 3, 8, size)
+    images, labels = torch.randn(batch_size, 3, size, size), torch.zeros(batch_size, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
+    """This CPU's dense fp32 matrix-multiply rate (the practical peak the training step is compared with)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        calls += 1
+    return 2 * n**3 * calls / (time.perf_counter() - started) / 1e9
+
+
 def endless(make_iterable):
     while True:
         yield from make_iterable()
 
 
-def measure(data_dir: Path, size: int, batch_size: int, n_images: int) -> dict:
+def measure(data_dir: Path, size: int, batch_size: int, n_images: int, model_name: str, matmul: float) -> dict:
     data = load_dataset("bloodmnist", size, data_dir, verify=(size == 28), download=False)
     train = data.splits["train"]
     norm = compute_normalization(train.images, "half")  # the same Normalize(0.5, 0.5) as the baseline
@@ -76,9 +110,13 @@ def measure(data_dir: Path, size: int, batch_size: int, n_images: int) -> dict:
 
     fixed = next(iter(ours))
     result = {
+        "model": model_name,
         "size": size,
-        "medclassify_in_memory": images_per_second(endless(lambda: iter(ours)), size, n_images),
-        "model_only_fixed_batch": images_per_second(itertools.repeat(fixed), size, n_images),
+        "medclassify_in_memory": images_per_second(endless(lambda: iter(ours)), size, n_images, model_name),
+        "medclassify_channels_last": images_per_second(
+            endless(lambda: iter(ours)), size, n_images, model_name, channels_last=True
+        ),
+        "model_only_fixed_batch": images_per_second(itertools.repeat(fixed), size, n_images, model_name),
     }
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
     dataset = medmnist.BloodMNIST(split="train", transform=to_tensor, root=str(data_dir), size=size)
@@ -87,11 +125,16 @@ def measure(data_dir: Path, size: int, batch_size: int, n_images: int) -> dict:
             dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0
         )
         result[f"medmnist_dataloader_workers{workers}"] = images_per_second(
-            endless(lambda loader=loader: iter(loader)), size, n_images
+            endless(lambda loader=loader: iter(loader)), size, n_images, model_name
         )
     baseline = max(result["medmnist_dataloader_workers0"], result["medmnist_dataloader_workers2"])
-    result["speedup_vs_best_baseline"] = result["medclassify_in_memory"] / baseline
+    best = max(result["medclassify_in_memory"], result["medclassify_channels_last"])
+    result["speedup_vs_best_baseline"] = best / baseline
     result["pipeline_overhead_vs_model_only"] = 1 - result["medclassify_in_memory"] / result["model_only_fixed_batch"]
+    flops = training_flops_per_image(model_name, size, batch_size)
+    result["training_mflop_per_image"] = flops / 1e6
+    result["achieved_gflop_per_s"] = best * flops / 1e9
+    result["fraction_of_matmul"] = result["achieved_gflop_per_s"] / matmul
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
 
 
@@ -101,24 +144,30 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=6400, help="images timed per pipeline (after 5 warm-up batches)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's choice)")
+    parser.add_argument(
+        "--models", nargs="+", default=["paper-cnn", "bn-cnn"], help="models timed at 28 px (bn-cnn: the CPU recipe's)"
+    )
+    parser.add_argument("--with-64px", action="store_true", help="also time paper-cnn at 64 px")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = Path(args.data_dir)
     if not (data_dir / "bloodmnist.npz").is_file():
         raise SystemExit(f"bench: {data_dir / 'bloodmnist.npz'} not found; pass --data-dir")
-    results = [measure(data_dir, 28, args.batch_size, args.images)]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = data_dir if (data_dir / "bloodmnist_64.npz").is_file() else Path(tmp)
-        if folder != data_dir:
-            make_64px_file(data_dir / "bloodmnist.npz", folder)
-        results.append(measure(folder, 64, args.batch_size, args.images))
+    matmul = matmul_gflops()
+    results = [measure(data_dir, 28, args.batch_size, args.images, name, matmul) for name in args.models]
+    if args.with_64px:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = data_dir if (data_dir / "bloodmnist_64.npz").is_file() else Path(tmp)
+            if folder != data_dir:
+                make_64px_file(data_dir / "bloodmnist.npz", folder)
+            results.append(measure(folder, 64, args.batch_size, args.images, "paper-cnn", matmul))
     print(
         json.dumps(
             {
                 "benchmark": "train_throughput",
-                "model": "paper-cnn",
                 "batch_size": args.batch_size,
+                "matmul_fp32_gflop_per_s": round(matmul, 1),
                 "unit": "training images/s",
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),

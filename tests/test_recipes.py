@@ -282,6 +282,23 @@ def test_recipes_fill_the_config_and_options_override_them():
         TrainConfig.from_dict({"recipe": "fastest"})
 
 
+def test_every_packaged_recipe_and_study_is_a_valid_run():
+    from importlib.resources import files
+
+    from medclassify.config import available_recipes
+    from medclassify.experiments import Study
+
+    for name in available_recipes():
+        TrainConfig.from_recipe(name, dataset="bloodmnist").validate()
+    protocol = TrainConfig.from_recipe("medmnist-v2", dataset="organamnist")
+    assert (protocol.model, protocol.epochs, protocol.milestones, protocol.batch_size, protocol.normalize) == (
+        "resnet18", 100, [50, 75], 128, "half",
+    )  # fmt: skip
+    study = Study.from_yaml(files("medclassify") / "studies" / "medmnist-v2.yaml")
+    study.validate()
+    assert len(study.datasets) == 12 and study.sizes == [28] and study.train == {"recipe": "medmnist-v2"}
+
+
 @pytest.mark.parametrize(
     "values, message",
     [

@@ -11,6 +11,8 @@ from torch import nn
 from helpers import interrupt_training_at_epoch
 from medclassify import TrainConfig, train
 from medclassify.config import parse_duration
+from medclassify.data import BatchAugment
+from medclassify.data.augment import INTENSITY_OPS
 from medclassify.errors import ConfigError
 from medclassify.runs import load_checkpoint
 from medclassify.training import trainer
@@ -122,3 +124,31 @@ def test_time_budget_ends_in_time_records_its_epochs_and_resumes_to_the_same_run
     resumed = train(replace(again, time_budget=f"{budget}s", epochs=1, resume=True))
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]
     assert resumed.metrics["test"] == straight.metrics["test"]
+
+
+@pytest.mark.parametrize("op", INTENSITY_OPS, ids=lambda op: op.__name__.strip("_"))
+def test_intensity_operations_move_no_pixel_and_stay_in_range(op):
+    """Each op commutes with a left-right mirror and a transpose: it changes values, never positions,
+    so it keeps left/right organ labels true on any orientation."""
+    x = torch.rand(4, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    m, s = torch.rand(4, 1, 1, 1), torch.tensor([1.0, -1.0, 1.0, -1.0]).view(4, 1, 1, 1)
+    out = op(x, m, s)
+    assert torch.allclose(op(x.flip(-1), m, s), out.flip(-1), atol=1e-6)
+    assert torch.allclose(op(x.transpose(-1, -2), m, s), out.transpose(-1, -2), atol=1e-6)
+    assert torch.allclose(op(torch.full_like(x, 0.25), m, s).std(dim=(2, 3)), torch.zeros(4, 3), atol=1e-6)
+
+
+def test_randaug_preset_draws_per_image_and_keeps_fixed_orientation_images_unmirrored():
+    images = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    augment = BatchAugment("randaug", "fixed", torch.Generator().manual_seed(0))
+    out = augment(images)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    again = BatchAugment("randaug", "fixed", torch.Generator().manual_seed(0))(images)
+    assert torch.equal(out, again)  # the generator decides everything: resumable
+    # a bright left half stays on the left: no mirroring for 'fixed' data
+    half = torch.zeros(64, 1, 16, 16)
+    half[..., :8] = 0.8
+    moved = BatchAugment("randaug", "fixed", torch.Generator().manual_seed(0))(half)
+    assert bool((moved[..., :4].mean(dim=(1, 2, 3)) > moved[..., 12:].mean(dim=(1, 2, 3))).all())
+    mirrored = BatchAugment("randaug", "free", torch.Generator().manual_seed(0))(half)  # free data may flip
+    assert not bool((mirrored[..., :4].mean(dim=(1, 2, 3)) > mirrored[..., 12:].mean(dim=(1, 2, 3))).all())

@@ -67,7 +67,8 @@ class RunConfig:
     unfreeze_after: int | None = option(None, "with --freeze-backbone: fine-tune every layer after this many epochs")
     augment: str = option(
         "none",
-        "batch augmentation: none (the paper), light (flips/rotation/shift as the data allow), strong (adds crop scale and intensity jitter)",
+        "batch augmentation: none (the paper), light (flips/rotation/shift as the data allow), strong (adds crop "
+        "scale and intensity jitter), randaug (light, then two random intensity operations per image, RandAugment-style)",
         choices=AUGMENT_CHOICES,
     )
     orientation: str | None = option(

@@ -1,7 +1,7 @@
 """Label-preserving batch augmentation on tensors, on the training device.
 
 Every image of a batch gets its own random flip, rotation, shift and (``strong``) crop scale and
-intensity change, applied to the whole batch at once: the geometric part as one affine
+intensity change or (``randaug``) two random intensity operations, applied to the whole batch at once: the geometric part as one affine
 ``grid_sample`` with a matrix per image, the intensity part by broadcasting a factor per image.
 (torchvision.transforms.v2 draws one set of parameters per call, i.e. per batch, which is why the
 per-image parameters are drawn here.) Which geometric transforms are allowed comes from the
@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 # preset -> (max rotation in degrees for "mirror-x"/"fixed" data, max shift as a share of the side)
-LIMITS = {"light": (10.0, 0.08), "strong": (15.0, 0.12)}
+LIMITS = {"light": (10.0, 0.08), "strong": (15.0, 0.12), "randaug": (10.0, 0.08)}
+RANDAUG_OPS_PER_IMAGE = 2
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -58,7 +59,23 @@ class BatchAugment:
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.preset == "strong":
             out = self._intensity(out)
+        elif self.preset == "randaug":
+            out = self._random_intensity_ops(out)
         return out.clamp_(0.0, 1.0)
+
+    def _random_intensity_ops(self, images: torch.Tensor) -> torch.Tensor:
+        """RandAugment's idea restricted to intensity: each image gets ``RANDAUG_OPS_PER_IMAGE``
+        operations drawn from :data:`INTENSITY_OPS`, each with its own magnitude and direction. None
+        moves a pixel, so the geometry stays what the orientation allows."""
+        n, device, g = images.shape[0], images.device, self.generator
+        out = images
+        for _ in range(RANDAUG_OPS_PER_IMAGE):
+            chosen = torch.randint(0, len(INTENSITY_OPS), (n,), generator=g, device=device)
+            magnitude = torch.rand(n, generator=g, device=device).view(n, 1, 1, 1)
+            sign = torch.where(_coin(n, g, device), 1.0, -1.0).view(n, 1, 1, 1)
+            candidates = torch.stack([op(out, magnitude, sign) for op in INTENSITY_OPS])
+            out = candidates[chosen, torch.arange(n, device=device)].clamp(0.0, 1.0)
+        return out
 
     def _intensity(self, images: torch.Tensor) -> torch.Tensor:
         n, device, g = images.shape[0], images.device, self.generator
@@ -71,6 +88,48 @@ class BatchAugment:
             grey = (out * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
             out = grey + (out - grey) * saturation
         return out
+
+
+def _identity(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _brightness(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return x * (1 + 0.4 * m * s)
+
+
+def _contrast(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (1 + 0.4 * m * s) + mean
+
+
+def _gamma(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return x.clamp_min(1e-6) ** torch.exp(0.4 * m * s)
+
+
+def _sharpness(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return x + (x - blurred) * m * s  # sharper (s = 1) or softer (s = -1)
+
+
+def _posterize(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    levels = 2.0 ** (8 - torch.round(4 * m)) - 1  # 8 down to 4 bits
+    return torch.round(x * levels) / levels
+
+
+def _solarize(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 1 - 0.5 * m, 1 - x, x)  # inverts the brightest values
+
+
+def _autocontrast(x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    low = x.amin(dim=(2, 3), keepdim=True)
+    high = x.amax(dim=(2, 3), keepdim=True)
+    return (x - low) / (high - low).clamp_min(1e-3)
+
+
+# Each op(images in [0, 1], magnitude in [0, 1], direction +-1) acts on each pixel's value (sharpness:
+# with its symmetric neighbourhood), so none can turn a left kidney into a right one.
+INTENSITY_OPS = (_identity, _brightness, _contrast, _gamma, _sharpness, _posterize, _solarize, _autocontrast)
 
 
 def tta_views(images: torch.Tensor, orientation: str) -> list[torch.Tensor]:
