@@ -38,7 +38,7 @@ from ..runs import RUN_FILES, RunDir, calibrate_held_run, load_checkpoint, load_
 from ..runs.files import BundleMetadata, ModelSpec
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
 from ..runtime.environment import environment_record, seed_everything
-from .budget import BudgetPlan, images_per_second, plan_epochs
+from .budget import MEASURE_SECONDS, BudgetPlan, images_per_second, plan_epochs
 from .recipe import (
     EarlyStopping,
     balanced_sample_weights,
@@ -728,7 +728,8 @@ def _plan_budget(config, context, device, data, normalization, model, criterion,
         )  # fmt: skip
         return len(targets)
 
-    train_ips = images_per_second(step)
+    budget_s = parse_duration(config.time_budget)
+    train_ips = images_per_second(step, seconds=min(MEASURE_SECONDS, 0.05 * budget_s))  # short budgets time less
     val = data.splits["val"]
     sample = Split(val.images[: 4 * config.eval_batch_size], val.labels[: 4 * config.eval_batch_size])
 
@@ -736,7 +737,7 @@ def _plan_budget(config, context, device, data, normalization, model, criterion,
         predict_split_sharded(probe, sample, config.eval_batch_size, normalization, device, data.multi_label, amp)
         return len(sample)
 
-    eval_ips = images_per_second(evaluate, warmup=1, seconds=0.5)
+    eval_ips = images_per_second(evaluate, warmup=1, seconds=min(MEASURE_SECONDS, 0.05 * budget_s) / 4)
     # what an epoch costs besides its images: the validation metrics and two checkpoints
     y_true, y_prob, _ = predict_split_sharded(
         probe, sample, config.eval_batch_size, normalization, device, data.multi_label, amp
@@ -751,7 +752,7 @@ def _plan_budget(config, context, device, data, normalization, model, criterion,
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, device)
     plan = plan_epochs(
-        parse_duration(config.time_budget),
+        budget_s,
         time.perf_counter() - (started if started is not None else overhead_started),
         train_ips,
         eval_ips,
