@@ -426,3 +426,13 @@ def test_per_class_auc_with_its_interval_matches_scikit_learn():
         expected = np.mean([roc_auc_score(y == i, s[:, i]) for s in scores])
         assert row[f"test_auc_{name}"] == pytest.approx(expected, abs=1e-12)
         assert row[f"test_auc_{name}_ci_low"] <= row[f"test_auc_{name}_ci_high"]
+
+
+def test_the_report_states_the_weight_average_and_the_mixing_a_run_used():
+    from medclassify.reporting.settings import NOT_USED, run_settings
+
+    base = {"config": {"lr": 0.001, "epochs": 10, "batch_size": 32}, "data": {"task": "multi-class"}}
+    plain = run_settings(base)
+    assert (plain["ema_decay"], plain["mix"], plain["mix_alpha"]) == ("off", "none", NOT_USED)
+    tuned = run_settings({**base, "config": {**base["config"], "ema_decay": 0.998, "mix": "cutmix", "mix_alpha": 0.4}})
+    assert (tuned["ema_decay"], tuned["mix"], tuned["mix_alpha"]) == ("0.998", "cutmix", "0.4")
