@@ -1,11 +1,12 @@
-"""Training throughput: medclassify's in-memory pipeline (default layout, and channels-last as
-``--channels-last`` trains) vs the loop a user writes by hand (``medmnist`` Dataset + ToTensor +
+"""Training throughput: medclassify's in-memory pipeline (default layout, channels-last as
+``--channels-last`` trains, with ``--fused-optimizer`` as well and, with ``--compile``, through
+``torch.compile`` too) vs the loop a user writes by hand (``medmnist`` Dataset + ToTensor +
 DataLoader, the same model in PyTorch's default settings, same batch size, same step), for the
 paper's CNN and the CPU recipe's bn-cnn. Also the FLOPs of a training step per image
 (``torch.utils.flop_counter``), the rate achieved, and its fraction of this CPU's dense fp32 matmul
 rate measured in the same run.
 
-    python bench/train_throughput.py --data-dir ../shared/data [--batch-size 128] [--with-64px]
+    python bench/train_throughput.py --data-dir ../shared/data [--compile] [--batch-size 128] [--with-64px]
 
 Prints JSON. The 64 px file is made from the 28 px one (bilinear upsampling, official layout) in a
 temporary folder when no real ``bloodmnist_64.npz`` is present, since only the timing matters here.
@@ -44,15 +45,26 @@ def make_64px_file(source: Path, folder: Path) -> None:
 
 
 def images_per_second(
-    batches, size: int, n_images: int, model_name: str = "paper-cnn", channels_last: bool = False, warmup: int = 5
-) -> float:
-    """Train ``model_name`` on ``batches`` (an iterator of (x, y)) and time ``n_images`` of it;
-    ``channels_last`` keeps the weights and every batch in that layout, as ``--channels-last`` does."""
+    batches,
+    size: int,
+    n_images: int,
+    model_name: str = "paper-cnn",
+    channels_last: bool = False,
+    fused: bool = False,
+    compiled: bool = False,
+    warmup: int = 5,
+) -> tuple[float, float]:
+    """Train ``model_name`` on ``batches`` (an iterator of (x, y)) and time ``n_images`` of it after
+    ``warmup`` batches; returns (images/s, seconds of the warm-up). ``channels_last`` keeps the weights
+    and every batch in that layout, as ``--channels-last`` does, ``fused`` runs Adam as one kernel, as
+    ``--fused-optimizer`` does, and ``compiled`` trains through ``torch.compile``, as ``--compile``
+    does (its warm-up is the compilation)."""
     torch.manual_seed(0)
     model = create_model(model_name, 3, 8, size)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
+    forward = torch.compile(model) if compiled else model
     criterion = torch.nn.CrossEntropyLoss()
     model.train()
 
@@ -60,18 +72,20 @@ def images_per_second(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        criterion(model(images), labels).backward()
+        criterion(forward(images), labels).backward()
         optimizer.step()
 
+    started = time.perf_counter()
     for images, labels in itertools.islice(batches, warmup):
         step(images, labels.view(-1).long())
+    warmup_seconds = time.perf_counter() - started
     seen, started = 0, time.perf_counter()
     for images, labels in batches:
         step(images, labels.view(-1).long())
         seen += len(labels)
         if seen >= n_images:
             break
-    return seen / (time.perf_counter() - started)
+    return seen / (time.perf_counter() - started), warmup_seconds
 
 
 def training_flops_per_image(model_name: str, size: int, batch_size: int) -> float:
@@ -101,7 +115,9 @@ def endless(make_iterable):
         yield from make_iterable()
 
 
-def measure(data_dir: Path, size: int, batch_size: int, n_images: int, model_name: str, matmul: float) -> dict:
+def measure(
+    data_dir: Path, size: int, batch_size: int, n_images: int, model_name: str, matmul: float, compiled: bool = False
+) -> dict:
     data = load_dataset("bloodmnist", size, data_dir, verify=(size == 28), download=False)
     train = data.splits["train"]
     norm = compute_normalization(train.images, "half")  # the same Normalize(0.5, 0.5) as the baseline
@@ -109,15 +125,24 @@ def measure(data_dir: Path, size: int, batch_size: int, n_images: int, model_nam
     ours = BatchLoader(train, batch_size, norm, torch.device("cpu"), shuffle=True, generator=generator)
 
     fixed = next(iter(ours))
+
+    def ours_with(**settings) -> float:
+        return images_per_second(endless(lambda: iter(ours)), size, n_images, model_name, **settings)[0]
+
     result = {
         "model": model_name,
         "size": size,
-        "medclassify_in_memory": images_per_second(endless(lambda: iter(ours)), size, n_images, model_name),
-        "medclassify_channels_last": images_per_second(
-            endless(lambda: iter(ours)), size, n_images, model_name, channels_last=True
-        ),
-        "model_only_fixed_batch": images_per_second(itertools.repeat(fixed), size, n_images, model_name),
+        "medclassify_in_memory": ours_with(),
+        "medclassify_channels_last": ours_with(channels_last=True),
+        "medclassify_channels_last_fused_optimizer": ours_with(channels_last=True, fused=True),
     }
+    if compiled:
+        rate, compile_seconds = images_per_second(
+            endless(lambda: iter(ours)), size, n_images, model_name, channels_last=True, fused=True, compiled=True
+        )
+        result["medclassify_channels_last_fused_optimizer_compiled"] = rate
+        result["compile_seconds"] = compile_seconds
+    result["model_only_fixed_batch"] = images_per_second(itertools.repeat(fixed), size, n_images, model_name)[0]
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
     dataset = medmnist.BloodMNIST(split="train", transform=to_tensor, root=str(data_dir), size=size)
     for workers in (0, 2):
@@ -126,9 +151,10 @@ def measure(data_dir: Path, size: int, batch_size: int, n_images: int, model_nam
         )
         result[f"medmnist_dataloader_workers{workers}"] = images_per_second(
             endless(lambda loader=loader: iter(loader)), size, n_images, model_name
-        )
+        )[0]
     baseline = max(result["medmnist_dataloader_workers0"], result["medmnist_dataloader_workers2"])
-    best = max(result["medclassify_in_memory"], result["medclassify_channels_last"])
+    best = max(v for k, v in result.items() if k.startswith("medclassify_"))
+    result["best_medclassify_setting"] = max((k for k in result if k.startswith("medclassify_")), key=result.get)
     result["speedup_vs_best_baseline"] = best / baseline
     result["pipeline_overhead_vs_model_only"] = 1 - result["medclassify_in_memory"] / result["model_only_fixed_batch"]
     flops = training_flops_per_image(model_name, size, batch_size)
@@ -148,6 +174,11 @@ def main() -> None:
         "--models", nargs="+", default=["paper-cnn", "bn-cnn"], help="models timed at 28 px (bn-cnn: the CPU recipe's)"
     )
     parser.add_argument("--with-64px", action="store_true", help="also time paper-cnn at 64 px")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the step through torch.compile (compiles for 20-60 s per model)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +186,7 @@ def main() -> None:
     if not (data_dir / "bloodmnist.npz").is_file():
         raise SystemExit(f"bench: {data_dir / 'bloodmnist.npz'} not found; pass --data-dir")
     matmul = matmul_gflops()
-    results = [measure(data_dir, 28, args.batch_size, args.images, name, matmul) for name in args.models]
+    results = [measure(data_dir, 28, args.batch_size, args.images, name, matmul, args.compile) for name in args.models]
     if args.with_64px:
         with tempfile.TemporaryDirectory() as tmp:
             folder = data_dir if (data_dir / "bloodmnist_64.npz").is_file() else Path(tmp)

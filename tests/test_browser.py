@@ -38,6 +38,8 @@ def server(quadrant_run, tmp_path_factory):
     bundle["dataset"]["class_names"] = [
         LONG_NAME if name == "none" else name for name in bundle["dataset"]["class_names"]
     ]
+    # conformal sets whose threshold keeps every class: each card states a set of all five
+    bundle["conformal"] = {"alpha": 0.1, "score": "lac", "threshold": 1.0, "mondrian": False, "fitted_on": "val"}
     torch.save(bundle, folder / "long.pt")
     with serving([f"quadrants={quadrant_run}", f"long={folder / 'long.pt'}"], folder / "server.log") as (_, url):
         yield url
@@ -93,6 +95,7 @@ def test_upload_shows_the_class_the_probabilities_and_the_heatmap(server, browse
         track = bar.find_element(By.CSS_SELECTOR, ".track").rect["width"]
         fill = bar.find_element(By.CSS_SELECTOR, ".fill").rect["width"]
         assert track > 50 and fill == pytest.approx(shown * track, abs=1.5), (shown, fill, track)
+    assert not browser.find_elements(By.CSS_SELECTOR, ".card .prediction-set")  # no conformal calibration
     heatmap = browser.find_element(By.CSS_SELECTOR, "img[alt='Grad-CAM for bottom-right']")
     assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
     wait.until(
@@ -134,6 +137,10 @@ def test_cards_keep_the_selection_order_show_dicom_and_contain_long_names(server
     assert cards[3].find_element(By.CSS_SELECTOR, ".predicted").text == LONG_NAME
     for card in cards:  # nothing sticks out of a card, whatever the class names
         assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", card)
+        # the conformal set in plain words: every class, most probable first, as the bars list them
+        shown = [bar.text for bar in card.find_elements(By.CSS_SELECTOR, ".bars .name")]
+        statement = card.find_element(By.CSS_SELECTOR, ".prediction-set")
+        assert statement.is_displayed() and statement.text == f"With 90% confidence one of: {', '.join(shown)}."
     dicom_image = cards[4].find_element(By.CSS_SELECTOR, "img[alt='image']")
     wait.until(
         lambda driver: (

@@ -151,7 +151,7 @@ def test_predict_accepts_arrays_and_pil_images_from_python(quadrant_run):
     assert predictions.top(0, 2)[0][0] == "top-left" and len(predictions.top(0, 2)) == 2
     record = predictions.records()[0]
     assert (
-        set(record) == {"file", "prediction", "probability", "top", "probabilities", "decision"}
+        set(record) == {"file", "prediction", "probability", "top", "probabilities", "decision", "prediction_set"}
         and len(record["top"]) == 3
     )
     assert record["decision"] is None  # no operating point in this bundle

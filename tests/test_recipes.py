@@ -148,9 +148,10 @@ def asymmetric_batch(n=64, side=28):
     return images
 
 
+@pytest.mark.parametrize("preset", ["light", "exact"])
 @pytest.mark.parametrize("orientation", ["fixed", "mirror-x", "free"])
-def test_augmentation_only_uses_the_transforms_the_orientation_allows(orientation):
-    out = BatchAugment("light", orientation, torch.Generator().manual_seed(0))(asymmetric_batch())
+def test_augmentation_only_uses_the_transforms_the_orientation_allows(orientation, preset):
+    out = BatchAugment(preset, orientation, torch.Generator().manual_seed(0))(asymmetric_batch())
     left, right = out[..., :10].mean(dim=(1, 2, 3)), out[..., -10:].mean(dim=(1, 2, 3))
     mirrored = (right > left).float().mean().item()
     if orientation == "fixed":
@@ -158,6 +159,26 @@ def test_augmentation_only_uses_the_transforms_the_orientation_allows(orientatio
     else:
         assert 0.2 < mirrored < 0.8
     assert out.shape == (64, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
+
+
+def _shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` moved by whole pixels, its border pixels repeated into the gap."""
+    rows = (torch.arange(image.shape[-2]) + dy).clamp(0, image.shape[-2] - 1)
+    cols = (torch.arange(image.shape[-1]) + dx).clamp(0, image.shape[-1] - 1)
+    return image[..., rows, :][..., cols]
+
+
+def test_exact_augmentation_moves_whole_pixels_and_never_blurs():
+    """At 28 px a bilinear resample softens every training image; ``exact`` only permutes pixels."""
+    images = torch.randperm(16 * 28 * 28).float().div(16 * 28 * 28).view(16, 1, 28, 28)
+    free = BatchAugment("exact", "free", torch.Generator().manual_seed(1))(images)
+    for source, out in zip(images, free):
+        assert torch.isin(out, source).all(), "every pixel comes from the source image unchanged"
+    fixed = BatchAugment("exact", "fixed", torch.Generator().manual_seed(1))(images)
+    for source, out in zip(images, fixed):
+        shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(out, _shifted(source, dy, dx))]
+        assert len(shifts) == 1, "fixed data is only shifted, by at most 2 of 28 pixels"
+    assert len({tuple(out.flatten()[:40].tolist()) for out in fixed}) > 4
 
 
 def test_augmentation_draws_per_image_and_is_seeded():
@@ -213,6 +234,23 @@ def test_optimisers_and_weight_decay():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 0.01
     sgd = build_optimizer(cfg(optimizer="sgd", momentum=0.9), params)
     assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["nesterov"]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_optimiser_takes_the_loop_implementations_steps(name):
+    def weights_after_steps(fused: bool) -> torch.Tensor:
+        weight = nn.Parameter(torch.linspace(-1, 1, 50))
+        optimizer = build_optimizer(
+            cfg(optimizer=name, momentum=0.9, weight_decay=0.01, fused_optimizer=fused), [weight]
+        )
+        assert bool(optimizer.param_groups[0]["fused"]) == fused
+        for step in range(5):
+            optimizer.zero_grad()
+            (weight**2 * (step + 1)).sum().backward()
+            optimizer.step()
+        return weight.detach()
+
+    assert torch.allclose(weights_after_steps(True), weights_after_steps(False), rtol=1e-5, atol=1e-6)
 
 
 def test_frozen_backbone_trains_only_the_head_until_unfrozen(blood_dir, tmp_path):

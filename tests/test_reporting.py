@@ -436,3 +436,26 @@ def test_the_report_states_the_weight_average_and_the_mixing_a_run_used():
     assert (plain["ema_decay"], plain["mix"], plain["mix_alpha"]) == ("off", "none", NOT_USED)
     tuned = run_settings({**base, "config": {**base["config"], "ema_decay": 0.998, "mix": "cutmix", "mix_alpha": 0.4}})
     assert (tuned["ema_decay"], tuned["mix"], tuned["mix_alpha"]) == ("0.998", "cutmix", "0.4")
+
+
+def test_a_conformal_study_reports_coverage_and_set_size_per_experiment(tmp_path, capsys):
+    data = write_study_files(tmp_path / "data", ["bloodmnist"])
+    study_yaml = tmp_path / "sets.yaml"
+    study_yaml.write_text(
+        "name: sets\ndatasets: [bloodmnist]\nsizes: [28]\nseeds: [0, 1]\ntrain: {epochs: 1, conformal: 0.2}\n"
+    )
+    out = tmp_path / "study"
+    args = ["run", str(study_yaml), "--out", str(out), "--data-dir", str(data), "--no-verify", "--bootstrap", "20"]
+    assert main([*args, "--quiet"]) == 0
+    tests = [
+        json.loads((out / "runs" / f"bloodmnist_28_paper-cnn_seed{s}" / "metrics.json").read_text())["conformal"][
+            "test"
+        ]
+        for s in (0, 1)
+    ]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Conformal prediction sets on the test split" in html
+    mean = np.mean([t["coverage"] for t in tests])
+    sd = np.std([t["coverage"] for t in tests], ddof=1)
+    size = np.mean([t["mean_size"] for t in tests])
+    assert f"{mean:.4f} ± {sd:.4f}" in html and f"<td>{size:.2f}</td>" in html and "<td>80%</td>" in html

@@ -152,3 +152,34 @@ def test_randaug_preset_draws_per_image_and_keeps_fixed_orientation_images_unmir
     assert bool((moved[..., :4].mean(dim=(1, 2, 3)) > moved[..., 12:].mean(dim=(1, 2, 3))).all())
     mirrored = BatchAugment("randaug", "free", torch.Generator().manual_seed(0))(half)  # free data may flip
     assert not bool((mirrored[..., :4].mean(dim=(1, 2, 3)) > mirrored[..., 12:].mean(dim=(1, 2, 3))).all())
+
+
+def _fast_step_run(blood_dir, out, **settings):
+    config = TrainConfig(
+        dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, epochs=2, batch_size=16,
+        model="bn-cnn", ema_decay=0.9, out=str(out), **settings,
+    )  # fmt: skip
+    result = train(config)
+    return result, load_checkpoint(out / "best.pt")["model_state"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"channels_last": True, "fused_optimizer": True},
+        pytest.param({"channels_last": True, "fused_optimizer": True, "compile": True}, marks=pytest.mark.slow),
+    ],
+    ids=["channels-last-fused", "compiled"],
+)
+def test_faster_step_settings_train_the_same_model(blood_dir, tmp_path, settings):
+    """Layout, fused optimiser and compilation change how the step runs, not what it computes: the
+    same seed gives the default run's losses up to rounding (grown over 2 epochs by BatchNorm), and a
+    bundle like the default one."""
+    plain, plain_state = _fast_step_run(blood_dir, tmp_path / "plain")
+    fast, fast_state = _fast_step_run(blood_dir, tmp_path / "fast", **settings)
+    assert list(fast_state) == list(plain_state)  # no wrapper prefix in the weights' names
+    for before, after in zip(plain.history, fast.history, strict=True):
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-2)
+        assert after["val_loss"] == pytest.approx(before["val_loss"], rel=5e-2)
+    record = json.loads((tmp_path / "fast" / "config.json").read_text())["config"]
+    assert all(record[key] == value for key, value in settings.items())

@@ -14,7 +14,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .defaults import BOOTSTRAP_RESAMPLES, EXPORT_FORMATS, GRID_PER_CLASS, PARITY_TOLERANCE, PREDICT_BATCH_SIZE
+from .defaults import (
+    BOOTSTRAP_RESAMPLES,
+    CONFORMAL_SCORES,
+    EXPORT_FORMATS,
+    GRID_PER_CLASS,
+    PARITY_TOLERANCE,
+    PREDICT_BATCH_SIZE,
+)
 from .errors import MedclassifyError
 
 TRAIN_EXAMPLES = """examples:
@@ -238,6 +245,23 @@ def _add_calibrate_options(parser: argparse.ArgumentParser) -> None:
         metavar="CLASS",
         help="with --threshold: the class decided against the rest (binary: the second class)",
     )
+    parser.add_argument(
+        "--conformal",
+        type=float,
+        metavar="LEVEL",
+        help="calibrate conformal prediction sets on validation at this miscoverage (0.1: sets that hold the true "
+        "class of 9 in 10 new images)",
+    )
+    parser.add_argument(
+        "--conformal-score",
+        choices=CONFORMAL_SCORES,
+        default=CONFORMAL_SCORES[0],
+        help="lac: the smallest sets, empty when no class is likely enough; aps: never empty, covers more than asked "
+        f"(default: {CONFORMAL_SCORES[0]})",
+    )
+    parser.add_argument(
+        "--mondrian", action="store_true", help="with --conformal: one threshold per class (coverage for every class)"
+    )
     parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
     _add_device_option(parser)
 
@@ -246,7 +270,17 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .evaluation.metrics import CALIBRATION_METRICS
     from .runs import calibrate_run
 
-    record = calibrate_run(args.run_dir, args.method, args.data_dir, args.device, args.threshold, args.positive_class)
+    record = calibrate_run(
+        args.run_dir,
+        args.method,
+        args.data_dir,
+        args.device,
+        args.threshold,
+        args.positive_class,
+        args.conformal,
+        args.conformal_score,
+        args.mondrian,
+    )
     if "temperature" in record:
         print(
             f"temperature {record['temperature']:.4g}, fitted on the validation split (NLL {record['val_nll_before']:.4f} -> "
@@ -272,6 +306,10 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                     for name in ("sensitivity", "specificity", "ppv", "npv")
                 )
             )
+    if "conformal" in record:
+        from .evaluation.conformal import conformal_summary
+
+        print(conformal_summary(record["conformal"]))
     print(
         f"stored in {Path(args.run_dir) / 'best.pt'} (predict, serve, explain and export apply it) and "
         f"{Path(args.run_dir) / 'metrics.json'}"
@@ -284,10 +322,13 @@ CALIBRATE_EPILOG = """examples:
   medclassify train --dataset bloodmnist --calibrate temperature       # the same, right after training
   medclassify calibrate runs/pneumonia28 --threshold sensitivity=0.95  # and a screening operating point
   medclassify calibrate runs/blood28 --method none --threshold youden --positive-class lymphocyte
+  medclassify calibrate runs/blood28 --conformal 0.1                   # 90% prediction sets
 
 A temperature T is fitted on the validation split (minimum negative log-likelihood) and the logits are
 divided by it from then on: the class decisions stay, the probabilities say how often the model is right.
-Export again afterwards: the exported graph holds T.
+With --conformal, each image also gets a set of classes that holds its true class with the chosen
+probability, for images like the validation ones (split conformal prediction, calibrated on validation).
+Export again afterwards: the exported graph holds T and its metadata the conformal thresholds.
 """
 
 
@@ -623,9 +664,15 @@ def _write_predictions(path: Path, predictions, top: int, describe: str) -> None
         )
         return
     decided = predictions.operating_point is not None
-    header = ["file", "prediction", "probability", "top", *(["decision"] if decided else [])] + probability_columns(
-        predictions.class_names
-    )
+    with_sets = predictions.conformal is not None
+    header = [
+        "file",
+        "prediction",
+        "probability",
+        "top",
+        *(["decision"] if decided else []),
+        *(["prediction_set"] if with_sets else []),
+    ] + probability_columns(predictions.class_names)
     rows = (
         [
             r["file"],
@@ -633,6 +680,7 @@ def _write_predictions(path: Path, predictions, top: int, describe: str) -> None
             format(r["probability"], PROBABILITY_FORMAT),
             "; ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]),
             *([r["decision"]] if decided else []),
+            *(["; ".join(r["prediction_set"]["classes"])] if with_sets else []),
             *(format(p, PROBABILITY_FORMAT) for p in r["probabilities"].values()),
         ]
         for r in predictions.records(top)
@@ -671,6 +719,13 @@ def _run_predict(args: argparse.Namespace) -> int:
             f"({point['rule']}, chosen on the validation split)",
             file=sys.stderr,
         )
+    if predictions.conformal is not None:
+        record = predictions.conformal
+        print(
+            f"set: the classes that hold the true class with {1 - record['alpha']:.0%} confidence, for images like the "
+            f"validation images ({record['score']} conformal sets calibrated on them); empty: no class is likely enough",
+            file=sys.stderr,
+        )
     decisions = [shorten(predictions.decision(i), 40) for i in range(len(predictions))] if point is not None else []
     decision_width = max([len("decision"), *map(len, decisions)]) if decisions else 0
     decision_head = f"{'decision':<{decision_width}}  " if decisions else ""
@@ -679,8 +734,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         shown = name if len(name) <= width else "…" + name[-width + 1 :]
         top = ", ".join(f"{shorten(c, 40)} {p:.3f}" for c, p in predictions.top(i, args.top))
         decision = f"{decisions[i]:<{decision_width}}  " if decisions else ""
+        members = predictions.prediction_set(i)
+        in_set = "" if members is None else f"  set {{{', '.join(shorten(c, 40) for c in members)}}}"
         print(
-            f"{shown:<{width}}  {labels[i]:<{label_width}} {predictions.probabilities[i].max():>6.3f}  {decision}{top}"
+            f"{shown:<{width}}  {labels[i]:<{label_width}} {predictions.probabilities[i].max():>6.3f}  {decision}{top}{in_set}"
         )
     if out is not None:
         _write_predictions(out, predictions, args.top, predictor.describe())

@@ -9,3 +9,4 @@ EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}  # format -> file suffi
 PARITY_TOLERANCE = 1e-4  # largest logit difference an export may have to PyTorch
 GRID_PER_CLASS = 2  # correct and wrong examples per class in the Grad-CAM grid
 BOOTSTRAP_RESAMPLES = 1000  # resamples behind every confidence interval of a study
+CONFORMAL_SCORES = ("lac", "aps")  # conformal prediction-set scores; the first is the default

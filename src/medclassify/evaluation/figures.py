@@ -1,5 +1,6 @@
 """Figures of one run's evaluation, each saved as PNG (150 dpi) and SVG: the reliability diagram
-before and after temperature scaling, and the helpers the study figures share."""
+before and after temperature scaling, the conformal sets (sizes, coverage per class), and the
+helpers the study figures share."""
 
 from __future__ import annotations
 
@@ -87,4 +88,40 @@ def reliability_diagram(
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=8, loc="upper left")
     figure.suptitle("Reliability on the test split (temperature fitted on validation)")
+    return save_figure(figure, out)
+
+
+def conformal_figure(report: dict, set_sizes: np.ndarray, out: Path) -> list[Path]:
+    """The conformal sets on the test split: how many images get a set of each size, and each class's
+    coverage with its 95 % interval against the target (``report``: :func:`.conformal.coverage_report`)."""
+    n_classes = len(report["by_class"])
+    figure, (sizes_ax, classes_ax) = plt.subplots(
+        1, 2, figsize=(10, 4.2), layout="constrained", gridspec_kw={"width_ratios": [1, max(1.5, n_classes / 5)]}
+    )
+    counts = np.bincount(set_sizes.astype(int), minlength=n_classes + 1)
+    sizes_ax.bar(np.arange(len(counts)), counts, color="tab:blue")
+    sizes_ax.set_xlabel("classes in the set")
+    sizes_ax.set_ylabel("test images")
+    sizes_ax.set_xticks(np.arange(len(counts)))
+    sizes_ax.set_title(f"set sizes (mean {report['mean_size']:.2f})", fontsize=10)
+    names = list(report["by_class"])
+    coverage = np.array([report["by_class"][name]["coverage"] for name in names])
+    low = np.array([report["by_class"][name]["ci"][0] for name in names])
+    high = np.array([report["by_class"][name]["ci"][1] for name in names])
+    below = high < report["target"]
+    positions = np.arange(len(names))
+    classes_ax.bar(positions, coverage, color=np.where(below, "tab:red", "tab:green"))
+    classes_ax.errorbar(
+        positions, coverage, yerr=[coverage - low, high - coverage], fmt="none", color="black", capsize=3
+    )
+    classes_ax.set_xticks(positions, [name if len(name) <= 20 else name[:19] + "…" for name in names])
+    classes_ax.axhline(report["target"], linestyle="--", color="grey", label=f"target {report['target']:.0%}")
+    classes_ax.set_ylim(0, 1.02)
+    classes_ax.set_ylabel("coverage (95 % interval)")
+    plt.setp(classes_ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+    classes_ax.legend(fontsize=8, loc="lower right")
+    classes_ax.set_title(
+        f"coverage per class (all: {report['coverage']:.3f}, red: interval below the target)", fontsize=10
+    )
+    figure.suptitle("Conformal prediction sets on the test split (calibrated on validation)")
     return save_figure(figure, out)

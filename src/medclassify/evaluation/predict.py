@@ -20,7 +20,7 @@ def loss_function(multi_label: bool) -> nn.Module:
     return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: the outputs only become arrays
 def predict_split(
     model: nn.Module, loader: BatchLoader, multi_label: bool, amp: bool = False, tta_orientation: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:

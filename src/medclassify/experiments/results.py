@@ -190,3 +190,40 @@ def ensemble_rows(experiments: list[Experiment], rows: list[dict], n_boot: int =
         row["train_seconds"] = base["train_seconds"] * e.side.n_seeds  # every member was trained
         ensembles.append(row)
     return ensembles
+
+
+def conformal_rows(experiments: list[Experiment]) -> list[dict]:
+    """For each experiment whose runs were conformal-calibrated: the score, the target, the test
+    coverage (mean and standard deviation over seeds; Wilson interval over every seed's test images
+    together), the mean set size, the share of empty sets and the classes whose pooled coverage
+    interval lies below the target."""
+    from ..evaluation.threshold import wilson_interval
+
+    rows = []
+    for e in experiments:
+        records = [m["conformal"] for m in e.metrics if "conformal" in m]
+        if not records:
+            continue
+        tests = [r["test"] for r in records]
+        coverages = [t["coverage"] for t in tests]
+        hits, total = sum(round(t["coverage"] * t["n"]) for t in tests), sum(t["n"] for t in tests)
+        below = []
+        for name in tests[0]["by_class"]:
+            parts = [t["by_class"][name] for t in tests]
+            n = sum(p["n"] for p in parts)
+            if n and wilson_interval(sum(round(p["coverage"] * p["n"]) for p in parts), n)[1] < tests[0]["target"]:
+                below.append(name)
+        rows.append(
+            {
+                "experiment": e.name,
+                "score": records[0]["score"] + (" (Mondrian)" if records[0].get("mondrian") else ""),
+                "target": tests[0]["target"],
+                "coverage": float(np.mean(coverages)),
+                "coverage_sd": float(np.std(coverages, ddof=1)) if len(coverages) > 1 else None,
+                "ci": list(wilson_interval(hits, total)),
+                "mean_size": float(np.mean([t["mean_size"] for t in tests])),
+                "empty_share": float(np.mean([t["empty_share"] for t in tests])),
+                "classes_below_target": below,
+            }
+        )
+    return rows

@@ -31,6 +31,7 @@ from ..data.images import (
 )
 from ..defaults import PREDICT_BATCH_SIZE
 from ..errors import CheckpointError, DataError, first_line
+from ..evaluation.conformal import prediction_sets
 from ..io import file_md5
 from ..runs.files import BEST_FILE, ONNX_FILE, BundleMetadata
 from ..tasks import Task, probabilities_from_logits
@@ -52,6 +53,7 @@ def bundle_description(state: dict) -> dict:
         "test_metrics",
         "calibration",
         "operating_point",
+        "conformal",
         "ensemble",
     )
     return {k: state[k] for k in keys if k in state}
@@ -189,6 +191,7 @@ class Predictions:
     multi_label: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
     operating_point: dict | None = None  # the bundle's threshold for one class, chosen on validation
+    conformal: dict | None = None  # the bundle's conformal thresholds, calibrated on validation
 
     def decision(self, i: int) -> str | None:
         """At the bundle's operating point: the positive class when its probability reaches the
@@ -198,6 +201,16 @@ class Predictions:
         positive = self.operating_point["positive_class"]
         reached = self.probabilities[i, self.class_names.index(positive)] >= self.operating_point["threshold"]
         return positive if reached else f"not {positive}"
+
+    def prediction_set(self, i: int) -> list[str] | None:
+        """The classes of image ``i``'s conformal prediction set, most probable first (None without
+        conformal calibration): it holds the true class with probability ``1 - alpha`` for images
+        like the calibration images."""
+        if self.conformal is None:
+            return None
+        members = prediction_sets(self.probabilities[i : i + 1], self.conformal)[0]
+        order = np.argsort(-self.probabilities[i], kind="stable")
+        return [self.class_names[k] for k in order if members[k]]
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -223,7 +236,8 @@ class Predictions:
 
     def records(self, k: int = 3) -> list[dict]:
         """One JSON-ready dict per image: file, prediction, its probability, the top k, every class,
-        and the decision at the bundle's operating point (None without one)."""
+        the decision at the bundle's operating point and the conformal prediction set with its level
+        (None without them)."""
         return [
             {
                 "file": source,
@@ -232,6 +246,9 @@ class Predictions:
                 "top": [{"class": name, "probability": p} for name, p in self.top(i, k)],
                 "probabilities": dict(zip(self.class_names, map(float, self.probabilities[i]))),
                 "decision": self.decision(i),
+                "prediction_set": None
+                if self.conformal is None
+                else {"level": 1 - self.conformal["alpha"], "classes": self.prediction_set(i)},
             }
             for i, source in enumerate(self.sources)
         ]
@@ -258,6 +275,8 @@ class Predictor:
         in_graph = metadata.get("temperature_in_graph", False)
         self.temperature = float(calibration.get("temperature", 1.0)) if calibrated and not in_graph else 1.0
         self.operating_point: dict | None = metadata.get("operating_point") if calibrated else None
+        # conformal thresholds hold for the temperature-scaled probabilities they were calibrated on
+        self.conformal: dict | None = metadata.get("conformal") if calibrated else None
 
     @classmethod
     def from_run(
@@ -369,7 +388,9 @@ class Predictor:
                     names += [s.name for s in sources]
                 bar.update(len(items[start : start + batch_size]))
         probabilities = np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)))
-        return Predictions(names, probabilities, self.class_names, self.multi_label, skipped, self.operating_point)
+        return Predictions(
+            names, probabilities, self.class_names, self.multi_label, skipped, self.operating_point, self.conformal
+        )
 
     def describe(self) -> str:
         """One line naming the model, its dataset, input and backend (for logs and the server's start)."""

@@ -12,7 +12,7 @@ from .. import __version__
 from ..data import get_dataset_info
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import CALIBRATION_METRICS
-from ..experiments.results import ensemble_rows, load_experiments, results_rows
+from ..experiments.results import conformal_rows, ensemble_rows, load_experiments, results_rows
 from ..io import atomic_path
 from ..models import available_models
 from ..tasks import Task
@@ -181,6 +181,31 @@ def build_blocks(
         [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
         [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows + ensembles],
     )
+
+    conformal = conformal_rows(experiments)
+    if conformal:
+        blocks.append(("p", t["conformal_intro"]))
+        table(
+            t["conformal_caption"],
+            t["conformal_header"],
+            [
+                [
+                    r["experiment"],
+                    r["score"],
+                    f"{r['target']:.0%}",
+                    f"{r['coverage']:.4f}"
+                    + (f" ± {r['coverage_sd']:.4f}" if r["coverage_sd"] is not None else "")
+                    + f" ({r['ci'][0]:.4f}–{r['ci'][1]:.4f})",
+                    f"{r['mean_size']:.2f}",
+                    f"{r['empty_share']:.1%}",
+                    ", ".join(r["classes_below_target"]) or "–",
+                ]
+                for r in conformal
+            ],
+        )
+        short = [r["experiment"] for r in conformal if r["ci"][1] < r["target"]]
+        if short:
+            blocks.append(("p", t["conformal_short"].format(names=", ".join(short))))
 
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         chosen = [(e, r) for e, r in zip(experiments, rows) if e.dataset == dataset and e.task != Task.BINARY]

@@ -26,6 +26,7 @@ BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 ONNX_FILE = "model.onnx"
 RELIABILITY_FIGURE = "reliability"  # .png and .svg
+CONFORMAL_FIGURE = "conformal"  # .png and .svg
 # Any of these in a folder means a run was (or is being) written there.
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE)
 

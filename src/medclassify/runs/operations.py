@@ -1,5 +1,6 @@
 """What can be done again with a finished run: load its data, open its model, evaluate it, and
-calibrate it (temperature scaling and an operating point, stored in its bundle)."""
+calibrate it (temperature scaling, an operating point and conformal prediction sets, stored in its
+bundle)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,23 @@ from ..data.images import normalise_pixels
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluation import classification_metrics, evaluate_model, write_results
 from ..evaluation.calibration import CALIBRATION_METHODS, fit_temperature, negative_log_likelihood
-from ..evaluation.figures import reliability_diagram
+from ..evaluation.conformal import check_level, coverage_report, fit_conformal, prediction_sets
+from ..evaluation.figures import conformal_figure, reliability_diagram
 from ..evaluation.metrics import CALIBRATION_METRICS
 from ..evaluation.threshold import choose_threshold, operating_point, parse_rule
 from ..io import folder_lock, write_json
 from ..models import model_from_spec
 from ..runtime.environment import select_device
 from ..tasks import Task, probabilities_from_logits
-from .files import METRICS_FILE, RELIABILITY_FIGURE, RunDir, load_checkpoint, result_files, save_checkpoint
+from .files import (
+    CONFORMAL_FIGURE,
+    METRICS_FILE,
+    RELIABILITY_FIGURE,
+    RunDir,
+    load_checkpoint,
+    result_files,
+    save_checkpoint,
+)
 
 
 def load_run_data(config: TrainConfig) -> LoadedDataset:
@@ -138,24 +148,34 @@ def calibrate_run(
     device: str = "auto",
     threshold: str | None = None,
     positive_class: str | None = None,
+    conformal: float | None = None,
+    conformal_score: str = "lac",
+    mondrian: bool = False,
 ) -> dict:
     """Fit ``method`` (``temperature``, or ``none`` to keep the bundle's) on the run's validation
     split and, with ``threshold`` (a rule of :mod:`.evaluation.threshold`), choose an operating point
-    for ``positive_class`` (binary tasks: the second class) on the validation split too. Both are
-    stored in ``best.pt`` and in ``metrics.json`` (``calibrated``: the temperature, the calibrated
-    val/test figures and, from the same logits, the ``uncalibrated`` ones; ``operating_point``: the
-    threshold and the val/test sensitivity, specificity, PPV and NPV with Wilson intervals).
-    Returns what was fitted, with the test figures before and after the temperature."""
+    for ``positive_class`` (binary tasks: the second class) on the validation split too; with
+    ``conformal`` (a miscoverage level, 0.1 for 90 % sets), calibrate conformal prediction sets
+    (:mod:`.evaluation.conformal`) on the validation split. All are stored in ``best.pt`` and in
+    ``metrics.json`` (``calibrated``: the temperature, the calibrated val/test figures and, from the
+    same logits, the ``uncalibrated`` ones; ``operating_point``: the threshold and the val/test
+    sensitivity, specificity, PPV and NPV with Wilson intervals; ``conformal``: the thresholds and the
+    val/test coverage reports). Returns what was fitted, with the test figures before and after the
+    temperature."""
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"--method {method}: expected one of {', '.join(CALIBRATION_METHODS)}")
-    if method == "none" and threshold is None:
-        raise ConfigError("nothing to do: choose --method temperature and/or --threshold RULE")
+    if method == "none" and threshold is None and conformal is None:
+        raise ConfigError("nothing to do: choose --method temperature, --threshold RULE and/or --conformal LEVEL")
     if threshold is not None:
         parse_rule(threshold)
+    if conformal is not None:
+        check_level(conformal)
     run = RunDir(run_dir)
     config = run.config(data_dir)
     with folder_lock(run.path, "calibrate"):
-        return calibrate_held_run(run.path, config, method, device, threshold, positive_class)
+        return calibrate_held_run(
+            run.path, config, method, device, threshold, positive_class, conformal, conformal_score, mondrian
+        )
 
 
 def _positive_index(class_names: list[str], task: str, positive_class: str | None) -> int:
@@ -179,6 +199,9 @@ def calibrate_held_run(
     device: str = "auto",
     threshold: str | None = None,
     positive_class: str | None = None,
+    conformal: float | None = None,
+    conformal_score: str = "lac",
+    mondrian: bool = False,
 ) -> dict:
     """:func:`calibrate_run` for a run folder this process already holds (``train --calibrate``)."""
     run = RunDir(run_dir)
@@ -189,6 +212,8 @@ def calibrate_held_run(
     prep = bundle["preprocessing"]
     data = load_run_data(config)
     positive = _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
+    if conformal is not None and data.multi_label:
+        raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {config.dataset} is {data.task}")
 
     def logits_of(pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return np.concatenate(
@@ -253,6 +278,20 @@ def calibrate_held_run(
         bundle["operating_point"] = point
         metrics["operating_point"] = point
         done["operating_point"] = point
+    if conformal is not None:
+        fitted = {
+            **fit_conformal(scores["val"], labels["val"], conformal, conformal_score, mondrian),
+            "fitted_on": "val",
+            "temperature": temperature,
+        }
+        reports = {
+            split: coverage_report(prediction_sets(scores[split], fitted), labels[split], data.class_names, conformal)
+            for split in labels
+        }
+        conformal_figure(reports["test"], prediction_sets(scores["test"], fitted).sum(axis=1), run / CONFORMAL_FIGURE)
+        bundle["conformal"] = fitted
+        metrics["conformal"] = {**fitted, **reports}
+        done["conformal"] = metrics["conformal"]
     save_checkpoint(run.best_path, bundle)
     write_json(run.metrics_path, metrics)
     return done

@@ -276,6 +276,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             predictor.class_names,
             predictor.multi_label,
             operating_point=predictor.operating_point,
+            conformal=predictor.conformal,
         )
         heatmaps = [None] * len(sources)
         if explain:

@@ -50,6 +50,14 @@ class ClassScore(BaseModel):
     probability: float = Field(ge=0.0, le=1.0, examples=[0.97])
 
 
+class PredictionSet(BaseModel):
+    level: float = Field(gt=0.0, lt=1.0, description="how often such sets hold the true class", examples=[0.9])
+    classes: list[str] = Field(
+        description="the classes in the set, most probable first; empty when no class is likely enough at this level",
+        examples=[["neutrophil", "band neutrophil"]],
+    )
+
+
 class Prediction(BaseModel):
     file: str = Field(
         description="the uploaded file's name; '[i]' marks frame i of a multi-frame DICOM", examples=["cell.png"]
@@ -73,6 +81,11 @@ class Prediction(BaseModel):
         description="the decision at the model's operating point (a threshold for one class chosen on "
         "validation, e.g. for a screening sensitivity): the class, or 'not CLASS'; null without one",
         examples=["pneumonia"],
+    )
+    prediction_set: PredictionSet | None = Field(
+        None,
+        description="the conformal prediction set (calibrated on validation): for images like the calibration "
+        "images it holds the true class with probability 'level'; null for a model without conformal calibration",
     )
     image: str | None = Field(
         None,

@@ -128,17 +128,20 @@ def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
 
 
 def build_optimizer(config, parameters) -> torch.optim.Optimizer:
-    """Adam, AdamW or Nesterov SGD over ``parameters`` with ``config``'s rate and weight decay."""
+    """Adam, AdamW or Nesterov SGD over ``parameters`` with ``config``'s rate and weight decay, as one
+    fused kernel with ``config.fused_optimizer`` (else PyTorch's per-tensor loop)."""
+    fused = config.fused_optimizer or None  # None: PyTorch picks its per-tensor loop on the CPU
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     return torch.optim.SGD(
         parameters,
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         nesterov=config.momentum > 0,
+        fused=fused,
     )
 
 

@@ -31,6 +31,7 @@ from ..config import TrainConfig, parse_duration
 from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, Split, compute_normalization, tta_views
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
+from ..evaluation.conformal import conformal_summary
 from ..evaluation.metrics import SplitMetrics
 from ..io import folder_lock, write_csv, write_json
 from ..models import count_parameters, create_model
@@ -509,11 +510,12 @@ class TrainingSession:
         if config.freeze_backbone:
             set_backbone_trainable(self.model, not now_frozen)
         # DDP syncs the parameters that require gradients when it is built
-        self.trained = (
+        trained = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.context.enabled
             else self.model
         )
+        self.trained = torch.compile(trained) if config.compile else trained  # same parameters, same state_dict
         self.frozen = now_frozen
 
     def run_epoch(self, epoch: int) -> dict:
@@ -647,7 +649,7 @@ class TrainingSession:
             # the bundle also carries the test figures, for whoever applies it
             bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
             save_checkpoint(run.best_path, bundle)
-            if config.calibrate != "none" or config.threshold is not None:
+            if config.calibrate != "none" or config.threshold is not None or config.conformal is not None:
                 metrics.update(self._calibrate())
         barrier(self.context)
         return RunResult(
@@ -657,10 +659,19 @@ class TrainingSession:
         )
 
     def _calibrate(self) -> dict:
-        """Fit the temperature and/or the operating point on validation; their records in metrics.json."""
+        """Fit the temperature, the operating point and/or the conformal sets on validation; their
+        records in metrics.json."""
         config = self.config
         done = calibrate_held_run(
-            self.run.path, config, config.calibrate, str(self.device), config.threshold, config.positive_class
+            self.run.path,
+            config,
+            config.calibrate,
+            str(self.device),
+            config.threshold,
+            config.positive_class,
+            config.conformal,
+            config.conformal_score,
+            config.mondrian,
         )
         if "temperature" in done:
             self.log(
@@ -672,8 +683,10 @@ class TrainingSession:
                 f"threshold {point['threshold']:.4g} for {point['positive_class']} ({point['rule']} on validation); test sensitivity "
                 f"{point['test']['sensitivity']:.4f}, specificity {point['test']['specificity']:.4f}"
             )
+        if "conformal" in done:
+            self.log(conformal_summary(done["conformal"]))
         saved = self.run.metrics()
-        return {key: saved[key] for key in ("calibrated", "operating_point") if key in saved}
+        return {key: saved[key] for key in ("calibrated", "operating_point", "conformal") if key in saved}
 
 
 def _train_loader(config, data, normalization, device, rng: ProcessRng, sampler, batch_size, epoch_size, context):

@@ -54,6 +54,14 @@ function figure(src, caption) {
   return fig;
 }
 
+// A conformal prediction set in plain words: how often such a set holds the true class, and its classes.
+function setInWords(set) {
+  const level = `${Math.round(set.level * 1000) / 10}%`;
+  if (set.classes.length === 0) return `With ${level} confidence: no class is likely enough for a set at this level.`;
+  if (set.classes.length === 1) return `With ${level} confidence: ${set.classes[0]}.`;
+  return `With ${level} confidence one of: ${set.classes.join(", ")}.`;
+}
+
 async function classify(file, before) {
   const card = element("article", { class: "card", "aria-busy": "true" });
   card.append(element("h2", {}, file.name));
@@ -86,6 +94,7 @@ async function classify(file, before) {
       verdict.append(` ${(prediction.probability * 100).toFixed(1)}%`);
       card.append(verdict);
       if (prediction.decision) card.append(element("p", { class: "decision" }, `Decision at the model's operating point: ${prediction.decision}`));
+      if (prediction.prediction_set) card.append(element("p", { class: "prediction-set" }, setInWords(prediction.prediction_set)));
       card.append(bars(prediction.probabilities, prediction.prediction));
     }
     card.append(element("p", { class: "muted" }, `model ${answer.model}, version ${answer.version}`));
