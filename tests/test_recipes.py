@@ -345,7 +345,7 @@ def test_every_packaged_recipe_and_study_is_a_valid_run():
         ({"label_smoothing": 1.0}, r"--label-smoothing must be in \[0, 1\)"),
         ({"unfreeze_after": 3}, "--unfreeze-after needs --freeze-backbone"),
         ({"pretrained": True}, "model 'paper-cnn' has no ImageNet weights"),
-        ({"augment": "extreme"}, "--augment must be one of none, light, strong"),
+        ({"augment": "extreme"}, "--augment must be one of none, light, exact, strong, randaug"),
         ({"weight_decay": -1.0}, "--weight-decay must be a number >= 0"),
         ({"milestones": [0, 12]}, "--milestones must be epochs between 1 and 9"),
     ],

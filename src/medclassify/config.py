@@ -174,12 +174,6 @@ class RuntimeConfig:
         "keep weights and batches channels-last: faster convolutions on CPUs (oneDNN) and GPUs; the numbers "
         "differ from the default layout's in the last digits",
     )
-    compile: bool = option(
-        False,
-        "train through torch.compile (Inductor's fused kernels; evaluation stays eager): faster steps once "
-        "compiled, which takes 20-60 s on a CPU at the start (and again for an epoch's last, smaller batch); "
-        "the numbers differ from the default's in the last digits",
-    )
     fused_optimizer: bool = option(
         False,
         "run the optimiser's update as one fused kernel over all weights (PyTorch's fused=True): faster steps "

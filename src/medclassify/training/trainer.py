@@ -510,12 +510,11 @@ class TrainingSession:
         if config.freeze_backbone:
             set_backbone_trainable(self.model, not now_frozen)
         # DDP syncs the parameters that require gradients when it is built
-        trained = (
+        self.trained = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.context.enabled
             else self.model
         )
-        self.trained = torch.compile(trained) if config.compile else trained  # same parameters, same state_dict
         self.frozen = now_frozen
 
     def run_epoch(self, epoch: int) -> dict:
