@@ -70,6 +70,7 @@ def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
 def calibration_scores(y_prob: np.ndarray, y_true: np.ndarray, score: str = "lac", seed: int = 0) -> np.ndarray:
     """MAPIE's conformity score of each calibration image's true class (``aps``: randomised, with ``seed``)."""
     check_score(score)
+    # the scores do not depend on the level; MAPIE only needs one to be built
     model = _mapie(y_prob, 0.1, score, seed).conformalize(y_prob, np.asarray(y_true))
     return np.asarray(model.conformity_scores, dtype=np.float64).reshape(-1)
 
@@ -119,17 +120,14 @@ def prediction_sets(y_prob: np.ndarray, fitted: dict) -> np.ndarray:
     probable classes until the probability before the class reaches the threshold (MAPIE's sets with
     ``include_last_label``)."""
     y_prob = np.asarray(y_prob, dtype=np.float64)
-    stored = fitted["class_thresholds"] if fitted.get("mondrian") else fitted["threshold"]
-    threshold = np.array(
-        [math.inf if t is None else t for t in np.atleast_1d(np.array(stored, dtype=object))], dtype=np.float64
-    )
+    stored = fitted["class_thresholds"] if fitted.get("mondrian") else [fitted["threshold"]]
+    threshold = np.array([math.inf if t is None else t for t in stored])
     if fitted["score"] == "lac":
         return 1 - y_prob <= threshold
     order = np.argsort(-y_prob, axis=1, kind="stable")
     ranked = np.take_along_axis(y_prob, order, axis=1)
     before = np.cumsum(ranked, axis=1) - ranked
-    limit = np.broadcast_to(threshold, y_prob.shape)
-    ranked_in = before < np.take_along_axis(np.array(limit), order, axis=1)
+    ranked_in = before < np.take_along_axis(np.broadcast_to(threshold, y_prob.shape), order, axis=1)
     sets = np.zeros_like(ranked_in)
     np.put_along_axis(sets, order, ranked_in, axis=1)
     return sets

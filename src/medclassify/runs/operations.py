@@ -284,11 +284,9 @@ def calibrate_held_run(
             "fitted_on": "val",
             "temperature": temperature,
         }
-        reports = {
-            split: coverage_report(prediction_sets(scores[split], fitted), labels[split], data.class_names, conformal)
-            for split in labels
-        }
-        conformal_figure(reports["test"], prediction_sets(scores["test"], fitted).sum(axis=1), run / CONFORMAL_FIGURE)
+        sets = {split: prediction_sets(scores[split], fitted) for split in labels}
+        reports = {split: coverage_report(sets[split], labels[split], data.class_names, conformal) for split in labels}
+        conformal_figure(reports["test"], sets["test"].sum(axis=1), run / CONFORMAL_FIGURE)
         bundle["conformal"] = fitted
         metrics["conformal"] = {**fitted, **reports}
         done["conformal"] = metrics["conformal"]
