@@ -48,7 +48,10 @@ def test_study_expands_the_grid_with_per_experiment_settings(tmp_path):
         ({"train": {"seed": 3}}, "'train' may not set seed"),
         ({"train": {"epoch": 3}}, "unknown key\\(s\\) epoch"),
         ({"colour": "red"}, "unknown key\\(s\\) colour"),
-        ({"experiments": [{"match": {"lr": 1}, "train": {}}]}, "match may use dataset, size, model, seed, not lr"),
+        (
+            {"experiments": [{"match": {"lr": 1}, "train": {}}]},
+            "match may use dataset, size, model, variant, seed, not lr",
+        ),
         ({"seeds": 0}, "seeds: a count from 1 to 1000 or a list of seeds, got 0"),
     ],
 )

@@ -148,10 +148,13 @@ def asymmetric_batch(n=64, side=28):
     return images
 
 
-@pytest.mark.parametrize("preset", ["light", "exact"])
+@pytest.mark.parametrize("preset", ["light", "exact", "medmnistc"])
 @pytest.mark.parametrize("orientation", ["fixed", "mirror-x", "free"])
 def test_augmentation_only_uses_the_transforms_the_orientation_allows(orientation, preset):
-    out = BatchAugment(preset, orientation, torch.Generator().manual_seed(0))(asymmetric_batch())
+    from medclassify.data.corruptions import corruption_set
+
+    corruptions = corruption_set("organamnist", 1)[1] if preset == "medmnistc" else None
+    out = BatchAugment(preset, orientation, torch.Generator().manual_seed(0), corruptions)(asymmetric_batch())
     left, right = out[..., :10].mean(dim=(1, 2, 3)), out[..., -10:].mean(dim=(1, 2, 3))
     mirrored = (right > left).float().mean().item()
     if orientation == "fixed":

@@ -17,10 +17,13 @@ from . import __version__
 from .defaults import (
     BOOTSTRAP_RESAMPLES,
     CONFORMAL_SCORES,
+    CORRUPTION_SETS,
     EXPORT_FORMATS,
     GRID_PER_CLASS,
     PARITY_TOLERANCE,
     PREDICT_BATCH_SIZE,
+    SEVERITIES,
+    TRACKERS,
 )
 from .errors import MedclassifyError
 
@@ -213,11 +216,14 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="RUN_OR_BUNDLE", help="run folder (its best.pt) or .pt bundle")
     parser.add_argument(
         "--format",
-        choices=tuple(EXPORT_FORMATS),
+        choices=(*EXPORT_FORMATS, "hub"),
         default=next(iter(EXPORT_FORMATS)),
-        help="file format (default: %(default)s)",
+        help="file format, or hub: a Hugging Face Hub model folder (config.json, model.safetensors, "
+        "preprocessor_config.json, the model card as README.md) (default: %(default)s)",
     )
-    parser.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx or RUN/model.ts)")
+    parser.add_argument(
+        "--out", metavar="FILE", help="output file or folder (default: RUN/model.onnx, RUN/model.ts or RUN/hub)"
+    )
     parser.add_argument("--data-dir", help="where the run's data are now, for the parity check on the test split")
     parser.add_argument(
         "--tolerance",
@@ -330,6 +336,144 @@ With --conformal, each image also gets a set of classes that holds its true clas
 probability, for images like the validation ones (split conformal prediction, calibrated on validation).
 Export again afterwards: the exported graph holds T and its metadata the conformal thresholds.
 """
+
+
+def _add_robustness_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    parser.add_argument(
+        "--corruptions",
+        choices=CORRUPTION_SETS,
+        default=CORRUPTION_SETS[0],
+        help="medmnistc: MedMNIST-C's corruptions for the dataset; generic: the set for any images; auto: "
+        "medmnistc where MedMNIST-C has the dataset (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--severities",
+        type=int,
+        nargs="+",
+        default=list(SEVERITIES),
+        metavar="S",
+        help="severities to test, from 1 to 5 (default: all)",
+    )
+    parser.add_argument("--seed", type=int, help="seed of the random corruptions (default: the run's)")
+    parser.add_argument("--data-dir", help="where the run's data are now, if they moved since training")
+    _add_device_option(parser)
+
+
+def _run_robustness(args: argparse.Namespace) -> int:
+    from .evaluation.robustness import robustness_line
+    from .runs import ROBUSTNESS_FIGURE, ROBUSTNESS_TABLE, robustness_run
+
+    record = robustness_run(
+        args.run_dir, args.corruptions, args.data_dir, args.device, tuple(args.severities), args.seed
+    )
+    print(f"{record['corruptions']} corruptions on the test split of {record['dataset']}: {robustness_line(record)}")
+    family = ", ".join(f"{name} {ce:.4f}" for name, ce in record["family_ce"].items())
+    print(f"corruption error by family: {family}")
+    if record["clean_coverage"] is not None:
+        print(
+            f"conformal coverage (target {record['conformal_target']:.2f}): clean {record['clean_coverage']:.4f}, "
+            f"corrupted {record['corrupted_coverage']:.4f}"
+        )
+    run = Path(args.run_dir)
+    print(
+        f"written: {run / ROBUSTNESS_TABLE}, {run / (ROBUSTNESS_FIGURE + '.png')} and the 'robustness' record "
+        f"of {run / 'metrics.json'}"
+    )
+    return 0
+
+
+ROBUSTNESS_EPILOG = """examples:
+  medclassify robustness runs/blood28
+  medclassify robustness runs/my-xrays --corruptions generic --severities 1 3 5
+  medclassify train --dataset bloodmnist --robustness auto            # the same, right after training
+
+Each test image is classified clean and under each corruption at each severity (MedMNIST-C's
+families: digital, noise, blur, colour, gamma; its parameters for the dataset, blur widths scaled
+from 224 px to the image). The table has ACC, AUC, macro-F1, ECE and, for a model calibrated with
+--conformal, the coverage and size of its prediction sets. mCE is the error averaged over severities
+and corruptions; relative mCE subtracts the clean error. The clean figures here come from the bundle
+as predict applies it (no test-time flips), so they can differ slightly from metrics.json's test.
+"""
+
+
+def _add_track_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="STUDY_OR_RUN", help="a study folder (its runs/) or one run folder")
+    parser.add_argument("--to", nargs="+", choices=TRACKERS, required=True, help="the trackers to send the records to")
+
+
+def _run_track(args: argparse.Namespace) -> int:
+    from .training.tracking import replay_study
+
+    sent = replay_study(Path(args.folder), args.to)
+    print(f"sent {len(sent)} run(s) to {' and '.join(args.to)}: {', '.join(p.name for p in sent)}")
+    return 0
+
+
+def _add_tune_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("search", metavar="SEARCH_YAML", help="the search: base config, space, metric, budget")
+    parser.add_argument("--out", help="the search folder (default: runs/tune-NAME)")
+    parser.add_argument("--data-dir", help="folder with the dataset files (default: as in the search's base)")
+    parser.add_argument("--workers", type=int, default=1, help="trials at once, in processes (default: 1)")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local processes, or ray: Ray tasks (each an Optuna worker on the search's storage) on the "
+        "cluster at --address (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--address", help="with --backend ray: the cluster (auto, ray://HEAD:10001; default: start one)"
+    )
+    parser.add_argument(
+        "--no-retrain", dest="retrain", action="store_false", help="skip retraining and testing the best recipe"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from .experiments.tune import Search, run_search, summary
+
+    search = Search.from_yaml(args.search)
+    out = Path(args.out or Path("runs") / f"tune-{search.name}")
+    try:
+        result = run_search(
+            search, out, args.data_dir, args.workers, args.retrain, args.quiet, args.backend, args.address
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the trials so far are kept in {out} - run the same command to continue", file=sys.stderr)
+        return 130
+    print(summary(result, search.metric))
+    print(f"written into {out}: " + ", ".join(p.name for p in result.files))
+    return 0
+
+
+def _add_card_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+
+
+def _run_card(args: argparse.Namespace) -> int:
+    from .runs import write_model_card
+
+    print(f"wrote {write_model_card(args.run_dir)}")
+    return 0
+
+
+def _add_push_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    parser.add_argument(
+        "--repo", required=True, metavar="OWNER/NAME", help="the Hub model repository (created if needed)"
+    )
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--token", help="a Hub access token (default: HF_TOKEN or 'hf auth login')")
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .inference.hub import push_to_hub
+
+    url = push_to_hub(args.run_dir, args.repo, args.private, args.token)
+    print(f"uploaded {Path(args.run_dir) / 'hub'} to {args.repo}: {url}")
+    return 0
 
 
 def _add_ensemble_options(parser: argparse.ArgumentParser) -> None:
@@ -769,6 +913,15 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    if args.format == "hub":
+        from .inference.hub import export_hub
+
+        hub = export_hub(args.model, args.out, args.data_dir)
+        print(
+            f"wrote {hub.path}/ ({', '.join(hub.files)}); largest logit difference to best.pt {hub.max_abs_diff:.2e} "
+            f"over {hub.parity_images} images of the {hub.parity_data}; Predictor.from_run and predict load it"
+        )
+        return 0
     from .inference.export import export_model
 
     result = export_model(args.model, args.out, args.format, args.data_dir, args.tolerance)
@@ -862,6 +1015,38 @@ COMMANDS = {
         CALIBRATE_EPILOG,
         _add_calibrate_options,
         _run_calibrate,
+    ),
+    "robustness": (
+        "test a run's model on its test split under realistic corruptions (MedMNIST-C) at five severities",
+        ROBUSTNESS_EPILOG,
+        _add_robustness_options,
+        _run_robustness,
+    ),
+    "tune": (
+        "search hyper-parameters with Optuna (TPE, pruning), each trial a run; resumable",
+        "examples:\n  medclassify tune search.yaml --data-dir ../shared/data\n  medclassify tune search.yaml --workers 2\n\n"
+        "Running the same command again continues the search (its state: TUNE/optuna.db).\n"
+        "The best configuration becomes TUNE/best.yaml, retrained once and tested: --recipe TUNE/best.yaml.\n",
+        _add_tune_options,
+        _run_tune,
+    ),
+    "track": (
+        "send finished runs (a study's or one) to TensorBoard or MLflow from their run folders",
+        "examples:\n  medclassify track runs/my-study --to mlflow\n  medclassify track runs/blood28 --to tensorboard mlflow\n",
+        _add_track_options,
+        _run_track,
+    ),
+    "card": (
+        "write a run's MODEL_CARD.md again (Hugging Face model-card format) from its records",
+        "example:\n  medclassify card runs/blood28\n\nEvery run writes it after training; calibrate and robustness rewrite it.\n",
+        _add_card_options,
+        _run_card,
+    ),
+    "push": (
+        "upload a run to the Hugging Face Hub as a model repository (export --format hub, then upload)",
+        "example:\n  medclassify push runs/blood28 --repo alice/bloodmnist-cnn\n\nNeeds pip install 'medclassify[hub]'.\n",
+        _add_push_options,
+        _run_push,
     ),
     "ensemble": (
         "average several trained models (e.g. seeds) into one bundle",

@@ -3,6 +3,7 @@ these fields, a YAML file fills the same fields, and Python code sets them direc
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from .data import AUGMENT_CHOICES, FOLDER_NAME, NORMALIZE_CHOICES, ORIENTATIONS, get_dataset_info
-from .defaults import CONFORMAL_SCORES
+from .defaults import CONFORMAL_SCORES, CORRUPTION_SETS, TRACKERS
 from .errors import ConfigError, first_line
 
 SELECT_METRICS = ("auc", "acc", "f1", "loss")
@@ -71,7 +72,8 @@ class RunConfig:
         "batch augmentation: none (the paper), light (flips/rotation/shift as the data allow), exact (flips, "
         "right-angle turns and whole-pixel shifts as the data allow, no resampling: nothing is blurred), strong "
         "(light plus crop scale and intensity jitter), randaug (light, then two random intensity operations per "
-        "image, RandAugment-style)",
+        "image, RandAugment-style), medmnistc (exact, then per image one of MedMNIST-C's corruptions for the "
+        "dataset, or none, at a random intensity)",
         choices=AUGMENT_CHOICES,
     )
     orientation: str | None = option(
@@ -151,6 +153,14 @@ class RunConfig:
         "with --conformal: one threshold per class, so that every class (rare ones too) gets the coverage",
         resumable=True,
     )
+    robustness: str = option(
+        "none",
+        "after training, evaluate the test split under corruptions at five severities (as 'medclassify "
+        "robustness RUN'): medmnistc (MedMNIST-C's for the dataset), generic, or auto (medmnistc where it has "
+        "the dataset)",
+        choices=("none", *CORRUPTION_SETS),
+        resumable=True,
+    )
 
 
 @dataclass
@@ -185,6 +195,13 @@ class RuntimeConfig:
     )
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
     quiet: bool = option(False, "no progress bars or epoch lines")
+    track: list[str] | None = option(
+        None,
+        "report the run to experiment trackers as it trains: tensorboard (RUN/tensorboard) and/or mlflow "
+        "(MLFLOW_TRACKING_URI, default mlruns/ here); needs pip install 'medclassify[tracking]'",
+        choices=TRACKERS,
+    )
+    mlflow_parent: str | None = option(None, "with --track mlflow: log as a child of this MLflow run (studies set it)")
 
 
 @dataclass
@@ -215,13 +232,7 @@ class TrainConfig(RuntimeConfig, RunConfig):
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Fill the fields from a YAML mapping of TrainConfig keys; a bad file is one :class:`ConfigError` line."""
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the YAML config ({first_line(exc)})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of TrainConfig keys, got {type(values).__name__}")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_yaml_mapping(path, "YAML config", "a mapping of TrainConfig keys", {}), str(path))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -285,7 +296,11 @@ class TrainConfig(RuntimeConfig, RunConfig):
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            if choices and value is not None and value not in choices:
+            if (
+                choices
+                and value is not None
+                and any(v not in choices for v in (value if isinstance(value, list) else [value]))
+            ):
                 raise ConfigError(f"{flag(f.name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
@@ -325,12 +340,22 @@ class TrainConfig(RuntimeConfig, RunConfig):
             from .evaluation.conformal import check_level
 
             check_level(self.conformal)
+        for tracker in self.track or []:  # the module is named after the tracker
+            if not _importable(tracker):
+                raise ConfigError(f"--track {tracker} needs the {tracker} package: pip install 'medclassify[tracking]'")
         if self.pretrained and not available_models()[self.model].pretrained:
             with_weights = [n for n, e in available_models().items() if e.pretrained]
             raise ConfigError(
                 f"--pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}"
             )
         return self
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError, AttributeError):  # e.g. a module set to None in sys.modules
+        return False
 
 
 @lru_cache(maxsize=1)
@@ -361,17 +386,42 @@ def checked_config(values: dict, source: str = "config") -> TrainConfig:
         raise ConfigError(validation_line(source, exc)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str, expected: str, empty=None) -> dict:
+    """A YAML file's top-level mapping (an empty file reads as ``empty``); anything unreadable, or not
+    a mapping, is one :class:`ConfigError` line naming the file."""
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({first_line(exc)})") from None
+    values = empty if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected {expected}, got {type(values).__name__}")
+    return values
+
+
 def available_recipes() -> dict[str, Path]:
     """The named recipes shipped in ``recipes/``: name -> YAML file."""
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
 
 
 def load_recipe(name: str) -> dict:
-    """A recipe's TrainConfig keys (dashes as underscores); an unknown name is a :class:`ConfigError`."""
+    """A recipe's TrainConfig keys (dashes as underscores): a packaged recipe's name, or the path of a
+    recipe YAML file (e.g. the one ``medclassify tune`` writes); anything else is a :class:`ConfigError`."""
     recipes = available_recipes()
-    if name not in recipes:
-        raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)}")
-    values = yaml.safe_load(recipes[name].read_text()) or {}
+    if name in recipes:
+        path = recipes[name]
+    elif name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--recipe {name}: no such recipe file")
+    else:
+        raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)} (or a .yaml file)")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--recipe {name}: cannot read the recipe ({first_line(exc)})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--recipe {name}: expected a mapping of TrainConfig keys")
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 

@@ -10,3 +10,7 @@ PARITY_TOLERANCE = 1e-4  # largest logit difference an export may have to PyTorc
 GRID_PER_CLASS = 2  # correct and wrong examples per class in the Grad-CAM grid
 BOOTSTRAP_RESAMPLES = 1000  # resamples behind every confidence interval of a study
 CONFORMAL_SCORES = ("lac", "aps")  # conformal prediction-set scores; the first is the default
+CORRUPTION_SETS = ("auto", "medmnistc", "generic")  # which corruptions test a model; the first is the default
+SEVERITIES = (1, 2, 3, 4, 5)  # corruption severities, as MedMNIST-C's
+TRACKERS = ("tensorboard", "mlflow")  # experiment trackers a run can report to
+CARD_RESAMPLES = 200  # bootstrap resamples behind a model card's intervals (written after every run)

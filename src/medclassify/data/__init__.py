@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
     __name__,
     submod_attrs={
         "augment": ["BatchAugment", "tta_views"],
+        "corruptions": ["Corruption", "corrupt", "corruption_set", "random_corruptions"],
         "catalog": [
             "AUGMENT_CHOICES",
             "FOLDER_NAME",

@@ -1,7 +1,8 @@
 """Label-preserving batch augmentation on tensors, on the training device.
 
 Every image of a batch gets its own random flip, rotation, shift and (``strong``) crop scale and
-intensity change or (``randaug``) two random intensity operations, applied to the whole batch at once: the geometric part as one affine
+intensity change or (``randaug``) two random intensity operations or (``medmnistc``, after
+``exact``'s flips and shifts) one of MedMNIST-C's corruptions, applied to the whole batch at once: the geometric part as one affine
 ``grid_sample`` with a matrix per image, the intensity part by broadcasting a factor per image.
 (torchvision.transforms.v2 draws one set of parameters per call, i.e. per batch, which is why the
 per-image parameters are drawn here.) Which geometric transforms are allowed comes from the
@@ -14,6 +15,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .corruptions import Corruption, random_corruptions
 
 # preset -> (max rotation in degrees for "mirror-x"/"fixed" data, max shift as a share of the side)
 LIMITS = {"light": (10.0, 0.08), "strong": (15.0, 0.12), "randaug": (10.0, 0.08), "exact": (0.0, 0.08)}
@@ -29,14 +32,21 @@ def _coin(n: int, generator: torch.Generator, device) -> torch.Tensor:
 
 
 class BatchAugment:
-    """``augment(images)`` for float images in [0, 1], N x C x H x W, on the generator's device."""
+    """``augment(images)`` for float images in [0, 1], N x C x H x W, on the generator's device.
+    ``medmnistc`` needs the dataset's ``corruptions`` (:func:`.corruptions.corruption_set`)."""
 
-    def __init__(self, preset: str, orientation: str, generator: torch.Generator):
-        self.preset, self.orientation, self.generator = preset, orientation, generator
+    def __init__(
+        self, preset: str, orientation: str, generator: torch.Generator, corruptions: list[Corruption] | None = None
+    ):
+        if preset == "medmnistc" and not corruptions:
+            raise ValueError("the medmnistc preset needs the dataset's corruptions")
+        self.preset, self.orientation, self.generator, self.corruptions = preset, orientation, generator, corruptions
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.preset == "exact":
             return self._exact(images)
+        if self.preset == "medmnistc":
+            return random_corruptions(self._exact(images), self.corruptions, self.generator)
         n, device, g = images.shape[0], images.device, self.generator
         max_rotation, max_shift = LIMITS[self.preset]
         angle = _uniform(n, -max_rotation, max_rotation, g, device) * math.pi / 180

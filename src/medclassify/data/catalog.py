@@ -53,7 +53,7 @@ ORIENTATION = {
 }
 ORIENTATIONS = ("free", "mirror-x", "fixed")
 # Training presets over these data, named here (no torch needed) so that option lists cost nothing.
-AUGMENT_CHOICES = ("none", "light", "exact", "strong", "randaug")
+AUGMENT_CHOICES = ("none", "light", "exact", "strong", "randaug", "medmnistc")
 NORMALIZE_CHOICES = ("dataset", "half", "none")
 
 # The paper each dataset's images come from, as MedMNIST v2 (Yang et al., Scientific Data 2023)

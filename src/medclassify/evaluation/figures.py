@@ -1,5 +1,5 @@
 """Figures of one run's evaluation, each saved as PNG (150 dpi) and SVG: the reliability diagram
-before and after temperature scaling, the conformal sets (sizes, coverage per class), and the
+before and after temperature scaling, the conformal sets (sizes, coverage per class), accuracy under corruptions, and the
 helpers the study figures share."""
 
 from __future__ import annotations
@@ -124,4 +124,32 @@ def conformal_figure(report: dict, set_sizes: np.ndarray, out: Path) -> list[Pat
         f"coverage per class (all: {report['coverage']:.3f}, red: interval below the target)", fontsize=10
     )
     figure.suptitle("Conformal prediction sets on the test split (calibrated on validation)")
+    return save_figure(figure, out)
+
+
+def robustness_figure(rows: list[dict], summary: dict, out: Path) -> list[Path]:
+    """Test accuracy against severity (0: clean), one line per corruption, one panel per family
+    (``rows``: :attr:`.robustness.RobustnessResult.rows`)."""
+    clean = rows[0]["acc"]
+    families = list(dict.fromkeys(row["family"] for row in rows[1:]))
+    figure, axes = plt.subplots(
+        1, len(families), figsize=(3.4 * len(families), 3.6), layout="constrained", sharey=True, squeeze=False
+    )
+    low = min(row["acc"] for row in rows)
+    for ax, family in zip(axes[0], families, strict=True):
+        names = list(dict.fromkeys(row["corruption"] for row in rows[1:] if row["family"] == family))
+        for name in names:
+            points = [(0, clean)] + [(r["severity"], r["acc"]) for r in rows[1:] if r["corruption"] == name]
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name.replace("_", " "))
+        ax.axhline(clean, linestyle="--", color="grey", linewidth=0.8)
+        ax.set_title(family, fontsize=10)
+        ax.set_xlabel("severity")
+        ax.set_xticks(range(0, max(summary["severities"]) + 1))
+        ax.set_ylim(max(0.0, low - 0.05), min(1.0, clean + 0.03))
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("test accuracy")
+    figure.suptitle(
+        f"Accuracy under corruption (clean {clean:.3f}, dashed; mean corrupted {summary['corrupted_acc']:.3f}, "
+        f"mCE {summary['mce']:.3f})"
+    )
     return save_figure(figure, out)

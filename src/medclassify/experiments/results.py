@@ -1,36 +1,24 @@
 """A study's experiments as read back from their run folders, and the results table.
 
-An *experiment* is one (dataset, size, model) cell of the grid; its seeds are pooled.
+An *experiment* is one (dataset, size, model, variant) cell of the grid; its seeds are pooled.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import CALIBRATION_METRICS
+from ..evaluation.robustness import bootstrap_means
 from ..evaluation.stats import METRICS, Side, bootstrap_calibration, bootstrap_interval
-from ..runs import BEST_FILE, RunDir
+from ..runs import BEST_FILE, ROBUSTNESS_IMAGES, RunDir
 from ..tasks import Task
 from .study import Study
-
-
-def read_predictions(run_dir: Path, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Test labels (multi-label: N x labels of 0/1) and probabilities from a run's predictions.csv."""
-    rows = RunDir(run_dir).predictions()
-    probs = np.array([[float(v) for k, v in row.items() if k.startswith("prob_")] for row in rows])
-    if multi_label:
-        truth = np.zeros_like(probs, dtype=int)
-        for i, row in enumerate(rows):
-            truth[i, [int(j) for j in row["true"].split(";") if j]] = 1
-    else:
-        truth = np.array([int(row["true"]) for row in rows])
-    return truth, probs
 
 
 @dataclass
@@ -45,10 +33,12 @@ class Experiment:
     records: list[dict]  # config.json per seed
     histories: list[list[dict]]  # history.csv rows per seed
     side: Side  # test labels and every seed's probabilities
+    variant: str | None = None  # the study's variant (named training settings), if it has variants
+    variant_settings: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}_{self.size}_{self.model}"
+        return f"{self.dataset}_{self.size}_{self.model}{'_' + self.variant if self.variant else ''}"
 
     @property
     def seeds(self) -> list[int]:
@@ -74,16 +64,17 @@ class Experiment:
 def load_experiments(study: Study, study_dir: str | Path) -> list[Experiment]:
     """Every grid cell with at least one complete run, in the study's order."""
     groups: dict[tuple, list[Path]] = {}
-    for config in study.configs(Path(study_dir)):
-        groups.setdefault((config.dataset_name, config.size, config.model), []).append(config.run_dir())
+    for cell, config in zip(study.cells(), study.configs(Path(study_dir)), strict=True):
+        key = (config.dataset_name, config.size, config.model, cell["variant"])
+        groups.setdefault(key, []).append(config.run_dir())
     experiments = []
-    for (dataset, size, model), run_dirs in groups.items():
+    for (dataset, size, model, variant), run_dirs in groups.items():
         done = [d for d in run_dirs if _best_metrics(d) is not None]
         if not done:
             continue
         records = [RunDir(d).record() for d in done]
         multi_label = records[0]["data"]["task"] == Task.MULTI_LABEL
-        predictions = [read_predictions(d, multi_label) for d in done]
+        predictions = [RunDir(d).test_scores(multi_label) for d in done]
         experiments.append(
             Experiment(
                 dataset,
@@ -94,6 +85,8 @@ def load_experiments(study: Study, study_dir: str | Path) -> list[Experiment]:
                 records=records,
                 histories=[RunDir(d).history() for d in done],
                 side=Side(predictions[0][0], [p for _, p in predictions], records[0]["data"]["task"]),
+                variant=variant,
+                variant_settings=study.variants.get(variant, {}),
             )
         )
     return experiments
@@ -132,6 +125,7 @@ def results_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAMPLE
             "dataset": e.dataset,
             "size": e.size,
             "model": e.model,
+            "variant": e.variant or "",
             "seeds": " ".join(map(str, e.seeds)),
             "n_test": len(e.side.y_true),
             "ensemble": False,
@@ -224,6 +218,62 @@ def conformal_rows(experiments: list[Experiment]) -> list[dict]:
                 "mean_size": float(np.mean([t["mean_size"] for t in tests])),
                 "empty_share": float(np.mean([t["empty_share"] for t in tests])),
                 "classes_below_target": below,
+            }
+        )
+    return rows
+
+
+def robustness_images(experiment: Experiment) -> list[dict] | None:
+    """Per seed, the run's robustness record and per test image: right or wrong clean, and the share
+    of corrupted variants it got right (``robustness.npz``); None unless every seed has them."""
+    seeds = []
+    for run_dir, metrics in zip(experiment.run_dirs, experiment.metrics, strict=True):
+        path = Path(run_dir) / ROBUSTNESS_IMAGES
+        if "robustness" not in metrics or not path.is_file():
+            return None
+        with np.load(path) as stored:
+            seeds.append({"record": metrics["robustness"], "clean": stored["clean"], "corrupted": stored["corrupted"]})
+    return seeds
+
+
+def robustness_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAMPLES) -> list[dict]:
+    """For each experiment whose runs were tested under corruptions: clean and mean corrupted test
+    accuracy and their difference, each with a 95 % bootstrap interval over seeds and test images,
+    the mCE and relative mCE (means over seeds), the hardest corruption and the mean accuracy per
+    severity (for the figure)."""
+    rows = []
+    for e in experiments:
+        seeds = robustness_images(e)
+        if seeds is None:
+            continue
+        records = [s["record"] for s in seeds]
+        clean = [s["clean"] for s in seeds]
+        corrupted = [s["corrupted"].mean(axis=1) for s in seeds]
+        clean_acc, clean_ci = bootstrap_means(clean, n_boot)
+        corrupted_acc, corrupted_ci = bootstrap_means(corrupted, n_boot)
+        drop, drop_ci = bootstrap_means([c - k for c, k in zip(clean, corrupted, strict=True)], n_boot)
+        ce = {name: float(np.mean([r["ce"][name] for r in records])) for name in records[0]["ce"]}
+        severities = records[0]["severities"]
+        by_severity = np.mean([s["corrupted"].mean(axis=0).reshape(-1, len(severities)) for s in seeds], axis=(0, 1))
+        rows.append(
+            {
+                "experiment": e.name,
+                "corruptions": records[0]["corruptions"],
+                "n_corruptions": len(ce),
+                "clean_acc": clean_acc,
+                "clean_acc_ci": clean_ci,
+                "corrupted_acc": corrupted_acc,
+                "corrupted_acc_ci": corrupted_ci,
+                "acc_drop": drop,
+                "acc_drop_ci": drop_ci,
+                "mce": float(np.mean([r["mce"] for r in records])),
+                "relative_mce": float(np.mean([r["relative_mce"] for r in records])),
+                "worst_corruption": max(ce, key=ce.get),
+                "worst_ce": max(ce.values()),
+                "severities": severities,
+                "acc_by_severity": [clean_acc, *map(float, by_severity)],
+                "per_seed_corrupted": corrupted,
+                "per_seed_clean": clean,
             }
         )
     return rows

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, DataError
 from ..runs import RunDir
 from ..training import train
+from ..training.tracking import finish_study_run, study_run
 from .study import Study
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,9 @@ def run_study(
     pending = [c for c in configs if not is_complete(c)]
     for config in pending:
         config.resume = RunDir(config.run_dir()).last_path.is_file()
+    parent = study_run(study.name, study_dir) if any("mlflow" in (c.track or []) for c in pending) else None
+    for config in pending:
+        config.mlflow_parent = parent
 
     def log(message: str) -> None:
         if not quiet:
@@ -153,6 +158,8 @@ def run_study(
                 for future in remaining:
                     future.cancel()
                 raise
+    if parent:
+        finish_study_run(parent)
     order = {c.run_dir(): i for i, c in enumerate(configs)}
     return sorted(statuses, key=lambda s: order[s.run_dir])
 
@@ -162,6 +169,14 @@ def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, f
     ``workers`` at a time, each reserving its share of the cluster's CPUs (Ray sets the task's
     thread count from it). The run folders must be reachable under the same path from every node (a
     shared file system) for the study folder to collect them."""
+    with ray_session(address) as ray:
+        _run_ray_tasks(ray, pending, workers, finished, log)
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Ray, connected to the cluster at ``address`` or to an instance started here (and shut down,
+    its files removed, afterwards)."""
     try:
         import ray
     except ImportError:
@@ -171,6 +186,16 @@ def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, f
     if started_here:
         ray_temp = tempfile.mkdtemp(prefix="ray-") if address is None else None  # a local instance's files go with it
         ray.init(address=address, include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp)
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+        if ray_temp is not None:
+            shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def _run_ray_tasks(ray, pending: list[TrainConfig], workers: int, finished, log) -> None:
     queue, running = list(pending), {}
     try:
         cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -187,8 +212,3 @@ def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, f
         for ref in running:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        if started_here:
-            ray.shutdown()
-        if ray_temp is not None:
-            shutil.rmtree(ray_temp, ignore_errors=True)

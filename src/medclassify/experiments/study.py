@@ -8,7 +8,10 @@ models: [paper-cnn]
 seeds: [0]            # or a count: seeds: 3  ->  0, 1, 2
 train:                # any TrainConfig field, shared by every experiment
   epochs: 10
-experiments:          # optional per-experiment settings, matched on dataset/size/model/seed
+variants:             # optional: named training settings, one more axis of the grid
+  clean: {}
+  robust: {augment: medmnistc}
+experiments:          # optional per-experiment settings, matched on dataset/size/model/variant/seed
   - match: {size: 64}
     train: {batch_size: 64}
 ```
@@ -21,19 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from ..config import TrainConfig, validation_line
-from ..errors import ConfigError, first_line
+from ..config import TrainConfig, read_yaml_mapping, validation_line
+from ..errors import ConfigError
 
-GRID_KEYS = ("dataset", "size", "model", "seed")
+GRID_KEYS = ("dataset", "size", "model", "variant", "seed")
 # Settings a study decides per experiment; the shared ``train`` block may not set them.
 RESERVED = set(GRID_KEYS) | {"out", "resume", "quiet"}
 MAX_SEEDS = 1000
 MAX_CELLS = 10_000
 # The study's name becomes a folder name under runs/: letters, digits, '.', '_' and '-', no path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+VARIANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,39}$"  # part of a run folder's name; '_' separates its parts
 
 
 def _non_empty(item, max_length: int = 1000):
@@ -57,6 +60,7 @@ class StudySchema(BaseModel):
     models: _non_empty(StrictStr) = ["paper-cnn"]
     seeds: _non_empty(StrictInt, MAX_SEEDS) = [0]
     train: dict[StrictStr, Any] = {}
+    variants: dict[Annotated[StrictStr, Field(pattern=VARIANT_PATTERN)], dict[StrictStr, Any]] = {}
     experiments: list[_Experiment] = []
 
 
@@ -70,6 +74,7 @@ class Study:
     models: list[str] = field(default_factory=lambda: ["paper-cnn"])
     seeds: list[int] = field(default_factory=lambda: [0])
     train: dict = field(default_factory=dict)
+    variants: dict[str, dict] = field(default_factory=dict)  # name -> TrainConfig keys; an axis of the grid
     experiments: list[dict] = field(default_factory=list)
 
     @classmethod
@@ -101,6 +106,7 @@ class Study:
             models=checked.models,
             seeds=checked.seeds,
             train=dict(checked.train),
+            variants={name: dict(settings) for name, settings in checked.variants.items()},
             experiments=[entry.model_dump() for entry in checked.experiments],
         )
         study.validate(source)
@@ -109,13 +115,8 @@ class Study:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Study:
         """A study from its YAML file (see :meth:`from_dict`)."""
-        try:
-            values = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the study YAML ({first_line(exc)})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping with name, datasets, sizes, models, seeds, train")
-        return cls.from_dict(values, source=str(path))
+        expected = "a mapping with name, datasets, sizes, models, seeds, train"
+        return cls.from_dict(read_yaml_mapping(path, "study YAML", expected), source=str(path))
 
     def validate(self, source: str = "study") -> None:
         """Raise :class:`ConfigError` for a grid that is too large, a reserved or unknown key, or a cell that
@@ -125,11 +126,12 @@ class Study:
             raise ConfigError(
                 f"{source}: the grid has {cells:,} experiments; at most {MAX_CELLS:,} are run in one study"
             )
-        reserved = sorted(RESERVED & {k.replace("-", "_") for k in self.train})
-        if reserved:
-            raise ConfigError(
-                f"{source}: 'train' may not set {', '.join(reserved)}; the grid and the study folder decide them"
-            )
+        for where, settings in [("train", self.train)] + [(f"variants.{n}", v) for n, v in self.variants.items()]:
+            reserved = sorted(RESERVED & {k.replace("-", "_") for k in settings})
+            if reserved:
+                raise ConfigError(
+                    f"{source}: '{where}' may not set {', '.join(reserved)}; the grid and the study folder decide them"
+                )
         for i, entry in enumerate(self.experiments):
             if not isinstance(entry, dict) or set(entry) - {"match", "train"}:
                 raise ConfigError(f"{source}: experiments[{i}] must be a mapping with 'match' and 'train'")
@@ -141,26 +143,32 @@ class Study:
         for config in self.configs(Path("."), source=source):  # every cell must be a valid run before any starts
             config.validate()
 
+    def cells(self) -> list[dict]:
+        """The grid, in order: one mapping of :data:`GRID_KEYS` per run (``variant`` None without variants)."""
+        variants = list(self.variants) or [None]
+        product = itertools.product(self.datasets, self.sizes, self.models, variants, self.seeds)
+        return [dict(zip(GRID_KEYS, values, strict=True)) for values in product]
+
     def configs(self, study_dir: Path, data_dir: str | None = None, source: str = "study") -> list[TrainConfig]:
-        """One TrainConfig per grid cell, writing into ``study_dir/runs/<experiment>``."""
+        """One TrainConfig per grid cell (:meth:`cells`, same order), writing into ``study_dir/runs/<experiment>``."""
         configs = []
-        for dataset, size, model, seed in itertools.product(self.datasets, self.sizes, self.models, self.seeds):
-            cell = {"dataset": dataset, "size": size, "model": model, "seed": seed}
-            settings = dict(self.train)
+        for cell in self.cells():
+            settings = {**self.train, **self.variants.get(cell["variant"], {})}
             for entry in self.experiments:
                 if all(cell[k] == v for k, v in (entry.get("match") or {}).items()):
                     settings.update(entry.get("train") or {})
             if data_dir:
                 settings["data_dir"] = data_dir
-            out = study_dir / "runs" / experiment_name(dataset, size, model, seed)
+            out = study_dir / "runs" / experiment_name(**cell)
+            run_cell = {k: cell[k] for k in ("dataset", "size", "model", "seed")}
             configs.append(
                 TrainConfig.from_dict(
-                    {**settings, **cell, "out": str(out), "quiet": True}, source=f"{source}: experiment {out.name}"
+                    {**settings, **run_cell, "out": str(out), "quiet": True}, source=f"{source}: experiment {out.name}"
                 )
             )
         return configs
 
 
-def experiment_name(dataset: str, size: int, model: str, seed: int) -> str:
+def experiment_name(dataset: str, size: int, model: str, seed: int, variant: str | None = None) -> str:
     """The run folder's name of one grid cell and seed."""
-    return f"{dataset}_{size}_{model}_seed{seed}"
+    return f"{dataset}_{size}_{model}{'_' + variant if variant else ''}_seed{seed}"

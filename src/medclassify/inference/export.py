@@ -23,6 +23,7 @@ from ..defaults import PARITY_TOLERANCE
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_path, file_md5, folder_lock, write_json
 from ..runs.files import ONNX_FILE, RunDir
+from .hub import is_hub_folder
 from .predictor import EXPORTS_RECORD, ONNX_METADATA_KEY, Predictor, recorded_export
 
 TORCHSCRIPT_METADATA = "medclassify.json"
@@ -163,6 +164,8 @@ def export_model(
     if not tolerance >= 0:
         raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
     source = Path(source)
+    if is_hub_folder(source) and not (source / "best.pt").is_file():
+        raise CheckpointError(f"{source}: a Hub folder; export from the run folder it came from")
     if source.suffix.lower() == ".onnx":
         raise CheckpointError(f"{source}: already an exported ONNX model; export from the run folder or its best.pt")
     predictor = Predictor.from_run(source, device="cpu", backend="torch")

@@ -35,6 +35,7 @@ from ..evaluation.conformal import prediction_sets
 from ..io import file_md5
 from ..runs.files import BEST_FILE, ONNX_FILE, BundleMetadata
 from ..tasks import Task, probabilities_from_logits
+from .hub import is_hub_folder, load_hub_folder
 
 THRESHOLD = 0.5
 ONNX_METADATA_KEY = "medclassify"
@@ -283,7 +284,8 @@ class Predictor:
         cls, path: str | Path, device: str = "auto", backend: str = "auto", calibrated: bool = True
     ) -> Predictor:
         """``path``: a run folder (its ``best.pt``; with ``backend="auto"`` its ``model.onnx`` when
-        that was exported from the current ``best.pt``), a ``.pt`` bundle or an ``.onnx`` export.
+        that was exported from the current ``best.pt``), a ``.pt`` bundle, an ``.onnx`` export or a
+        Hub folder (``export --format hub``).
         ``calibrated=False`` ignores a stored temperature (PyTorch bundles; ONNX graphs hold it)."""
         if backend not in PREDICT_BACKENDS:
             raise CheckpointError(f"--backend {backend}: expected one of {', '.join(PREDICT_BACKENDS)}")
@@ -295,24 +297,31 @@ class Predictor:
                 raise CheckpointError(f"{path}: an ONNX model runs with --backend onnx or auto, not torch")
             return cls._onnx(path)
         checkpoint = path / BEST_FILE if path.is_dir() else path
-        if path.is_dir():
-            if not checkpoint.is_file():
-                raise CheckpointError(f"{path}: no best.pt; not a finished medclassify run folder")
-            if backend == "onnx" or (backend == "auto" and (path / ONNX_FILE).is_file()):
-                try:
-                    return cls._onnx(current_onnx_export(path, checkpoint))
-                except CheckpointError as exc:
-                    if backend == "onnx":
-                        raise
-                    warnings.warn(f"{exc} (using best.pt with PyTorch meanwhile)", stacklevel=2)
-        elif backend == "onnx":
-            raise CheckpointError(f"{path}: a PyTorch bundle; export it to ONNX first ('medclassify export {path}')")
         from ..runs import TorchBackend, load_checkpoint
 
-        state = load_checkpoint(checkpoint)
+        if path.is_dir() and not checkpoint.is_file() and is_hub_folder(path):
+            if backend == "onnx":
+                raise CheckpointError(f"{path}: a Hub folder runs with --backend torch or auto, not onnx")
+            source, state = path, load_hub_folder(path)
+        else:
+            if path.is_dir():
+                if not checkpoint.is_file():
+                    raise CheckpointError(f"{path}: no best.pt; not a finished medclassify run folder")
+                if backend == "onnx" or (backend == "auto" and (path / ONNX_FILE).is_file()):
+                    try:
+                        return cls._onnx(current_onnx_export(path, checkpoint))
+                    except CheckpointError as exc:
+                        if backend == "onnx":
+                            raise
+                        warnings.warn(f"{exc} (using best.pt with PyTorch meanwhile)", stacklevel=2)
+            elif backend == "onnx":
+                raise CheckpointError(
+                    f"{path}: a PyTorch bundle; export it to ONNX first ('medclassify export {path}')"
+                )
+            source, state = checkpoint, load_checkpoint(checkpoint)
         metadata = bundle_description(state)
-        _check_bundle(metadata, checkpoint)
-        return cls(metadata, TorchBackend(state, checkpoint, device), checkpoint, calibrated)
+        _check_bundle(metadata, source)
+        return cls(metadata, TorchBackend(state, source, device), source, calibrated)
 
     @classmethod
     def _onnx(cls, path: Path) -> Predictor:

@@ -28,7 +28,7 @@ SIGNIFICANCE = 0.05
 OVERFIT_RISE = 0.10
 OVERFIT_GAP = 2.0
 OVERFIT_MIN_EPOCHS = 3
-FACTORS = ("size", "model", "dataset")
+FACTORS = ("size", "model", "variant", "dataset")
 
 
 @dataclass
@@ -82,7 +82,11 @@ def compare(experiments, n_boot: int = BOOTSTRAP_RESAMPLES) -> list[Comparison]:
                         paired,
                         bootstrap_difference(a.side, b.side, paired, n_boot),
                         mcnemar_per_seed(a.side, b.side, a.seeds, b.seeds) if paired else None,
-                        differing_settings(a, b),
+                        [
+                            k
+                            for k in differing_settings(a, b)
+                            if factor != "variant" or k not in {*a.variant_settings, *b.variant_settings}
+                        ],
                     )
                 )
     return comparisons

@@ -205,8 +205,9 @@ def confusion(experiment, out: Path) -> list[Path]:
     return save_figure(figure, out / f"confusion_{experiment.name}")
 
 
-def study_figures(experiments, out: Path) -> dict[str, list[Path]]:
-    """Every figure of the report; returns {figure key: [png, svg]}."""
+def study_figures(experiments, out: Path, robustness: list[dict] | None = None) -> dict[str, list[Path]]:
+    """Every figure of the report (``robustness``: :func:`..experiments.results.robustness_rows`, when
+    the runs were tested under corruptions); returns {figure key: [png, svg]}."""
     out.mkdir(parents=True, exist_ok=True)
     colours = experiment_colours(experiments)
     figures = {"loss_curves": loss_curves(experiments, out)}
@@ -218,7 +219,29 @@ def study_figures(experiments, out: Path) -> dict[str, list[Path]]:
     figures["reliability"] = studyreliability(experiments, out)
     for e in experiments:
         figures[f"confusion_{e.name}"] = confusion(e, out)
+    if robustness:
+        figures["robustness"] = robustness_comparison(robustness, colours, out)
     return figures
+
+
+def robustness_comparison(rows: list[dict], colours: dict, out: Path) -> list[Path]:
+    """Each experiment's test accuracy against corruption severity (0: clean; each severity the mean
+    over its corruptions and seeds)."""
+    figure, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for row in rows:
+        ax.plot(
+            [0, *row["severities"]],
+            row["acc_by_severity"],
+            marker="o",
+            color=colours.get(row["experiment"]),
+            label=f"{shorten(row['experiment'], 48)} (mean corrupted {row['corrupted_acc']:.3f})",
+        )
+    ax.set_xlabel("corruption severity (0: clean)")
+    ax.set_ylabel("test accuracy")
+    ax.set_xticks(range(0, max(max(r["severities"]) for r in rows) + 1))
+    _legend_below(ax, columns=1)
+    figure.suptitle("Accuracy under corruption (mean over corruptions and seeds)")
+    return save_figure(figure, out / "robustness")
 
 
 def studyreliability(experiments, out: Path) -> list[Path]:

@@ -12,7 +12,8 @@ from .. import __version__
 from ..data import get_dataset_info
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import CALIBRATION_METRICS
-from ..experiments.results import conformal_rows, ensemble_rows, load_experiments, results_rows
+from ..evaluation.robustness import bootstrap_mean_difference
+from ..experiments.results import conformal_rows, ensemble_rows, load_experiments, results_rows, robustness_rows
 from ..io import atomic_path
 from ..models import available_models
 from ..tasks import Task
@@ -30,6 +31,10 @@ def _ci(d: dict) -> str:
     return f"{d['difference']:+.4f} ({d['ci_low']:+.4f} to {d['ci_high']:+.4f})"
 
 
+def _with_ci(value: float, ci: list[float]) -> str:
+    return f"{value:.4f} ({ci[0]:.4f}–{ci[1]:.4f})"
+
+
 def _level(experiment, factor: str, t: dict) -> str:
     value = getattr(experiment, factor)
     return t["pixels"].format(size=value) if factor == "size" else str(value)
@@ -44,10 +49,18 @@ def _setting_value(value: str, t: dict) -> str:
 
 
 def build_blocks(
-    study, experiments, rows, figures: dict, lang: str, n_boot: int, ensembles: list[dict] | None = None
+    study,
+    experiments,
+    rows,
+    figures: dict,
+    lang: str,
+    n_boot: int,
+    ensembles: list[dict] | None = None,
+    robustness: list[dict] | None = None,
 ) -> list[tuple]:
     """The report as a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows),
-    ("figure", png path, caption). Every statement comes from the runs' own records."""
+    ("figure", png path, caption). Every statement comes from the runs' own records
+    (``robustness``: :func:`..experiments.results.robustness_rows`)."""
     t, names = TEXTS[lang], METRIC_NAMES[lang]
     first = experiments[0].records[0]
     env = first["environment"]
@@ -137,9 +150,13 @@ def build_blocks(
     ensembles = ensembles or []
     measured = [
         [
-            t["ensemble_row"].format(dataset=r["dataset"], model=r["model"], n=len(r["seeds"].split()))
+            t["ensemble_row"].format(
+                dataset=r["dataset"],
+                model=" · ".join(filter(None, (r["model"], r.get("variant")))),
+                n=len(r["seeds"].split()),
+            )
             if r.get("ensemble")
-            else f"{r['dataset']} · {r['model']}",
+            else " · ".join(filter(None, (r["dataset"], r["model"], r.get("variant")))),
             str(r["size"]),
             metric_cell(r, "acc"),
             metric_cell(r, "f1_macro"),
@@ -207,6 +224,38 @@ def build_blocks(
         if short:
             blocks.append(("p", t["conformal_short"].format(names=", ".join(short))))
 
+    robustness = robustness or []
+    if robustness:
+        sources = {r["corruptions"] for r in robustness}
+        severity_sets = {tuple(r["severities"]) for r in robustness}
+        counts = {r["n_corruptions"] for r in robustness}
+        blocks.append(
+            (
+                "p",
+                t["robustness_intro"].format(
+                    n=" / ".join(map(str, sorted(counts))),
+                    severities=" / ".join(", ".join(map(str, s)) for s in sorted(severity_sets)),
+                    source=t["robustness_source"][sources.pop() if len(sources) == 1 else "mixed"],
+                ),
+            )
+        )
+        table(
+            t["robustness_caption"],
+            t["robustness_header"],
+            [
+                [
+                    r["experiment"],
+                    _with_ci(r["clean_acc"], r["clean_acc_ci"]),
+                    _with_ci(r["corrupted_acc"], r["corrupted_acc_ci"]),
+                    _with_ci(r["acc_drop"], r["acc_drop_ci"]),
+                    f"{r['mce']:.4f}",
+                    f"{r['relative_mce']:.4f}",
+                    f"{r['worst_corruption']} ({r['worst_ce']:.4f})",
+                ]
+                for r in robustness
+            ],
+        )
+
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         chosen = [(e, r) for e, r in zip(experiments, rows) if e.dataset == dataset and e.task != Task.BINARY]
         if chosen:
@@ -251,6 +300,9 @@ def build_blocks(
     blocks.append(("figure", figures["all_experiments"][0], t["fig_all"].format(n=number)))
     number += 1
     blocks.append(("figure", figures["reliability"][0], t["fig_reliability"].format(n=number)))
+    if "robustness" in figures:
+        number += 1
+        blocks.append(("figure", figures["robustness"][0], t["fig_robustness"].format(n=number)))
     for e in experiments:
         number += 1
         blocks.append(
@@ -258,7 +310,13 @@ def build_blocks(
         )
 
     blocks.append(("h2", t["discussion"]))
-    for factor, title in (("dataset", "dataset_title"), ("size", "size_title"), ("model", "model_title")):
+    tested = {r["experiment"]: r for r in robustness}
+    for factor, title in (
+        ("dataset", "dataset_title"),
+        ("size", "size_title"),
+        ("model", "model_title"),
+        ("variant", "variant_title"),
+    ):
         chosen = [c for c in comparisons if c.factor == factor]
         if not chosen:
             continue
@@ -284,11 +342,8 @@ def build_blocks(
                 continue
             d = c.difference
             fixed = c.fixed.get("dataset", c.a.dataset)
-            context = (
-                c.fixed.get("model", c.a.model)
-                if factor == "size"
-                else t["pixels"].format(size=c.fixed.get("size", c.a.size))
-            )
+            pixels = t["pixels"].format(size=c.fixed.get("size", c.a.size))
+            context = {"size": c.fixed.get("model", c.a.model), "variant": f"{c.a.model}, {pixels}"}.get(factor, pixels)
             blocks.append(
                 (
                     "p",
@@ -307,6 +362,28 @@ def build_blocks(
                     + confounded,
                 )
             )
+            if c.paired and c.a.name in tested and c.b.name in tested:
+                a, b = tested[c.a.name], tested[c.b.name]
+                delta, (low, high) = bootstrap_mean_difference(a["per_seed_corrupted"], b["per_seed_corrupted"], n_boot)
+                delta_clean, (low_clean, high_clean) = bootstrap_mean_difference(
+                    a["per_seed_clean"], b["per_seed_clean"], n_boot
+                )
+                blocks.append(
+                    (
+                        "p",
+                        t["robustness_difference"].format(
+                            a=_level(c.a, factor, t),
+                            b=_level(c.b, factor, t),
+                            context=f"{fixed}, {context}",
+                            delta=delta,
+                            low=low,
+                            high=high,
+                            delta_clean=delta_clean,
+                            low_clean=low_clean,
+                            high_clean=high_clean,
+                        ),
+                    )
+                )
         if factor == "dataset":
             blocks.append(("p", t["unpaired_note"]))
 
@@ -408,9 +485,10 @@ def write_report(
     lang: str = "en",
     n_boot: int = BOOTSTRAP_RESAMPLES,
     ensembles: list[dict] | None = None,
+    robustness: list[dict] | None = None,
 ) -> tuple[Path, Path]:
     """Write report.md and report.html into ``study_dir`` atomically; returns their paths."""
-    blocks = build_blocks(study, experiments, rows, figures, lang, n_boot, ensembles)
+    blocks = build_blocks(study, experiments, rows, figures, lang, n_boot, ensembles, robustness)
     md_path, html_path = study_dir / "report.md", study_dir / "report.html"
     with atomic_path(md_path) as tmp:
         tmp.write_text(render_markdown(blocks, study_dir), encoding="utf-8")
@@ -428,6 +506,7 @@ def write_study_outputs(study, study_dir: str | Path, n_boot: int = BOOTSTRAP_RE
     rows = results_rows(experiments, n_boot)
     ensembles = ensemble_rows(experiments, rows, n_boot)
     write_results_table(rows + ensembles, study_dir)
-    figures = study_figures(experiments, study_dir / "figures")
-    md_path, html_path = write_report(study, experiments, rows, figures, study_dir, lang, n_boot, ensembles)
+    robustness = robustness_rows(experiments, n_boot)
+    figures = study_figures(experiments, study_dir / "figures", robustness)
+    md_path, html_path = write_report(study, experiments, rows, figures, study_dir, lang, n_boot, ensembles, robustness)
     return {"results": study_dir / "results.md", "figures": figures, "report": md_path, "report_html": html_path}

@@ -45,7 +45,7 @@ def write_results_table(rows: list[dict], study_dir: str | Path) -> None:
     for r in rows:
         seeds = f"{r['seeds']} (ensemble)" if r.get("ensemble") else r["seeds"]
         lines.append(
-            f"| {r['dataset']} | {r['size']} | {r['model']} | {seeds} | "
+            f"| {r['dataset']} | {r['size']} | {' · '.join(filter(None, (r['model'], r.get('variant'))))} | {seeds} | "
             + " | ".join(metric_cell(r, m) for m in METRICS)
             + f" | {_number(r['best_epoch'])} | {r['train_seconds']:.0f} s | {r['images_per_s']:.0f} |"
         )

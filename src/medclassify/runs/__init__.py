@@ -1,5 +1,5 @@
 """Run folders: their files and readers (``files``) and what can be done again with a finished run
-(``operations``: evaluate, calibrate). Attributes load on first use, so that reading a file name
+(``operations``: evaluate, calibrate, test robustness). Attributes load on first use, so that reading a file name
 does not import torch."""
 
 import lazy_loader as lazy
@@ -12,10 +12,14 @@ __getattr__, __dir__, __all__ = lazy.attach(
             "CONFIG_FILE",
             "HISTORY_FILE",
             "LAST_FILE",
+            "MODEL_CARD_FILE",
             "METRICS_FILE",
             "ONNX_FILE",
             "PREDICTIONS_FILE",
             "RELIABILITY_FIGURE",
+            "ROBUSTNESS_FIGURE",
+            "ROBUSTNESS_IMAGES",
+            "ROBUSTNESS_TABLE",
             "RUN_FILES",
             "RunDir",
             "load_checkpoint",
@@ -23,6 +27,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
             "result_files",
             "save_checkpoint",
         ],
+        "card": ["model_card", "write_model_card"],
         "ensemble": ["EnsembleResult", "make_ensemble"],
         "operations": [
             "TorchBackend",
@@ -31,6 +36,8 @@ __getattr__, __dir__, __all__ = lazy.attach(
             "check_bundle_fits",
             "evaluate_run",
             "load_run_data",
+            "robustness_held_run",
+            "robustness_run",
         ],
     },
 )

@@ -27,6 +27,10 @@ LAST_FILE = "last.pt"
 ONNX_FILE = "model.onnx"
 RELIABILITY_FIGURE = "reliability"  # .png and .svg
 CONFORMAL_FIGURE = "conformal"  # .png and .svg
+ROBUSTNESS_TABLE = "robustness.csv"
+ROBUSTNESS_IMAGES = "robustness.npz"  # per test image: right or wrong, clean and under each corruption
+ROBUSTNESS_FIGURE = "robustness"  # .png and .svg
+MODEL_CARD_FILE = "MODEL_CARD.md"
 # Any of these in a folder means a run was (or is being) written there.
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE)
 
@@ -192,6 +196,20 @@ class RunDir:
 
     def predictions(self) -> list[dict]:
         return read_csv(self.predictions_path)
+
+    def test_scores(self, multi_label: bool):
+        """Test labels (multi-label: N x labels of 0/1) and probabilities from ``predictions.csv``."""
+        import numpy as np
+
+        rows = self.predictions()
+        probs = np.array([[float(v) for k, v in row.items() if k.startswith("prob_")] for row in rows])
+        if multi_label:
+            truth = np.zeros_like(probs, dtype=int)
+            for i, row in enumerate(rows):
+                truth[i, [int(j) for j in row["true"].split(";") if j]] = 1
+        else:
+            truth = np.array([int(row["true"]) for row in rows])
+        return truth, probs
 
     def bundle(self) -> dict:
         """``best.pt``: the model, its preprocessing, dataset facts, calibration and operating point."""

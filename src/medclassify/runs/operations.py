@@ -12,22 +12,29 @@ import torch
 
 from ..config import TrainConfig
 from ..data import LoadedDataset, Normalization, load_dataset
+from ..data.corruptions import REFERENCE_SIZE, corruption_set
 from ..data.images import normalise_pixels
+from ..defaults import SEVERITIES
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluation import classification_metrics, evaluate_model, write_results
 from ..evaluation.calibration import CALIBRATION_METHODS, fit_temperature, negative_log_likelihood
 from ..evaluation.conformal import check_level, coverage_report, fit_conformal, prediction_sets
-from ..evaluation.figures import conformal_figure, reliability_diagram
+from ..evaluation.figures import conformal_figure, reliability_diagram, robustness_figure
 from ..evaluation.metrics import CALIBRATION_METRICS
+from ..evaluation.robustness import ROBUSTNESS_COLUMNS, evaluate_robustness, robustness_summary
 from ..evaluation.threshold import choose_threshold, operating_point, parse_rule
-from ..io import folder_lock, write_json
+from ..io import atomic_path, folder_lock, write_csv, write_json
 from ..models import model_from_spec
 from ..runtime.environment import select_device
 from ..tasks import Task, probabilities_from_logits
+from .card import write_model_card
 from .files import (
     CONFORMAL_FIGURE,
     METRICS_FILE,
     RELIABILITY_FIGURE,
+    ROBUSTNESS_FIGURE,
+    ROBUSTNESS_IMAGES,
+    ROBUSTNESS_TABLE,
     RunDir,
     load_checkpoint,
     result_files,
@@ -90,6 +97,20 @@ class TorchBackend:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+
+def _logits_function(backend: TorchBackend, prep: dict, batch_size: int = 256):
+    """8-bit images (N x C x H x W, NumPy) -> the bundle model's logits, batch by batch."""
+
+    def logits_of(pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [
+                backend(normalise_pixels(pixels[i : i + batch_size], prep["mean"], prep["std"]))
+                for i in range(0, len(pixels), batch_size)
+            ]
+        )
+
+    return logits_of
 
 
 def evaluate_run(
@@ -173,9 +194,11 @@ def calibrate_run(
     run = RunDir(run_dir)
     config = run.config(data_dir)
     with folder_lock(run.path, "calibrate"):
-        return calibrate_held_run(
+        done = calibrate_held_run(
             run.path, config, method, device, threshold, positive_class, conformal, conformal_score, mondrian
         )
+        write_model_card(run.path)
+        return done
 
 
 def _positive_index(class_names: list[str], task: str, positive_class: str | None) -> int:
@@ -211,18 +234,12 @@ def calibrate_held_run(
     backend = TorchBackend(bundle, run.best_path, device)
     prep = bundle["preprocessing"]
     data = load_run_data(config)
+    check_bundle_fits(bundle, data, run.best_path)
     positive = _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
     if conformal is not None and data.multi_label:
         raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {config.dataset} is {data.task}")
 
-    def logits_of(pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return np.concatenate(
-            [
-                backend(normalise_pixels(pixels[i : i + batch_size], prep["mean"], prep["std"]))
-                for i in range(0, len(pixels), batch_size)
-            ]
-        )
-
+    logits_of = _logits_function(backend, prep)
     split_logits = {split: logits_of(data.splits[split].images.numpy()) for split in ("val", "test")}
     labels = {split: data.splits[split].labels.numpy() for split in ("val", "test")}
     metrics = run.metrics()
@@ -293,3 +310,86 @@ def calibrate_held_run(
     save_checkpoint(run.best_path, bundle)
     write_json(run.metrics_path, metrics)
     return done
+
+
+def robustness_run(
+    run_dir: str | Path,
+    corruptions: str = "auto",
+    data_dir: str | None = None,
+    device: str = "auto",
+    severities: tuple[int, ...] = SEVERITIES,
+    seed: int | None = None,
+) -> dict:
+    """Evaluate the run's bundle on its test split clean and under corruptions
+        (:func:`.data.corruptions.corruption_set`: ``auto``, ``medmnistc`` or ``generic``) and write
+        ``robustness.csv``, ``robustness.npz`` (per image: right or wrong, clean and per variant), the
+        figure, and ``metrics.json``'s ``robustness`` record. The random corruptions (noise, blur
+    directions) are drawn from ``seed`` (default: the run's). Returns that record."""
+    if not severities or any(s not in SEVERITIES for s in severities):
+        raise ConfigError(f"--severities {severities}: expected severities from {SEVERITIES[0]} to {SEVERITIES[-1]}")
+    run = RunDir(run_dir)
+    config = run.config(data_dir)
+    with folder_lock(run.path, "robustness"):
+        record = robustness_held_run(
+            run.path, config, corruptions, device, severities, config.seed if seed is None else seed
+        )
+        write_model_card(run.path)
+        return record
+
+
+def robustness_held_run(
+    run_dir: Path,
+    config: TrainConfig,
+    corruptions: str = "auto",
+    device: str = "auto",
+    severities: tuple[int, ...] = SEVERITIES,
+    seed: int = 0,
+) -> dict:
+    """:func:`robustness_run` for a run folder this process already holds (``train --robustness``)."""
+    run = RunDir(run_dir)
+    if not run.is_finished():
+        raise CheckpointError(f"{run.path}: no {METRICS_FILE}; test the robustness of a finished run")
+    bundle = run.bundle()
+    data = load_run_data(config)
+    check_bundle_fits(bundle, data, run.best_path)
+    which, chosen = corruption_set(config.dataset_name, data.channels, corruptions)
+    logits_of = _logits_function(TorchBackend(bundle, run.best_path, device), bundle["preprocessing"])
+    temperature = float((bundle.get("calibration") or {}).get("temperature", 1.0))
+    conformal = bundle.get("conformal") if not data.multi_label else None
+    test = data.splits["test"]
+
+    def probabilities_of(images) -> np.ndarray:
+        return probabilities_from_logits(logits_of(images.numpy()) / temperature, data.multi_label)
+
+    result = evaluate_robustness(
+        probabilities_of, test.images, test.labels.numpy(), data.task, chosen, severities, seed, conformal
+    )
+    summary = robustness_summary(result)
+    write_csv(
+        run / ROBUSTNESS_TABLE,
+        list(ROBUSTNESS_COLUMNS),
+        ([row[c] for c in ROBUSTNESS_COLUMNS] for row in result.rows),
+    )
+    with atomic_path(run / ROBUSTNESS_IMAGES) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, clean=result.clean_correct, corrupted=result.corrupted_correct)
+    robustness_figure(result.rows, summary, run / ROBUSTNESS_FIGURE)
+    record = {
+        **summary,
+        "corruptions": which,
+        "dataset": config.dataset_name,
+        "image_size": data.size,
+        "reference_size": REFERENCE_SIZE,
+        "seed": seed,
+        "temperature": temperature,
+        "conformal_target": 1 - conformal["alpha"] if conformal else None,
+        "clean_coverage": result.rows[0]["coverage"],
+        "corrupted_coverage": _mean_or_none([row["coverage"] for row in result.rows[1:]]),
+    }
+    metrics = run.metrics()
+    metrics["robustness"] = record
+    write_json(run.metrics_path, metrics)
+    return record
+
+
+def _mean_or_none(values: list) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))

@@ -14,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,14 +29,33 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import TrainConfig, parse_duration
-from ..data import BatchAugment, BatchLoader, LoadedDataset, Normalization, Split, compute_normalization, tta_views
+from ..data import (
+    BatchAugment,
+    BatchLoader,
+    LoadedDataset,
+    Normalization,
+    Split,
+    compute_normalization,
+    corruption_set,
+    tta_views,
+)
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
 from ..evaluation.conformal import conformal_summary
 from ..evaluation.metrics import SplitMetrics
+from ..evaluation.robustness import robustness_line
 from ..io import folder_lock, write_csv, write_json
 from ..models import count_parameters, create_model
-from ..runs import RUN_FILES, RunDir, calibrate_held_run, load_checkpoint, load_run_data, save_checkpoint
+from ..runs import (
+    RUN_FILES,
+    RunDir,
+    calibrate_held_run,
+    load_checkpoint,
+    load_run_data,
+    robustness_held_run,
+    save_checkpoint,
+    write_model_card,
+)
 from ..runs.files import BundleMetadata, ModelSpec
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
 from ..runtime.environment import environment_record, seed_everything
@@ -51,6 +71,7 @@ from .recipe import (
     freeze_batchnorm_statistics,
     set_backbone_trainable,
 )
+from .tracking import open_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -227,11 +248,13 @@ def train_one_epoch(
     return loss_sum / count
 
 
-def train(config: TrainConfig) -> RunResult:
+def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Train, validate every epoch, keep the best checkpoint, and evaluate it on the test split.
 
     Under ``torchrun`` every process runs this function: DistributedDataParallel over the processes,
-    each with its share of every batch; rank 0 alone prints and writes files."""
+    each with its share of every batch; rank 0 alone prints and writes files. ``on_epoch(row)`` sees
+    each epoch's history row once it is saved (a hyper-parameter search prunes there: an exception
+    it raises stops the run, whose ``last.pt`` stays)."""
     started = time.perf_counter()
     config.validate()
     check_run_folder(config)
@@ -242,11 +265,14 @@ def train(config: TrainConfig) -> RunResult:
             if config.resume and (finished := session.resume()) is not None:
                 return finished
             session.write_run_record()
+            session.open_trackers()
             session.log_start()
             for epoch in range(session.progress.epoch + 1, session.config.epochs + 1):
                 if session.stopper.should_stop:
                     break
-                session.run_epoch(epoch)
+                row = session.run_epoch(epoch)
+                if on_epoch is not None:
+                    on_epoch(row)
             return session.finish()
     finally:
         shutdown(context)
@@ -293,6 +319,7 @@ class TrainingSession:
     progress: Progress = field(default_factory=Progress)
     trained: torch.nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun
     frozen: bool | None = None
+    trackers: list = field(default_factory=list)  # TensorBoard / MLflow with --track (main process)
 
     # ---- prepare: data -> model -> loss, optimiser, schedule -> batches ----------------------------
     @classmethod
@@ -373,6 +400,13 @@ class TrainingSession:
     @property
     def main(self) -> bool:
         return self.context.is_main
+
+    def open_trackers(self) -> None:
+        """TensorBoard / MLflow as ``--track`` asks (the main process only)."""
+        if self.main:
+            self.trackers = open_trackers(
+                self.config.track, self.run.path, self.run.record(), self.config.mlflow_parent
+            )
 
     def log(self, message: str) -> None:
         if self.main and not self.config.quiet:
@@ -579,6 +613,8 @@ class TrainingSession:
         progress = self.progress
         progress.history.append(row)
         progress.epoch = epoch
+        for tracker in self.trackers:
+            tracker.log_epoch(row)
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
         improved = self.stopper.step(selected)  # every process sees the same gathered metrics, so they agree
         if improved:
@@ -650,6 +686,13 @@ class TrainingSession:
             save_checkpoint(run.best_path, bundle)
             if config.calibrate != "none" or config.threshold is not None or config.conformal is not None:
                 metrics.update(self._calibrate())
+            if config.robustness != "none":
+                record = robustness_held_run(run.path, config, config.robustness, str(self.device), seed=config.seed)
+                self.log(f"robustness ({record['corruptions']} corruptions): {robustness_line(record)}")
+                metrics["robustness"] = record
+            write_model_card(run.path)
+            for tracker in self.trackers:
+                tracker.finish(run.path, run.metrics(), progress.history)
         barrier(self.context)
         return RunResult(
             run.path,
@@ -700,8 +743,15 @@ def _train_loader(config, data, normalization, device, rng: ProcessRng, sampler,
         sampler=sampler,
         sample_weights=balanced_sample_weights(train_split.labels) if config.sampler == "balanced" else None,
         epoch_size=epoch_size if context.enabled else None,
-        augment=BatchAugment(config.augment, data.orientation, rng.augment) if config.augment != "none" else None,
+        augment=_augmentation(config, data, rng.augment),
     )
+
+
+def _augmentation(config: TrainConfig, data, generator: torch.Generator) -> BatchAugment | None:
+    if config.augment == "none":
+        return None
+    corruptions = corruption_set(config.dataset_name, data.channels)[1] if config.augment == "medmnistc" else None
+    return BatchAugment(config.augment, data.orientation, generator, corruptions)
 
 
 def _with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:

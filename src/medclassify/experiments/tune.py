@@ -1,0 +1,478 @@
+"""Hyper-parameter search with Optuna: a search space over TrainConfig fields in YAML, trials that
+are ordinary run folders, pruning after each epoch, and a search that resumes where it stopped.
+
+```yaml
+name: blood-search
+base: {dataset: bloodmnist, model: bn-cnn, epochs: 4}   # any TrainConfig keys (a recipe too)
+space:
+  lr: {low: 1.0e-4, high: 1.0e-2, log: true}
+  weight_decay: {low: 0.0, high: 1.0e-3}
+  batch_size: {choices: [32, 64, 128]}
+  augment: {choices: [none, exact]}
+metric: val_auc       # val_acc, val_auc, val_f1 (maximised) or val_loss (minimised): validation only
+trials: 12            # and/or timeout: 30m
+pruner: median        # median, asha or none
+seed: 0               # the sampler's seed (TPE)
+```
+
+The study's state lives in ``TUNE/optuna.db`` (SQLite), so running the command again continues the
+search: finished and pruned trials are kept, a trial cut off by the interruption is tried again, and
+the budget counts what was already done. Each trial trains into ``TUNE/trials/trial_NNN``. When the
+budget is spent, the best configuration is written as ``TUNE/best.yaml`` (a recipe: ``--recipe
+TUNE/best.yaml``), retrained once into ``TUNE/best_run`` and tested there: the only test figures the
+search reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+
+from ..config import TrainConfig, parse_duration, read_yaml_mapping, validation_line
+from ..errors import ConfigError
+from ..io import atomic_path, write_csv
+from ..training import train
+from .runner import STUDY_BACKENDS, ray_session
+from .study import NAME_PATTERN
+
+logger = logging.getLogger(__name__)
+
+METRICS = {"val_acc": "maximize", "val_auc": "maximize", "val_f1": "maximize", "val_loss": "minimize"}
+SELECT = {"val_acc": "acc", "val_auc": "auc", "val_f1": "f1", "val_loss": "loss"}
+# Keys a search decides itself, or that are about the data and not the recipe it writes.
+NOT_SEARCHABLE = {"out", "resume", "quiet", "track", "mlflow_parent"}
+NOT_IN_RECIPE = {"dataset", "size", "data_dir", "out", "resume", "quiet", "seed", "track", "mlflow_parent", "download"}
+INSTALL = "pip install 'medclassify[tune]'"
+
+
+class Dimension(BaseModel):
+    """One searched field: ``choices``, or a range ``low``..``high`` (``log``: sampled on a log scale;
+    ``step``: a grid; integers when both ends are integers)."""
+
+    model_config = ConfigDict(extra="forbid")
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either a non-empty 'choices' list or 'low' and 'high'")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a range needs 'low' < 'high'")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs 'low' > 0")
+        return self
+
+    def integer(self) -> bool:
+        return float(self.low).is_integer() and float(self.high).is_integer() and (self.step or 1).is_integer()
+
+
+class SearchSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+    base: dict[StrictStr, Any] = {}
+    space: Annotated[dict[StrictStr, Dimension], Field(min_length=1)]
+    metric: Literal["val_acc", "val_auc", "val_f1", "val_loss"] = "val_auc"
+    trials: Annotated[int, Field(ge=1, le=10_000)] | None = 12
+    timeout: StrictStr | None = None
+    pruner: Literal["median", "asha", "none"] = "median"
+    seed: int = 0
+
+
+@dataclass
+class Search:
+    """A search file, checked: every field in ``space`` is a TrainConfig key and ``base`` a valid run."""
+
+    name: str
+    base: dict
+    space: dict[str, Dimension]
+    metric: str
+    trials: int | None
+    timeout: float | None
+    pruner: str
+    seed: int
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Search:
+        values = read_yaml_mapping(path, "search YAML", "a mapping with name, base, space, metric, trials")
+        try:
+            checked = SearchSchema.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(validation_line(str(path), exc)) from None
+        if checked.trials is None and checked.timeout is None:
+            raise ConfigError(f"{path}: give a budget: trials, timeout or both")
+        known = set(TrainConfig.__dataclass_fields__)
+        bad = sorted(k for k in checked.space if k.replace("-", "_") not in known - NOT_SEARCHABLE)
+        if bad:
+            raise ConfigError(f"{path}: space: {', '.join(bad)} cannot be searched; use TrainConfig keys")
+        search = cls(
+            checked.name,
+            {k.replace("-", "_"): v for k, v in checked.base.items()},
+            {k.replace("-", "_"): v for k, v in checked.space.items()},
+            checked.metric,
+            checked.trials,
+            parse_duration(checked.timeout) if checked.timeout else None,
+            checked.pruner,
+            checked.seed,
+        )
+        TrainConfig.from_dict(search.base, source=f"{path}: base").validate()
+        return search
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(f"tune needs Optuna: {INSTALL}") from None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed and interrupted trials: trials.csv says why
+    return optuna
+
+
+def _suggest(trial, name: str, dimension: Dimension):
+    if dimension.choices is not None:
+        return trial.suggest_categorical(name, dimension.choices)
+    if dimension.integer():
+        return trial.suggest_int(
+            name, int(dimension.low), int(dimension.high), step=int(dimension.step or 1), log=dimension.log
+        )
+    return trial.suggest_float(name, dimension.low, dimension.high, step=dimension.step, log=dimension.log)
+
+
+def _study(search: Search, tune_dir: Path):
+    optuna = _optuna()
+    pruner = {
+        "median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        "asha": optuna.pruners.SuccessiveHalvingPruner(),
+        "none": optuna.pruners.NopPruner(),
+    }[search.pruner]
+    return optuna.create_study(
+        study_name=search.name,
+        storage=f"sqlite:///{tune_dir.resolve() / 'optuna.db'}",
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        pruner=pruner,
+        direction=METRICS[search.metric],
+        load_if_exists=True,
+    )
+
+
+def _objective(search: Search, tune_dir: Path, data_dir: str | None):
+    optuna = _optuna()
+
+    def objective(trial) -> float:
+        values = {name: _suggest(trial, name, dimension) for name, dimension in search.space.items()}
+        out = tune_dir / "trials" / f"trial_{trial.number:03d}"
+        settings = {**search.base, **values, "select_metric": SELECT[search.metric], "out": str(out), "quiet": True}
+        if data_dir:
+            settings["data_dir"] = data_dir
+        trial.set_user_attr("run_dir", str(out))
+        try:
+            config = TrainConfig.from_dict(settings, source=f"trial {trial.number}").validate()
+        except ConfigError as exc:  # an impossible combination (e.g. warm-up longer than the epochs)
+            trial.set_user_attr("error", str(exc))
+            raise
+
+        def report(row: dict) -> None:
+            trial.report(float(row[search.metric]), int(row["epoch"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        try:
+            result = train(config, on_epoch=report)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        values = [float(row[search.metric]) for row in result.history]
+        return min(values) if METRICS[search.metric] == "minimize" else max(values)
+
+    return objective
+
+
+def _remaining(study, search: Search) -> int | None:
+    optuna = _optuna()
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    return None if search.trials is None else max(0, search.trials - len(done))
+
+
+def _requeue_interrupted(study) -> int:
+    """Trials an interruption cut off (Ctrl-C: failed and marked ``interrupted``; a killed process:
+    left running, failed here) get their parameters queued again, once."""
+    states = _optuna().trial.TrialState
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    cut = [
+        t
+        for t in study.trials
+        if (t.state == states.RUNNING or (t.state == states.FAIL and t.user_attrs.get("interrupted")))
+        and t.number not in retried
+    ]
+    for trial in cut:
+        if trial.state == states.RUNNING:
+            study.tell(trial.number, state=states.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return len(cut)
+
+
+def _optimize(search: Search, tune_dir: Path, data_dir: str | None, n_trials: int | None, timeout: float | None):
+    study = _study(search, tune_dir)
+    study.optimize(_objective(search, tune_dir, data_dir), n_trials=n_trials, timeout=timeout, catch=(ConfigError,))
+
+
+def _optimize_in_worker(search, tune_dir, data_dir, n_trials, timeout, threads) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _optimize(search, tune_dir, data_dir, n_trials, timeout)
+
+
+@dataclass
+class SearchResult:
+    tune_dir: Path
+    trials: int
+    complete: int
+    pruned: int
+    failed: int
+    best_value: float | None
+    best_params: dict
+    best_trial: int | None
+    seconds: float  # this session's trials
+    trial_seconds: float  # every trial's training, over all sessions
+    test: dict | None  # the retrained best configuration's test figures
+    files: list[Path]
+
+
+def run_search(
+    search: Search,
+    tune_dir: str | Path,
+    data_dir: str | None = None,
+    workers: int = 1,
+    retrain: bool = True,
+    quiet: bool = False,
+    backend: str = "local",
+    address: str | None = None,
+) -> SearchResult:
+    """Run (or continue) ``search`` into ``tune_dir``: ``workers`` processes (``backend="ray"``: Ray
+    tasks on the cluster at ``address``) share the Optuna storage and the cores. Writes ``trials.csv``,
+    the optimisation-history and importance plots, ``best.yaml`` and, with ``retrain``, ``best_run``
+    and ``report.md``."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if backend not in STUDY_BACKENDS:
+        raise ConfigError(f"--backend {backend}: expected one of {', '.join(STUDY_BACKENDS)}")
+    tune_dir = Path(tune_dir)
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    study = _study(search, tune_dir)
+    requeued = _requeue_interrupted(study)
+    remaining = _remaining(study, search)
+    if not quiet:
+        logger.info(
+            f"search '{search.name}': {len(study.trials) - requeued} trial(s) on record"
+            + (f", {requeued} interrupted one(s) queued again" if requeued else "")
+            + (f", {remaining} to run" if remaining is not None else "")
+        )
+    if remaining != 0:
+        shares = _shares(remaining, workers)
+        if backend == "ray":
+            with ray_session(address) as ray:
+                threads = max(1, int(ray.cluster_resources().get("CPU", 1.0) // workers))
+                task = ray.remote(num_cpus=threads, max_retries=0)(_optimize_in_worker)
+                ray.get([task.remote(search, tune_dir, data_dir, n, search.timeout, threads) for n in shares if n != 0])
+        elif workers == 1:
+            _optimize(search, tune_dir, data_dir, remaining, search.timeout)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                futures = [
+                    pool.submit(_optimize_in_worker, search, tune_dir, data_dir, n, search.timeout, threads)
+                    for n in shares
+                    if n != 0
+                ]
+                for future in futures:
+                    future.result()
+    study = _study(search, tune_dir)
+    return _write_outputs(search, study, tune_dir, data_dir, retrain, time.perf_counter() - started)
+
+
+def _shares(remaining: int | None, workers: int) -> list[int | None]:
+    """Each worker's number of trials (None: until the timeout)."""
+    if remaining is None:
+        return [None] * workers
+    return [remaining // workers + (i < remaining % workers) for i in range(workers)]
+
+
+def _write_outputs(search, study, tune_dir: Path, data_dir, retrain: bool, seconds: float) -> SearchResult:
+    optuna = _optuna()
+    states = optuna.trial.TrialState
+    trials = [t for t in study.trials if t.state != states.RUNNING]
+    names = list(search.space)
+    write_csv(
+        tune_dir / "trials.csv",
+        ["number", "state", search.metric, *names, "epochs_run", "seconds", "run_dir", "note"],
+        (
+            [
+                t.number,
+                t.state.name.lower(),
+                "" if t.value is None else f"{t.value:.6g}",
+                *(t.params.get(n, "") for n in names),
+                len(t.intermediate_values),
+                f"{(t.datetime_complete - t.datetime_start).total_seconds():.1f}" if t.datetime_complete else "",
+                t.user_attrs.get("run_dir", ""),
+                _note(t),
+            ]
+            for t in trials
+        ),
+    )
+    files = [tune_dir / "trials.csv"]
+    complete = [t for t in trials if t.state == states.COMPLETE]
+    best = study.best_trial if complete else None
+    files += _plots(study, tune_dir, len(complete))
+    test = None
+    if best is not None:
+        recipe = {k: v for k, v in {**search.base, **best.params}.items() if k not in NOT_IN_RECIPE}
+        recipe["select_metric"] = SELECT[search.metric]
+        with atomic_path(tune_dir / "best.yaml") as tmp:
+            tmp.write_text(
+                f"# medclassify tune: best of {len(complete)} complete trial(s) of '{search.name}' "
+                f"({search.metric} {best.value:.4f}, trial {best.number})\n" + yaml.safe_dump(recipe, sort_keys=False)
+            )
+        files.append(tune_dir / "best.yaml")
+        if retrain:
+            test = _retrain(search, tune_dir, data_dir)
+            files.append(_report(search, trials, best, test, tune_dir, seconds))
+    return SearchResult(
+        tune_dir,
+        len(trials),
+        len(complete),
+        sum(t.state == states.PRUNED for t in trials),
+        sum(t.state == states.FAIL for t in trials),
+        best.value if best else None,
+        dict(best.params) if best else {},
+        best.number if best else None,
+        seconds,
+        _trial_seconds(trials),
+        test,
+        files,
+    )
+
+
+def _trial_seconds(trials) -> float:
+    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete)
+
+
+def _note(trial) -> str:
+    if "error" in trial.user_attrs:
+        return trial.user_attrs["error"]
+    if "retry_of" in trial.user_attrs:
+        return f"retry of interrupted trial {trial.user_attrs['retry_of']}"
+    return "interrupted" if trial.state.name == "FAIL" else ""
+
+
+def _plots(study, tune_dir: Path, complete: int) -> list[Path]:
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    written = []
+    plots = [("optimization_history", optuna_plots.plot_optimization_history)]
+    if complete >= 2 and len(study.best_trial.params) > 1:
+        plots.append(("param_importances", optuna_plots.plot_param_importances))
+    for name, plot in plots:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            ax = plot(study)
+        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        path = tune_dir / f"{name}.png"
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _retrain(search: Search, tune_dir: Path, data_dir: str | None) -> dict:
+    """The best recipe trained once more from scratch on the search's data, and tested."""
+    out = tune_dir / "best_run"
+    data = {k: v for k, v in search.base.items() if k in NOT_IN_RECIPE}
+    settings = {**data, "recipe": str(tune_dir / "best.yaml"), "out": str(out), "quiet": True}
+    if data_dir:
+        settings["data_dir"] = data_dir
+    config = TrainConfig.from_dict(settings, source=str(tune_dir / "best.yaml"))
+    if (out / "metrics.json").is_file():
+        import json
+
+        return json.loads((out / "metrics.json").read_text())["test"]
+    config.resume = (out / "last.pt").is_file()
+    return train(config).metrics["test"]
+
+
+def _report(search: Search, trials, best, test: dict, tune_dir: Path, seconds: float) -> Path:
+    counts = {state: sum(t.state.name.lower() == state for t in trials) for state in ("complete", "pruned", "fail")}
+    space = "; ".join(
+        f"{name} in {d.choices}"
+        if d.choices is not None
+        else f"{name} {d.low:g}..{d.high:g}{' (log)' if d.log else ''}"
+        for name, d in search.space.items()
+    )
+    lines = [
+        f"# Hyper-parameter search '{search.name}'",
+        "",
+        f"{len(trials)} trial(s): {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed; "
+        f"Optuna TPE (seed {search.seed}), {search.pruner} pruning; {_trial_seconds(trials):.0f} s of trials in all "
+        f"({seconds:.0f} s in the last session).",
+        f"Space: {space}. Base: {', '.join(f'{k}={v}' for k, v in search.base.items())}.",
+        "",
+        f"Best trial {best.number}: validation {search.metric} {best.value:.4f} with "
+        + ", ".join(f"{k}={v}" for k, v in best.params.items())
+        + ". Recipe: `best.yaml` (`medclassify train --recipe best.yaml ...`).",
+        "",
+        f"Retrained once from scratch (`best_run/`), test split ({test['n']} images): ACC {test['acc']:.4f}, "
+        f"macro-AUC {test['auc']:.4f}, macro-F1 {test['f1_macro']:.4f}.",
+        "",
+        f"Trials were compared on validation {search.metric} alone. Their run folders also hold test figures "
+        "(every run writes them), which the search never read; the test figures above come from the retrained "
+        "best configuration only.",
+        "",
+        "![Optimisation history](optimization_history.png)",
+    ]
+    if (tune_dir / "param_importances.png").is_file():
+        lines += ["", "![Parameter importances](param_importances.png)"]
+    path = tune_dir / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def summary(result: SearchResult, metric: str) -> str:
+    """One paragraph from a search's result."""
+    text = (
+        f"{result.trials} trial(s) ({result.complete} complete, {result.pruned} pruned, {result.failed} failed), "
+        f"{result.trial_seconds:.0f} s of trials in all ({result.seconds:.0f} s in this session)"
+    )
+    if result.best_value is not None and not math.isnan(result.best_value):
+        text += f"; best: trial {result.best_trial}, validation {metric} {result.best_value:.4f} with " + ", ".join(
+            f"{k}={v}" for k, v in result.best_params.items()
+        )
+    if result.test:
+        text += (
+            f"; retrained best, test ACC {result.test['acc']:.4f}, AUC {result.test['auc']:.4f}, "
+            f"macro-F1 {result.test['f1_macro']:.4f}"
+        )
+    return text

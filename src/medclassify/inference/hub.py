@@ -1,0 +1,158 @@
+"""A run as a Hugging Face Hub model folder (``save_pretrained``'s layout) and its upload.
+
+The folder holds ``config.json`` (the bundle's description: model, preprocessing, dataset, calibration,
+operating point, conformal thresholds, test figures; marked ``"format": "medclassify.hub"``), the
+weights as ``model.safetensors`` (no pickled code to load), ``preprocessor_config.json`` (size,
+channels, resampling, mean and standard deviation in the Hub's image-processor names) and the run's
+model card as ``README.md``, which the Hub shows. :meth:`.Predictor.from_run` loads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..defaults import PARITY_TOLERANCE
+from ..errors import CheckpointError, ConfigError, first_line
+from ..io import folder_lock
+from ..runs.files import RunDir
+
+HUB_FORMAT = "medclassify.hub"
+HUB_FORMAT_VERSION = 1
+HUB_CONFIG = "config.json"
+HUB_WEIGHTS = "model.safetensors"
+HUB_PREPROCESSOR = "preprocessor_config.json"
+HUB_CARD = "README.md"
+HUB_FOLDER = "hub"  # default folder inside the run
+INSTALL_HUB = "pip install 'medclassify[hub]'"
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ConfigError(f"the Hub format needs safetensors: {INSTALL_HUB}") from None
+    return safetensors.torch
+
+
+def is_hub_folder(path: Path) -> bool:
+    return path.is_dir() and (path / HUB_WEIGHTS).is_file() and (path / HUB_CONFIG).is_file()
+
+
+def load_hub_folder(path: Path) -> dict:
+    """The bundle a Hub folder holds (its description and weights), as ``best.pt`` would give it."""
+    try:
+        description = json.loads((path / HUB_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / HUB_CONFIG}: not readable ({first_line(exc)})") from None
+    if not isinstance(description, dict) or description.get("format") != HUB_FORMAT:
+        raise CheckpointError(f"{path / HUB_CONFIG}: not a medclassify Hub folder (no '{HUB_FORMAT}' format)")
+    if description.get("format_version", 0) > HUB_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer medclassify; upgrade to read it")
+    try:
+        weights = _safetensors().load_file(path / HUB_WEIGHTS, device="cpu")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path / HUB_WEIGHTS}: not readable weights ({first_line(exc)})") from None
+    state = {k: v for k, v in description.items() if k not in ("format", "format_version")}
+    return {**state, "model_state": weights}
+
+
+@dataclass
+class HubExport:
+    path: Path
+    files: list[str]
+    max_abs_diff: float
+    parity_images: int
+    parity_data: str
+
+
+def _preprocessor(prep: dict) -> dict:
+    return {
+        "image_processor_type": "medclassify",
+        "do_resize": True,
+        "size": {"height": prep["size"], "width": prep["size"]},
+        "resample": "bicubic",
+        "do_convert_grayscale": prep["channels"] == 1,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": prep["mean"],
+        "image_std": prep["std"],
+    }
+
+
+def export_hub(run_dir: str | Path, out: str | Path | None = None, data_dir: str | None = None) -> HubExport:
+    """Write ``run_dir``'s bundle as a Hub folder (default ``RUN/hub``), written beside its place and
+    renamed into it once its weights, loaded back, give the run's logits (within the export tolerance)."""
+    from ..runs.card import model_card
+    from .export import max_logit_difference, parity_pixels
+    from .predictor import Predictor, bundle_description
+
+    run = RunDir(run_dir)
+    if not run.path.is_dir() or not run.best_path.is_file():
+        raise CheckpointError(f"{run.path}: the Hub format exports a finished run folder (its best.pt and model card)")
+    out = Path(out) if out is not None else run.path / HUB_FOLDER
+    safetensors = _safetensors()
+    with folder_lock(run.path, "export"):
+        state = run.bundle()
+        reference = Predictor.from_run(run.path, device="cpu", backend="torch", calibrated=False)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            description = {"format": HUB_FORMAT, "format_version": HUB_FORMAT_VERSION, **bundle_description(state)}
+            (staging / HUB_CONFIG).write_text(json.dumps(description, indent=2))
+            weights = {k: v.detach().clone().contiguous() for k, v in state["model_state"].items()}
+            safetensors.save_file(weights, staging / HUB_WEIGHTS, metadata={"format": "pt"})
+            (staging / HUB_PREPROCESSOR).write_text(json.dumps(_preprocessor(state["preprocessing"]), indent=2))
+            (staging / HUB_CARD).write_text(model_card(run.path), encoding="utf-8")
+            loaded = Predictor.from_run(staging, device="cpu", calibrated=False)
+            pixels, parity_data = parity_pixels(run.path, reference, data_dir)
+            difference = max_logit_difference(reference.logits, loaded.logits, pixels, reference.normalise)
+            if not difference <= PARITY_TOLERANCE:
+                raise CheckpointError(
+                    f"{out}: the Hub folder's model differs from best.pt by {difference:.3g}; nothing was written"
+                )
+            _replace_folder(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    files = sorted(p.name for p in out.iterdir())
+    return HubExport(out, files, difference, len(pixels), parity_data)
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Move the finished folder into place, with the permissions a new folder would get (mkdtemp
+    made it private); an earlier export there is removed only afterwards."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    for file in staging.iterdir():
+        file.chmod(0o666 & ~umask)
+    if out.exists() and not is_hub_folder(out):
+        raise CheckpointError(f"{out}: exists and is not a medclassify Hub folder; choose another --out")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def push_to_hub(run_dir: str | Path, repo: str, private: bool = False, token: str | None = None) -> str:
+    """Export the run as a Hub folder (``RUN/hub``) and upload it to the model repository ``repo``
+    (created if needed) through ``huggingface_hub``; returns the commit's URL."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise ConfigError(f"push needs huggingface_hub: {INSTALL_HUB}") from None
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(f"--repo {repo}: expected OWNER/NAME, e.g. alice/bloodmnist-cnn")
+    exported = export_hub(run_dir)
+    api = HfApi(token=token)
+    api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        folder_path=str(exported.path), repo_id=repo, repo_type="model", commit_message="Upload medclassify model"
+    )
+    return str(getattr(commit, "commit_url", commit))

@@ -1,0 +1,296 @@
+"""``MODEL_CARD.md``: a run described in Hugging Face's model-card format (Mitchell et al., 2019).
+
+YAML front matter (library, pipeline tag, the data's licence, tags, datasets, metrics and a
+``model-index`` with the test figures), then intended and out-of-scope use, the training data with
+its citation and licence, the recipe, the test results with intervals, calibration, prediction
+sets and robustness when the run has them, limitations, and how to use the model. Every sentence is
+filled from the run's own records (``config.json``, ``metrics.json``, ``predictions.csv``) or is
+true of every run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .. import __version__
+from ..data.catalog import FOLDER_NAME, get_dataset_info
+from ..defaults import CARD_RESAMPLES
+from ..io import atomic_path
+from ..tasks import Task
+from .files import MODEL_CARD_FILE, RunDir
+
+MEDMNIST_CITATION = (
+    "J. Yang, R. Shi, D. Wei et al., MedMNIST v2 - a large-scale lightweight benchmark for 2D and 3D "
+    "biomedical image classification, Scientific Data 10, 41 (2023)"
+)
+# medmnist.INFO's licence names -> the Hub's licence identifiers
+HUB_LICENSES = {"CC BY 4.0": "cc-by-4.0", "CC BY-NC 4.0": "cc-by-nc-4.0", "CC0 (generated)": "cc0-1.0"}
+RECIPE_KEYS = (
+    "model",
+    "pretrained",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "loss",
+    "label_smoothing",
+    "class_weights",
+    "sampler",
+    "augment",
+    "mix",
+    "ema_decay",
+    "tta",
+    "select_metric",
+    "seed",
+)
+CORRUPTION_NAMES = {"medmnistc": "MedMNIST-C", "generic": "generic"}
+METRIC_LABELS = {
+    "acc": ("accuracy", "Test accuracy"),
+    "f1_macro": ("f1", "Test macro-F1"),
+    "auc": ("roc_auc", "Test macro-AUC"),
+}
+
+
+def _test_intervals(run: RunDir, task: str) -> dict:
+    from ..evaluation.stats import Side, bootstrap_interval
+
+    y_true, scores = run.test_scores(task == Task.MULTI_LABEL)
+    return bootstrap_interval(Side(y_true, [scores], task), CARD_RESAMPLES)
+
+
+def _front_matter(record: dict, metrics: dict, name: str, license_id: str) -> dict:
+    data, config = record["data"], record["config"]
+    dataset = data["name"]
+    return {
+        "library_name": "medclassify",
+        "pipeline_tag": "image-classification",
+        "license": license_id,
+        "tags": ["medical-imaging", "image-classification", "medclassify", dataset, config["model"]]
+        + (["medmnist"] if _info(record) is not None and not _info(record).synthetic else []),
+        "datasets": [dataset],
+        "metrics": [METRIC_LABELS[m][0] for m in METRIC_LABELS],
+        "model-index": [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "image-classification", "name": "Image Classification"},
+                        "dataset": {"name": f"{dataset} ({data['size']} px)", "type": dataset, "split": "test"},
+                        "metrics": [
+                            {"type": kind, "value": round(float(metrics["test"][m]), 4), "name": label}
+                            for m, (kind, label) in METRIC_LABELS.items()
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _info(record: dict):
+    """The catalog entry of the run's dataset; None for an image folder (its name is the folder's)."""
+    flag = (record["config"].get("dataset") or FOLDER_NAME).lower()
+    return get_dataset_info(flag) if flag != FOLDER_NAME else None
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def model_card(run_dir: str | Path) -> str:
+    """The run's model card as Markdown with YAML front matter."""
+    run = RunDir(run_dir)
+    record, metrics = run.record(), run.metrics()
+    data, config, spec = record["data"], record["config"], record["model"]
+    dataset, task, size = data["name"], data["task"], data["size"]
+    info = _info(record)
+    licence = info.license if info else None
+    name = run.path.resolve().name
+    test = metrics["test"]
+    intervals = _test_intervals(run, task)
+    front = _front_matter(record, metrics, name, HUB_LICENSES.get(licence, "other"))
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+    lines += [
+        f"# {spec['name']} on {dataset} ({size} px)",
+        "",
+        f"A `{spec['name']}` CNN ({spec['parameters']:,} parameters) trained with medclassify "
+        f"{record.get('environment', {}).get('packages', {}).get('medclassify', __version__)} to classify "
+        f"{size}×{size} px {'colour' if data['channels'] == 3 else 'grey'} images of {dataset} into "
+        f"{len(data['class_names'])} classes ({task}): {', '.join(data['class_names'])}.",
+        "",
+        "## Intended use",
+        "",
+        f"Research and teaching: a baseline for comparing methods on {dataset} and on images prepared the same "
+        "way, and an example of a trained and documented model.",
+        "",
+        "**Out of scope.** This model is not a medical device. It must not be used to diagnose, treat, triage "
+        "or screen patients, nor on images that do not come from the same kind of source as its training data.",
+        "",
+        "## Training data",
+        "",
+    ]
+    split_sizes = data["source"].get("split_sizes", {})
+    splits = ", ".join(f"{split} {split_sizes[split]:,}" for split in ("train", "val", "test") if split in split_sizes)
+    if info is None:
+        lines += [
+            f"An image folder (MD5 over its files {data['md5']}), split into {splits} images; "
+            "its source and licence are the user's.",
+        ]
+    else:
+        lines += [
+            f"{info.description}",
+            "",
+            f"Splits: {splits} images (MedMNIST's official split). Licence: {licence}"
+            + (" (non-commercial use only)." if "-NC" in licence else "."),
+            f"File MD5: {data['md5']}.",
+        ]
+        if not info.synthetic:
+            lines += ["", f"Sources: {info.source}; {MEDMNIST_CITATION}."]
+    lines += ["", "## Training recipe", ""]
+    lines += _table(["setting", "value"], [[key, config.get(key)] for key in RECIPE_KEYS if key in config])
+    lines += [
+        "",
+        f"Best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')} (selected on validation "
+        f"{metrics.get('select_metric')}). The full configuration, versions and data checksums are in the "
+        "run's `config.json`.",
+        "",
+        f"## Results on the test split ({test['n']:,} images)",
+        "",
+    ]
+    lines += _table(
+        ["metric", "value", "95% CI"],
+        [
+            [label.removeprefix("Test "), f"{test[m]:.4f}", f"{intervals[m][0]:.4f}–{intervals[m][1]:.4f}"]
+            for m, (_, label) in METRIC_LABELS.items()
+        ],
+    )
+    lines += [
+        "",
+        f"Intervals: percentile bootstrap over the test images ({CARD_RESAMPLES} resamples); one trained model, "
+        "so the spread between training runs is not included.",
+    ]
+    if test.get("per_class"):
+        lines += ["", "Per class:", ""]
+        lines += _table(
+            ["class", "precision", "recall", "F1", "AUC", "images"],
+            [
+                [c, *(f"{r[k]:.3f}" if k in r else "–" for k in ("precision", "recall", "f1", "auc")), r["support"]]
+                for c, r in test["per_class"].items()
+            ],
+        )
+    lines += _calibration_lines(metrics)
+    lines += _limitations(record, metrics, info)
+    lines += [
+        "",
+        "## How to use",
+        "",
+        "```bash",
+        "pip install medclassify",
+        f"medclassify predict {name} image.png        # PNG, JPEG, TIFF, DICOM",
+        f"medclassify serve {name}                    # HTTP API and web page",
+        "```",
+        "",
+        "```python",
+        "from medclassify.inference import Predictor",
+        "",
+        f'predictor = Predictor.from_run("{name}")',
+        'print(predictor.predict(["image.png"]).records())',
+        "```",
+        "",
+        f"Images are resized to {size} px and normalised with the stored mean and standard deviation "
+        f"({', '.join(f'{m:.4f}' for m in record['preprocessing']['mean'])} / "
+        f"{', '.join(f'{s:.4f}' for s in record['preprocessing']['std'])}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _calibration_lines(metrics: dict) -> list[str]:
+    lines = []
+    calibrated = metrics.get("calibrated")
+    if calibrated and "temperature" in calibrated:
+        lines += [
+            "",
+            "## Calibration",
+            "",
+            f"Temperature scaling fitted on the validation split: T = {calibrated['temperature']:.4g}; test expected "
+            f"calibration error {calibrated['uncalibrated']['test']['ece']:.4f} before, "
+            f"{calibrated['test']['ece']:.4f} after. `predict` and `serve` apply it.",
+        ]
+    point = metrics.get("operating_point")
+    if point:
+        test = point["test"]
+        lines += [
+            "",
+            f"Operating point for '{point['positive_class']}' ({point['rule']}, chosen on validation): threshold "
+            f"{point['threshold']:.4g}; test sensitivity {test['sensitivity']:.4f}, specificity {test['specificity']:.4f}.",
+        ]
+    conformal = metrics.get("conformal")
+    if conformal:
+        test = conformal["test"]
+        below = [c for c, r in test["by_class"].items() if r["ci"][1] < test["target"]]
+        lines += [
+            "",
+            "## Prediction sets",
+            "",
+            f"Conformal prediction sets ({conformal['score']}, calibrated on validation) for {test['target']:.0%} "
+            f"coverage: test coverage {test['coverage']:.4f} ({test['ci'][0]:.4f}–{test['ci'][1]:.4f}), mean set "
+            f"size {test['mean_size']:.2f}."
+            + (
+                f" Coverage falls short of the target for: {', '.join(below)}."
+                if below
+                else " No class's coverage interval lies below the target."
+            ),
+        ]
+    robustness = metrics.get("robustness")
+    if robustness:
+        lines += [
+            "",
+            "## Robustness",
+            "",
+            f"Under {len(robustness['ce'])} {CORRUPTION_NAMES[robustness['corruptions']]} corruptions at severities "
+            f"{', '.join(map(str, robustness['severities']))}: test accuracy {robustness['corrupted_acc']:.4f} "
+            f"({robustness['corrupted_acc_ci'][0]:.4f}–{robustness['corrupted_acc_ci'][1]:.4f}) against "
+            f"{robustness['clean_acc']:.4f} clean; mCE {robustness['mce']:.4f}; the hardest corruption is "
+            f"{robustness['worst_corruption']} (error {robustness['ce'][robustness['worst_corruption']]:.4f}).",
+        ]
+    return lines
+
+
+def _limitations(record: dict, metrics: dict, info) -> list[str]:
+    data = record["data"]
+    lines = [
+        "",
+        "## Limitations",
+        "",
+        f"- Trained and tested on {data['size']}×{data['size']} px images; fine detail that larger images show is "
+        "not available to it.",
+        "- Tested only on the test split of the same collection as its training images. Its accuracy on images "
+        "from other hospitals, devices, protocols or populations has not been measured and may be lower.",
+    ]
+    conformal = metrics.get("conformal")
+    if conformal and conformal["test"]["ci"][1] < conformal["test"]["target"]:
+        lines.append(
+            "- Its prediction sets cover less than their target on the test split: the test images differ from "
+            "the validation images they were calibrated on."
+        )
+    if info is not None and "-NC" in info.license:
+        lines.append(f"- The training data's licence ({info.license}) allows non-commercial use only.")
+    return lines
+
+
+def write_model_card(run_dir: str | Path) -> Path:
+    """Write (or rewrite) the run's ``MODEL_CARD.md`` atomically; returns its path."""
+    path = Path(run_dir) / MODEL_CARD_FILE
+    text = model_card(run_dir)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
