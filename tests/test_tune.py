@@ -116,6 +116,11 @@ def test_bad_searches_are_refused_with_one_line(tmp_path, capsys):
         assert main(["tune", str(path), "--out", str(tmp_path / "t")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    binary = tmp_path / "image.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    assert main(["tune", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the search YAML" in err
     with pytest.raises(ConfigError, match="no such recipe file"):
         from medclassify.config import load_recipe
 

@@ -391,7 +391,7 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str, empty=None) ->
     a mapping, is one :class:`ConfigError` line naming the file."""
     try:
         values = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not text (UnicodeDecodeError)
         raise ConfigError(f"{path}: cannot read the {what} ({first_line(exc)})") from None
     values = empty if values is None else values
     if not isinstance(values, dict):
@@ -418,7 +418,7 @@ def load_recipe(name: str) -> dict:
         raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)} (or a .yaml file)")
     try:
         values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"--recipe {name}: cannot read the recipe ({first_line(exc)})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--recipe {name}: expected a mapping of TrainConfig keys")

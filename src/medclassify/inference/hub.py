@@ -96,6 +96,8 @@ def export_hub(run_dir: str | Path, out: str | Path | None = None, data_dir: str
     if not run.path.is_dir() or not run.best_path.is_file():
         raise CheckpointError(f"{run.path}: the Hub format exports a finished run folder (its best.pt and model card)")
     out = Path(out) if out is not None else run.path / HUB_FOLDER
+    if out.exists() and not is_hub_folder(out):
+        raise CheckpointError(f"{out}: exists and is not a medclassify Hub folder; choose another --out")
     safetensors = _safetensors()
     with folder_lock(run.path, "export"):
         state = run.bundle()
@@ -131,8 +133,6 @@ def _replace_folder(staging: Path, out: Path) -> None:
     staging.chmod(0o777 & ~umask)
     for file in staging.iterdir():
         file.chmod(0o666 & ~umask)
-    if out.exists() and not is_hub_folder(out):
-        raise CheckpointError(f"{out}: exists and is not a medclassify Hub folder; choose another --out")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         out.rename(old)
