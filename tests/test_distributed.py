@@ -24,7 +24,16 @@ from medclassify.training import train
 
 pytestmark = pytest.mark.slow  # torchrun processes and a Ray instance
 
-RUN_FILES = ["best.pt", "config.json", "history.csv", "last.pt", "medmnist", "metrics.json", "predictions.csv"]
+RUN_FILES = [
+    "MODEL_CARD.md",
+    "best.pt",
+    "config.json",
+    "history.csv",
+    "last.pt",
+    "medmnist",
+    "metrics.json",
+    "predictions.csv",
+]
 
 
 def torchrun_train(*args: str) -> subprocess.CompletedProcess:

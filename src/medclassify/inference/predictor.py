@@ -297,8 +297,6 @@ class Predictor:
                 raise CheckpointError(f"{path}: an ONNX model runs with --backend onnx or auto, not torch")
             return cls._onnx(path)
         checkpoint = path / BEST_FILE if path.is_dir() else path
-        from ..runs import TorchBackend, load_checkpoint
-
         if path.is_dir() and not checkpoint.is_file() and is_hub_folder(path):
             if backend == "onnx":
                 raise CheckpointError(f"{path}: a Hub folder runs with --backend torch or auto, not onnx")
@@ -318,7 +316,11 @@ class Predictor:
                 raise CheckpointError(
                     f"{path}: a PyTorch bundle; export it to ONNX first ('medclassify export {path}')"
                 )
+            from ..runs import load_checkpoint
+
             source, state = checkpoint, load_checkpoint(checkpoint)
+        from ..runs import TorchBackend  # torch only here: an ONNX model returned above without it
+
         metadata = bundle_description(state)
         _check_bundle(metadata, source)
         return cls(metadata, TorchBackend(state, source, device), source, calibrated)
