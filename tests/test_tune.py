@@ -74,7 +74,7 @@ def test_a_search_resumes_without_repeating_trials_and_its_best_recipe_trains(tm
     values = [float(t["val_acc"]) for t in trials if t["state"] == "complete"]
     chosen = next(t for t in trials if t["state"] == "complete" and float(t["val_acc"]) == max(values))
     assert best["lr"] == pytest.approx(float(chosen["lr"])) and "dataset" not in best
-    test = json.loads((out / "best_run" / "metrics.json").read_text())["test"]
+    test = json.loads((out / f"best_trial_{int(chosen['number']):03d}" / "metrics.json").read_text())["test"]
     report = (out / "report.md").read_text()
     assert f"ACC {test['acc']:.4f}" in report and "the search never read" in report
     assert f"test ACC {test['acc']:.4f}" in printed

@@ -416,12 +416,7 @@ def load_recipe(name: str) -> dict:
             raise ConfigError(f"--recipe {name}: no such recipe file")
     else:
         raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)} (or a .yaml file)")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--recipe {name}: cannot read the recipe ({first_line(exc)})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"--recipe {name}: expected a mapping of TrainConfig keys")
+    values = read_yaml_mapping(path, "recipe", "a mapping of TrainConfig keys", {})
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 

@@ -19,8 +19,8 @@ The study's state lives in ``TUNE/optuna.db`` (SQLite), so running the command a
 search: finished and pruned trials are kept, a trial cut off by the interruption is tried again, and
 the budget counts what was already done. Each trial trains into ``TUNE/trials/trial_NNN``. When the
 budget is spent, the best configuration is written as ``TUNE/best.yaml`` (a recipe: ``--recipe
-TUNE/best.yaml``), retrained once into ``TUNE/best_run`` and tested there: the only test figures the
-search reports.
+TUNE/best.yaml``), retrained once into ``TUNE/best_trial_NNN`` (NNN: the best trial; a longer search
+that finds a better one retrains that one) and tested there: the only test figures the search reports.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def run_search(
 ) -> SearchResult:
     """Run (or continue) ``search`` into ``tune_dir``: ``workers`` processes (``backend="ray"``: Ray
     tasks on the cluster at ``address``) share the Optuna storage and the cores. Writes ``trials.csv``,
-    the optimisation-history and importance plots, ``best.yaml`` and, with ``retrain``, ``best_run``
+    the optimisation-history and importance plots, ``best.yaml`` and, with ``retrain``, ``best_trial_NNN``
     and ``report.md``."""
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -351,7 +351,7 @@ def _write_outputs(search, study, tune_dir: Path, data_dir, retrain: bool, secon
             )
         files.append(tune_dir / "best.yaml")
         if retrain:
-            test = _retrain(search, tune_dir, data_dir)
+            test = _retrain(search, tune_dir, data_dir, best.number)
             files.append(_report(search, trials, best, test, tune_dir, seconds))
     return SearchResult(
         tune_dir,
@@ -407,9 +407,10 @@ def _plots(study, tune_dir: Path, complete: int) -> list[Path]:
     return written
 
 
-def _retrain(search: Search, tune_dir: Path, data_dir: str | None) -> dict:
-    """The best recipe trained once more from scratch on the search's data, and tested."""
-    out = tune_dir / "best_run"
+def _retrain(search: Search, tune_dir: Path, data_dir: str | None, trial: int) -> dict:
+    """The best recipe (of trial ``trial``) trained once more from scratch on the search's data, and
+    tested; a finished retraining of the same trial is read back instead."""
+    out = tune_dir / f"best_trial_{trial:03d}"
     data = {k: v for k, v in search.base.items() if k in NOT_IN_RECIPE}
     settings = {**data, "recipe": str(tune_dir / "best.yaml"), "out": str(out), "quiet": True}
     if data_dir:
@@ -443,7 +444,7 @@ def _report(search: Search, trials, best, test: dict, tune_dir: Path, seconds: f
         + ", ".join(f"{k}={v}" for k, v in best.params.items())
         + ". Recipe: `best.yaml` (`medclassify train --recipe best.yaml ...`).",
         "",
-        f"Retrained once from scratch (`best_run/`), test split ({test['n']} images): ACC {test['acc']:.4f}, "
+        f"Retrained once from scratch (`best_trial_{best.number:03d}/`), test split ({test['n']} images): ACC {test['acc']:.4f}, "
         f"macro-AUC {test['auc']:.4f}, macro-F1 {test['f1_macro']:.4f}.",
         "",
         f"Trials were compared on validation {search.metric} alone. Their run folders also hold test figures "
