@@ -596,7 +596,7 @@ def _print_results(result) -> None:
     print(summary_line("test", result.metrics["test"]))
     print(
         f"best epoch {result.metrics['best_epoch']}; results in {result.run_dir}/ "
-        "(config.json, history.csv, metrics.json, predictions.csv, best.pt, last.pt)"
+        "(config.json, history.csv, metrics.json, predictions.csv, best.pt, last.pt, MODEL_CARD.md)"
     )
 
 
