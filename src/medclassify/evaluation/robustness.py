@@ -103,15 +103,20 @@ def _interval(draws: np.ndarray) -> list[float]:
     return [float(v) for v in np.percentile(draws, [2.5, 97.5])]
 
 
+def _draw_seeds(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The seeds (rows) of one bootstrap draw, with replacement; one seed is kept as it is."""
+    return values[rng.integers(0, len(values), len(values))] if len(values) > 1 else values
+
+
 def bootstrap_means(per_seed: list[np.ndarray], n_boot: int = 1000, seed: int = 0) -> tuple[float, list[float]]:
     """The mean of per-image values over seeds and images, with a 95 % percentile interval whose
     draws resample the seeds, then the images (each seed scored the same test images)."""
     values = np.stack(per_seed)
     rng = np.random.default_rng(seed)
-    n_seeds, n = values.shape
+    n = values.shape[1]
     draws = np.empty(n_boot)
     for b in range(n_boot):
-        chosen = values[rng.integers(0, n_seeds, n_seeds)] if n_seeds > 1 else values
+        chosen = _draw_seeds(values, rng)
         draws[b] = chosen[:, rng.integers(0, n, n)].mean()
     return float(values.mean()), _interval(draws)
 
@@ -126,8 +131,7 @@ def bootstrap_mean_difference(
     n = values_a.shape[1]
     draws = np.empty(n_boot)
     for i in range(n_boot):
-        side_a = values_a[rng.integers(0, len(values_a), len(values_a))] if len(values_a) > 1 else values_a
-        side_b = values_b[rng.integers(0, len(values_b), len(values_b))] if len(values_b) > 1 else values_b
+        side_a, side_b = _draw_seeds(values_a, rng), _draw_seeds(values_b, rng)
         images = rng.integers(0, n, n)
         draws[i] = side_b[:, images].mean() - side_a[:, images].mean()
     return float(values_b.mean() - values_a.mean()), _interval(draws)

@@ -62,15 +62,15 @@ def _test_intervals(run: RunDir, task: str) -> dict:
     return bootstrap_interval(Side(y_true, [scores], task), CARD_RESAMPLES)
 
 
-def _front_matter(record: dict, metrics: dict, name: str, license_id: str) -> dict:
+def _front_matter(record: dict, metrics: dict, name: str, info) -> dict:
     data, config = record["data"], record["config"]
     dataset = data["name"]
     return {
         "library_name": "medclassify",
         "pipeline_tag": "image-classification",
-        "license": license_id,
+        "license": HUB_LICENSES.get(info.license, "other") if info else "other",
         "tags": ["medical-imaging", "image-classification", "medclassify", dataset, config["model"]]
-        + (["medmnist"] if _info(record) is not None and not _info(record).synthetic else []),
+        + (["medmnist"] if info is not None and not info.synthetic else []),
         "datasets": [dataset],
         "metrics": [METRIC_LABELS[m][0] for m in METRIC_LABELS],
         "model-index": [
@@ -116,7 +116,7 @@ def model_card(run_dir: str | Path) -> str:
     name = run.path.resolve().name
     test = metrics["test"]
     intervals = _test_intervals(run, task)
-    front = _front_matter(record, metrics, name, HUB_LICENSES.get(licence, "other"))
+    front = _front_matter(record, metrics, name, info)
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [
         f"# {spec['name']} on {dataset} ({size} px)",

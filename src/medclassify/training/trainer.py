@@ -691,8 +691,9 @@ class TrainingSession:
                 self.log(f"robustness ({record['corruptions']} corruptions): {robustness_line(record)}")
                 metrics["robustness"] = record
             write_model_card(run.path)
+            saved = run.metrics() if self.trackers else None  # with the calibration and robustness records
             for tracker in self.trackers:
-                tracker.finish(run.path, run.metrics(), progress.history)
+                tracker.finish(run.path, saved, progress.history)
         barrier(self.context)
         return RunResult(
             run.path,
