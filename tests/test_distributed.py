@@ -3,6 +3,7 @@ studies on a local Ray instance."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -36,9 +37,16 @@ RUN_FILES = [
 ]
 
 
-def torchrun_train(*args: str) -> subprocess.CompletedProcess:
-    scratch = Path(tempfile.mkdtemp())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
+def torchrun_train(*args: str, cwd: Path | None = None, **env_vars: str) -> subprocess.CompletedProcess:
+    scratch, inductor = Path(tempfile.mkdtemp()), tempfile.mkdtemp()
+    # PyTorch makes its (empty) compiler cache folder in TMPDIR when an optimiser is built: not the launcher's
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(scratch),
+        "TORCHINDUCTOR_CACHE_DIR": inductor,
+        **env_vars,
+    }
     try:
         done = subprocess.run(
             [sys.executable, "-m", "medclassify", "train", "--nproc", "2", *args],
@@ -46,11 +54,13 @@ def torchrun_train(*args: str) -> subprocess.CompletedProcess:
             text=True,
             env=env,
             timeout=600,
+            cwd=cwd,
         )
         assert list(scratch.iterdir()) == [], "the launcher left files behind"  # e.g. torchelastic_* log folders
         return done
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(inductor, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +161,40 @@ def test_distributed_resume_continues_like_an_uninterrupted_run(one_batch_data, 
                 resume=True,
             )
         )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is None or importlib.util.find_spec("mlflow") is None,
+    reason="needs the tracking extra",
+)
+def test_under_torchrun_rank_0_alone_reports_to_the_trackers(one_batch_data, tmp_path):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tmp_path / "tracked"
+    done = torchrun_train(
+        *options(one_batch_data, run, epochs=2),
+        "--track",
+        "tensorboard",
+        "mlflow",
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    writers = {path.name.split(".")[4] for path in (run / "tensorboard").rglob("events.out.tfevents.*")}
+    assert len(writers) == 1  # every event file (scalars, hparams) was written by one process: rank 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert [s.step for s in events.Scalars("val/acc")] == [1, 2]
+    assert [s.value for s in events.Scalars("val/acc")] == pytest.approx([float(r["val_acc"]) for r in history])
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("medclassify").experiment_id])
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "tracked"
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "val/auc")] == [1, 2]  # once per epoch
+    assert json.loads((run / "tracking.json").read_text())["mlflow_run_id"] == tracked.info.run_id
 
 
 def test_effective_batch_must_divide_over_the_processes(one_batch_data, tmp_path):

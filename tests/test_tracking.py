@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from helpers import write_study_files
@@ -27,6 +28,12 @@ def _history(run):
     from medclassify.runs import RunDir
 
     return RunDir(run).history()
+
+
+def _predictions(run):
+    from medclassify.runs import RunDir
+
+    return RunDir(run).predictions()
 
 
 def _runs(client):
@@ -63,9 +70,20 @@ def test_a_tracked_run_writes_tensorboard_scalars_and_an_mlflow_run(blood_dir, t
     ]
     assert tracked.data.metrics["test/acc"] == pytest.approx(metrics["test"]["acc"])
     artifacts = {a.path for a in store.list_artifacts(tracked.info.run_id)}
-    assert {"config.json", "metrics.json", "history.csv", "MODEL_CARD.md", "model"} <= artifacts
-    assert [a.path for a in store.list_artifacts(tracked.info.run_id, "model")] == ["model/best.pt"]
+    assert {"config.json", "metrics.json", "history.csv", "MODEL_CARD.md", "bundle"} <= artifacts
+    assert [a.path for a in store.list_artifacts(tracked.info.run_id, "bundle")] == ["bundle/best.pt"]
     assert json.loads((run / "tracking.json").read_text())["mlflow_run_id"] == tracked.info.run_id
+
+    # the bundle as the run's MLflow model: loaded by MLflow, it predicts what the run predicted
+    assert "model/MLmodel" in {a.path for a in store.list_artifacts(tracked.info.run_id, "model")}
+    with np.load(blood_dir / "bloodmnist.npz") as archive:
+        images = archive["test_images"][:16]
+    frame = mlflow.pyfunc.load_model(f"runs:/{tracked.info.run_id}/model").predict(images)
+    expected = _predictions(run)[:16]
+    columns = [c for c in frame.columns if c.startswith("prob_")]
+    assert list(frame["predicted"]) == [columns[int(row["predicted"])].removeprefix("prob_") for row in expected]
+    recorded = np.array([[float(row[c]) for c in columns] for row in expected])
+    assert np.abs(frame[columns].to_numpy() - recorded).max() < 1e-6
 
 
 def test_a_study_logs_a_parent_run_and_a_child_per_experiment_and_track_resends_it(tmp_path, store, capsys):

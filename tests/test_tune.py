@@ -128,12 +128,34 @@ def test_bad_searches_are_refused_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_search_runs_its_trials_as_ray_tasks(tmp_path):
-    pytest.importorskip("ray")
-    path, data = _search(tmp_path, trials=2, pruner="none")
+def test_a_search_runs_on_ray_tune_and_resumes_without_repeating_trials(tmp_path):
+    pytest.importorskip("ray.tune")
+    path, data = _search(tmp_path, trials=2, pruner="median")
     out = tmp_path / "tune"
-    args = ["tune", str(path), "--out", str(out), "--data-dir", str(data), "--quiet", "--no-retrain"]
-    assert main([*args, "--backend", "ray", "--workers", "2"]) == 0
-    trials = _trials(out)
-    assert sorted(t["number"] for t in trials) == ["0", "1"] and {t["state"] for t in trials} == {"complete"}
-    assert (out / "best.yaml").is_file()
+    args = [
+        "tune",
+        str(path),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--quiet",
+        "--no-retrain",
+        "--backend",
+        "ray",
+    ]
+    assert main([*args, "--workers", "2"]) == 0
+    first = _trials(out)
+    assert sorted(t["number"] for t in first) == ["0", "1"] and {t["state"] for t in first} <= {"complete", "pruned"}
+    for t in first:  # every trial is a run folder; a complete one's value is its best validation figure
+        rows = RunDir(tmp_path / t["run_dir"]).history()
+        if t["state"] == "complete":
+            assert float(t["val_acc"]) == pytest.approx(max(float(r["val_acc"]) for r in rows), abs=1e-6)
+    assert (out / "ray").is_dir() and (out / "best.yaml").is_file()  # Ray Tune's experiment folder, the recipe
+    stamps = {t["run_dir"]: (tmp_path / t["run_dir"] / "history.csv").stat().st_mtime_ns for t in first}
+
+    path.write_text(path.read_text().replace("trials: 2", "trials: 3"))
+    assert main(args) == 0
+    again = _trials(out)
+    assert sorted(t["number"] for t in again) == ["0", "1", "2"]
+    assert {d: (tmp_path / d / "history.csv").stat().st_mtime_ns for d in stamps} == stamps  # not run again

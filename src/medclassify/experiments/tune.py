@@ -32,6 +32,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -174,11 +175,8 @@ def _objective(search: Search, tune_dir: Path, data_dir: str | None):
 
     def objective(trial) -> float:
         values = {name: _suggest(trial, name, dimension) for name, dimension in search.space.items()}
-        out = tune_dir / "trials" / f"trial_{trial.number:03d}"
-        settings = {**search.base, **values, "select_metric": SELECT[search.metric], "out": str(out), "quiet": True}
-        if data_dir:
-            settings["data_dir"] = data_dir
-        trial.set_user_attr("run_dir", str(out))
+        settings = _trial_settings(search, tune_dir, data_dir, trial.number, values)
+        trial.set_user_attr("run_dir", settings["out"])
         try:
             config = TrainConfig.from_dict(settings, source=f"trial {trial.number}").validate()
         except ConfigError as exc:  # an impossible combination (e.g. warm-up longer than the epochs)
@@ -237,6 +235,113 @@ def _optimize_in_worker(search, tune_dir, data_dir, n_trials, timeout, threads) 
     _optimize(search, tune_dir, data_dir, n_trials, timeout)
 
 
+def _trial_settings(search: Search, tune_dir: Path, data_dir: str | None, number: int, values: dict) -> dict:
+    """The TrainConfig keys of trial ``number``: the base, the proposed ``values``, its folder."""
+    out = tune_dir / "trials" / f"trial_{number:03d}"
+    settings = {**search.base, **values, "select_metric": SELECT[search.metric], "out": str(out), "quiet": True}
+    return {**settings, "data_dir": data_dir} if data_dir else settings
+
+
+def _ray_study_searcher(search: Search, tune_dir: Path, data_dir: str | None):
+    """A Ray Tune searcher that asks the search's own Optuna study (TPE, ``TUNE/optuna.db``) for each
+    trial and tells it every epoch's figure and the outcome, so that the trials, their states and a
+    later resumption are those of the local backend; Ray Tune runs the trials and its scheduler stops
+    the bad ones (recorded as pruned)."""
+    from ray.tune.search import Searcher
+
+    states = _optuna().trial.TrialState
+
+    class StudySearcher(Searcher):
+        def __init__(self):
+            super().__init__()
+            self.study = _study(search, tune_dir)
+            self.running: dict[str, tuple] = {}  # Ray trial id -> (Optuna trial, its figures so far)
+
+        def suggest(self, trial_id: str):
+            while True:  # an impossible combination fails at once, as locally, and the next is asked
+                trial = self.study.ask()
+                values = {name: _suggest(trial, name, dimension) for name, dimension in search.space.items()}
+                settings = _trial_settings(search, tune_dir, data_dir, trial.number, values)
+                trial.set_user_attr("run_dir", settings["out"])
+                try:
+                    TrainConfig.from_dict(settings, source=f"trial {trial.number}").validate()
+                except ConfigError as exc:
+                    trial.set_user_attr("error", str(exc))
+                    self.study.tell(trial, state=states.FAIL)
+                    continue
+                self.running[trial_id] = (trial, [])
+                return {"number": trial.number, "values": values}
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if not result.get("finished"):
+                trial, figures = self.running[trial_id]
+                figures.append(float(result[search.metric]))
+                trial.report(figures[-1], int(result["epoch"]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            trial, figures = self.running.pop(trial_id)
+            if error or not figures:
+                self.study.tell(trial, state=states.FAIL)
+            elif not (result or {}).get("finished"):  # stopped by the scheduler after some epochs
+                self.study.tell(trial, state=states.PRUNED)
+            else:
+                self.study.tell(trial, min(figures) if METRICS[search.metric] == "minimize" else max(figures))
+
+    return StudySearcher()
+
+
+def _ray_trial(search: Search, tune_dir: Path, data_dir: str | None, threads: int, cwd: str, proposal: dict) -> None:
+    """One trial on a Ray worker: a normal run folder, every epoch's validation figure reported to Tune."""
+    import torch
+    from ray import tune
+
+    os.chdir(cwd)  # Tune starts a trial in a folder of its own; the search's relative paths are the user's
+    torch.set_num_threads(threads)
+    settings = _trial_settings(search, tune_dir, data_dir, proposal["number"], proposal["values"])
+    config = TrainConfig.from_dict(settings, source=f"trial {proposal['number']}").validate()
+    result = train(
+        config, on_epoch=lambda row: tune.report({search.metric: float(row[search.metric]), "epoch": int(row["epoch"])})
+    )
+    # trained to the end (not stopped by the scheduler): the searcher records it as complete
+    last = result.history[-1]
+    tune.report({search.metric: float(last[search.metric]), "epoch": int(last["epoch"]), "finished": True})
+
+
+def _tune_on_ray(search: Search, tune_dir: Path, data_dir, remaining: int | None, workers: int, address) -> None:
+    """Run the remaining trials with Ray Tune (``workers`` at a time, each with its share of the
+    cluster's CPUs), pruned by Ray's median-stopping rule or ASHA after each epoch."""
+    try:
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray Tune: pip install 'medclassify[ray]'") from None
+    with ray_session(address) as ray:
+        threads = max(1, int(ray.cluster_resources().get("CPU", 1.0) // workers))
+        epochs = TrainConfig.from_dict(search.base).epochs
+        scheduler = {
+            "median": MedianStoppingRule(time_attr="epoch", grace_period=1, min_samples_required=2),
+            "asha": ASHAScheduler(time_attr="epoch", max_t=max(epochs, 2), grace_period=1),
+            "none": FIFOScheduler(),
+        }[search.pruner]
+        trial = partial(_ray_trial, search, tune_dir.resolve(), data_dir, threads, os.getcwd())
+        trainable = tune.with_resources(trial, {"cpu": threads})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_ray_study_searcher(search, tune_dir.resolve(), data_dir),
+                scheduler=scheduler,
+                metric=search.metric,
+                mode="min" if METRICS[search.metric] == "minimize" else "max",
+                num_samples=-1 if remaining is None else remaining,
+                max_concurrent_trials=workers,
+                time_budget_s=search.timeout,
+                reuse_actors=True,  # a trial's process serves the next: torch is imported once per worker
+            ),
+            run_config=tune.RunConfig(storage_path=str((tune_dir / "ray").resolve()), name=search.name, verbose=0),
+        )
+        tuner.fit()
+
+
 @dataclass
 class SearchResult:
     tune_dir: Path
@@ -263,8 +368,9 @@ def run_search(
     backend: str = "local",
     address: str | None = None,
 ) -> SearchResult:
-    """Run (or continue) ``search`` into ``tune_dir``: ``workers`` processes (``backend="ray"``: Ray
-    tasks on the cluster at ``address``) share the Optuna storage and the cores. Writes ``trials.csv``,
+    """Run (or continue) ``search`` into ``tune_dir``: ``workers`` processes share the Optuna storage
+    and the cores (``backend="ray"``: Ray Tune runs ``workers`` trials at a time on the cluster at
+    ``address``, proposed by the same Optuna study). Writes ``trials.csv``,
     the optimisation-history and importance plots, ``best.yaml`` and, with ``retrain``, ``best_trial_NNN``
     and ``report.md``."""
     if workers < 1:
@@ -286,10 +392,7 @@ def run_search(
     if remaining != 0:
         shares = _shares(remaining, workers)
         if backend == "ray":
-            with ray_session(address) as ray:
-                threads = max(1, int(ray.cluster_resources().get("CPU", 1.0) // workers))
-                task = ray.remote(num_cpus=threads, max_retries=0)(_optimize_in_worker)
-                ray.get([task.remote(search, tune_dir, data_dir, n, search.timeout, threads) for n in shares if n != 0])
+            _tune_on_ray(search, tune_dir, data_dir, remaining, workers, address)
         elif workers == 1:
             _optimize(search, tune_dir, data_dir, remaining, search.timeout)
         else:

@@ -7,7 +7,8 @@ same numbers as they are written (``--track tensorboard mlflow``) or afterwards 
   figures through the HParams plugin and the loss curves and confusion matrix as images.
 * MLflow: a run (in a study: a child of the study's run) with the TrainConfig as parameters, the same
   metrics per epoch with their step, tags for dataset, model, seed and variant, the test figures, and
-  the run folder's files as artefacts, the model bundle (``best.pt``) under ``model/``. The store is
+  the run folder's files as artefacts, the model bundle (``best.pt``) under ``bundle/`` and as the
+  run's MLflow model ``model`` (pyfunc, loaded by medclassify's own code: ``inference/mlflow_model.py``). The store is
   ``MLFLOW_TRACKING_URI`` or, by default, ``mlruns/mlflow.db`` (SQLite) with artefacts in
   ``mlruns/artifacts`` under the working folder. Its run id is kept in ``RUN/tracking.json`` so that a
   resumed run logs into the same MLflow run.
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -199,8 +201,30 @@ class MlflowTracker:
                 self.client.log_artifact(self.run_id, str(run_dir / name))
         for figure in sorted(run_dir.glob("*.png")):
             self.client.log_artifact(self.run_id, str(figure), "figures")
-        self.client.log_artifact(self.run_id, str(run_dir / "best.pt"), "model")
+        self.client.log_artifact(self.run_id, str(run_dir / "best.pt"), "bundle")
+        self._log_model(run_dir / "best.pt")
         self.client.set_terminated(self.run_id)
+
+    def _log_model(self, bundle: Path) -> None:
+        """The bundle as the run's MLflow model ``model`` (pyfunc, saved with the code file that loads
+        it, inference/mlflow_model.py, which MLflow runs when the model is loaded: no import here, and
+        no global MLflow state is touched)."""
+        import tempfile
+
+        import mlflow
+
+        from .. import __version__
+
+        code = Path(__file__).resolve().parents[1] / "inference" / "mlflow_model.py"
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow's advice on type hints in the model's code
+            mlflow.pyfunc.save_model(
+                Path(tmp) / "model",
+                python_model=str(code),
+                artifacts={"bundle": str(bundle)},
+                pip_requirements=[f"medclassify=={__version__}"],
+            )
+            self.client.log_artifacts(self.run_id, str(Path(tmp) / "model"), "model")
 
 
 def open_trackers(
