@@ -51,7 +51,7 @@ def main() -> None:
             since = time.perf_counter()
             for step, (images, targets) in enumerate(loader, 1):
                 train_step(
-                    model, images, targets, session.optimizer, session.criterion, session.scaler, session.amp,
+                    model, images, targets, session.optimizer, session.criterion, session.scaler, session.train_autocast,
                     session.scheduler, config.grad_clip, session.ema, session.mixer, config.channels_last,
                 )  # fmt: skip
                 if step not in (half, len(loader)):

@@ -175,6 +175,13 @@ def test_where_a_run_executes_may_change_on_resume_and_what_defines_it_may_not()
     assert "device" not in config.fixed_settings() and "seed" in config.fixed_settings()
 
 
+def test_a_runs_thread_count_does_not_carry_over_to_the_next_run_in_the_process(blood_dir, tmp_path):
+    # a later run in the same process (a study, a test suite) computes as it would alone
+    before = torch.get_num_threads()
+    train(config_for(blood_dir, tmp_path / "one_thread", epochs=1, num_threads=1))
+    assert torch.get_num_threads() == before
+
+
 def test_resume_refuses_changed_settings_or_missing_run(blood_dir, tmp_path, blood_run):
     with pytest.raises(CheckpointError, match=r"cannot resume with different settings \(lr: 0.001 -> 0.01\)"):
         train(config_for(blood_dir, blood_run.run_dir, lr=0.01, resume=True))

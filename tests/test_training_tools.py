@@ -15,6 +15,7 @@ from medclassify.data import BatchAugment
 from medclassify.data.augment import INTENSITY_OPS
 from medclassify.errors import ConfigError
 from medclassify.runs import load_checkpoint
+from medclassify.runtime import environment
 from medclassify.training import trainer
 from medclassify.training.budget import PLANNED_SHARE, plan_epochs
 from medclassify.training.recipe import build_ema, build_mixer, ema_decay_at
@@ -90,11 +91,11 @@ def test_durations_parse_and_bad_ones_name_the_option():
 def test_plan_fits_the_epochs_and_the_final_evaluation_into_the_budget():
     plan = plan_epochs(
         budget_s=600, spent_s=10, train_images_per_s=1000, eval_images_per_s=4000,
-        train_images=12000, val_images=2000, test_images=4000, test_views=2, epoch_overhead_s=0.5,
+        train_images=12000, val_images=2000, test_images=4000, test_views=2, epoch_overhead_s=0.5, card_s=9.0,
     )  # fmt: skip
-    # an epoch: 12 s training + 0.5 s validation + 0.5 s; the end: 6000 x 2 views / 4000 + 2 x 0.5
-    assert plan.epoch_s == pytest.approx(13.0) and plan.final_s == pytest.approx(4.0)
-    assert plan.epochs == int((PLANNED_SHARE * 600 - 10 - 4.0) // 13.0) == 42
+    # an epoch: 12 s training + 0.5 s validation + 0.5 s; the end: 6000 x 2 views / 4000 + 2 x 0.5 + the card's 9 s
+    assert plan.epoch_s == pytest.approx(13.0) and plan.final_s == pytest.approx(13.0)
+    assert plan.epochs == int((PLANNED_SHARE * 600 - 10 - 13.0) // 13.0) == 42
     with pytest.raises(ConfigError, match="--time-budget 20 s is too short: one epoch and the evaluation need about"):
         plan_epochs(20, 10, 1000, 4000, 12000, 2000, 4000)
 
@@ -176,3 +177,30 @@ def test_channels_last_and_the_fused_optimiser_train_the_same_model(blood_dir, t
         assert after["val_loss"] == pytest.approx(before["val_loss"], rel=5e-2)
     record = json.loads((tmp_path / "fast" / "config.json").read_text())["config"]
     assert all(record[key] == value for key, value in settings.items())
+
+
+BF16_CPU = environment.cpu_has_bfloat16()
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="this CPU has no bfloat16 instructions, where --cpu-bf16 is not used")
+def test_cpu_bf16_trains_in_bfloat16_and_evaluates_in_float32(blood_dir, tmp_path):
+    from medclassify.runs import evaluate_run
+
+    plain, _ = _fast_step_run(blood_dir, tmp_path / "plain", channels_last=True)
+    fast, _ = _fast_step_run(blood_dir, tmp_path / "bf16", channels_last=True, cpu_bf16=True)
+    record = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert record["config"]["cpu_bf16"] and record["precision"] == {"training": "bfloat16", "evaluation": "float32"}
+    losses = [(a["train_loss"], b["train_loss"]) for a, b in zip(plain.history, fast.history, strict=True)]
+    assert all(a != b for a, b in losses) and all(b == pytest.approx(a, rel=0.1) for a, b in losses)  # rounded, close
+    # validation and test ran in float32: evaluating the saved weights again gives the recorded figures
+    again = evaluate_run(tmp_path / "bf16", device="cpu")
+    for split in ("val", "test"):
+        assert again[split]["acc"] == fast.metrics[split]["acc"] and again[split]["auc"] == fast.metrics[split]["auc"]
+
+
+def test_cpu_bf16_is_not_used_where_the_cpu_has_no_bfloat16(blood_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(environment, "cpu_has_bfloat16", lambda: False)
+    plain, _ = _fast_step_run(blood_dir, tmp_path / "plain")
+    asked, _ = _fast_step_run(blood_dir, tmp_path / "asked", cpu_bf16=True)
+    assert json.loads((tmp_path / "asked" / "config.json").read_text())["precision"]["training"] == "float32"
+    assert [r["train_loss"] for r in asked.history] == [r["train_loss"] for r in plain.history]

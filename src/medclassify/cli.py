@@ -124,6 +124,23 @@ def _add_datasets_options(parser: argparse.ArgumentParser) -> None:
     from .data import default_data_dir
 
     parser.add_argument("--data-dir", help=f"where to look for files (default: {default_data_dir()})")
+    parser.add_argument(
+        "--cache-dir", help="where the split caches are (default: $MEDCLASSIFY_CACHE, else DATA_DIR/medclassify-cache)"
+    )
+
+
+def _add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dataset", nargs="?", help="MedMNIST dataset or synthcells (leave out for the image folder given as --data-dir)"
+    )
+    parser.add_argument("--size", type=int, default=28, help="image size in pixels (default: 28)")
+    _add_datasets_options(parser)
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 or 3: the conversion to cache (as train's)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="image folders without val/ (as train's)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="image folders without test/ (as train's)")
+    parser.add_argument("--seed", type=int, default=0, help="image folders without val/ or test/: the split seed")
+    parser.add_argument("--no-download", dest="download", action="store_false", help="never download a missing file")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="accept a file whose MD5 differs")
 
 
 MODEL_SIZES = (8, 1024)  # what image folders accept; MedMNIST sizes lie inside
@@ -419,8 +436,8 @@ def _add_tune_options(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=("local", "ray"),
         default="local",
-        help="local processes, or ray: Ray tasks (each an Optuna worker on the search's storage) on the "
-        "cluster at --address (default: %(default)s)",
+        help="local processes, or ray: Ray Tune (its median-stopping or ASHA scheduler; the trials proposed by the "
+        "search's Optuna study) on the cluster at --address, --workers trials at a time (default: %(default)s)",
     )
     parser.add_argument(
         "--address", help="with --backend ray: the cluster (auto, ray://HEAD:10001; default: start one)"
@@ -749,19 +766,84 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_datasets(args: argparse.Namespace) -> int:
-    from .data import MEDMNIST_SIZES, dataset_catalog, default_data_dir
+    from .data import MEDMNIST_SIZES, cache_root, dataset_catalog, default_data_dir, list_caches
 
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    print(f"{'dataset':<16}{'task':<28}{'ch':>3}{'classes':>8}  {'train/val/test':<20}{'sizes':<16}on disk in {root}")
+    caches = list_caches(cache_root(root, args.cache_dir))
+    cached_sizes: dict[str, list[str]] = {}
+    for cache in caches:
+        if cache.record.get("kind") == "npz":
+            cached_sizes.setdefault(cache.record["name"], []).append(_cache_label(cache.record))
+    print(f"files in {root}; split caches in {cache_root(root, args.cache_dir)}\n")
+    print(
+        f"{'dataset':<16}{'task':<28}{'ch':>3}{'classes':>8}  {'train/val/test':<20}{'sizes':<16}{'on disk':<12}cached"
+    )
     for name, info in dataset_catalog().items():
         on_disk = [str(s) for s in MEDMNIST_SIZES if (root / info.filename(s)).is_file()]
         counts = "/".join(str(info.n_samples[s]) for s in ("train", "val", "test"))
         task = info.task + (" (synthetic)" if info.synthetic else "")
         print(
             f"{name:<16}{task:<28}{info.n_channels:>3}{len(info.class_names):>8}  {counts:<20}"
-            f"{','.join(map(str, info.sizes)):<16}{','.join(on_disk) or '-'}"
+            f"{','.join(map(str, info.sizes)):<16}{','.join(on_disk) or '-':<12}{','.join(cached_sizes.get(name, [])) or '-'}"
         )
+    if caches:
+        print()
+    for cache in caches:
+        record = cache.record
+        print(
+            f"{cache.folder}: {_bytes(cache.nbytes)}, {record['name']} at {record['size']} px, {record['channels']} channel(s)"
+        )
+    if caches:
+        print("(a split cache can be deleted at any time; the next run that needs it builds it again)")
     print("\nfolder: your own images in DIR/train/<class>/ (optional val/, test/): medclassify train --data-dir DIR")
+    return 0
+
+
+def _cache_label(record: dict) -> str:
+    """A cache's size, with its channels when they are a conversion (e.g. ``64/3ch``)."""
+    converted = record.get("kind") == "npz" and record["channels"] != _native_channels(record["name"])
+    return f"{record['size']}" + (f"/{record['channels']}ch" if converted else "")
+
+
+def _native_channels(name: str) -> int | None:
+    from .data import dataset_catalog
+
+    info = dataset_catalog().get(name)
+    return info.n_channels if info else None
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from .config import TrainConfig
+    from .data.cache import read_cache
+    from .runs import load_run_data
+
+    if args.dataset is None and not (args.data_dir and (Path(args.data_dir).expanduser() / "train").is_dir()):
+        raise MedclassifyError("give a dataset name, or --data-dir pointing at an image folder with train/<class>/")
+    started = time.perf_counter()
+    config = TrainConfig(
+        dataset=args.dataset, size=args.size, data_dir=args.data_dir, channels=args.channels, verify=args.verify,
+        download=args.download, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        cache_dir=args.cache_dir, data_storage="mmap",
+    )  # fmt: skip
+    data = load_run_data(config.validate())  # the data a train command with these options reads
+    seconds = time.perf_counter() - started
+    folder = data.source.get("cache")
+    if folder is None:
+        raise MedclassifyError(f"no split cache could be written for {data.name} (see the warning above)")
+    cache = read_cache(Path(folder))
+    shapes = (
+        ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
+        + f" images of {data.channels} x {data.size} x {data.size}"
+    )
+    print(
+        f"split cache {folder}: {_bytes(cache.nbytes)} ({shapes}); built {cache.record['created']}; this command took {seconds:.1f} s"
+    )
     return 0
 
 
@@ -1065,6 +1147,15 @@ COMMANDS = {
         "example:\n  medclassify datasets --data-dir ~/medmnist\n",
         _add_datasets_options,
         _run_datasets,
+    ),
+    "cache": (
+        "build a dataset's split cache ahead of time (uncompressed arrays that runs open memory-mapped)",
+        "examples:\n  medclassify cache pathmnist --size 224 --data-dir ~/medmnist\n"
+        "  medclassify cache --data-dir chest_xray --size 224 --channels 1      # an image folder\n\n"
+        "Runs build the cache on first use anyway; this does it ahead, and prints where it is and how big.\n"
+        "Delete it at any time; it is rebuilt when the source changes.\n",
+        _add_cache_options,
+        _run_cache,
     ),
     "models": (
         "list the registered models and their parameter counts",

@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
     __name__,
     submod_attrs={
         "augment": ["BatchAugment", "tta_views"],
+        "cache": ["CACHE_FOLDER", "STORAGES", "cache_root", "list_caches", "storage_line"],
         "corruptions": ["Corruption", "corrupt", "corruption_set", "random_corruptions"],
         "catalog": [
             "AUGMENT_CHOICES",
@@ -26,7 +27,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
         ],
         "folders": ["load_folder_dataset"],
         "loading": ["load_dataset"],
-        "memory": ["BatchLoader", "LoadedDataset", "Normalization", "Split", "compute_normalization"],
+        "memory": ["BatchLoader", "LoadedDataset", "Normalization", "PixelSums", "Split", "compute_normalization"],
         "npz": ["load_npz_dataset"],
         "synthetic": ["ensure_synthcells"],
     },

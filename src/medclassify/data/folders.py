@@ -1,44 +1,40 @@
 """Image folders in the ``train/ [val/] [test/]`` + one-sub-folder-per-class layout (e.g. the Kaggle
 chest X-ray set: ``chest_xray/train/NORMAL``, ``chest_xray/train/PNEUMONIA``).
 
-Every image is decoded once with Pillow, converted to grey or RGB and resized to ``size`` x
-``size`` (the aspect ratio is not kept, as MedMNIST's own resizing), then held in memory.
+Every image is decoded once with Pillow (in parallel processes), converted to grey or RGB and
+resized to ``size`` x ``size`` (the aspect ratio is not kept, as MedMNIST's own resizing), into the
+folder's split cache; later runs open the cache while no file of the folder changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import multiprocessing
+import os
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..tasks import Task
-from .images import pil_to_rgb, resize_rgb, to_channels
-from .memory import LoadedDataset, Split
+from .cache import ImageWriter, cache_root, open_cached, save_labels
+from .images import decode_training_image, to_channels
+from .memory import LoadedDataset
+
+# Decoding starts worker processes from this many files on (fewer decode faster in this process).
+PROCESS_MIN_FILES = 512
+CHANNEL_NAMES = {None: "auto", 1: "grey", 3: "rgb"}  # a folder cache's name says which channels it holds
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
     return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _decode(path: Path, size: int) -> tuple[np.ndarray, bool, str] | None:
-    """Decode one file into a size x size RGB array; None when it is not a readable image."""
-    try:
-        data = path.read_bytes()
-        with Image.open(path) as image:
-            image.load()
-            rgb, grey = pil_to_rgb(image)
-            pixels = resize_rgb(rgb, size)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return pixels, grey, hashlib.md5(data).hexdigest()
 
 
 def _scan(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
@@ -57,9 +53,14 @@ def load_folder_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    *,
+    cache_dir: str | Path | None = None,
+    storage: str = "auto",
 ) -> LoadedDataset:
     """An image folder (``train/CLASS/*``, optional ``val/`` and ``test/``) resized to ``size``; missing
-    splits are held out of train/ by class, with ``split_seed``. ``source['files']`` says which file went where."""
+    splits are held out of train/ by class, with ``split_seed``. ``source['files']`` says which file
+    went where. The decoded splits are cached (``ROOT/medclassify-cache/`` or ``cache_dir``) and
+    rebuilt when a file is added, removed or changed (its size or modification time)."""
     root = Path(root)
     train_dir = root / "train"
     if not train_dir.is_dir():
@@ -79,25 +80,116 @@ def load_folder_dataset(
 
     present = [s for s in ("train", "val", "test") if (root / s).is_dir()]
     files = {s: _scan(root / s, class_names) for s in present}
-    everything = [item for s in present for item in files[s]]
-    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow releases the GIL while decoding
-        decoded = dict(zip([p for p, _ in everything], pool.map(lambda item: _decode(item[0], size), everything)))
-    unreadable = [p for p, result in decoded.items() if result is None]
+    carved = "val" not in files or "test" not in files
+    settings = {"size": size, "channels": channels, "class_names": class_names}
+    if carved:
+        settings.update(val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed)
+    signature = _signature(root, files, settings)
+    name = f"{size}px_{CHANNEL_NAMES[channels]}" + (
+        f"_split{split_seed}-{val_fraction:g}-{test_fraction:g}" if carved else ""
+    )
+
+    def write(tmp: Path) -> dict:
+        record = _write_cache(root, files, class_names, size, channels, val_fraction, test_fraction, split_seed, tmp)
+        record["source"]["signature"] = signature
+        return record
+
+    splits, storage, where, record = open_cached(
+        cache_root(root, cache_dir) / name,
+        lambda found: found["source"]["signature"] == signature,
+        write,
+        storage,
+        root,
+    )
+    source = record["source"]
+    unreadable = source["skipped_files"]
     if unreadable:
-        shown = ", ".join(str(p.relative_to(root)) for p in unreadable[:20])
+        shown = ", ".join(unreadable[:20])
         more = f" and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
         warnings.warn(f"skipped {len(unreadable)} file(s) that are not readable images: {shown}{more}", stacklevel=2)
-    files = {s: [(p, label) for p, label in items if decoded[p] is not None] for s, items in files.items()}
+    return LoadedDataset(
+        name=root.name or "folder",
+        task=Task.BINARY if len(class_names) == 2 else Task.MULTI_CLASS,
+        class_names=class_names,
+        channels=record["channels"],
+        size=size,
+        splits=splits,
+        source={
+            "kind": "folder",
+            "root": str(root.resolve()),
+            "md5": source["md5"],  # over every used file's relative path and content MD5
+            "split_sizes": {s: len(split) for s, split in splits.items()},
+            "skipped_files": unreadable,
+            **source["split_note"],
+            "files": source["files"],
+            "cache": where,
+            "storage": storage,
+        },
+    )
 
+
+def _signature(root: Path, files: dict, settings: dict) -> str:
+    """What a folder cache was built from: the settings and every file's path, class, size and
+    modification time (a changed file changes one of them, without reading any file)."""
+    digest = hashlib.md5(json.dumps(settings, sort_keys=True).encode())
+    for split, items in files.items():
+        for path, label in items:
+            stat = path.stat()
+            digest.update(f"{split}\t{path.relative_to(root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _decoded(paths: list[Path], size: int):
+    """Each file decoded (:func:`decode_training_image`), in order, in worker processes when there are many."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) < PROCESS_MIN_FILES or workers < 2:
+        yield from map(decode_training_image, paths, repeat(size))
+        return
+    # spawned workers import only the image module (no torch), and nothing of this process's state
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(decode_training_image, paths, repeat(size), chunksize=32)
+
+
+def _write_cache(
+    root: Path,
+    files: dict,
+    class_names: list[str],
+    size: int,
+    channels: int | None,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    folder: Path,
+) -> dict:
+    """Decode every file once into ``folder`` (RGB, in file order), choose the channels and the
+    splits, then write each split's array from the decoded images, a block at a time."""
+    everything = [item for items in files.values() for item in items]
+    position = {path: i for i, (path, _) in enumerate(everything)}
+    decoded_file = folder / "decoded.npy"
+    rgb = ImageWriter(decoded_file, (len(everything), size, size, 3), sums=False)
+    readable, grey, md5s = [], [], {}
+    progress = tqdm(total=len(everything), desc=f"decoding {root.name}", unit="image", disable=None, leave=False)
+    with progress:
+        for (path, _), result in zip(everything, _decoded([p for p, _ in everything], size)):
+            readable.append(result is not None)
+            if result is None:
+                rgb.add(np.zeros((1, size, size, 3), dtype=np.uint8))
+            else:
+                rgb.add(result[0][None])
+                grey.append(result[1])
+                md5s[path] = result[2]
+            progress.update()
+    rgb.close()
+    unreadable = [path for (path, _), ok in zip(everything, readable) if not ok]
+    files = {s: [(p, label) for p, label in items if p in md5s] for s, items in files.items()}
     if channels is None:  # what most images are
-        greys = sum(decoded[p][1] for items in files.values() for p, _ in items)
-        total = sum(len(items) for items in files.values())
-        channels = 1 if greys * 2 >= total else 3
+        channels = 1 if sum(grey) * 2 >= len(grey) else 3
 
     split_note = {}
     if "val" not in files or "test" not in files:
         files, split_note = _stratified_split(files, val_fraction, test_fraction, split_seed)
 
+    decoded = np.load(decoded_file, mmap_mode="r")
     splits = {}
     for split in ("train", "val", "test"):
         items = files[split]
@@ -106,29 +198,33 @@ def load_folder_dataset(
         counts = Counter(label for _, label in items)
         empty = [class_names[k] for k in range(len(class_names)) if counts[k] == 0]
         if split == "train" and empty:
-            raise DataError(f"{train_dir}: class folder(s) {', '.join(empty)} hold no readable images")
-        images = torch.from_numpy(to_channels(np.stack([decoded[p][0] for p, _ in items]), channels))
-        splits[split] = Split(images, torch.tensor([label for _, label in items], dtype=torch.int64))
+            raise DataError(f"{root / 'train'}: class folder(s) {', '.join(empty)} hold no readable images")
+        writer = ImageWriter(folder / f"{split}_images.npy", (len(items), channels, size, size))
+        index = np.array([position[p] for p, _ in items])
+        for start in range(0, len(index), writer.rows_per_block):
+            writer.add(to_channels(decoded[index[start : start + writer.rows_per_block]], channels))
+        splits[split] = writer.close()
+        save_labels(folder, split, np.array([label for _, label in items], dtype=np.int64))
+    del decoded
+    decoded_file.unlink()
 
-    listing = sorted((str(p.relative_to(root)), decoded[p][2]) for items in files.values() for p, _ in items)
+    listing = sorted((str(p.relative_to(root)), md5s[p]) for items in files.values() for p, _ in items)
     digest = hashlib.md5("\n".join(f"{rel}\t{md5}" for rel, md5 in listing).encode()).hexdigest()
-    return LoadedDataset(
-        name=root.name or "folder",
-        task=Task.BINARY if len(class_names) == 2 else Task.MULTI_CLASS,
-        class_names=class_names,
-        channels=channels,
-        size=size,
-        splits=splits,
-        source={
-            "kind": "folder",
+    return {
+        "name": root.name or "folder",
+        "kind": "folder",
+        "size": size,
+        "channels": channels,
+        "class_names": class_names,
+        "source": {
             "root": str(root.resolve()),
-            "md5": digest,  # over every used file's relative path and content MD5
-            "split_sizes": {s: len(split) for s, split in splits.items()},
+            "md5": digest,
             "skipped_files": [str(p.relative_to(root)) for p in unreadable],
-            **split_note,
+            "split_note": split_note,
             "files": {s: [str(p.relative_to(root)) for p, _ in items] for s, items in files.items()},
         },
-    )
+        "splits": splits,
+    }
 
 
 def _stratified_split(files: dict, val_fraction: float, test_fraction: float, seed: int) -> tuple[dict, dict]:

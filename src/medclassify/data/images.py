@@ -20,6 +20,7 @@ The conversion, step by step:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -468,6 +469,21 @@ def resize_rgb(rgb: Image.Image | np.ndarray, size: int) -> np.ndarray:
     """RGB pixels to uint8 size x size x 3, bicubic, aspect ratio not kept."""
     image = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
     return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def decode_training_image(path: Path, size: int) -> tuple[np.ndarray, bool, str] | None:
+    """An image folder's file as uint8 size x size x 3 RGB, whether it was grey, and the MD5 of its
+    bytes; None when it is not a readable image. (A top-level function of a module without torch:
+    the folder cache decodes in worker processes.)"""
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb, grey = pil_to_rgb(image)
+            pixels = resize_rgb(rgb, size)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return pixels, grey, hashlib.md5(data).hexdigest()
 
 
 def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from .cache import STORAGES
 from .catalog import FOLDER_NAME, default_data_dir, get_dataset_info
 from .folders import load_folder_dataset
 from .memory import LoadedDataset
@@ -23,26 +24,39 @@ def load_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    cache_dir: str | Path | None = None,
+    storage: str = "auto",
 ) -> LoadedDataset:
-    """Load every split of a MedMNIST dataset, the synthetic sample, or an image folder into memory.
+    """Load every split of a MedMNIST dataset, the synthetic sample, or an image folder.
 
+    The splits come from the data's split cache (built on first use, beside the data or in
+    ``cache_dir``): read into memory or memory-mapped, as ``storage`` says (``auto``: by size).
     ``channels`` converts a MedMNIST dataset (grey -> RGB by repeating the channel); for folders it
     picks grey or colour (default: what most images are).
     """
+    if storage not in STORAGES:
+        raise ConfigError(f"--data-storage {storage!r}: choose one of {', '.join(STORAGES)}")
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     if dataset == FOLDER_NAME:
-        return load_folder_dataset(root, size, channels, val_fraction, test_fraction, split_seed)
+        return load_folder_dataset(
+            root, size, channels, val_fraction, test_fraction, split_seed, cache_dir=cache_dir, storage=storage
+        )
     info = get_dataset_info(dataset)
+    if channels is not None and channels != info.n_channels and info.n_channels != 1:
+        raise ConfigError(
+            f"--channels {channels}: {dataset} has {info.n_channels} channels; only grey data can be expanded to 3"
+        )
     if info.synthetic:
         ensure_synthcells(root, size)
-    loaded = load_npz_dataset(info, size, root, verify=verify and not info.synthetic, download_missing=download)
+    loaded = load_npz_dataset(
+        info,
+        size,
+        root,
+        verify=verify and not info.synthetic,
+        download_missing=download,
+        channels=channels,
+        cache_dir=cache_dir,
+        storage=storage,
+    )
     loaded.orientation = info.orientation
-    if channels is not None and channels != loaded.channels:
-        if loaded.channels != 1:
-            raise ConfigError(
-                f"--channels {channels}: {dataset} has {loaded.channels} channels; only grey data can be expanded to 3"
-            )
-        for split in loaded.splits.values():
-            split.images = split.images.expand(-1, channels, -1, -1).contiguous()
-        loaded.channels = channels
     return loaded

@@ -1,9 +1,14 @@
-"""In-memory datasets: every split is decoded once into a uint8 tensor, and batches are built by
-indexing it. No per-image PIL decoding or Python transform runs during training."""
+"""Datasets as uint8 tensors: every split is held once, in memory or memory-mapped from the split
+cache, and batches are built by indexing it. No per-image PIL decoding or Python transform runs
+during training."""
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import torch
@@ -11,16 +16,54 @@ from torch.utils.data import WeightedRandomSampler
 
 from ..tasks import Task
 
+SUMS_CHUNK_BYTES = 16 << 20  # pixels summed at a time: bounds the int32 copy whatever the image size
+
+
+@dataclass(frozen=True)
+class PixelSums:
+    """Exact per-channel sums of a split's pixel values (0-255) and of their squares, and how many
+    values each channel has: what the normalisation statistics are made of, kept by the split cache
+    so that no run has to read every image again."""
+
+    total: tuple[int, ...]
+    squares: tuple[int, ...]
+    count: int
+
+    def as_dict(self) -> dict:
+        return {"total": list(self.total), "squares": list(self.squares), "count": self.count}
+
+
+def pixel_sums(images: torch.Tensor, chunk: int | None = None) -> PixelSums:
+    """:class:`PixelSums` of uint8 N x C x H x W images, ``chunk`` images (default: about 16 MB) at
+    a time (integers: exact, whatever the chunking)."""
+    channels = images.shape[1]
+    chunk = chunk or max(1, SUMS_CHUNK_BYTES // max(1, math.prod(images.shape[1:])))
+    total = torch.zeros(channels, dtype=torch.int64)
+    squares = torch.zeros(channels, dtype=torch.int64)
+    for start in range(0, images.shape[0], chunk):
+        block = torch.as_tensor(images[start : start + chunk]).to(torch.int32)
+        total += block.sum(dim=(0, 2, 3), dtype=torch.int64)
+        squares += block.square_().sum(dim=(0, 2, 3), dtype=torch.int64)
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    return PixelSums(tuple(total.tolist()), tuple(squares.tolist()), count)
+
 
 @dataclass
 class Split:
-    """One split in memory: uint8 images and their labels."""
+    """One split: uint8 images (in memory or memory-mapped) and their labels; ``sums`` when known
+    (the split cache records them)."""
 
     images: torch.Tensor  # uint8, N x C x H x W
     labels: torch.Tensor  # int64 N (single-label tasks) or float32 N x L (multi-label)
+    sums: PixelSums | None = None
+    mapped: bool = False  # the images are memory-mapped from the split cache, not held in memory
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def pixel_sums(self) -> PixelSums:
+        """The recorded sums, or one pass over the images."""
+        return self.sums if self.sums is not None else pixel_sums(self.images)
 
 
 @dataclass
@@ -71,24 +114,61 @@ class Normalization:
         return (images - mean) / std
 
 
-def compute_normalization(images: torch.Tensor, mode: str, chunk: int = 4096) -> Normalization:
-    """``dataset``: per-channel mean/std of the training images; ``half``: MedMNIST's example
-    (0.5, 0.5); ``none``: plain [0, 1] scaling."""
-    channels = images.shape[1]
+def compute_normalization(images: torch.Tensor | Split, mode: str, chunk: int | None = None) -> Normalization:
+    """``dataset``: per-channel mean/std of the training images (from a :class:`Split`'s recorded
+    sums when it has them); ``half``: MedMNIST's example (0.5, 0.5); ``none``: plain [0, 1] scaling."""
+    channels = images.images.shape[1] if isinstance(images, Split) else images.shape[1]
     if mode == "half":
         return Normalization((0.5,) * channels, (0.5,) * channels)
     if mode == "none":
         return Normalization((0.0,) * channels, (1.0,) * channels)
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_sq = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, images.shape[0], chunk):  # chunks keep 224 px datasets within memory
-        block = images[start : start + chunk].to(torch.float64) / 255.0
-        total += block.sum(dim=(0, 2, 3))
-        total_sq += (block**2).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    sums = images.pixel_sums() if isinstance(images, Split) else pixel_sums(images, chunk)
+    total = torch.tensor(sums.total, dtype=torch.float64)
+    squares = torch.tensor(sums.squares, dtype=torch.float64)
+    mean = total / (255.0 * sums.count)
+    std = (squares / (255.0**2 * sums.count) - mean**2).clamp_min(1e-12).sqrt()
     return Normalization(tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std))
+
+
+def prefetched(batches: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``batches`` with up to ``depth`` items made ahead in a background thread, so that
+    reading the next batch (from a memory-mapped file, into pinned memory) overlaps the training
+    step. Errors of the producer are raised here; leaving the loop early stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            items.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="medclassify-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with suppress(queue.Empty):
+                items.get(timeout=0.1)
+        thread.join()
 
 
 class BatchLoader:
@@ -130,6 +210,11 @@ class BatchLoader:
         resident = device.type == "cpu" or split.images.nbytes <= self.DEVICE_RESIDENT_BYTES
         self.images = split.images.to(device) if resident else split.images
         self.labels = split.labels.to(device) if resident else split.labels
+        # batches gathered on the host from a memory-mapped file, or for an accelerator, are made
+        # ahead in a thread (in pinned memory for CUDA) while the model trains on the current one
+        on_host = self.images.device.type == "cpu"
+        self.prefetch = on_host and (split.mapped or device.type != "cpu")
+        self.pin_memory = on_host and device.type == "cuda"
 
     def __len__(self) -> int:
         return math.ceil(self._epoch_length() / self.batch_size)
@@ -151,11 +236,20 @@ class BatchLoader:
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            index = order[start : start + self.batch_size].to(self.images.device)
-            images = self.images[index].to(self.device, non_blocking=True)
-            labels = self.labels[index].to(self.device, non_blocking=True)
+        batches = self._gathered(order)
+        for images, labels in prefetched(batches) if self.prefetch else batches:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
             if self.augment is None:
                 yield self.normalization.apply(images), labels
             else:
                 yield self.normalization.apply_unit(self.augment(images.float().div_(255.0))), labels
+
+    def _gathered(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The uint8 images and labels of each batch of ``order``, where the split is held."""
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size].to(self.images.device)
+            images, labels = self.images[index], self.labels[index]
+            if self.pin_memory:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels

@@ -40,3 +40,8 @@ class BatchNormCNN(nn.Module):
 @register_model("bn-cnn", "Small BatchNorm baseline: 3 stages of 2 Conv-BN-ReLU (32-64-128), GAP, Dropout")
 def bn_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return BatchNormCNN(in_channels, num_classes)
+
+
+@register_model("bn-cnn-wide", "bn-cnn at twice the width: 3 stages of 2 Conv-BN-ReLU (64-128-256), GAP, Dropout")
+def bn_cnn_wide(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    return BatchNormCNN(in_channels, num_classes, widths=(64, 128, 256))

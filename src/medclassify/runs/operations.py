@@ -54,6 +54,8 @@ def load_run_data(config: TrainConfig) -> LoadedDataset:
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
         split_seed=config.seed,
+        cache_dir=config.cache_dir,
+        storage=config.data_storage,
     )
     if config.orientation:
         data.orientation = config.orientation

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 # Share of the budget that is planned; the rest absorbs the measurement's noise.
 PLANNED_SHARE = 0.95
 MEASURE_SECONDS = 2.0  # time the training step for about this long (after the warm-up steps)
+CARD_PROBE_RESAMPLES = 10  # bootstrap resamples timed to estimate the model card's
 
 
 @dataclass
@@ -29,7 +30,7 @@ class BudgetPlan:
     train_images_per_s: float
     eval_images_per_s: float
     epoch_s: float  # one epoch: training, validation and its checkpoints
-    final_s: float  # the evaluation of the best checkpoint on validation and test
+    final_s: float  # the evaluation of the best checkpoint on validation and test, and the model card
     epochs: int
 
     def record(self) -> dict:
@@ -58,15 +59,17 @@ def plan_epochs(
     test_images: int,
     test_views: int = 1,
     epoch_overhead_s: float = 0.0,
+    card_s: float = 0.0,
 ) -> BudgetPlan:
     """The most epochs that end, with the final evaluation, within ``PLANNED_SHARE`` of the budget.
 
     ``train_images``/``val_images`` are one process's share of an epoch; ``test_views`` is how
     many predictions each image of the final evaluation gets (test-time flips);
     ``epoch_overhead_s`` what an epoch costs besides its images (metrics, checkpoints, records), which
-    the final evaluation pays twice (validation and test)."""
+    the final evaluation pays twice (validation and test); ``card_s`` what the model card written
+    after the test evaluation costs (its bootstrap intervals over the test images)."""
     epoch_s = train_images / train_images_per_s + val_images / eval_images_per_s + epoch_overhead_s
-    final_s = (val_images + test_images) * test_views / eval_images_per_s + 2 * epoch_overhead_s
+    final_s = (val_images + test_images) * test_views / eval_images_per_s + 2 * epoch_overhead_s + card_s
     epochs = math.floor((PLANNED_SHARE * budget_s - spent_s - final_s) / epoch_s)
     if epochs < 1:
         needed = (spent_s + final_s + epoch_s) / PLANNED_SHARE

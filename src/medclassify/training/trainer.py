@@ -37,13 +37,16 @@ from ..data import (
     Split,
     compute_normalization,
     corruption_set,
+    storage_line,
     tta_views,
 )
+from ..defaults import CARD_RESAMPLES
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
 from ..evaluation.conformal import conformal_summary
 from ..evaluation.metrics import SplitMetrics
 from ..evaluation.robustness import robustness_line
+from ..evaluation.stats import Side, bootstrap_interval
 from ..io import folder_lock, write_csv, write_json
 from ..models import count_parameters, create_model
 from ..runs import (
@@ -57,9 +60,10 @@ from ..runs import (
     write_model_card,
 )
 from ..runs.files import BundleMetadata, ModelSpec
+from ..runtime import environment
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
 from ..runtime.environment import environment_record, seed_everything
-from .budget import MEASURE_SECONDS, BudgetPlan, images_per_second, plan_epochs
+from .budget import CARD_PROBE_RESAMPLES, MEASURE_SECONDS, BudgetPlan, images_per_second, plan_epochs
 from .recipe import (
     EarlyStopping,
     balanced_sample_weights,
@@ -185,7 +189,7 @@ def train_step(
     optimizer,
     criterion,
     scaler,
-    amp: bool,
+    autocast: torch.dtype | None,
     scheduler=None,
     grad_clip: float = 0.0,
     ema=None,
@@ -193,13 +197,15 @@ def train_step(
     channels_last: bool = False,
 ) -> float:
     """One optimiser step on a batch (mixed first with ``mixer``; the EMA and a per-batch scheduler
-    follow the step); returns the batch's loss. Raises :class:`TrainingDiverged` on a non-finite loss."""
+    follow the step), the forward pass under ``autocast`` to that dtype when given (float16 on CUDA
+    with ``scaler``, bfloat16 on a CPU); returns the batch's loss. Raises :class:`TrainingDiverged`
+    on a non-finite loss."""
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     if mixer is not None:
         images, targets = mixer(images, targets)
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(images.device.type, dtype=autocast or torch.float16, enabled=autocast is not None):
         loss = criterion(model(images).float(), targets)
     value = loss.item()
     if not math.isfinite(value):  # stop before the step spreads it into the weights
@@ -217,13 +223,19 @@ def train_step(
     return value
 
 
+def cpu_bf16_applies(config: TrainConfig, device: torch.device) -> bool:
+    """``--cpu-bf16`` on a CPU whose instructions compute in bfloat16 (AMX or AVX512-BF16, as oneDNN
+    reports): elsewhere bfloat16 would be emulated, slower than float32, so it is not used."""
+    return config.cpu_bf16 and device.type == "cpu" and environment.cpu_has_bfloat16()
+
+
 def train_one_epoch(
     model,
     loader: BatchLoader,
     optimizer,
     criterion,
     scaler,
-    amp: bool,
+    autocast: torch.dtype | None,
     progress,
     scheduler=None,
     grad_clip: float = 0.0,
@@ -239,7 +251,18 @@ def train_one_epoch(
     loss_sum, count = 0.0, 0
     for images, targets in loader:
         value = train_step(
-            model, images, targets, optimizer, criterion, scaler, amp, scheduler, grad_clip, ema, mixer, channels_last
+            model,
+            images,
+            targets,
+            optimizer,
+            criterion,
+            scaler,
+            autocast,
+            scheduler,
+            grad_clip,
+            ema,
+            mixer,
+            channels_last,
         )
         loss_sum += value * len(targets)
         count += len(targets)
@@ -259,6 +282,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
     config.validate()
     check_run_folder(config)
     context, device = init_distributed(config.device)
+    threads = torch.get_num_threads()  # --num-threads is this run's: the next run in the process starts afresh
     try:
         with folder_lock(config.run_dir(), "train") if context.is_main else nullcontext():
             session = TrainingSession.prepare(config, context, device, started)
@@ -275,6 +299,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
                     on_epoch(row)
             return session.finish()
     finally:
+        torch.set_num_threads(threads)
         shutdown(context)
 
 
@@ -301,7 +326,8 @@ class TrainingSession:
     run: RunDir
     data: LoadedDataset
     normalization: Normalization
-    amp: bool
+    amp: bool  # float16 autocast on CUDA, for training and evaluation
+    train_autocast: torch.dtype | None  # the training steps' autocast: float16 (amp) or bfloat16 (--cpu-bf16)
     model: torch.nn.Module
     criterion: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -333,13 +359,14 @@ class TrainingSession:
             raise ConfigError(
                 f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes"
             )
+        environment.configure_allocator()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         elif context.enabled and device.type == "cpu":  # processes on one machine share its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
         seed_everything(config.seed)
         data = load_run_data(config)
-        normalization = compute_normalization(data.splits["train"].images, config.normalize)
+        normalization = compute_normalization(data.splits["train"], config.normalize)
 
         model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained)
         model = model.to(device, memory_format=torch.channels_last) if config.channels_last else model.to(device)
@@ -347,6 +374,7 @@ class TrainingSession:
         criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
         optimizer = build_optimizer(config, model.parameters())
         amp = config.amp and device.type == "cuda"
+        train_autocast = torch.float16 if amp else (torch.bfloat16 if cpu_bf16_applies(config, device) else None)
         # each process draws its own shuffles and augmentations; one process draws exactly what it always did
         rng = ProcessRng(
             torch.Generator().manual_seed(config.seed + context.rank),
@@ -369,8 +397,9 @@ class TrainingSession:
                 epochs = load_checkpoint(RunDir(config.run_dir()).last_path)["config"]["epochs"]
             else:
                 budget = _plan_budget(
-                    config, context, device, data, normalization, model, criterion, loader, amp, mixer, started
-                )
+                    config, context, device, data, normalization, model, criterion, loader, amp, train_autocast,
+                    mixer, started,
+                )  # fmt: skip
                 epochs = budget.epochs
             config = _with_epochs(config, epochs)
         return cls(
@@ -381,6 +410,7 @@ class TrainingSession:
             data=data,
             normalization=normalization,
             amp=amp,
+            train_autocast=train_autocast,
             model=model,
             criterion=criterion,
             optimizer=optimizer,
@@ -509,6 +539,10 @@ class TrainingSession:
                 "preprocessing": metadata["preprocessing"],
                 "model": {**metadata["model"], "parameters": count_parameters(self.model)},
                 "time_budget": self.budget.record() if self.budget else None,
+                "precision": {
+                    "training": str(self.train_autocast or torch.float32).removeprefix("torch."),
+                    "evaluation": "float16" if self.amp else "float32",
+                },
             },
         )
         if "files" in data.source:  # image folders: which file went to which split
@@ -519,7 +553,8 @@ class TrainingSession:
         config, context = self.config, self.context
         self.log(
             f"training {config.model} ({count_parameters(self.model):,} parameters) on {self.data.name} {self.data.size}px, "
-            f"{len(self.data.splits['train'])} images, {config.epochs} epochs, device {self.device}"
+            f"{len(self.data.splits['train'])} images ({storage_line(self.data.source)}), {config.epochs} epochs, "
+            f"device {self.device}"
             + (
                 f", {context.world_size} processes ({context.backend}) of {self.loader.batch_size} images per batch"
                 if context.enabled
@@ -573,7 +608,7 @@ class TrainingSession:
                     self.optimizer,
                     self.criterion,
                     self.scaler,
-                    self.amp,
+                    self.train_autocast,
                     bar,
                     self.scheduler,
                     config.grad_clip,
@@ -764,7 +799,9 @@ def _with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
         raise ConfigError(f"--time-budget {config.time_budget} allows {epochs} epoch(s) here: {exc}") from None
 
 
-def _plan_budget(config, context, device, data, normalization, model, criterion, loader, amp, mixer, started):
+def _plan_budget(
+    config, context, device, data, normalization, model, criterion, loader, amp, train_autocast, mixer, started
+):
     """Time training steps and validation on copies (the run's weights, optimiser and random streams
     stay untouched) and choose the epochs that fit the budget; every process takes the smallest."""
     torch_rng = torch.get_rng_state()
@@ -786,7 +823,7 @@ def _plan_budget(config, context, device, data, normalization, model, criterion,
     def step() -> int:
         images, targets = next(stream)
         train_step(
-            probe, images, targets, optimizer, criterion, scaler, amp, None, config.grad_clip, ema, mixer,
+            probe, images, targets, optimizer, criterion, scaler, train_autocast, None, config.grad_clip, ema, mixer,
             config.channels_last,
         )  # fmt: skip
         return len(targets)
@@ -811,6 +848,11 @@ def _plan_budget(config, context, device, data, normalization, model, criterion,
         for name in ("best.pt", "last.pt"):
             save_checkpoint(Path(folder) / name, {"model": probe.state_dict(), "optimizer": optimizer.state_dict()})
     epoch_overhead_s = time.perf_counter() - overhead_started
+    # the model card's bootstrap over the test images, timed on a few resamples of the sample and scaled
+    card_started = time.perf_counter()
+    bootstrap_interval(Side(y_true, [y_prob], data.task), CARD_PROBE_RESAMPLES)
+    card_s = (time.perf_counter() - card_started) * CARD_RESAMPLES / CARD_PROBE_RESAMPLES
+    card_s *= len(data.splits["test"]) / len(sample)
     torch.set_rng_state(torch_rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, device)
@@ -824,5 +866,6 @@ def _plan_budget(config, context, device, data, normalization, model, criterion,
         -(-len(data.splits["test"]) // context.world_size),
         len(tta_views(sample.images[:1], data.orientation)) if config.tta else 1,
         epoch_overhead_s,
+        card_s if context.is_main else 0.0,
     )
     return replace(plan, epochs=min(gather(context, plan.epochs)))
