@@ -49,6 +49,17 @@ def test_the_cache_round_trips_every_split_exactly_and_opens_memory_mapped(blood
     assert record["channels"] == 3 and record["splits"]["train"]["shape"] == [160, 3, 28, 28]
 
 
+def test_auto_storage_copies_while_the_machines_copies_fit_and_maps_otherwise(blood_dir, monkeypatch):
+    load_dataset("bloodmnist", 28, blood_dir, verify=False)  # builds the cache
+    nbytes = cache_module.read_cache(blood_dir / "medclassify-cache" / "bloodmnist").nbytes
+    monkeypatch.setattr(cache_module, "MEMORY_MAX_BYTES", 2 * nbytes)
+    assert load_dataset("bloodmnist", 28, blood_dir, verify=False).source["storage"] == "memory"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two copies still fit
+    assert load_dataset("bloodmnist", 28, blood_dir, verify=False).source["storage"] == "memory"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three would not: the processes share one mapping
+    assert load_dataset("bloodmnist", 28, blood_dir, verify=False).source["storage"] == "mmap"
+
+
 def test_recorded_pixel_sums_give_numpys_mean_and_std(blood_dir):
     train = load_dataset("bloodmnist", 28, blood_dir, verify=False, storage="mmap").splits["train"]
     scaled = train.images.numpy() / 255.0

@@ -183,7 +183,7 @@ class RuntimeConfig:
     data_storage: str = option(
         "auto",
         "how the splits are held: memory (read into RAM), mmap (memory-mapped from the split cache: every process "
-        "shares one copy), or auto (memory up to 1 GB of cache, mmap above)",
+        "shares one copy), or auto (memory while the copies of the machine's processes total at most 1 GiB, mmap above)",
         choices=STORAGES,
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU)")

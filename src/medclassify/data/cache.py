@@ -38,8 +38,9 @@ RECORD_NAME = "cache.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 STORAGES = ("auto", "memory", "mmap")
-# ``auto`` copies a cache of up to this size into memory and memory-maps larger ones: at 28 px
-# both train equally fast (bench/train_throughput.py), and a copy costs no page faults
+# ``auto`` copies a cache into memory while the copies of all the machine's processes together
+# stay within this size, and memory-maps it otherwise (one page-cache copy they share): at 28 px a
+# copy trains faster than a mapping (no page faults; bench/train_throughput.py)
 MEMORY_MAX_BYTES = 1 << 30
 CHUNK_BYTES = 16 << 20  # how much of a source is converted at a time while a cache is built
 
@@ -69,10 +70,12 @@ class SplitCache:
         return sum(f.stat().st_size for f in self.folder.iterdir() if f.is_file())
 
     def storage(self, requested: str) -> str:
-        """``memory`` or ``mmap``: as requested, or for ``auto`` by the cache's size."""
+        """``memory`` or ``mmap``: as requested, or for ``auto`` by the size of the copies that this
+        machine's processes would hold (torchrun's ``LOCAL_WORLD_SIZE``: each process its own)."""
         if requested != "auto":
             return requested
-        return "memory" if self.nbytes <= MEMORY_MAX_BYTES else "mmap"
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return "memory" if self.nbytes * processes <= MEMORY_MAX_BYTES else "mmap"
 
     def open(self, storage: str = "auto") -> tuple[dict[str, Split], str]:
         """Every split, read into memory or memory-mapped (copy-on-write: nothing is ever written
