@@ -278,3 +278,24 @@ def test_cache_command_prints_the_cache_and_datasets_lists_it(blood_dir):
     assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
         "medclassify cache: error: give a dataset name"
     )
+    blocked = blood_dir / "a-file"
+    blocked.write_text("not a folder")
+    unwritable = subprocess.run(
+        [
+            *command,
+            "cache",
+            "bloodmnist",
+            "--data-dir",
+            str(blood_dir),
+            "--no-verify",
+            "--cache-dir",
+            str(blocked / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert unwritable.returncode == 2 and unwritable.stderr.strip().splitlines() == [
+        f"medclassify cache: error: {blocked / 'cache'}: cannot write (Not a directory): no split cache was written "
+        "(--cache-dir DIR puts it elsewhere)"
+    ]

@@ -831,11 +831,18 @@ def _run_cache(args: argparse.Namespace) -> int:
         download=args.download, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
         cache_dir=args.cache_dir, data_storage="mmap",
     )  # fmt: skip
-    data = load_run_data(config.validate())  # the data a train command with these options reads
+    with warnings.catch_warnings():
+        # where no cache can be written, a run falls back to memory; this command stops at once instead
+        warnings.filterwarnings("error", message=".*without a split cache", category=UserWarning)
+        try:
+            data = load_run_data(config.validate())  # the data a train command with these options reads
+        except UserWarning as exc:
+            reason = str(exc).split("; reading ", 1)[0]
+            raise MedclassifyError(
+                f"{reason}: no split cache was written (--cache-dir DIR puts it elsewhere)"
+            ) from None
     seconds = time.perf_counter() - started
-    folder = data.source.get("cache")
-    if folder is None:
-        raise MedclassifyError(f"no split cache could be written for {data.name} (see the warning above)")
+    folder = data.source["cache"]
     cache = read_cache(Path(folder))
     shapes = (
         ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
