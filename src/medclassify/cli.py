@@ -65,7 +65,7 @@ def _formatter(prog):
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; unset options are absent so YAML values show through."""
-    from .config import TrainConfig, flag
+    from .config import TrainConfig
 
     parser.add_argument(
         "--config", metavar="YAML", help="read TrainConfig fields from a YAML file; options given here override it"
@@ -77,8 +77,17 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         help="processes on this machine: launches torchrun for DistributedDataParallel "
         "(one per GPU, or CPU processes with Gloo); --batch-size stays the effective batch (default: 1)",
     )
+    _add_config_options(parser, [f.name for f in fields(TrainConfig)])
+
+
+def _add_config_options(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """An option for each of the TrainConfig fields ``names``, with the field's help, type and choices."""
+    from .config import TrainConfig, flag
+
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
+        if f.name not in names:
+            continue
         help_text = f.metadata["help"]
         if "default" not in help_text and f.default is not None:  # some helps say in words what None means
             help_text += f" (default: {f.default})"
@@ -133,14 +142,13 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dataset", nargs="?", help="MedMNIST dataset or synthcells (leave out for the image folder given as --data-dir)"
     )
-    parser.add_argument("--size", type=int, default=28, help="image size in pixels (default: 28)")
-    _add_datasets_options(parser)
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 or 3: the conversion to cache (as train's)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="image folders without val/ (as train's)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="image folders without test/ (as train's)")
-    parser.add_argument("--seed", type=int, default=0, help="image folders without val/ or test/: the split seed")
-    parser.add_argument("--no-download", dest="download", action="store_false", help="never download a missing file")
-    parser.add_argument("--no-verify", dest="verify", action="store_false", help="accept a file whose MD5 differs")
+    _add_config_options(parser, CACHE_OPTIONS)  # as train takes them, so both find the same cache
+
+
+# The TrainConfig fields that decide which data a run reads, and so which split cache.
+CACHE_OPTIONS = [
+    "size", "channels", "data_dir", "cache_dir", "val_fraction", "test_fraction", "seed", "download", "verify"
+]  # fmt: skip
 
 
 MODEL_SIZES = (8, 1024)  # what image folders accept; MedMNIST sizes lie inside
@@ -769,12 +777,13 @@ def _run_datasets(args: argparse.Namespace) -> int:
     from .data import MEDMNIST_SIZES, cache_root, dataset_catalog, default_data_dir, list_caches
 
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    caches = list_caches(cache_root(root, args.cache_dir))
+    caches_root = cache_root(root, args.cache_dir)
+    caches = list_caches(caches_root)
     cached_sizes: dict[str, list[str]] = {}
     for cache in caches:
         if cache.record.get("kind") == "npz":
             cached_sizes.setdefault(cache.record["name"], []).append(_cache_label(cache.record))
-    print(f"files in {root}; split caches in {cache_root(root, args.cache_dir)}\n")
+    print(f"files in {root}; split caches in {caches_root}\n")
     print(
         f"{'dataset':<16}{'task':<28}{'ch':>3}{'classes':>8}  {'train/val/test':<20}{'sizes':<16}{'on disk':<12}cached"
     )
@@ -823,14 +832,12 @@ def _run_cache(args: argparse.Namespace) -> int:
     from .data.cache import read_cache
     from .runs import load_run_data
 
-    if args.dataset is None and not (args.data_dir and (Path(args.data_dir).expanduser() / "train").is_dir()):
+    data_dir = getattr(args, "data_dir", None)
+    if args.dataset is None and not (data_dir and (Path(data_dir).expanduser() / "train").is_dir()):
         raise MedclassifyError("give a dataset name, or --data-dir pointing at an image folder with train/<class>/")
     started = time.perf_counter()
-    config = TrainConfig(
-        dataset=args.dataset, size=args.size, data_dir=args.data_dir, channels=args.channels, verify=args.verify,
-        download=args.download, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-        cache_dir=args.cache_dir, data_storage="mmap",
-    )  # fmt: skip
+    given = {name: value for name, value in vars(args).items() if name in CACHE_OPTIONS}
+    config = TrainConfig(dataset=args.dataset, data_storage="mmap", **given)
     with warnings.catch_warnings():
         # where no cache can be written, a run falls back to memory; this command stops at once instead
         warnings.filterwarnings("error", message=".*without a split cache", category=UserWarning)

@@ -167,11 +167,10 @@ def _write_cache(
     position = {path: i for i, (path, _) in enumerate(everything)}
     decoded_file = folder / "decoded.npy"
     rgb = ImageWriter(decoded_file, (len(everything), size, size, 3), sums=False)
-    readable, grey, md5s = [], [], {}
+    grey, md5s = [], {}  # of the readable files
     progress = tqdm(total=len(everything), desc=f"decoding {root.name}", unit="image", disable=None, leave=False)
     with progress:
         for (path, _), result in zip(everything, _decoded([p for p, _ in everything], size)):
-            readable.append(result is not None)
             if result is None:
                 rgb.add(np.zeros((1, size, size, 3), dtype=np.uint8))
             else:
@@ -180,7 +179,7 @@ def _write_cache(
                 md5s[path] = result[2]
             progress.update()
     rgb.close()
-    unreadable = [path for (path, _), ok in zip(everything, readable) if not ok]
+    unreadable = [path for path, _ in everything if path not in md5s]
     files = {s: [(p, label) for p, label in items if p in md5s] for s, items in files.items()}
     if channels is None:  # what most images are
         channels = 1 if sum(grey) * 2 >= len(grey) else 3

@@ -110,7 +110,7 @@ def _to_labels(labels: np.ndarray, path: Path, key: str, n: int, info: DatasetIn
     return torch.from_numpy(labels[:, 0].astype(np.int64))
 
 
-def _check_layout(archive, path: Path) -> None:
+def _check_layout(archive, members: zipfile.ZipFile, path: Path) -> None:
     """Every split's images and labels are there, and every header declares what the archive stores."""
     keys = set(archive.files)
     expected = {f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")}
@@ -119,9 +119,8 @@ def _check_layout(archive, path: Path) -> None:
             f"{path}: missing keys {', '.join(sorted(expected - keys))}; expected the MedMNIST "
             "layout train_/val_/test_ images and labels"
         )
-    with zipfile.ZipFile(path) as members:  # declared shapes first: a lying header allocates nothing
-        for key in sorted(expected):
-            npz_member_header(members, key, path)
+    for key in sorted(expected):  # declared shapes first: a lying header allocates nothing
+        npz_member_header(members, key, path)
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
@@ -135,7 +134,7 @@ def write_npz_cache(path: Path, info: DatasetInfo, size: int, channels: int, fol
     splits = {}
     try:
         with np.load(path, allow_pickle=False) as archive, zipfile.ZipFile(path) as members:
-            _check_layout(archive, path)
+            _check_layout(archive, members, path)
             for name in SPLITS:
                 key = f"{name}_images"
                 with members.open(f"{key}.npy") as member:
