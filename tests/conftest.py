@@ -3,12 +3,28 @@ session (the tests that share one only read it)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from helpers import QUADRANT_CLASSES, quadrant_images, write_medmnist_npz
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_folder(tmp_path_factory):
+    """The user's cache folder (where split caches and the demo's sample go by default) is a
+    temporary one: no test writes into the home folder of whoever runs the suite."""
+    saved = {name: os.environ.get(name) for name in ("XDG_CACHE_HOME", "MEDCLASSIFY_CACHE")}
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user-cache"))
+    os.environ.pop("MEDCLASSIFY_CACHE", None)
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

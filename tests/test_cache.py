@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,13 +24,18 @@ from medclassify.data.memory import prefetched
 SPLITS = ("train", "val", "test")
 
 
+def blood_cache(blood_dir):
+    """Where the bloodmnist fixture's split cache goes by default: the user's cache folder."""
+    return cache_module.cache_root() / f"bloodmnist-{cache_module.source_tag(blood_dir / 'bloodmnist.npz')}"
+
+
 def _created(folder) -> str:
     return json.loads((folder / "cache.json").read_text())["created"]
 
 
 def test_the_cache_round_trips_every_split_exactly_and_opens_memory_mapped(blood_dir):
     first = load_dataset("bloodmnist", 28, blood_dir, verify=False)
-    folder = blood_dir / "medclassify-cache" / "bloodmnist"
+    folder = blood_cache(blood_dir)
     assert first.source["cache"] == str(folder) and first.source["storage"] == "memory"  # small: copied to RAM
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["cache.json"] + [f"{s}_{kind}.npy" for s in SPLITS for kind in ("images", "labels")]
@@ -51,7 +57,7 @@ def test_the_cache_round_trips_every_split_exactly_and_opens_memory_mapped(blood
 
 def test_auto_storage_copies_while_the_machines_copies_fit_and_maps_otherwise(blood_dir, monkeypatch):
     load_dataset("bloodmnist", 28, blood_dir, verify=False)  # builds the cache
-    nbytes = cache_module.read_cache(blood_dir / "medclassify-cache" / "bloodmnist").nbytes
+    nbytes = cache_module.read_cache(blood_cache(blood_dir)).nbytes
     monkeypatch.setattr(cache_module, "MEMORY_MAX_BYTES", 2 * nbytes)
     assert load_dataset("bloodmnist", 28, blood_dir, verify=False).source["storage"] == "memory"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two copies still fit
@@ -72,13 +78,14 @@ def test_recorded_pixel_sums_give_numpys_mean_and_std(blood_dir):
 def test_grey_repeated_to_rgb_is_a_cache_of_its_own(pneumonia_dir):
     grey = load_dataset("pneumoniamnist", 28, pneumonia_dir, verify=False)
     rgb = load_dataset("pneumoniamnist", 28, pneumonia_dir, verify=False, channels=3)
-    assert rgb.source["cache"].endswith("pneumoniamnist_3ch") and rgb.channels == 3
+    assert rgb.source["cache"] != grey.source["cache"] and rgb.channels == 3
+    assert Path(rgb.source["cache"]).name.startswith("pneumoniamnist_3ch-")
     for name in SPLITS:
         assert torch.equal(rgb.splits[name].images, grey.splits[name].images.expand(-1, 3, -1, -1))
 
 
 def test_a_changed_source_rebuilds_the_cache_and_a_touched_one_does_not(blood_dir):
-    path, folder = blood_dir / "bloodmnist.npz", blood_dir / "medclassify-cache" / "bloodmnist"
+    path, folder = blood_dir / "bloodmnist.npz", blood_cache(blood_dir)
     load_dataset("bloodmnist", 28, blood_dir, verify=False)
     built = _created(folder)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # same bytes, newer time
@@ -107,22 +114,25 @@ def test_an_interrupted_build_leaves_no_half_cache_and_the_next_run_builds_it(bl
     monkeypatch.setattr(cache_module, "CHUNK_BYTES", 28 * 28 * 3 * 50)  # several blocks per split
     with pytest.raises(KeyboardInterrupt):
         load_dataset("bloodmnist", 28, blood_dir, verify=False)
-    root = blood_dir / "medclassify-cache"
-    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
+    folder = blood_cache(blood_dir)
+    root = folder.parent
+    assert [p.name for p in root.glob(f"*{folder.name}*") if not p.name.endswith(".lock")] == []
     # a build killed outright leaves its temporary folder: the next build removes it
-    (root / ".bloodmnist.building-99999").mkdir()
-    (root / ".bloodmnist.building-99999" / "train_images.npy").write_bytes(b"half")
+    (root / f".{folder.name}.building-99999").mkdir()
+    (root / f".{folder.name}.building-99999" / "train_images.npy").write_bytes(b"half")
     monkeypatch.setattr(cache_module.ImageWriter, "add", real_add)
     data = load_dataset("bloodmnist", 28, blood_dir, verify=False)
     assert len(data.splits["train"]) == 160
-    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == ["bloodmnist"]
+    assert sorted(p.name for p in root.glob(f"*{folder.name}*") if not p.name.endswith(".lock")) == [folder.name]
 
 
 def test_a_truncated_cache_file_is_rebuilt(blood_dir):
     load_dataset("bloodmnist", 28, blood_dir, verify=False)
-    images = blood_dir / "medclassify-cache" / "bloodmnist" / "val_images.npy"
+    images = blood_cache(blood_dir) / "val_images.npy"
     images.write_bytes(images.read_bytes()[:1000])
-    data = load_dataset("bloodmnist", 28, blood_dir, verify=False, storage="mmap")
+    with pytest.warns(UserWarning, match="val_images.npy has another size than recorded; it is built again") as said:
+        data = load_dataset("bloodmnist", 28, blood_dir, verify=False, storage="mmap")
+    assert len(said) == 1
     assert len(data.splits["val"]) == 40 and images.stat().st_size > 1000
 
 
@@ -139,12 +149,17 @@ def test_an_unwritable_cache_folder_warns_once_and_reads_into_memory(blood_dir, 
 
 
 def test_cache_dir_and_the_environment_variable_choose_where_caches_live(blood_dir, tmp_path, monkeypatch):
+    name = blood_cache(blood_dir).name
     data = load_dataset("bloodmnist", 28, blood_dir, verify=False, cache_dir=tmp_path / "fast")
-    assert data.source["cache"] == str(tmp_path / "fast" / "bloodmnist")
+    assert data.source["cache"] == str(tmp_path / "fast" / name)
     monkeypatch.setenv("MEDCLASSIFY_CACHE", str(tmp_path / "env"))
-    assert load_dataset("bloodmnist", 28, blood_dir, verify=False).source["cache"] == str(
-        tmp_path / "env" / "bloodmnist"
-    )
+    assert load_dataset("bloodmnist", 28, blood_dir, verify=False).source["cache"] == str(tmp_path / "env" / name)
+    # by default in the user's cache folder ($XDG_CACHE_HOME), never in the data folder
+    monkeypatch.delenv("MEDCLASSIFY_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    default = load_dataset("bloodmnist", 28, blood_dir, verify=False).source["cache"]
+    assert default == str(tmp_path / "xdg" / "medclassify" / "split-cache" / name)
+    assert sorted(p.name for p in blood_dir.iterdir()) == ["bloodmnist.npz", "bloodmnist_64.npz"]
 
 
 def test_training_from_the_memory_mapped_cache_equals_training_from_memory(blood_dir, tmp_path):
@@ -159,7 +174,7 @@ def test_training_from_the_memory_mapped_cache_equals_training_from_memory(blood
         )  # fmt: skip
         results[storage] = train(config)
     recorded = json.loads((tmp_path / "mmap" / "config.json").read_text())["data"]["source"]
-    assert recorded["storage"] == "mmap" and recorded["cache"].endswith("bloodmnist")
+    assert recorded["storage"] == "mmap" and recorded["cache"] == str(blood_cache(blood_dir))
     strip = [
         {k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in results["memory"].history
     ]
@@ -175,7 +190,7 @@ def test_training_from_the_memory_mapped_cache_equals_training_from_memory(blood
 def test_a_folder_cache_records_the_same_split_and_follows_the_folder(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "xray", per_class=20)
     first = load_dataset("folder", 28, root, channels=1)
-    folder = root / "medclassify-cache" / "28px_grey_split0-0.1-0.2"
+    folder = cache_module.cache_root() / f"xray-{cache_module.source_tag(root)}_28px_grey_split0-0.1-0.2"
     assert first.source["cache"] == str(folder) and first.source["storage"] == "memory"
     built = _created(folder)
     again = load_dataset("folder", 28, root, channels=1, storage="mmap")
@@ -198,6 +213,11 @@ def test_a_folder_cache_records_the_same_split_and_follows_the_folder(tmp_path, 
     assert "train/NORMAL/normal_999.png" in sum(moved.source["files"].values(), [])
     other_seed = load_dataset("folder", 28, root, channels=1, split_seed=1)
     assert other_seed.source["cache"].endswith("28px_grey_split1-0.1-0.2")
+    # another folder of the same name and layout gets a cache of its own: neither rebuilds the other's
+    rebuilt = _created(folder)
+    twin = write_image_folder(tmp_path / "elsewhere" / "xray", per_class=20)
+    assert load_dataset("folder", 28, twin, channels=1).source["cache"] != first.source["cache"]
+    assert load_dataset("folder", 28, root, channels=1).source["cache"] == str(folder) and _created(folder) == rebuilt
 
 
 def test_folder_decoding_runs_in_worker_processes_for_many_files(tmp_path, monkeypatch):
@@ -263,7 +283,7 @@ def test_cache_command_prints_the_cache_and_datasets_lists_it(blood_dir):
         env=env,
     )
     assert built.returncode == 0, built.stderr
-    folder = blood_dir / "medclassify-cache" / "bloodmnist"
+    folder = blood_cache(blood_dir)
     assert (
         built.stdout.startswith(f"split cache {folder}: ")
         and "train 160, val 40, test 80 images of 3 x 28 x 28" in built.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 
 import numpy as np
@@ -94,8 +95,11 @@ def test_push_uploads_the_hub_folder(run, monkeypatch, capsys):
     calls = []
 
     class FakeHub:
-        def __init__(self, token=None):
+        def __init__(self, endpoint=None, token=None):
             calls.append(("token", token))
+
+        def whoami(self):
+            calls.append(("whoami",))
 
         def create_repo(self, repo_id, **options):
             calls.append(("create", repo_id, options))
@@ -105,9 +109,14 @@ def test_push_uploads_the_hub_folder(run, monkeypatch, capsys):
             return type("Commit", (), {"commit_url": f"https://hub.example/{repo_id}/commit/1"})()
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
-    assert main(["push", str(run), "--repo", "alice/blood-cnn", "--private"]) == 0
+    endpoint = socket.create_server(("127.0.0.1", 0))  # a Hub endpoint that accepts connections
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{endpoint.getsockname()[1]}")
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    with endpoint:
+        assert main(["push", str(run), "--repo", "alice/blood-cnn", "--private"]) == 0
     assert calls == [
-        ("token", None),
+        ("token", "hf_test"),
+        ("whoami",),
         ("create", "alice/blood-cnn", {"repo_type": "model", "private": True, "exist_ok": True}),
         ("upload", "alice/blood-cnn", ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]),
     ]

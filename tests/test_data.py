@@ -215,8 +215,8 @@ def test_download_moves_a_complete_file_into_place(tmp_path, monkeypatch):
     data = load_dataset("bloodmnist", 28, tmp_path / "cache", verify=False)
     assert requested == {"url": INFO["bloodmnist"]["url"], "md5": INFO["bloodmnist"]["MD5"]}
     assert len(data.splits["train"]) == 160
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".seen", "bloodmnist.npz", "medclassify-cache"], (
-        "the temporary folder is gone"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".seen", "bloodmnist.npz"], (
+        "the temporary folder is gone, and the split cache is not in the data folder"
     )
     assert Path((tmp_path / "cache" / ".seen").read_text()).parent == tmp_path / "cache", (
         "downloads land in a temporary folder first"

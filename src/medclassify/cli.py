@@ -133,9 +133,15 @@ def _add_datasets_options(parser: argparse.ArgumentParser) -> None:
     from .data import default_data_dir
 
     parser.add_argument("--data-dir", help=f"where to look for files (default: {default_data_dir()})")
-    parser.add_argument(
-        "--cache-dir", help="where the split caches are (default: $MEDCLASSIFY_CACHE, else DATA_DIR/medclassify-cache)"
-    )
+    from .data import cache_root
+
+    parser.add_argument("--cache-dir", help=f"where the split caches are (default: {_home(cache_root())})")
+
+
+def _home(path: Path) -> str:
+    """A path under the home folder as ``~/...``, as the help texts show it."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +153,8 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 # The TrainConfig fields that decide which data a run reads, and so which split cache.
 CACHE_OPTIONS = [
-    "size", "channels", "data_dir", "cache_dir", "val_fraction", "test_fraction", "seed", "download", "verify"
+    "size", "channels", "data_dir", "cache_dir", "val_fraction", "test_fraction", "seed", "download", "verify",
+    "verify_cache",
 ]  # fmt: skip
 
 
@@ -286,9 +293,8 @@ def _add_calibrate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--conformal-score",
         choices=CONFORMAL_SCORES,
-        default=CONFORMAL_SCORES[0],
-        help="lac: the smallest sets, empty when no class is likely enough; aps: never empty, covers more than asked "
-        f"(default: {CONFORMAL_SCORES[0]})",
+        help="with --conformal: lac, the smallest sets, empty when no class is likely enough; aps: never empty, "
+        f"covers more than asked (default: {CONFORMAL_SCORES[0]})",
     )
     parser.add_argument(
         "--mondrian", action="store_true", help="with --conformal: one threshold per class (coverage for every class)"
@@ -459,6 +465,8 @@ def _add_tune_options(parser: argparse.ArgumentParser) -> None:
 def _run_tune(args: argparse.Namespace) -> int:
     from .experiments.tune import Search, run_search, summary
 
+    if args.address is not None and args.backend != "ray":
+        raise MedclassifyError("--address needs --backend ray (the Ray cluster to run on)")
     search = Search.from_yaml(args.search)
     out = Path(args.out or Path("runs") / f"tune-{search.name}")
     try:
@@ -736,7 +744,13 @@ def _run_study(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise MedclassifyError(f"--{option} must be >= 1, got {value}")
     if args.seeds is not None:
+        from .experiments.study import MAX_SEEDS
+
+        if args.seeds > MAX_SEEDS:
+            raise MedclassifyError(f"--seeds must be from 1 to {MAX_SEEDS}, got {args.seeds}")
         study.seeds = list(range(args.seeds))
+    if args.address is not None and args.backend != "ray":
+        raise MedclassifyError("--address needs --backend ray (the Ray cluster to run on)")
     if args.no_verify:
         study.train["verify"] = False
     study_dir = Path(args.out) if args.out else Path("runs") / study.name
@@ -777,11 +791,12 @@ def _run_datasets(args: argparse.Namespace) -> int:
     from .data import MEDMNIST_SIZES, cache_root, dataset_catalog, default_data_dir, list_caches
 
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    caches_root = cache_root(root, args.cache_dir)
+    caches_root = cache_root(args.cache_dir)
     caches = list_caches(caches_root)
     cached_sizes: dict[str, list[str]] = {}
-    for cache in caches:
-        if cache.record.get("kind") == "npz":
+    for cache in caches:  # the cached column: caches of this folder's files
+        source = Path(cache.record["source"].get("file", ""))
+        if cache.record.get("kind") == "npz" and source.parent == root.resolve():
             cached_sizes.setdefault(cache.record["name"], []).append(_cache_label(cache.record))
     print(f"files in {root}; split caches in {caches_root}\n")
     print(
@@ -800,7 +815,8 @@ def _run_datasets(args: argparse.Namespace) -> int:
     for cache in caches:
         record = cache.record
         print(
-            f"{cache.folder}: {_bytes(cache.nbytes)}, {record['name']} at {record['size']} px, {record['channels']} channel(s)"
+            f"{cache.folder}: {_bytes(cache.nbytes)}, {record['name']} at {record['size']} px, {record['channels']} "
+            f"channel(s), from {record['source'].get('file') or record['source'].get('root')}"
         )
     if caches:
         print("(a split cache can be deleted at any time; the next run that needs it builds it again)")
@@ -1012,7 +1028,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.format == "hub":
         from .inference.hub import export_hub
 
-        hub = export_hub(args.model, args.out, args.data_dir)
+        hub = export_hub(args.model, args.out, args.data_dir, args.tolerance)
         print(
             f"wrote {hub.path}/ ({', '.join(hub.files)}); largest logit difference to best.pt {hub.max_abs_diff:.2e} "
             f"over {hub.parity_images} images of the {hub.parity_data}; Predictor.from_run and predict load it"

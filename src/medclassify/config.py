@@ -20,6 +20,7 @@ SELECT_METRICS = ("auc", "acc", "f1", "loss")
 MIX_CHOICES = ("none", "mixup", "cutmix", "mixup-cutmix")
 DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+MAX_SEED = 2**32 - 1
 
 
 def option(default, help: str, *, choices=None, resumable: bool = False):
@@ -114,8 +115,9 @@ class RunConfig:
     mix_alpha: float = option(1.0, "Beta(alpha, alpha) for the mixing proportion of --mix")
     time_budget: str | None = option(
         None,
-        "train within this wall time, e.g. 10m, 90s or 1h: the first steps are timed and --epochs is set so "
-        "that training and the test evaluation end within it (the chosen epochs go into config.json)",
+        "train within this wall time, e.g. 10m, 90s or 1h (at most 30 days): the first steps are timed and the "
+        "epochs are set so that training and the test evaluation end within it, at most --epochs (the chosen "
+        "epochs go into config.json)",
         resumable=True,
     )
     tta: bool = option(False, "test-time augmentation: average the predictions over the label-safe flips")
@@ -177,8 +179,14 @@ class RuntimeConfig:
     )
     cache_dir: str | None = option(
         None,
-        "folder for the split caches (default: $MEDCLASSIFY_CACHE, else DATA_DIR/medclassify-cache): each split "
-        "decoded once into uncompressed arrays that later runs open memory-mapped",
+        "folder for the split caches (default: $MEDCLASSIFY_CACHE, else ~/.cache/medclassify/split-cache or "
+        "$XDG_CACHE_HOME/medclassify/split-cache): each split decoded once into uncompressed arrays that later "
+        "runs open memory-mapped",
+    )
+    verify_cache: bool = option(
+        False,
+        "recompute the data file's MD5 instead of trusting the split cache's record of it (which stands while "
+        "the file's size and modification time are unchanged); an image folder's cache is built again",
     )
     data_storage: str = option(
         "auto",
@@ -349,14 +357,20 @@ class TrainConfig(RuntimeConfig, RunConfig):
             raise ConfigError(f"--milestones must be epochs between 1 and {self.epochs - 1}, got {self.milestones}")
         if self.unfreeze_after is not None and (not self.freeze_backbone or not 0 < self.unfreeze_after < self.epochs):
             raise ConfigError(f"--unfreeze-after needs --freeze-backbone and a value between 1 and {self.epochs - 1}")
+        check_seed(self.seed)
         if self.threshold is not None:
             from .evaluation.threshold import parse_rule
 
             parse_rule(self.threshold)
+        elif self.positive_class is not None:
+            raise ConfigError("--positive-class needs --threshold RULE (it names the class the threshold decides)")
         if self.conformal is not None:
             from .evaluation.conformal import check_level
 
             check_level(self.conformal)
+        elif self.mondrian or self.conformal_score != CONFORMAL_SCORES[0]:
+            given = "--mondrian" if self.mondrian else f"--conformal-score {self.conformal_score}"
+            raise ConfigError(f"{given} needs --conformal LEVEL (the prediction sets it shapes)")
         for tracker in self.track or []:  # the module is named after the tracker
             if not _importable(tracker):
                 raise ConfigError(f"--track {tracker} needs the {tracker} package: pip install 'medclassify[tracking]'")
@@ -437,17 +451,27 @@ def load_recipe(name: str) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds of a duration such as ``90s``, ``10m``, ``1h30m`` or ``600`` (seconds); ``--time-budget``
-    is named in the error of anything else."""
+MAX_DURATION_S = 30 * 24 * 3600.0  # a longer budget is a typing slip, not a plan
+
+
+def parse_duration(text: str, name: str = "--time-budget") -> float:
+    """Seconds of a duration such as ``90s``, ``10m``, ``1h30m`` or ``600`` (seconds), from more than
+    0 s to 30 days; ``name`` (the option or key) is named in the error of anything else."""
     match = DURATION.fullmatch(str(text).strip().lower())
     if not match or not any(match.groups()):
-        raise ConfigError(f"--time-budget: expected a duration such as 90s, 10m or 1h30m, got {text!r}")
+        raise ConfigError(f"{name}: expected a duration such as 90s, 10m or 1h30m, got {text!r}")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     total = 3600 * hours + 60 * minutes + seconds
-    if total <= 0:
-        raise ConfigError(f"--time-budget must be longer than 0 s, got {text!r}")
+    if not 0 < total <= MAX_DURATION_S:
+        raise ConfigError(f"{name} must be longer than 0 s and at most 30 days (720h), got {text!r}")
     return total
+
+
+def check_seed(value, name: str = "--seed") -> int:
+    """A seed NumPy, PyTorch and Python's random all accept: a whole number from 0 to 2**32 - 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {value!r}")
+    return value
 
 
 def flag(field_name: str) -> str:

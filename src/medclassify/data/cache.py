@@ -2,7 +2,7 @@
 N x C x H x W layout training uses, so that later runs open them in milliseconds, memory-mapped,
 and every process on a machine shares one page-cache copy of the pixels.
 
-A cache is a folder ``ROOT/medclassify-cache/NAME/`` (ROOT: the data folder, or ``--cache-dir``)
+A cache is a folder ``ROOT/NAME/`` (ROOT: :func:`cache_root`, the user's cache folder by default)
 holding ``SPLIT_images.npy`` and ``SPLIT_labels.npy`` for train, val and test, and
 ``cache.json``: the format, the source (an ``.npz`` file, or an image folder's files) with its MD5
 and the size and modification time it had, the channels, class names, and each split's shape and
@@ -13,6 +13,7 @@ two processes never build one at once. It can be deleted at any time; the next r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,15 +28,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError, OutputError
+from ..errors import DataError, OutputError, first_line
 from ..io import cannot_write, make_folder, write_json
 
 if TYPE_CHECKING:
     from .memory import Split
 
-CACHE_FOLDER = "medclassify-cache"
+CACHE_FOLDER = "split-cache"  # inside the user's cache folder
 RECORD_NAME = "cache.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the record carries its own digest, and names the source by a hash of its path
 SPLITS = ("train", "val", "test")
 STORAGES = ("auto", "memory", "mmap")
 # ``auto`` copies a cache into memory while the copies of all the machine's processes together
@@ -45,11 +46,20 @@ MEMORY_MAX_BYTES = 1 << 30
 CHUNK_BYTES = 16 << 20  # how much of a source is converted at a time while a cache is built
 
 
-def cache_root(data_root: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Where the caches of data under ``data_root`` live: ``--cache-dir``, else ``$MEDCLASSIFY_CACHE``,
-    else beside the data (``DATA_DIR/medclassify-cache``)."""
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where the split caches live: ``--cache-dir``, else ``$MEDCLASSIFY_CACHE``, else the user's cache
+    folder (``$XDG_CACHE_HOME/medclassify/split-cache``, by default ``~/.cache/medclassify/split-cache``),
+    as Hugging Face datasets and torch hub keep theirs: never inside a data folder unless asked."""
     chosen = cache_dir or os.environ.get("MEDCLASSIFY_CACHE")
-    return Path(chosen).expanduser() if chosen else Path(data_root) / CACHE_FOLDER
+    if chosen:
+        return Path(chosen).expanduser()
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(user_cache) / "medclassify" / CACHE_FOLDER
+
+
+def source_tag(source: Path) -> str:
+    """A short hash of a source's resolved path: two data folders (or files) of one name get two caches."""
+    return hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:8]
 
 
 def file_stamp(path: Path) -> dict:
@@ -107,18 +117,76 @@ def storage_line(source: dict) -> str:
     return f"in memory, read from {where}" if where else "in memory, no split cache"
 
 
-def read_cache(folder: Path) -> SplitCache | None:
-    """The cache in ``folder`` when it is complete and of this format; None otherwise."""
+def read_cache(folder: Path, warn: bool = True) -> SplitCache | None:
+    """The cache in ``folder`` when it is complete, of this format and agrees with its record (the
+    record's digest, each file's size, each array's header, the labels' range, the pixel sums'
+    shape); None otherwise, with a warning when a cache was there but did not hold up."""
+    if not (folder / RECORD_NAME).is_file():
+        return None
     try:
         record = json.loads((folder / RECORD_NAME).read_text())
-        if record.get("format") != FORMAT_VERSION:
-            return None
-        for name, size in record["files"].items():
-            if (folder / name).stat().st_size != size:
-                return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return SplitCache(folder, record)
+        problem = _record_problem(folder, record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        problem = f"unreadable ({first_line(exc)})"
+    if problem is None:
+        return SplitCache(folder, record)
+    if warn and not problem.startswith("format"):
+        warnings.warn(f"split cache {folder}: {problem}; it is built again", stacklevel=3)
+    return None
+
+
+def _digest(record: dict) -> str:
+    content = {key: value for key, value in record.items() if key != "digest"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _write_record(folder: Path, record: dict) -> None:
+    record["digest"] = _digest(record)
+    write_json(folder / RECORD_NAME, record)
+
+
+def _record_problem(folder: Path, record: dict) -> str | None:
+    """What is wrong with a cache folder against its record, or None."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT_VERSION:
+        return "format of another version"
+    if record.get("digest") != _digest(record):
+        return f"{RECORD_NAME} was changed after it was written"
+    for name, size in record["files"].items():
+        if (folder / name).stat().st_size != size:
+            return f"{name} has another size than recorded"
+    classes = len(record["class_names"])
+    for split in SPLITS:
+        entry = record["splits"][split]
+        n, channels, height, width = entry["shape"]
+        images = _npy_header(folder / f"{split}_images.npy")
+        if images != ((n, channels, height, width), np.dtype(np.uint8)):
+            return f"{split}_images.npy holds {images[0]} {images[1]} instead of the recorded ({n}, {channels}, {height}, {width}) uint8"
+        sums = entry["sums"]
+        if (
+            sums["count"] != n * height * width
+            or n < 1
+            or len(sums["total"]) != channels
+            or len(sums["squares"]) != channels
+        ):
+            return f"the {split} split's pixel sums do not fit its shape"
+        labels = np.load(folder / f"{split}_labels.npy", allow_pickle=False)
+        if len(labels) != n:
+            return f"{split}_labels.npy holds {len(labels)} labels for {n} images"
+        if labels.ndim == 1:
+            if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= classes:
+                return f"{split}_labels.npy holds labels that are not classes 0 to {classes - 1}"
+        elif labels.shape[1:] != (classes,) or not np.isin(labels, (0, 1)).all():
+            return f"{split}_labels.npy holds labels that are not 0/1 for each of the {classes} classes"
+    return None
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """An ``.npy`` file's shape and dtype from its header alone."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    return tuple(shape), dtype
 
 
 def list_caches(root: Path) -> list[SplitCache]:
@@ -156,7 +224,7 @@ def cached(folder: Path, is_current: Callable[[dict], bool], write: Callable[[Pa
     try:
         make_folder(folder.parent)
         with _build_lock(folder):
-            found = read_cache(folder)  # another process may have built it while this one waited
+            found = read_cache(folder, warn=False)  # another process may have built it while this one waited
             if found is not None and is_current(found.record):
                 return found
             return _build(folder, write)
@@ -173,7 +241,7 @@ def _build(folder: Path, write: Callable[[Path], dict]) -> SplitCache:
         record = {"format": FORMAT_VERSION, **write(tmp)}
         record["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         record["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
-        write_json(tmp / RECORD_NAME, record)
+        _write_record(tmp, record)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -188,7 +256,7 @@ def refresh_stamp(cache: SplitCache, stamp: dict) -> None:
     read-only cache is checked by MD5 again next time)."""
     cache.record["source"]["stamp"] = stamp
     with suppress(OutputError):
-        write_json(cache.folder / RECORD_NAME, cache.record)
+        _write_record(cache.folder, cache.record)
 
 
 class ImageWriter:

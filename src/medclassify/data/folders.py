@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..tasks import Task
-from .cache import ImageWriter, cache_root, open_cached, save_labels
+from .cache import ImageWriter, cache_root, open_cached, save_labels, source_tag
 from .images import decode_training_image, to_channels
 from .memory import LoadedDataset
 
@@ -56,11 +56,12 @@ def load_folder_dataset(
     *,
     cache_dir: str | Path | None = None,
     storage: str = "auto",
+    rebuild: bool = False,
 ) -> LoadedDataset:
     """An image folder (``train/CLASS/*``, optional ``val/`` and ``test/``) resized to ``size``; missing
     splits are held out of train/ by class, with ``split_seed``. ``source['files']`` says which file
-    went where. The decoded splits are cached (``ROOT/medclassify-cache/`` or ``cache_dir``) and
-    rebuilt when a file is added, removed or changed (its size or modification time)."""
+    went where. The decoded splits are cached (:func:`.cache.cache_root`, or ``cache_dir``) and
+    rebuilt when a file is added, removed or changed (its size or modification time), or with ``rebuild``."""
     root = Path(root)
     train_dir = root / "train"
     if not train_dir.is_dir():
@@ -85,7 +86,8 @@ def load_folder_dataset(
     if carved:
         settings.update(val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed)
     signature = _signature(root, files, settings)
-    name = f"{size}px_{CHANNEL_NAMES[channels]}" + (
+    # the folder's own name and a hash of its path: two folders never share (and rebuild) one cache
+    name = f"{root.resolve().name or 'folder'}-{source_tag(root)}_{size}px_{CHANNEL_NAMES[channels]}" + (
         f"_split{split_seed}-{val_fraction:g}-{test_fraction:g}" if carved else ""
     )
 
@@ -95,8 +97,8 @@ def load_folder_dataset(
         return record
 
     splits, storage, where, record = open_cached(
-        cache_root(root, cache_dir) / name,
-        lambda found: found["source"]["signature"] == signature,
+        cache_root(cache_dir) / name,
+        lambda found: found["source"]["signature"] == signature and not rebuild,
         write,
         storage,
         root,

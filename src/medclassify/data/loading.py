@@ -26,11 +26,14 @@ def load_dataset(
     split_seed: int = 0,
     cache_dir: str | Path | None = None,
     storage: str = "auto",
+    verify_cache: bool = False,
 ) -> LoadedDataset:
     """Load every split of a MedMNIST dataset, the synthetic sample, or an image folder.
 
-    The splits come from the data's split cache (built on first use, beside the data or in
+    The splits come from the data's split cache (built on first use, in the user's cache folder or
     ``cache_dir``): read into memory or memory-mapped, as ``storage`` says (``auto``: by size).
+    ``verify_cache`` recomputes what a cache trusts from its record: a file's MD5 (otherwise taken
+    as recorded while the file's size and modification time are), an image folder's whole cache.
     ``channels`` converts a MedMNIST dataset (grey -> RGB by repeating the channel); for folders it
     picks grey or colour (default: what most images are).
     """
@@ -39,7 +42,15 @@ def load_dataset(
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     if dataset == FOLDER_NAME:
         return load_folder_dataset(
-            root, size, channels, val_fraction, test_fraction, split_seed, cache_dir=cache_dir, storage=storage
+            root,
+            size,
+            channels,
+            val_fraction,
+            test_fraction,
+            split_seed,
+            cache_dir=cache_dir,
+            storage=storage,
+            rebuild=verify_cache,
         )
     info = get_dataset_info(dataset)
     if channels is not None and channels != info.n_channels and info.n_channels != 1:
@@ -57,6 +68,7 @@ def load_dataset(
         channels=channels,
         cache_dir=cache_dir,
         storage=storage,
+        verify_cache=verify_cache,
     )
     loaded.orientation = info.orientation
     return loaded

@@ -14,7 +14,16 @@ import torch
 from ..errors import DataError, first_line
 from ..io import file_md5, make_folder
 from ..tasks import Task
-from .cache import ImageWriter, cache_root, file_stamp, open_cached, read_cache, refresh_stamp, save_labels
+from .cache import (
+    ImageWriter,
+    cache_root,
+    file_stamp,
+    open_cached,
+    read_cache,
+    refresh_stamp,
+    save_labels,
+    source_tag,
+)
 from .catalog import DatasetInfo
 from .images import npz_member_header
 from .memory import LoadedDataset
@@ -182,8 +191,10 @@ def _blocks(member, n: int, size: int, channels: int, rows: int):
 
 
 def cache_name(path: Path, channels: int, native_channels: int) -> str:
-    """A file's cache folder name: its own name, with the channels when they are converted."""
-    return path.stem if channels == native_channels else f"{path.stem}_{channels}ch"
+    """A file's cache folder name: its own name, with the channels when they are converted, and a
+    short hash of its resolved path (files of one name in two folders get two caches)."""
+    converted = "" if channels == native_channels else f"_{channels}ch"
+    return f"{path.stem}{converted}-{source_tag(path)}"
 
 
 def load_npz_dataset(
@@ -195,17 +206,20 @@ def load_npz_dataset(
     channels: int | None = None,
     cache_dir: str | Path | None = None,
     storage: str = "auto",
+    verify_cache: bool = False,
 ) -> LoadedDataset:
     """A MedMNIST file as a :class:`LoadedDataset`, its MD5 checked against the official sum when
     ``verify``, through its split cache (built on first use; ``storage``: auto, memory or mmap);
-    ``channels`` repeats grey images to 3."""
+    ``channels`` repeats grey images to 3. The cache's recorded MD5 stands for the file's while its
+    size and modification time are as recorded; ``verify_cache`` computes the MD5 anyway."""
     path = locate(info, size, data_dir, download_missing)
     channels = channels or info.n_channels
-    folder = cache_root(data_dir, cache_dir) / cache_name(path, channels, info.n_channels)
+    folder = cache_root(cache_dir) / cache_name(path, channels, info.n_channels)
     stamp = file_stamp(path)
-    found = read_cache(folder)
+    found = read_cache(folder, warn=False)  # open_cached says what is wrong with it
     source = found.record.get("source", {}) if found else {}
-    known = source.get("md5") if source.get("file") == str(path.resolve()) and source.get("stamp") == stamp else None
+    unchanged = source.get("file") == str(path.resolve()) and source.get("stamp") == stamp
+    known = source.get("md5") if unchanged and not verify_cache else None
     md5 = verify_md5(path, info.md5(size), verify, known)
     if found and not known and source.get("md5") == md5:  # touched, not changed
         refresh_stamp(found, stamp)

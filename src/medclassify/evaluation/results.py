@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data import LoadedDataset, Normalization
-from ..io import PROBABILITY_FORMAT, cannot_write, make_folder, probability_columns, write_csv, write_json
+from ..io import PROBABILITY_FORMAT, atomic_path, cannot_write, make_folder, probability_columns, write_csv, write_json
 from .metrics import classification_metrics, predicted_labels
 from .predict import predict_split_sharded
 
@@ -77,29 +75,38 @@ MEDMNIST_RESULTS = "medmnist"  # the run's folder of MedMNIST-format result file
 
 
 def write_medmnist_results(run_dir: Path, outputs: dict, data: LoadedDataset) -> list[Path]:
-    """Each split's scores in MedMNIST's own result format, written by ``medmnist.Evaluator``
-    (``{flag}{_size}_{split}_[AUC]..._[ACC]...@medclassify.csv``), so that ``python -m medmnist
-    evaluate`` reads them. MedMNIST datasets only; nothing for image folders or the synthetic sample."""
+    """Each split's scores in MedMNIST's own result format (``{flag}{_size}_{split}_[AUC]..._[ACC]...@medclassify.csv``,
+    the name and figures as ``medmnist.Evaluator`` gives them), so that ``python -m medmnist evaluate``
+    reads them. The labels are those in memory: the data file is not read again (it may sit behind a
+    link of another name). MedMNIST datasets only; nothing for image folders or the synthetic sample."""
+    from types import SimpleNamespace
+
+    import pandas as pd
     from medmnist import Evaluator
+    from medmnist.evaluator import Metrics, getACC, getAUC
     from medmnist.info import INFO
 
     if data.source.get("kind") != "npz" or data.name not in INFO:
         return []
     folder = make_folder(run_dir / MEDMNIST_RESULTS)
+    task = INFO[data.name]["task"]
+    size_flag = "" if data.size == 28 else f"_{data.size}"
     written = []
-    for split, (_, y_prob) in outputs.items():
-        prefix = f"{data.name}{'' if data.size == 28 else f'_{data.size}'}_{split}_"
+    for split, (y_true, y_prob) in outputs.items():
+        labels = np.asarray(y_true).reshape(len(y_true), -1)  # MedMNIST's N x 1 (or N x labels) layout
+        metrics = Metrics(getAUC(labels, y_prob, task), getACC(labels, y_prob, task))
+        naming = SimpleNamespace(flag=data.name, size_flag=size_flag, split=split)
+        name = Evaluator.get_standard_evaluation_filename(naming, metrics, "medclassify")
+        prefix = f"{data.name}{size_flag}_{split}_"
         try:
-            with tempfile.TemporaryDirectory(dir=folder, prefix=".write-") as tmp:  # then renamed: never half a file
-                evaluator = Evaluator(data.name, split, size=data.size, root=str(Path(data.source["file"]).parent))
-                evaluator.evaluate(y_prob, tmp, "medclassify")
-                (produced,) = Path(tmp).iterdir()
-                for old in folder.glob(f"{prefix}*@medclassify.csv"):  # the name carries the figures: replace, not add
+            with atomic_path(folder / name) as tmp:
+                pd.DataFrame(y_prob).to_csv(tmp, header=None)
+            for old in folder.glob(f"{prefix}*@medclassify.csv"):  # the name carries the figures: replace, not add
+                if old.name != name:
                     old.unlink()
-                os.replace(produced, folder / produced.name)
         except OSError as exc:
             raise cannot_write(folder, exc) from None
-        written.append(folder / produced.name)
+        written.append(folder / name)
     return written
 
 

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 from ..runs import RunDir
 from ..training import train
 from ..training.tracking import finish_study_run, study_run
@@ -69,9 +70,27 @@ def missing_data_files(configs: list[TrainConfig]) -> list[str]:
     return missing
 
 
-def _train_in_worker(config: TrainConfig) -> TrainConfig:
+def _train_in_worker(config: TrainConfig) -> tuple[TrainConfig, float]:
+    """Train one experiment; the config and how many seconds it took."""
+    started = time.perf_counter()
     train(config)
-    return config
+    return config, time.perf_counter() - started
+
+
+def seconds_left(done: list[tuple[TrainConfig, float]], left: list[TrainConfig], workers: int = 1) -> float:
+    """How long the experiments ``left`` should take, ``workers`` at a time: each as long as the
+    finished ones of its model and size took on average, else those of its model, else all finished
+    ones (a slow model last is not estimated from the fast ones before it)."""
+
+    def mean(times: list[float]) -> float | None:
+        return sum(times) / len(times) if times else None
+
+    total = 0.0
+    for config in left:
+        same_cell = [t for c, t in done if (c.model, c.size) == (config.model, config.size)]
+        same_model = [t for c, t in done if c.model == config.model]
+        total += mean(same_cell) or mean(same_model) or mean([t for _, t in done]) or 0.0
+    return total / max(1, min(workers, len(left)))
 
 
 def _init_worker(threads: int) -> None:
@@ -126,13 +145,17 @@ def run_study(
     statuses = [ExperimentStatus(c, "done") for c in configs if is_complete(c)]
     started = time.perf_counter()
 
-    def finished(config: TrainConfig) -> None:
+    timed: list[tuple[TrainConfig, float]] = []
+
+    def finished(config: TrainConfig, seconds: float) -> None:
         statuses.append(ExperimentStatus(config, "trained"))
-        k = len(statuses) - (len(configs) - len(pending))
+        timed.append((config, seconds))
+        trained = {c.run_dir() for c, _ in timed}
+        left = [c for c in pending if c.run_dir() not in trained]
         elapsed = time.perf_counter() - started
         log(
-            f"[{k}/{len(pending)}] {config.run_dir().name} done; {_duration(elapsed)} so far, "
-            f"about {_duration(elapsed / k * (len(pending) - k))} left"
+            f"[{len(timed)}/{len(pending)}] {config.run_dir().name} done in {_duration(seconds)}; "
+            f"{_duration(elapsed)} so far, about {_duration(seconds_left(timed, left, workers))} left"
         )
 
     if backend == "ray":
@@ -140,8 +163,7 @@ def run_study(
     elif workers == 1 or len(pending) <= 1:
         for k, config in enumerate(pending, start=1):
             log(f"[{k}/{len(pending)}] {config.run_dir().name}" + (" (resuming)" if config.resume else ""))
-            train(config)
-            finished(config)
+            finished(*_train_in_worker(config))
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
@@ -153,7 +175,7 @@ def run_study(
                 while remaining:
                     done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                     for future in done:
-                        finished(future.result())
+                        finished(*future.result())
             except BaseException:
                 for future in remaining:
                     future.cancel()
@@ -173,6 +195,26 @@ def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, f
         _run_ray_tasks(ray, pending, workers, finished, log)
 
 
+RAY_CONNECT_SECONDS = 5.0
+
+
+def check_ray_address(address: str | None) -> None:
+    """A cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) must accept a connection within a few
+    seconds: Ray itself retries for a long time before it gives up."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS):
+            pass
+    except (OSError, OverflowError) as exc:
+        raise ConfigError(
+            f"--address {address}: no Ray cluster answers there within {RAY_CONNECT_SECONDS:g} s ({first_line(exc)})"
+        ) from None
+
+
 @contextmanager
 def ray_session(address: str | None):
     """Ray, connected to the cluster at ``address`` or to an instance started here (and shut down,
@@ -184,8 +226,16 @@ def ray_session(address: str | None):
     started_here = not ray.is_initialized()
     ray_temp = None
     if started_here:
+        check_ray_address(address)
         ray_temp = tempfile.mkdtemp(prefix="ray-") if address is None else None  # a local instance's files go with it
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if ray_temp is not None:
+                shutil.rmtree(ray_temp, ignore_errors=True)
+            raise ConfigError(
+                f"--address {address}: Ray could not start or join a cluster ({first_line(exc)})"
+            ) from None
     try:
         yield ray
     finally:
@@ -207,7 +257,7 @@ def _run_ray_tasks(ray, pending: list[TrainConfig], workers: int, finished, log)
                 running[task.remote(config)] = config
             done, _ = ray.wait(list(running), num_returns=1)
             running.pop(done[0])
-            finished(ray.get(done[0]))
+            finished(*ray.get(done[0]))
     except BaseException:
         for ref in running:
             ray.cancel(ref, force=True)

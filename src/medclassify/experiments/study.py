@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from ..config import TrainConfig, read_yaml_mapping, validation_line
+from ..config import MAX_SEED, TrainConfig, read_yaml_mapping, validation_line
 from ..errors import ConfigError
 
 GRID_KEYS = ("dataset", "size", "model", "variant", "seed")
@@ -58,7 +58,7 @@ class StudySchema(BaseModel):
     datasets: _non_empty(StrictStr)
     sizes: _non_empty(StrictInt)
     models: _non_empty(StrictStr) = ["paper-cnn"]
-    seeds: _non_empty(StrictInt, MAX_SEEDS) = [0]
+    seeds: _non_empty(Annotated[StrictInt, Field(ge=0, le=MAX_SEED)], MAX_SEEDS) = [0]
     train: dict[StrictStr, Any] = {}
     variants: dict[Annotated[StrictStr, Field(pattern=VARIANT_PATTERN)], dict[StrictStr, Any]] = {}
     experiments: list[_Experiment] = []

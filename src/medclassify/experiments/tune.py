@@ -39,11 +39,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
-from ..config import TrainConfig, parse_duration, read_yaml_mapping, validation_line
-from ..errors import ConfigError
-from ..io import atomic_path, write_csv
+from ..config import MAX_SEED, TrainConfig, parse_duration, read_yaml_mapping, validation_line
+from ..errors import ConfigError, MedclassifyError
+from ..io import atomic_path, folder_lock, make_folder, write_csv
 from ..training import train
-from .runner import STUDY_BACKENDS, ray_session
+from .runner import STUDY_BACKENDS, check_ray_address, ray_session
 from .study import NAME_PATTERN
 
 logger = logging.getLogger(__name__)
@@ -76,10 +76,12 @@ class Dimension(BaseModel):
             raise ValueError("a range needs 'low' < 'high'")
         elif self.log and self.low <= 0:
             raise ValueError("a log range needs 'low' > 0")
+        elif self.step is not None and not (self.step > 0 and self.step <= self.high - self.low):
+            raise ValueError("'step' must be > 0 and at most 'high' - 'low'")
         return self
 
     def integer(self) -> bool:
-        return float(self.low).is_integer() and float(self.high).is_integer() and (self.step or 1).is_integer()
+        return float(self.low).is_integer() and float(self.high).is_integer() and float(self.step or 1).is_integer()
 
 
 class SearchSchema(BaseModel):
@@ -91,7 +93,7 @@ class SearchSchema(BaseModel):
     trials: Annotated[int, Field(ge=1, le=10_000)] | None = 12
     timeout: StrictStr | None = None
     pruner: Literal["median", "asha", "none"] = "median"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
 
 
 @dataclass
@@ -126,7 +128,7 @@ class Search:
             {k.replace("-", "_"): v for k, v in checked.space.items()},
             checked.metric,
             checked.trials,
-            parse_duration(checked.timeout) if checked.timeout else None,
+            parse_duration(checked.timeout, f"{path}: timeout") if checked.timeout else None,
             checked.pruner,
             checked.seed,
         )
@@ -197,6 +199,46 @@ def _objective(search: Search, tune_dir: Path, data_dir: str | None):
         return min(values) if METRICS[search.metric] == "minimize" else max(values)
 
     return objective
+
+
+def _definition(search: Search) -> dict:
+    """What a search's trials are compared under: a resumed search must keep it."""
+    return {
+        "metric": search.metric,
+        "direction": METRICS[search.metric],
+        "space": {name: dimension.model_dump() for name, dimension in search.space.items()},
+    }
+
+
+def _check_same_search(study, search: Search, tune_dir: Path) -> None:
+    """The first run of a search records its metric, direction and space in the study; a later run
+    with another of them would mix incomparable trials, so it is refused, naming what changed."""
+    recorded = study.user_attrs.get("definition")
+    now = _definition(search)
+    if recorded is None:
+        study.set_user_attr("definition", now)
+        return
+    changes = []
+    if recorded["metric"] != now["metric"]:
+        changes.append(f"metric {recorded['metric']} ({recorded['direction']}) -> {now['metric']} ({now['direction']})")
+    for name in sorted(set(recorded["space"]) | set(now["space"])):
+        was, is_now = recorded["space"].get(name), now["space"].get(name)
+        if was != is_now:
+            changes.append(f"space.{name} {_dimension_text(was)} -> {_dimension_text(is_now)}")
+    if changes:
+        raise ConfigError(
+            f"{tune_dir}: this search was started under other settings ({'; '.join(changes)}); restore them to continue "
+            "it, or start a new search with another --out"
+        )
+
+
+def _dimension_text(dimension: dict | None) -> str:
+    if dimension is None:
+        return "(absent)"
+    if dimension["choices"] is not None:
+        return str(dimension["choices"])
+    step = f" step {dimension['step']:g}" if dimension["step"] is not None else ""
+    return f"{dimension['low']:g}..{dimension['high']:g}{' log' if dimension['log'] else ''}{step}"
 
 
 def _remaining(study, search: Search) -> int | None:
@@ -377,10 +419,22 @@ def run_search(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if backend not in STUDY_BACKENDS:
         raise ConfigError(f"--backend {backend}: expected one of {', '.join(STUDY_BACKENDS)}")
+    if backend == "ray":
+        check_ray_address(address)  # before the search folder is made
     tune_dir = Path(tune_dir)
-    tune_dir.mkdir(parents=True, exist_ok=True)
+    if tune_dir.exists() and not tune_dir.is_dir():
+        raise ConfigError(f"--out {tune_dir}: is a file; a search writes a folder")
+    make_folder(tune_dir)
+    with folder_lock(tune_dir, "tune"):  # a second search on this folder would re-queue this one's trials
+        return _run_held_search(search, tune_dir, data_dir, workers, retrain, quiet, backend, address)
+
+
+def _run_held_search(
+    search: Search, tune_dir: Path, data_dir, workers: int, retrain: bool, quiet: bool, backend: str, address
+) -> SearchResult:
     started = time.perf_counter()
     study = _study(search, tune_dir)
+    _check_same_search(study, search, tune_dir)
     requeued = _requeue_interrupted(study)
     remaining = _remaining(study, search)
     if not quiet:
@@ -407,7 +461,14 @@ def run_search(
                 for future in futures:
                     future.result()
     study = _study(search, tune_dir)
-    return _write_outputs(search, study, tune_dir, data_dir, retrain, time.perf_counter() - started)
+    result = _write_outputs(search, study, tune_dir, data_dir, retrain, time.perf_counter() - started)
+    if result.trials and result.failed == result.trials:
+        first = min((t for t in study.trials if t.state.name == "FAIL"), key=lambda t: t.number)
+        raise MedclassifyError(
+            f"every trial of the search failed ({result.failed}); the first (trial {first.number}): {_note(first)} "
+            f"- see {tune_dir / 'trials.csv'}"
+        )
+    return result
 
 
 def _shares(remaining: int | None, workers: int) -> list[int | None]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..defaults import PARITY_TOLERANCE
-from ..errors import CheckpointError, ConfigError, first_line
+from ..errors import CheckpointError, ConfigError, OutputError, first_line
 from ..io import folder_lock
 from ..runs.files import RunDir
 
@@ -39,8 +39,19 @@ def _safetensors():
     return safetensors.torch
 
 
+HUB_FILES = (HUB_CONFIG, HUB_WEIGHTS, HUB_PREPROCESSOR, HUB_CARD)  # what an export writes, and all it replaces
+
+
 def is_hub_folder(path: Path) -> bool:
-    return path.is_dir() and (path / HUB_WEIGHTS).is_file() and (path / HUB_CONFIG).is_file()
+    """A folder written by :func:`export_hub`: its ``config.json`` carries medclassify's format marker
+    (a Hugging Face model folder of another kind has the same file names)."""
+    if not (path.is_dir() and (path / HUB_WEIGHTS).is_file() and (path / HUB_CONFIG).is_file()):
+        return False
+    try:
+        description = json.loads((path / HUB_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(description, dict) and description.get("format") == HUB_FORMAT
 
 
 def load_hub_folder(path: Path) -> dict:
@@ -85,19 +96,30 @@ def _preprocessor(prep: dict) -> dict:
     }
 
 
-def export_hub(run_dir: str | Path, out: str | Path | None = None, data_dir: str | None = None) -> HubExport:
-    """Write ``run_dir``'s bundle as a Hub folder (default ``RUN/hub``), written beside its place and
-    renamed into it once its weights, loaded back, give the run's logits (within the export tolerance)."""
+def export_hub(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    data_dir: str | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> HubExport:
+    """Write ``run_dir``'s bundle as a Hub folder (default ``RUN/hub``), staged beside its place and
+    moved into it once its weights, loaded back, give the run's logits within ``tolerance``. An
+    earlier export's files are replaced; files it did not write there (a ``.git/`` folder, notes) stay."""
     from ..runs.card import model_card
     from .export import max_logit_difference, parity_pixels
     from .predictor import Predictor, bundle_description
 
+    if not tolerance >= 0:
+        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
     run = RunDir(run_dir)
     if not run.path.is_dir() or not run.best_path.is_file():
         raise CheckpointError(f"{run.path}: the Hub format exports a finished run folder (its best.pt and model card)")
     out = Path(out) if out is not None else run.path / HUB_FOLDER
-    if out.exists() and not is_hub_folder(out):
-        raise CheckpointError(f"{out}: exists and is not a medclassify Hub folder; choose another --out")
+    if out.exists() and not (is_hub_folder(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise CheckpointError(
+            f"{out}: exists and is not a medclassify Hub folder (no '{HUB_FORMAT}' format in its {HUB_CONFIG}); "
+            "choose another --out"
+        )
     safetensors = _safetensors()
     with folder_lock(run.path, "export"):
         state = run.bundle()
@@ -114,45 +136,101 @@ def export_hub(run_dir: str | Path, out: str | Path | None = None, data_dir: str
             loaded = Predictor.from_run(staging, device="cpu", calibrated=False)
             pixels, parity_data = parity_pixels(run.path, reference, data_dir)
             difference = max_logit_difference(reference.logits, loaded.logits, pixels, reference.normalise)
-            if not difference <= PARITY_TOLERANCE:
+            if not difference <= tolerance:
                 raise CheckpointError(
                     f"{out}: the Hub folder's model differs from best.pt by {difference:.3g}; nothing was written"
                 )
             _replace_folder(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(HUB_FILES)
     return HubExport(out, files, difference, len(pixels), parity_data)
 
 
 def _replace_folder(staging: Path, out: Path) -> None:
-    """Move the finished folder into place, with the permissions a new folder would get (mkdtemp
-    made it private); an earlier export there is removed only afterwards."""
+    """Move the finished files into place, with the permissions new files would get (mkdtemp made
+    them private): a new folder is renamed into place whole; in an existing Hub folder each file
+    replaces its earlier version atomically, and every other file there is left as it was."""
     umask = os.umask(0)
     os.umask(umask)
-    staging.chmod(0o777 & ~umask)
     for file in staging.iterdir():
         file.chmod(0o666 & ~umask)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    if not out.exists():
+        staging.chmod(0o777 & ~umask)
+        staging.rename(out)
+        return
+    # the description last: until it is replaced, the folder reads as the earlier, complete export
+    for name in sorted(HUB_FILES, key=lambda name: name == HUB_CONFIG):
+        os.replace(staging / name, out / name)
+
+
+def check_repo_id(repo: str) -> None:
+    """``OWNER/NAME`` with the Hub's characters and length, before any work is done."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(f"--repo {repo}: expected OWNER/NAME, e.g. alice/bloodmnist-cnn")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ConfigError(
+            f"--repo {repo[:100]}: expected OWNER/NAME of letters, digits, '-', '_' and '.', at most 96 characters, "
+            "not starting or ending with '-' or '.', without '--' or '..'"
+        ) from None
+
+
+HUB_CONNECT_SECONDS = 5.0
+
+
+def _check_reachable(endpoint: str) -> None:
+    """A Hub endpoint that does not accept a connection within a few seconds is one line, not a
+    minute of retries."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=HUB_CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"the Hub at {endpoint} cannot be reached ({first_line(exc)}); nothing was uploaded"
+        ) from None
 
 
 def push_to_hub(run_dir: str | Path, repo: str, private: bool = False, token: str | None = None) -> str:
     """Export the run as a Hub folder (``RUN/hub``) and upload it to the model repository ``repo``
-    (created if needed) through ``huggingface_hub``; returns the commit's URL."""
+    (created if needed) through ``huggingface_hub``; returns the commit's URL. The repository id, the
+    token, offline mode and the endpoint are checked before the export; a refusal of the Hub is one
+    line naming its HTTP status."""
     try:
+        import huggingface_hub
+        from httpx2 import HTTPError as TransportFailure  # huggingface_hub's HTTP client
         from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
         raise ConfigError(f"push needs huggingface_hub: {INSTALL_HUB}") from None
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ConfigError(f"--repo {repo}: expected OWNER/NAME, e.g. alice/bloodmnist-cnn")
-    exported = export_hub(run_dir)
-    api = HfApi(token=token)
-    api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(exported.path), repo_id=repo, repo_type="model", commit_message="Upload medclassify model"
-    )
+    check_repo_id(repo)
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ConfigError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push")
+    token = token or huggingface_hub.get_token()
+    if not token:
+        raise ConfigError("no Hub access token; pass --token, set HF_TOKEN or run 'hf auth login'")
+    endpoint = os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
+    _check_reachable(endpoint)
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.whoami()  # the token, checked before the export's work
+        exported = export_hub(run_dir)
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=str(exported.path), repo_id=repo, repo_type="model", commit_message="Upload medclassify model"
+        )
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        why = "the token was refused" if status in (401, 403) else first_line(exc, 120)
+        raise OutputError(f"push to {repo}: the Hub answered HTTP {status}: {why}; nothing was uploaded") from None
+    except (OSError, TransportFailure) as exc:
+        raise OutputError(f"push to {repo}: {first_line(exc)}; the upload did not finish") from None
     return str(getattr(commit, "commit_url", commit))

@@ -34,6 +34,7 @@ __getattr__, __dir__, __all__ = lazy.attach(
             "calibrate_held_run",
             "calibrate_run",
             "check_bundle_fits",
+            "check_fits_data",
             "evaluate_run",
             "load_run_data",
             "robustness_held_run",

@@ -287,6 +287,16 @@ def _limitations(record: dict, metrics: dict, info) -> list[str]:
     return lines
 
 
+def check_card_records(run_dir: str | Path) -> None:
+    """Read the records a model card is written from (config, metrics, test predictions), so that a
+    command that rewrites the card stops on a damaged one before it changes anything."""
+    run = RunDir(run_dir)
+    record = run.record()
+    run.metrics()
+    task = record.get("data", {}).get("task") if isinstance(record, dict) else None
+    run.test_scores(task == Task.MULTI_LABEL)
+
+
 def write_model_card(run_dir: str | Path) -> Path:
     """Write (or rewrite) the run's ``MODEL_CARD.md`` atomically; returns its path."""
     path = Path(run_dir) / MODEL_CARD_FILE

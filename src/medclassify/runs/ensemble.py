@@ -70,15 +70,38 @@ def ensemble_metadata(members: list[dict], sources: list[Path]) -> BundleMetadat
     }
 
 
+def _check_ensemble_out(out: Path, members: list[Path]) -> None:
+    """The bundle goes to a new ``.pt`` file or replaces an earlier ensemble bundle: never a member's
+    bundle, a file of a run folder, or another file."""
+    if out.suffix != ".pt":
+        raise CheckpointError(f"--out {out}: expected a .pt file for the ensemble bundle")
+    if out.resolve() in members:
+        raise CheckpointError(f"--out {out}: is one of the members' bundles; write the ensemble to a new file")
+    if RunDir(out.parent).has_run_files():
+        raise CheckpointError(
+            f"--out {out}: {out.parent} is a run folder, whose files describe its own model; write the ensemble elsewhere"
+        )
+    if out.exists():
+        try:
+            existing = load_checkpoint(out)
+        except CheckpointError:
+            existing = {}
+        if existing.get("model", {}).get("name") != ENSEMBLE_NAME:
+            raise CheckpointError(f"--out {out}: exists and is not an ensemble bundle; choose another file")
+
+
 def make_ensemble(sources: list[str | Path], out: str | Path) -> EnsembleResult:
     """Write the ensemble of ``sources`` (run folders or .pt bundles, at least two) to ``out``: its
     probabilities are the mean of the members' (each after its own temperature, when calibrated)."""
     paths = [member_bundle(s) for s in sources]
     if len(paths) < 2:
         raise CheckpointError(f"an ensemble needs at least two models, got {len(paths)}")
+    resolved = [p.resolve() for p in paths]
+    repeated = next((p for i, p in enumerate(paths) if resolved[i] in resolved[:i]), None)
+    if repeated is not None:
+        raise CheckpointError(f"{repeated}: given twice; an ensemble's members are different models")
     out = Path(out).expanduser()
-    if out.suffix != ".pt":
-        raise CheckpointError(f"--out {out}: expected a .pt file for the ensemble bundle")
+    _check_ensemble_out(out, resolved)
     members = [load_checkpoint(p) for p in paths]
     for path, member in zip(paths[1:], members[1:], strict=True):
         _same(members[0], member, path, paths[0])

@@ -111,9 +111,15 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def read_csv(path: Path) -> list[dict]:
-    """The rows of a CSV file as dicts of strings."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of a CSV file as dicts of strings; a missing or unreadable file is one
+    :class:`CheckpointError` line naming it."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing from the run folder") from None
+    except (OSError, ValueError, csv.Error) as exc:  # ValueError: not text
+        raise CheckpointError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
 
 
 @dataclass(frozen=True)
@@ -187,12 +193,29 @@ class RunDir:
         return config
 
     def metrics(self) -> dict:
+        """``metrics.json``: the val and test figures and what calibration and robustness added."""
         if not self.is_finished():
             raise CheckpointError(f"{self.path}: no {METRICS_FILE}; the run has not finished")
-        return json.loads(self.metrics_path.read_text())
+        try:
+            metrics = json.loads(self.metrics_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.metrics_path}: not readable ({first_line(exc)})") from None
+        if not isinstance(metrics, dict) or not all(isinstance(metrics.get(s), dict) for s in ("val", "test")):
+            raise CheckpointError(f"{self.metrics_path}: expected a mapping with the 'val' and 'test' figures")
+        return metrics
 
     def history(self) -> list[dict]:
-        return read_csv(self.history_path)
+        """``history.csv``: one row per epoch, every figure a number."""
+        rows = read_csv(self.history_path)
+        for number, row in enumerate(rows, start=2):  # line 1 is the header
+            for column, value in row.items():
+                if column is None or not _is_number(value):
+                    raise CheckpointError(
+                        f"{self.history_path}: line {number}, column {column}: expected a number, got {value!r}"
+                    )
+        if not rows:
+            raise CheckpointError(f"{self.history_path}: holds no epoch")
+        return rows
 
     def predictions(self) -> list[dict]:
         return read_csv(self.predictions_path)
@@ -202,13 +225,21 @@ class RunDir:
         import numpy as np
 
         rows = self.predictions()
-        probs = np.array([[float(v) for k, v in row.items() if k.startswith("prob_")] for row in rows])
-        if multi_label:
-            truth = np.zeros_like(probs, dtype=int)
-            for i, row in enumerate(rows):
-                truth[i, [int(j) for j in row["true"].split(";") if j]] = 1
-        else:
-            truth = np.array([int(row["true"]) for row in rows])
+        try:
+            probs = np.array([[float(v) for k, v in row.items() if k.startswith("prob_")] for row in rows])
+            if multi_label:
+                truth = np.zeros_like(probs, dtype=int)
+                for i, row in enumerate(rows):
+                    truth[i, [int(j) for j in row["true"].split(";") if j]] = 1
+            else:
+                truth = np.array([int(row["true"]) for row in rows])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"{self.predictions_path}: not a predictions table ({first_line(exc)})") from None
+        n_classes = probs.shape[1] if probs.ndim == 2 else 0
+        if not rows or not n_classes or not np.isfinite(probs).all() or (truth.ndim == 1 and not (truth >= 0).all()):
+            raise CheckpointError(f"{self.predictions_path}: expected one row per test image with finite probabilities")
+        if truth.ndim == 1 and truth.max() >= n_classes:
+            raise CheckpointError(f"{self.predictions_path}: a true class {truth.max()} beyond the {n_classes} classes")
         return truth, probs
 
     def bundle(self) -> dict:
@@ -218,6 +249,14 @@ class RunDir:
     def last_state(self) -> dict:
         """``last.pt``: everything an interrupted run resumes from."""
         return load_checkpoint(self.last_path)
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        float(text)  # type: ignore[arg-type]  # None is caught below
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def result_files(checkpoint: str) -> tuple[str, str]:

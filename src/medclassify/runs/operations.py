@@ -5,16 +5,18 @@ bundle)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, check_seed
 from ..data import LoadedDataset, Normalization, load_dataset
 from ..data.corruptions import REFERENCE_SIZE, corruption_set
 from ..data.images import normalise_pixels
-from ..defaults import SEVERITIES
+from ..defaults import CONFORMAL_SCORES, SEVERITIES
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluation import classification_metrics, evaluate_model, write_results
 from ..evaluation.calibration import CALIBRATION_METHODS, fit_temperature, negative_log_likelihood
@@ -27,7 +29,7 @@ from ..io import atomic_path, folder_lock, write_csv, write_json
 from ..models import model_from_spec
 from ..runtime.environment import select_device
 from ..tasks import Task, probabilities_from_logits
-from .card import write_model_card
+from .card import check_card_records, write_model_card
 from .files import (
     CONFORMAL_FIGURE,
     METRICS_FILE,
@@ -40,6 +42,8 @@ from .files import (
     result_files,
     save_checkpoint,
 )
+
+T = TypeVar("T")
 
 
 def load_run_data(config: TrainConfig) -> LoadedDataset:
@@ -56,6 +60,7 @@ def load_run_data(config: TrainConfig) -> LoadedDataset:
         split_seed=config.seed,
         cache_dir=config.cache_dir,
         storage=config.data_storage,
+        verify_cache=config.verify_cache,
     )
     if config.orientation:
         data.orientation = config.orientation
@@ -131,11 +136,7 @@ def evaluate_run(
         target = select_device(device)
         data = load_run_data(config)
         check_bundle_fits(state, data, path)
-        if data.source["md5"] != state["dataset"]["md5"]:
-            warnings.warn(
-                f"the data differ from those the run was trained on (MD5 {state['dataset']['md5']} -> {data.source['md5']})",
-                stacklevel=2,
-            )
+        warn_if_other_data(state, data)
         spec = state["model"]
         model = model_from_spec(spec)
         model.load_state_dict(state["model_state"])
@@ -172,7 +173,7 @@ def calibrate_run(
     threshold: str | None = None,
     positive_class: str | None = None,
     conformal: float | None = None,
-    conformal_score: str = "lac",
+    conformal_score: str | None = None,
     mondrian: bool = False,
 ) -> dict:
     """Fit ``method`` (``temperature``, or ``none`` to keep the bundle's) on the run's validation
@@ -191,16 +192,42 @@ def calibrate_run(
         raise ConfigError("nothing to do: choose --method temperature, --threshold RULE and/or --conformal LEVEL")
     if threshold is not None:
         parse_rule(threshold)
+    elif positive_class is not None:
+        raise ConfigError("--positive-class needs --threshold RULE (it names the class the threshold decides)")
     if conformal is not None:
         check_level(conformal)
+    elif mondrian or conformal_score is not None:
+        given = "--mondrian" if mondrian else f"--conformal-score {conformal_score}"
+        raise ConfigError(f"{given} needs --conformal LEVEL (the prediction sets it shapes)")
+    conformal_score = conformal_score or CONFORMAL_SCORES[0]
     run = RunDir(run_dir)
     config = run.config(data_dir)
-    with folder_lock(run.path, "calibrate"):
-        done = calibrate_held_run(
+    return _with_card(
+        run,
+        "calibrate",
+        lambda: calibrate_held_run(
             run.path, config, method, device, threshold, positive_class, conformal, conformal_score, mondrian
-        )
+        ),
+    )
+
+
+def _with_card(run: RunDir, command: str, operation: Callable[[], T]) -> T:
+    """Hold the run folder, check the records its model card is written from (a damaged one stops
+    the command before anything changes), do ``operation`` and rewrite the card."""
+    with folder_lock(run.path, command):
+        check_card_records(run.path)
+        done = operation()
         write_model_card(run.path)
         return done
+
+
+def check_fits_data(config: TrainConfig, data: LoadedDataset) -> None:
+    """What ``train`` does after training (an operating point, conformal sets) must fit the data:
+    checked before the first epoch, not after the last."""
+    if config.threshold is not None:
+        _positive_index(data.class_names, data.task, config.positive_class)
+    if config.conformal is not None and data.multi_label:
+        raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {config.dataset} is {data.task}")
 
 
 def _positive_index(class_names: list[str], task: str, positive_class: str | None) -> int:
@@ -230,6 +257,7 @@ def calibrate_held_run(
 ) -> dict:
     """:func:`calibrate_run` for a run folder this process already holds (``train --calibrate``)."""
     run = RunDir(run_dir)
+    refitted: list[str] = []
     if not run.is_finished():
         raise CheckpointError(f"{run.path}: no {METRICS_FILE}; calibrate a finished run")
     bundle = run.bundle()
@@ -237,6 +265,18 @@ def calibrate_held_run(
     prep = bundle["preprocessing"]
     data = load_run_data(config)
     check_bundle_fits(bundle, data, run.best_path)
+    warn_if_other_data(bundle, data)
+    if method == "temperature":
+        # a threshold or conformal sets fitted on the old temperature's scores would no longer hold: refit
+        # them on the new scores with their own settings, unless new ones are asked for
+        earlier_point, earlier_sets = bundle.get("operating_point"), bundle.get("conformal")
+        if threshold is None and earlier_point:
+            threshold, positive_class = earlier_point["rule"], earlier_point["positive_class"]
+            refitted.append(f"the operating point ({threshold} for '{positive_class}')")
+        if conformal is None and earlier_sets:
+            conformal, conformal_score = earlier_sets["alpha"], earlier_sets["score"]
+            mondrian = bool(earlier_sets.get("mondrian"))
+            refitted.append(f"the conformal sets ({conformal_score}, miscoverage {conformal:g})")
     positive = _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
     if conformal is not None and data.multi_label:
         raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {config.dataset} is {data.task}")
@@ -261,6 +301,7 @@ def calibrate_held_run(
             "method": method,
             "temperature": temperature,
             "fitted_on": "val",
+            "data_md5": data.source["md5"],
             "val_nll_before": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label),
             "val_nll_after": negative_log_likelihood(split_logits["val"], labels["val"], data.multi_label, temperature),
         }
@@ -291,6 +332,7 @@ def calibrate_held_run(
             "positive_class": data.class_names[positive],
             "threshold": chosen,
             "chosen_on": "val",
+            "data_md5": data.source["md5"],
             "temperature": temperature,
             **{split: operating_point(is_positive[split], scores[split][:, positive], chosen) for split in labels},
         }
@@ -301,6 +343,7 @@ def calibrate_held_run(
         fitted = {
             **fit_conformal(scores["val"], labels["val"], conformal, conformal_score, mondrian),
             "fitted_on": "val",
+            "data_md5": data.source["md5"],
             "temperature": temperature,
         }
         sets = {split: prediction_sets(scores[split], fitted) for split in labels}
@@ -309,9 +352,25 @@ def calibrate_held_run(
         bundle["conformal"] = fitted
         metrics["conformal"] = {**fitted, **reports}
         done["conformal"] = metrics["conformal"]
+    if refitted:
+        warnings.warn(
+            f"the new temperature changes the probabilities, so {' and '.join(refitted)} fitted on the old ones "
+            "were fitted again on the validation split",
+            stacklevel=2,
+        )
+        done["refitted"] = refitted
     save_checkpoint(run.best_path, bundle)
     write_json(run.metrics_path, metrics)
     return done
+
+
+def warn_if_other_data(bundle: dict, data: LoadedDataset) -> None:
+    """One warning when the data at hand are not those the bundle's model was trained on."""
+    if data.source["md5"] != bundle["dataset"]["md5"]:
+        warnings.warn(
+            f"the data differ from those the run was trained on (MD5 {bundle['dataset']['md5']} -> {data.source['md5']})",
+            stacklevel=3,
+        )
 
 
 def robustness_run(
@@ -329,14 +388,17 @@ def robustness_run(
     directions) are drawn from ``seed`` (default: the run's). Returns that record."""
     if not severities or any(s not in SEVERITIES for s in severities):
         raise ConfigError(f"--severities {severities}: expected severities from {SEVERITIES[0]} to {SEVERITIES[-1]}")
+    if seed is not None:
+        check_seed(seed)
     run = RunDir(run_dir)
     config = run.config(data_dir)
-    with folder_lock(run.path, "robustness"):
-        record = robustness_held_run(
+    return _with_card(
+        run,
+        "robustness",
+        lambda: robustness_held_run(
             run.path, config, corruptions, device, severities, config.seed if seed is None else seed
-        )
-        write_model_card(run.path)
-        return record
+        ),
+    )
 
 
 def robustness_held_run(

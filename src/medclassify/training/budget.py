@@ -60,8 +60,10 @@ def plan_epochs(
     test_views: int = 1,
     epoch_overhead_s: float = 0.0,
     card_s: float = 0.0,
+    max_epochs: int | None = None,
 ) -> BudgetPlan:
-    """The most epochs that end, with the final evaluation, within ``PLANNED_SHARE`` of the budget.
+    """The most epochs (at most ``max_epochs``, the run's ``--epochs``) that end, with the final
+    evaluation, within ``PLANNED_SHARE`` of the budget.
 
     ``train_images``/``val_images`` are one process's share of an epoch; ``test_views`` is how
     many predictions each image of the final evaluation gets (test-time flips);
@@ -76,4 +78,6 @@ def plan_epochs(
         raise ConfigError(
             f"--time-budget {budget_s:g} s is too short: one epoch and the evaluation need about {needed:.0f} s here"
         )
+    if max_epochs is not None:
+        epochs = min(epochs, max_epochs)
     return BudgetPlan(budget_s, spent_s, train_images_per_s, eval_images_per_s, epoch_s, final_s, epochs)

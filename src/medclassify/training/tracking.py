@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..io import write_json
 
 INSTALL = "pip install 'medclassify[tracking]'"
@@ -114,16 +114,59 @@ def _mlflow():
     return mlflow
 
 
+# The stores MLflow's client opens (a database scheme may name its driver: postgresql+psycopg2).
+MLFLOW_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+SERVER_CONNECT_SECONDS = 5.0
+DEFAULT_STORE = "mlruns"
+
+
+def check_mlflow_store() -> None:
+    """The tracking store must be usable before a run writes anything: ``MLFLOW_TRACKING_URI`` of a
+    scheme MLflow opens and, for a server, one that answers within a few seconds (MLflow itself
+    retries for minutes); without it, ``./mlruns`` must be a folder or creatable."""
+    from urllib.error import HTTPError
+    from urllib.parse import urlsplit
+    from urllib.request import urlopen
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        store = Path(DEFAULT_STORE)
+        if store.exists() and not store.is_dir():
+            raise ConfigError(f"{store.resolve()}: is a file, not an MLflow store; move it, or set MLFLOW_TRACKING_URI")
+        return
+    scheme = urlsplit(uri).scheme.lower().split("+")[0]
+    if len(scheme) == 1:  # a Windows drive letter: a local path
+        scheme = ""
+    if scheme not in MLFLOW_SCHEMES:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI {uri}: unsupported scheme '{scheme}'; expected a folder, sqlite:///FILE, a "
+            "database URI or http(s)://SERVER"
+        )
+    if scheme in ("http", "https"):
+        try:
+            with urlopen(uri.rstrip("/") + "/health", timeout=SERVER_CONNECT_SECONDS):
+                pass
+        except HTTPError:  # the server answered, if not on that path
+            pass
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI {uri}: the tracking server does not answer within "
+                f"{SERVER_CONNECT_SECONDS:g} s ({first_line(reason)}); nothing was tracked"
+            ) from None
+
+
 def mlflow_client(experiment: str = DEFAULT_EXPERIMENT):
     """An MLflow client on ``MLFLOW_TRACKING_URI`` (default: ``mlruns/`` here, SQLite) and the id of
     ``experiment``, created when missing."""
     mlflow = _mlflow()
+    check_mlflow_store()
     for name in ("mlflow.store.db.utils", "alembic"):  # "creating tables" chatter on a new store's first use
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     artifacts = None
     if not uri:
-        store = Path("mlruns").resolve()
+        store = Path(DEFAULT_STORE).resolve()
         store.mkdir(exist_ok=True)
         uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -241,30 +284,27 @@ def open_trackers(
 
 def replay_study(folder: Path, names: list[str]) -> list[Path]:
     """Send every finished run of a study folder (``STUDY/runs/*``), under one new MLflow parent run,
-    or one run folder, to the trackers ``names``; returns the runs sent."""
+    or one run folder, to the trackers ``names``; returns the runs sent. Every run's records are read
+    and checked, and the store is checked, before anything is sent."""
     from ..runs import RunDir
 
+    if "mlflow" in names:
+        _mlflow()
+        check_mlflow_store()
     if RunDir(folder).config_path.is_file():
-        runs, parent = [folder], None
+        runs, study = [folder], False
     else:
         runs = sorted(p for p in (folder / "runs").glob("*") if RunDir(p).is_finished())
         if not runs:
             raise ConfigError(f"{folder}: neither a run folder nor a study folder with finished runs in runs/")
-        parent = study_run(folder.name, folder, continue_run=False) if "mlflow" in names else None
-    for run in runs:
-        replay_run(run, names, parent)
+        study = True
+    records = [(run, run.record(), run.history(), run.metrics()) for run in map(RunDir, runs)]
+    parent = study_run(folder.name, folder, continue_run=False) if study and "mlflow" in names else None
+    for run, record, history, metrics in records:
+        for tracker in open_trackers(names, run.path, record, parent, continue_run=False):
+            for row in history:
+                tracker.log_epoch(row)
+            tracker.finish(run.path, metrics, history)
     if parent:
         finish_study_run(parent)
     return runs
-
-
-def replay_run(run_dir: Path, names: list[str], parent_run_id: str | None = None) -> None:
-    """Send a finished run's records to trackers after the fact (``medclassify track``)."""
-    from ..runs import RunDir
-
-    run = RunDir(run_dir)
-    record, history, metrics = run.record(), run.history(), run.metrics()
-    for tracker in open_trackers(names, run.path, record, parent_run_id, continue_run=False):
-        for row in history:
-            tracker.log_epoch(row)
-        tracker.finish(run.path, metrics, history)

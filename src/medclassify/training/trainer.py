@@ -53,6 +53,7 @@ from ..runs import (
     RUN_FILES,
     RunDir,
     calibrate_held_run,
+    check_fits_data,
     load_checkpoint,
     load_run_data,
     robustness_held_run,
@@ -75,7 +76,7 @@ from .recipe import (
     freeze_batchnorm_statistics,
     set_backbone_trainable,
 )
-from .tracking import open_trackers
+from .tracking import check_mlflow_store, open_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +281,8 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
     it raises stops the run, whose ``last.pt`` stays)."""
     started = time.perf_counter()
     config.validate()
+    if "mlflow" in (config.track or []):
+        check_mlflow_store()  # an unusable store stops the run before its folder is made
     check_run_folder(config)
     context, device = init_distributed(config.device)
     threads = torch.get_num_threads()  # --num-threads is this run's: the next run in the process starts afresh
@@ -289,7 +292,12 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
             if config.resume and (finished := session.resume()) is not None:
                 return finished
             session.write_run_record()
-            session.open_trackers()
+            try:
+                session.open_trackers()
+            except BaseException:
+                if not config.resume:  # a folder holding only config.json would refuse the next try
+                    session.run.config_path.unlink(missing_ok=True)
+                raise
             session.log_start()
             for epoch in range(session.progress.epoch + 1, session.config.epochs + 1):
                 if session.stopper.should_stop:
@@ -366,6 +374,7 @@ class TrainingSession:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
         seed_everything(config.seed)
         data = load_run_data(config)
+        check_fits_data(config, data)
         normalization = compute_normalization(data.splits["train"], config.normalize)
 
         model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained)
@@ -867,5 +876,6 @@ def _plan_budget(
         len(tta_views(sample.images[:1], data.orientation)) if config.tta else 1,
         epoch_overhead_s,
         card_s if context.is_main else 0.0,
+        max_epochs=config.epochs,
     )
     return replace(plan, epochs=min(gather(context, plan.epochs)))
