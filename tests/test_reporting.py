@@ -13,7 +13,7 @@ from medclassify.cli import main
 from medclassify.evaluation.stats import Side, mcnemar
 from medclassify.experiments import Study, load_experiments, run_study
 from medclassify.reporting.discussion import compare, overfitting
-from medclassify.reporting.published import published_results
+from medclassify.reporting.published import published_results, report_rows
 from medclassify.reporting.report import write_study_outputs
 
 
@@ -158,40 +158,60 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
     ):
         assert section in english
     assert "McNemar" in english and "421,960" in english
-    # the published MedMNIST v2 rows stand beside the measured ones at 28 px, labelled, in both languages
+    # the published MedMNIST v2 and MedMNIST+ rows stand beside the measured ones at each size, labelled,
+    # at the size their networks saw, in both languages
     assert (
-        "<td>bloodmnist · Google AutoML Vision — published, not measured here</td><td>28</td><td>0.966</td><td>–</td><td>0.998</td>"
+        "<td>BloodMNIST · Google AutoML Vision — published, not measured here</td><td>28</td><td>0.966</td><td>–</td><td>0.998</td>"
         in english
     )
-    assert (
-        "pneumoniamnist · ResNet-50 (224) — published, not measured here" in english
-        and "medmnist.github.io/v2" in english
-    )
-    assert english.count("published, not measured here</td>") == 2 * 7, "no published rows at 64 px"
-    assert "bloodmnist · auto-sklearn — 已发表结果，非本研究测得 | 28 | 0.877 | – | 0.984 |" in report
+    assert "<td>PneumoniaMNIST · ResNet-50 — published, not measured here</td><td>224</td>" in english
+    assert "<td>BloodMNIST · VGG16, end-to-end — published, not measured here</td><td>64</td><td>0.982</td>" in english
+    assert "Scientific Data 10:41" in english and "Scientific Reports 15:7669" in english
+    assert "zero-padded to 224 px" in english and "the 28 px images enlarged to 224 px" in english
+    shown = sum(len(report_rows(d, s)) for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64))
+    assert english.count("published, not measured here</td>") == shown >= 2 * 7 + 2
+    assert "BloodMNIST · auto-sklearn — 已发表结果，非本研究测得 | 28 | 0.878 | – | 0.984 |" in report
 
 
-def test_published_baselines_cover_every_2d_medmnist_dataset():
+def test_published_tables_ship_with_their_sources_in_fractions():
     import medmnist
 
-    methods = [
-        "ResNet-18 (28)",
-        "ResNet-18 (224)",
-        "ResNet-50 (28)",
-        "ResNet-50 (224)",
-        "auto-sklearn",
-        "AutoKeras",
-        "Google AutoML Vision",
-    ]
+    v2_methods = {("ResNet-18", 28), ("ResNet-18", 224), ("ResNet-50", 28), ("ResNet-50", 224)}
+    v2_methods |= {(m, 28) for m in ("auto-sklearn", "AutoKeras", "Google AutoML Vision")}
     for flag in (f for f in medmnist.INFO if "3d" not in f):
-        rows = published_results(flag, 28)
-        assert [r.method for r in rows] == methods, flag
-        assert all(0.4 < r.acc < 1 and 0.6 < r.auc <= 1 and r.citation.startswith("J. Yang") for r in rows), flag
-        assert published_results(flag, 64) == [], "MedMNIST v2 trained on the 28 px images only"
-    # hand-checked against the source table
-    blood = {r.method: (r.acc, r.auc) for r in published_results("bloodmnist", 28)}
-    assert blood["Google AutoML Vision"] == (0.966, 0.998) and blood["ResNet-18 (28)"] == (0.958, 0.998)
-    assert {r.method: r.acc for r in published_results("pneumoniamnist", 28)}["AutoKeras"] == 0.878
+        v2 = published_results(flag, 28, ("v2",))
+        assert {(r.model, r.trained_size) for r in v2} == v2_methods, flag  # the current page only, once each
+        plus = published_results(flag, sources=("plus",))
+        assert len(plus) == 10 * 3 * 4, flag  # 10 models x 3 schemes x 4 sizes
+        assert all(0.0 < r.acc <= 1 and (r.auc is None or 0.4 < r.auc <= 1) for r in v2 + plus), flag
+        assert all(r.where_read.startswith("github.com/") for r in v2 + plus)
+        assert published_results(flag, 64, ("v2",)) == [], "MedMNIST v2 trained on the 28 px images only"
+    # cells checked by hand against the transcribed tables (v2 in fractions, MedMNIST+ in percent)
+    blood = {(r.model, r.trained_size): (r.acc, r.auc) for r in published_results("bloodmnist", 28, ("v2",))}
+    assert blood[("Google AutoML Vision", 28)] == (0.966, 0.998) and blood[("ResNet-18", 28)] == (0.958, 0.998)
+    assert blood[("auto-sklearn", 28)] == (0.878, 0.984), "the current page, not the superseded 0.877"
+    organ = {(r.model, r.trained_size): r.acc for r in published_results("organamnist", 28, ("v2",))}
+    assert organ[("ResNet-18", 28)] == 0.935
+    plus = {(r.model, r.training, r.size): r for r in published_results("bloodmnist", sources=("plus",))}
+    assert (plus[("VGG16", "end-to-end", 64)].acc, plus[("VGG16", "end-to-end", 28)].acc) == (0.982, 0.9485)
+    assert plus[("VGG16", "end-to-end", 28)].trained_size == 224, "MedMNIST+ pads 28 px images to 224"
+    assert all(r.auc is None for r in plus.values() if r.training.startswith("kNN"))
+    best = report_rows("bloodmnist", 64)
+    assert [r.source for r in best].count("v2") == 0 and best[0].acc == max(
+        r.acc for r in plus.values() if r.size == 64 and r.training == "end-to-end"
+    )
+
+
+def test_published_prints_the_table_a_user_compares_with(capsys):
+    from medclassify.cli import main
+
+    assert main(["published", "BloodMNIST", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("BloodMNIST: published test results, not measured here")
+    assert "plus        64       64  VGG16                     end-to-end        0.9820 0.9991" in out
+    assert "Scientific Reports 15:7669" in out and "v2 " not in out
+    assert main(["published", "nosuchmnist"]) == 2
+    assert "nosuchmnist: not a MedMNIST 2D dataset" in capsys.readouterr().err
 
 
 def test_overfitting_rule_reads_the_loss_curves():

@@ -19,7 +19,8 @@ from ..models import available_models
 from ..tasks import Task
 from .discussion import compare, harder_dataset, overfitting
 from .figures import study_figures
-from .published import published_results
+from .published import CITATIONS
+from .published import report_rows as published_report_rows
 from .settings import NOT_USED, experiment_settings, split_settings
 from .tables import metric_cell, write_results_table
 from .texts import METRIC_NAMES, TEXTS
@@ -167,7 +168,7 @@ def build_blocks(
     published = [
         p
         for dataset, size in dict.fromkeys((e.dataset, e.size) for e in experiments)
-        for p in published_results(dataset, size)
+        for p in published_report_rows(dataset, size)
     ]
     table(
         t["results_caption"],
@@ -175,11 +176,11 @@ def build_blocks(
         measured
         + [
             [
-                t["published_row"].format(dataset=p.dataset, method=p.method),
-                str(p.size),
+                t["published_row"].format(dataset=p.title, method=p.method),
+                str(p.trained_size),
                 f"{p.acc:.3f}",
                 "–",
-                f"{p.auc:.3f}",
+                "–" if p.auc is None else f"{p.auc:.3f}",
             ]
             for p in published
         ],
@@ -188,8 +189,8 @@ def build_blocks(
         blocks.append(("p", t["ensemble_note"]))
     if published:
         blocks += [
-            ("p", t["published_note"].format(citation=citation))
-            for citation in dict.fromkeys(p.citation for p in published)
+            ("p", t["published_note"][source].format(citation=CITATIONS[source]))
+            for source in dict.fromkeys(p.source for p in published)
         ]
 
     blocks.append(("p", t["calibration_intro"]))

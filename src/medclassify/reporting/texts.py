@@ -72,7 +72,10 @@ TEXTS = {
         "published_row": "{dataset} · {method} — published, not measured here",
         "ensemble_row": "{dataset} · {model} — ensemble of {n} seeds",
         "ensemble_note": "A row marked \"ensemble of N seeds\" takes the mean of those seeds' test probabilities as one model's (what medclassify ensemble builds); its interval is over the test images only.",
-        "published_note": 'Rows marked "published, not measured here" were not run by this study: they are the test accuracy and macro-AUC reported in {citation}, with that work\'s training settings, and have no macro-F1 or interval; "(224)" in a method\'s name means the 28 px images were resized to 224 px.',
+        "published_note": {
+            "v2": 'Rows marked "published, not measured here" were not run by this study: they are the test accuracy and macro-AUC reported in {citation}, with that work\'s training settings, and have no macro-F1 or interval. Their size column is the size the network was trained at: 224 means the 28 px images enlarged to 224 px.',
+            "plus": "The MedMNIST+ rows are the best end-to-end model and the best model of any training scheme (end-to-end, linear probing, kNN) by test accuracy at that image size, the mean of 3 seeds in {citation}, converted from percent; at 28 px its networks see the 28 px images zero-padded to 224 px, shown as 224 in the size column (kNN reports no AUC).",
+        },
         "calibration_intro": "How far the probabilities can be taken at their word, and agreement beyond chance: Brier score, negative log-likelihood and expected calibration error (15 equal-width bins; class-wise: per class, averaged) are lower when better; balanced accuracy, Matthews correlation and Cohen's kappa (quadratic for ordinal tasks) are higher when better.",
         "calibration_caption": "Calibration and agreement on the test split (mean ± standard deviation over seeds; 95% bootstrap CI over seeds and test images).",
         "conformal_intro": "Conformal prediction sets (calibrated on the validation split): per image, the classes that hold its true class with the chosen probability, for images exchangeable with the validation images. Coverage is how often the test images' sets held their class; a smaller mean set size is more useful at the same coverage.",
@@ -222,7 +225,10 @@ TEXTS = {
         "published_row": "{dataset} · {method} — 已发表结果，非本研究测得",
         "ensemble_row": "{dataset} · {model} — {n} 个种子的集成",
         "ensemble_note": "标注“N 个种子的集成”的行把这些种子的测试概率取平均，作为一个模型的预测（即 medclassify ensemble 构建的模型）；其置信区间仅基于测试图像的自助抽样。",
-        "published_note": "标注“已发表结果，非本研究测得”的行并非本研究运行所得：它们是 {citation} 报告的测试准确率与宏平均 AUC，采用该工作自己的训练设置，没有宏平均 F1 与置信区间；方法名中的“(224)”表示 28 像素图像被放大到 224 像素后输入网络。",
+        "published_note": {
+            "v2": "标注“已发表结果，非本研究测得”的行并非本研究运行所得：它们是 {citation} 报告的测试准确率与宏平均 AUC，采用该工作自己的训练设置，没有宏平均 F1 与置信区间。其尺寸一栏为网络训练时的图像尺寸：224 表示 28 像素图像被放大到 224 像素。",
+            "plus": "MedMNIST+ 行为该图像尺寸下按测试准确率最好的端到端模型，以及任意训练方式（端到端、线性探测、kNN）中最好的模型，取自 {citation} 的 3 个种子平均值，已由百分数换算；在 28 像素时其网络输入为补零到 224 像素的 28 像素图像，尺寸一栏记为 224（kNN 没有 AUC）。",
+        },
         "calibration_intro": "概率的可信程度及超出随机的一致性：Brier 分数、负对数似然与期望校准误差（15 个等宽区间；按类别：逐类计算后平均）越低越好；平衡准确率、Matthews 相关系数与 Cohen's kappa（有序任务用二次权重）越高越好。",
         "calibration_caption": "测试集上的校准与一致性（多个种子的均值 ± 标准差；括号内为对种子与测试图像的自助法 95% 置信区间）。",
         "conformal_intro": "保形预测集（在验证集上校准）：对每张图像给出一组类别，对与验证图像可交换的图像，该组以所选概率包含真实类别。覆盖率是测试图像的预测集包含其真实类别的比例；覆盖率相同时，平均集合越小越有用。",
