@@ -143,6 +143,8 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', english)
     assert len(embedded) == len(expected) and all(base64.b64decode(e)[:8] == b"\x89PNG\r\n\x1a\n" for e in embedded)
     report = (out / "report.md").read_text(encoding="utf-8")
+    visible = re.sub(r"<[^>]+>|data:image/png;base64,[^\"]+", " ", english)  # the words a reader sees
+    assert not re.search(r"\b(None|nan|NaN|True|False)\b", visible + report), "no Python value in a report"
     assert "讨论" in report and "实验环境" in report and "表 2" in report, "the last run wrote the Chinese report"
     for section in (
         "Experimental environment",

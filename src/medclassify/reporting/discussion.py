@@ -76,7 +76,7 @@ def compare(experiments, n_boot: int = BOOTSTRAP_RESAMPLES) -> list[Comparison]:
                 comparisons.append(
                     Comparison(
                         factor,
-                        dict(zip(others, key)),
+                        {f: v for f, v in zip(others, key) if v is not None},  # an axis the study does not use
                         a,
                         b,
                         paired,
