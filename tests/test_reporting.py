@@ -77,9 +77,9 @@ def test_report_conclusion_follows_the_size_that_wins(tmp_path, winner, loser):
     outputs = write_study_outputs(study, tmp_path / "s", n_boot=200)
     report = outputs["report"].read_text()
     if winner == 64:
-        assert "pneumoniamnist, paper-cnn: 64 px beats 28 px." in report
+        assert "PneumoniaMNIST, paper-cnn: 64 px beats 28 px." in report
     else:
-        assert "pneumoniamnist, paper-cnn: 64 px is worse than 28 px." in report
+        assert "PneumoniaMNIST, paper-cnn: 64 px is worse than 28 px." in report
     assert "do not differ significantly" not in report
 
 
@@ -169,6 +169,7 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
     assert "<td>PneumoniaMNIST · ResNet-50 — published, not measured here</td><td>224</td>" in english
     assert "<td>BloodMNIST · VGG16, end-to-end — published, not measured here</td><td>64</td><td>0.982</td>" in english
     assert "Scientific Data 10:41" in english and "Scientific Reports 15:7669" in english
+    assert "<td>BloodMNIST</td>" in english and "<td>PneumoniaMNIST</td>" in english, "names as the papers write them"
     assert "zero-padded to 224 px" in english and "the 28 px images enlarged to 224 px" in english
     shown = sum(len(report_rows(d, s)) for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64))
     assert english.count("published, not measured here</td>") == shown >= 2 * 7 + 2
@@ -384,7 +385,7 @@ def test_report_states_each_experiments_own_settings_and_does_not_attribute_them
     assert "too few to judge over-fitting" in en  # 2 epochs
     assert "Acevedo et al." in en and "Scientific Data 10, 41 (2023)" in en
     assert [int(n) for n in re.findall(r"^Table (\d+)\.", en, flags=re.M)] == list(range(1, 10))
-    assert "bloodmnist: AUC of each class against the rest" in en
+    assert "BloodMNIST: AUC of each class against the rest" in en
     zh = reports["zh"]
     assert "不能仅归因于模型" in zh and "训练轮数" in zh and "不足以依据损失曲线判断过拟合" in zh
     assert "Training settings" not in zh and "cannot be attributed" not in zh

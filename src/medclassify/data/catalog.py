@@ -104,6 +104,11 @@ class DatasetInfo:
     synthetic: bool = False
     orientation: str = "fixed"  # see ORIENTATION
     source: str = ""  # the paper the images come from (SOURCE_PAPERS)
+    title: str = ""  # the name as the papers write it (medmnist's python_class, e.g. BloodMNIST)
+
+    @property
+    def display_name(self) -> str:
+        return self.title or self.name
 
     def filename(self, size: int) -> str:
         """MedMNIST's file naming: ``bloodmnist.npz`` at 28 px, ``bloodmnist_64.npz`` above."""
@@ -134,6 +139,7 @@ def _from_medmnist(flag: str) -> DatasetInfo:
         license=meta["license"],
         orientation=ORIENTATION.get(flag, "fixed"),
         source=SOURCE_PAPERS.get(flag, ""),
+        title=meta.get("python_class", flag),
     )
 
 

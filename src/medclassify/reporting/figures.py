@@ -13,7 +13,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from ..evaluation.figures import reliability, reliability_bars, rescaled, save_figure  # noqa: E402
 from ..tasks import Task  # noqa: E402
-from .texts import METRIC_NAMES, shorten  # noqa: E402
+from .texts import METRIC_NAMES, dataset_title, experiment_title, shorten  # noqa: E402
 
 METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
@@ -76,7 +76,7 @@ def loss_curves(experiments, out: Path) -> list[Path]:
                     alpha=0.2,
                     color="tab:blue" if key == "train_loss" else "tab:orange",
                 )
-        ax.set_title(e.name.replace("_", " · "), fontsize=10)
+        ax.set_title(experiment_title(e), fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(experiments) :]:
         ax.set_visible(False)
@@ -101,7 +101,7 @@ def _metric_bars(ax, experiments, colours) -> None:
             width,
             yerr=[e.std(m) for m in metrics],
             color=colours[e.name],
-            label=shorten(e.name.replace("_", " · "), 40),
+            label=shorten(experiment_title(e), 40),
         )
         for xi, value in zip(x, means):
             ax.text(xi, value + 0.01, f"{value:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
@@ -143,7 +143,7 @@ def dataset_comparison(dataset: str, experiments, colours, out: Path) -> list[Pa
     _metric_bars(axes[-1], experiments, colours)
     _legend_below(axes[-1], columns=1)
     axes[-1].set_title("test metrics", fontsize=10)
-    figure.suptitle(f"{dataset}: ROC curves and test metrics")
+    figure.suptitle(f"{dataset_title(dataset)}: ROC curves and test metrics")
     return save_figure(figure, out / f"{dataset}_comparison")
 
 
@@ -157,7 +157,7 @@ def all_experiments(experiments, colours, out: Path) -> list[Path]:
             curves["macro-average"],
             color=colours[e.name],
             lw=2,
-            label=f"{shorten(e.name.replace('_', ' · '), 40)} (AUC {e.mean('auc'):.3f})",
+            label=f"{shorten(experiment_title(e), 40)} (AUC {e.mean('auc'):.3f})",
         )
     roc_ax.plot([0, 1], [0, 1], ":", color="grey")
     roc_ax.set_xlabel("false positive rate")
@@ -270,7 +270,7 @@ def studyreliability(experiments, out: Path) -> list[Path]:
             )
             title += f" → {after_ece:.4f}"
         ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set_title(f"{shorten(e.name.replace('_', ' · '), 40)}\n{title}", fontsize=9)
+        ax.set_title(f"{shorten(experiment_title(e), 40)}\n{title}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")

@@ -23,7 +23,7 @@ from .published import CITATIONS
 from .published import report_rows as published_report_rows
 from .settings import NOT_USED, experiment_settings, split_settings
 from .tables import metric_cell, write_results_table
-from .texts import METRIC_NAMES, TEXTS
+from .texts import METRIC_NAMES, TEXTS, dataset_title
 
 LANGUAGES = tuple(TEXTS)
 
@@ -38,6 +38,8 @@ def _with_ci(value: float, ci: list[float]) -> str:
 
 def _level(experiment, factor: str, t: dict) -> str:
     value = getattr(experiment, factor)
+    if factor == "dataset":
+        return dataset_title(value)
     return t["pixels"].format(size=value) if factor == "size" else str(value)
 
 
@@ -96,7 +98,7 @@ def build_blocks(
         sizes = ", ".join(str(x.size) for x in experiments if x.dataset == dataset and x.model == e.model)
         dataset_rows.append(
             [
-                dataset,
+                dataset_title(dataset),
                 e.task,
                 str(e.records[0]["data"]["channels"]),
                 str(len(e.class_names)),
@@ -108,7 +110,7 @@ def build_blocks(
             info = get_dataset_info(dataset)
             sources.append(
                 t["source"].format(
-                    dataset=dataset, license=info.license, description=info.description, source=info.source
+                    dataset=info.display_name, license=info.license, description=info.description, source=info.source
                 )
             )
     blocks.append(("h2", t["datasets"]))
@@ -152,12 +154,12 @@ def build_blocks(
     measured = [
         [
             t["ensemble_row"].format(
-                dataset=r["dataset"],
+                dataset=dataset_title(r["dataset"]),
                 model=" · ".join(filter(None, (r["model"], r.get("variant")))),
                 n=len(r["seeds"].split()),
             )
             if r.get("ensemble")
-            else " · ".join(filter(None, (r["dataset"], r["model"], r.get("variant")))),
+            else " · ".join(filter(None, (dataset_title(r["dataset"]), r["model"], r.get("variant")))),
             str(r["size"]),
             metric_cell(r, "acc"),
             metric_cell(r, "f1_macro"),
@@ -262,7 +264,7 @@ def build_blocks(
         if chosen:
             names_of_classes = chosen[0][0].class_names
             table(
-                t["class_auc_caption"].format(dataset=dataset),
+                t["class_auc_caption"].format(dataset=dataset_title(dataset)),
                 [t["class"], *(e.name for e, _ in chosen)],
                 [[name, *(metric_cell(r, f"auc_{name}") for _, r in chosen)] for name in names_of_classes],
             )
@@ -276,7 +278,7 @@ def build_blocks(
             [
                 [
                     t["factor"][c.factor],
-                    ", ".join(f"{k} {v}" for k, v in c.fixed.items()),
+                    ", ".join(f"{k} {dataset_title(v) if k == 'dataset' else v}" for k, v in c.fixed.items()),
                     _level(c.a, c.factor, t),
                     _level(c.b, c.factor, t),
                     _ci(c.difference["acc"]),
@@ -295,7 +297,11 @@ def build_blocks(
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         number += 1
         blocks.append(
-            ("figure", figures[f"{dataset}_comparison"][0], t["fig_dataset"].format(n=number, dataset=dataset))
+            (
+                "figure",
+                figures[f"{dataset}_comparison"][0],
+                t["fig_dataset"].format(n=number, dataset=dataset_title(dataset)),
+            )
         )
     number += 1
     blocks.append(("figure", figures["all_experiments"][0], t["fig_all"].format(n=number)))
@@ -342,7 +348,7 @@ def build_blocks(
                 )
                 continue
             d = c.difference
-            fixed = c.fixed.get("dataset", c.a.dataset)
+            fixed = dataset_title(c.fixed.get("dataset", c.a.dataset))
             pixels = t["pixels"].format(size=c.fixed.get("size", c.a.size))
             context = {"size": c.fixed.get("model", c.a.model), "variant": f"{c.a.model}, {pixels}"}.get(factor, pixels)
             blocks.append(
@@ -417,7 +423,7 @@ def build_blocks(
     limits.append(t["limit_epochs"].format(epochs=epochs))
     synthetic = [e.dataset for e in experiments if e.dataset != "folder" and get_dataset_info(e.dataset).synthetic]
     if synthetic:
-        limits.append(t["limit_synthetic"].format(datasets=", ".join(dict.fromkeys(synthetic))))
+        limits.append(t["limit_synthetic"].format(datasets=", ".join(map(dataset_title, dict.fromkeys(synthetic)))))
     blocks += [("h3", t["limitations"])] + [("p", text) for text in limits]
     return blocks
 

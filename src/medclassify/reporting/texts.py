@@ -3,6 +3,21 @@ with measured numbers; which sentence is chosen is decided by the rules in ``dis
 
 from __future__ import annotations
 
+
+def dataset_title(name: str) -> str:
+    """A dataset as its papers name it (BloodMNIST, OrganCMNIST, from medmnist's INFO); an image
+    folder ('folder') as it is."""
+    from ..data import FOLDER_NAME, get_dataset_info
+
+    return name if name == FOLDER_NAME else get_dataset_info(name).display_name
+
+
+def experiment_title(experiment) -> str:
+    """An experiment as figures name it: ``BloodMNIST · 28 px · paper-cnn`` (and its variant)."""
+    parts = (dataset_title(experiment.dataset), f"{experiment.size} px", experiment.model, experiment.variant)
+    return " · ".join(filter(None, parts))
+
+
 TEXTS = {
     "en": {
         "title": "Results of study '{name}'",
