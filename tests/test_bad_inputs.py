@@ -613,8 +613,9 @@ def test_bar_charts_start_at_zero_legends_sit_outside_and_single_epochs_show(tmp
     from medclassify.reporting import figures
 
     class Fake:
-        def __init__(self, name, score):
-            self.name, self.score = name, score
+        def __init__(self, model, score):
+            self.dataset, self.size, self.model, self.variant, self.score = "bloodmnist", 28, model, None, score
+            self.name = f"bloodmnist_28_{model}"
             self.histories = [[{"train_loss": "1.0", "val_loss": "1.2"}]]
 
         def mean(self, metric):
@@ -623,7 +624,7 @@ def test_bar_charts_start_at_zero_legends_sit_outside_and_single_epochs_show(tmp
         def std(self, metric):
             return 0.0
 
-    experiments = [Fake("blood_28_paper-cnn", 0.627), Fake("blood_28_bn-cnn", 0.841)]
+    experiments = [Fake("paper-cnn", 0.627), Fake("bn-cnn", 0.841)]
     figure, ax = plt.subplots()
     figures._metric_bars(ax, experiments, figures.experiment_colours(experiments))
     figures._legend_below(ax)

@@ -228,7 +228,7 @@ def test_a_clean_versus_robust_study_compares_clean_and_corrupted_accuracy(tmp_p
     for variant, record in records.items():
         assert f"<td>bloodmnist_28_paper-cnn_{variant}</td>" in html
         assert f"{record['corrupted_acc']:.4f} (" in html and f"<td>{record['mce']:.4f}</td>" in html
-    assert "Under corruption, robust vs clean (bloodmnist, paper-cnn, 28 px): corrupted accuracy" in html
+    assert "Under corruption, robust vs clean (BloodMNIST, paper-cnn, 28 px): corrupted accuracy" in html
     assert "Which training variant is better?" in html
     assert "paper-cnn · robust" in (out / "results.md").read_text()
     assert (out / "figures" / "robustness.png").is_file()
