@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import OutputError, first_line
 
 LOCK_NAME = ".medclassify.lock"
 # Probabilities in CSV records: 9 significant digits read back to the same float32, so that a metric
@@ -175,3 +175,16 @@ def file_md5(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+CONNECT_SECONDS = 5.0  # how long a service is given to accept a connection before a command gives up
+
+
+def connection_refused(host: str, port: int, seconds: float = CONNECT_SECONDS) -> str | None:
+    """Why ``host:port`` does not accept a TCP connection within ``seconds``, or None when it does:
+    services whose own clients retry for minutes are checked this way first."""
+    try:
+        with socket.create_connection((host, port), timeout=seconds):
+            return None
+    except (OSError, OverflowError) as exc:  # OverflowError: a port above 65535
+        return first_line(exc)

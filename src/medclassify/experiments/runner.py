@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import socket
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -19,6 +18,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError, first_line
+from ..io import CONNECT_SECONDS, connection_refused
 from ..runs import RunDir
 from ..training import train
 from ..training.tracking import finish_study_run, study_run
@@ -195,9 +195,6 @@ def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, f
         _run_ray_tasks(ray, pending, workers, finished, log)
 
 
-RAY_CONNECT_SECONDS = 5.0
-
-
 def check_ray_address(address: str | None) -> None:
     """A cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) must accept a connection within a few
     seconds: Ray itself retries for a long time before it gives up."""
@@ -206,13 +203,9 @@ def check_ray_address(address: str | None) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS):
-            pass
-    except (OSError, OverflowError) as exc:
-        raise ConfigError(
-            f"--address {address}: no Ray cluster answers there within {RAY_CONNECT_SECONDS:g} s ({first_line(exc)})"
-        ) from None
+    refused = connection_refused(host.strip("[]"), int(port))
+    if refused:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there within {CONNECT_SECONDS:g} s ({refused})")
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..defaults import PARITY_TOLERANCE
 from ..errors import CheckpointError, ConfigError, OutputError, first_line
-from ..io import folder_lock
+from ..io import connection_refused, folder_lock
 from ..runs.files import RunDir
 
 HUB_FORMAT = "medclassify.hub"
@@ -179,24 +179,15 @@ def check_repo_id(repo: str) -> None:
         ) from None
 
 
-HUB_CONNECT_SECONDS = 5.0
-
-
 def _check_reachable(endpoint: str) -> None:
     """A Hub endpoint that does not accept a connection within a few seconds is one line, not a
     minute of retries."""
-    import socket
     from urllib.parse import urlsplit
 
     parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=HUB_CONNECT_SECONDS):
-            pass
-    except OSError as exc:
-        raise OutputError(
-            f"the Hub at {endpoint} cannot be reached ({first_line(exc)}); nothing was uploaded"
-        ) from None
+    refused = connection_refused(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    if refused:
+        raise OutputError(f"the Hub at {endpoint} cannot be reached ({refused}); nothing was uploaded")
 
 
 def push_to_hub(run_dir: str | Path, repo: str, private: bool = False, token: str | None = None) -> str:

@@ -224,10 +224,17 @@ def _with_card(run: RunDir, command: str, operation: Callable[[], T]) -> T:
 def check_fits_data(config: TrainConfig, data: LoadedDataset) -> None:
     """What ``train`` does after training (an operating point, conformal sets) must fit the data:
     checked before the first epoch, not after the last."""
-    if config.threshold is not None:
-        _positive_index(data.class_names, data.task, config.positive_class)
-    if config.conformal is not None and data.multi_label:
-        raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {config.dataset} is {data.task}")
+    _fitting_positive(data, config.threshold, config.positive_class, config.conformal)
+
+
+def _fitting_positive(
+    data: LoadedDataset, threshold: str | None, positive_class: str | None, conformal: float | None
+) -> int | None:
+    """The index of the class an operating point decides (None without ``threshold``), once the
+    operating point and the conformal sets asked for are found to fit the data."""
+    if conformal is not None and data.multi_label:
+        raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {data.name} is {data.task}")
+    return _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
 
 
 def _positive_index(class_names: list[str], task: str, positive_class: str | None) -> int:
@@ -277,9 +284,7 @@ def calibrate_held_run(
             conformal, conformal_score = earlier_sets["alpha"], earlier_sets["score"]
             mondrian = bool(earlier_sets.get("mondrian"))
             refitted.append(f"the conformal sets ({conformal_score}, miscoverage {conformal:g})")
-    positive = _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
-    if conformal is not None and data.multi_label:
-        raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {config.dataset} is {data.task}")
+    positive = _fitting_positive(data, threshold, positive_class, conformal)
 
     logits_of = _logits_function(backend, prep)
     split_logits = {split: logits_of(data.splits[split].images.numpy()) for split in ("val", "test")}

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, first_line
-from ..io import write_json
+from ..io import CONNECT_SECONDS, write_json
 
 INSTALL = "pip install 'medclassify[tracking]'"
 TRACKING_RECORD = "tracking.json"
@@ -116,7 +116,6 @@ def _mlflow():
 
 # The stores MLflow's client opens (a database scheme may name its driver: postgresql+psycopg2).
 MLFLOW_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-SERVER_CONNECT_SECONDS = 5.0
 DEFAULT_STORE = "mlruns"
 
 
@@ -144,7 +143,7 @@ def check_mlflow_store() -> None:
         )
     if scheme in ("http", "https"):
         try:
-            with urlopen(uri.rstrip("/") + "/health", timeout=SERVER_CONNECT_SECONDS):
+            with urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_SECONDS):
                 pass
         except HTTPError:  # the server answered, if not on that path
             pass
@@ -152,7 +151,7 @@ def check_mlflow_store() -> None:
             reason = getattr(exc, "reason", exc)
             raise ConfigError(
                 f"MLFLOW_TRACKING_URI {uri}: the tracking server does not answer within "
-                f"{SERVER_CONNECT_SECONDS:g} s ({first_line(reason)}); nothing was tracked"
+                f"{CONNECT_SECONDS:g} s ({first_line(reason)}); nothing was tracked"
             ) from None
 
 
