@@ -415,8 +415,8 @@ def test_calibration_figures_come_from_the_predictions_like_their_intervals():
         Side(y, scores, "multi-class"),
     )
     (row,) = results_rows([e], n_boot=20)
-    expected = [calibration_metrics(y, s, "multi-class")["ece"] for s in scores]
-    assert row["test_ece"] == pytest.approx(np.mean(expected)) and row["test_ece_std"] == pytest.approx(
+    expected = [calibration_metrics(y, s, "multi-class")["ece_debiased"] for s in scores]
+    assert row["test_ece_debiased"] == pytest.approx(np.mean(expected)) and row["test_ece_debiased_std"] == pytest.approx(
         np.std(expected, ddof=1)
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..defaults import BOOTSTRAP_RESAMPLES
-from ..evaluation.metrics import CALIBRATION_METRICS
+from ..evaluation.metrics import REPORTED_CALIBRATION_METRICS
 from ..evaluation.robustness import bootstrap_means
 from ..evaluation.stats import METRICS, Side, bootstrap_calibration, bootstrap_interval
 from ..runs import BEST_FILE, ROBUSTNESS_IMAGES, RunDir
@@ -136,13 +136,13 @@ def results_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAMPLE
         # from the saved predictions, as the intervals are: runs recorded before these figures existed have them too
         every_image = np.arange(len(e.side.y_true))
         per_seed = [e.side.resampled_calibration(every_image, [k]) for k in range(e.side.n_seeds)]
-        for name in CALIBRATION_METRICS:
+        for name in REPORTED_CALIBRATION_METRICS:
             values = [seed[name] for seed in per_seed]
             row[f"test_{name}"], row[f"test_{name}_std"] = (
                 float(np.mean(values)),
                 float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             )
-        for name in (*METRICS, *CALIBRATION_METRICS):
+        for name in (*METRICS, *REPORTED_CALIBRATION_METRICS):
             row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
         class_seeds = [e.side.resampled(every_image, [k]) for k in range(e.side.n_seeds)]
         for i, class_name in enumerate(e.class_names if e.task != Task.BINARY else []):
@@ -174,7 +174,7 @@ def ensemble_rows(experiments: list[Experiment], rows: list[dict], n_boot: int =
         point = {**side.resampled(every_image, [0]), **side.resampled_calibration(every_image, [0])}
         intervals = {**bootstrap_interval(side, n_boot), **bootstrap_calibration(side, n_boot)}
         row = {**base, "experiment": f"{e.name}_ensemble", "ensemble": True}
-        for name in (*METRICS, *CALIBRATION_METRICS):
+        for name in (*METRICS, *REPORTED_CALIBRATION_METRICS):
             row[f"test_{name}"], row[f"test_{name}_std"] = point[name], 0.0
             row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = intervals[name]
         for i, class_name in enumerate(e.class_names if e.task != Task.BINARY else []):

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..data import get_dataset_info
 from ..defaults import BOOTSTRAP_RESAMPLES
-from ..evaluation.metrics import CALIBRATION_METRICS
+from ..evaluation.metrics import REPORTED_CALIBRATION_METRICS
 from ..evaluation.robustness import bootstrap_mean_difference
 from ..experiments.results import conformal_rows, ensemble_rows, load_experiments, results_rows, robustness_rows
 from ..io import atomic_path
@@ -198,8 +198,8 @@ def build_blocks(
     blocks.append(("p", t["calibration_intro"]))
     table(
         t["calibration_caption"],
-        [t["experiment"], *(t["calibration_names"][m] for m in CALIBRATION_METRICS)],
-        [[r["experiment"], *(metric_cell(r, m) for m in CALIBRATION_METRICS)] for r in rows + ensembles],
+        [t["experiment"], *(t["calibration_names"][m] for m in REPORTED_CALIBRATION_METRICS)],
+        [[r["experiment"], *(metric_cell(r, m) for m in REPORTED_CALIBRATION_METRICS)] for r in rows + ensembles],
     )
 
     conformal = conformal_rows(experiments)
