@@ -8,6 +8,7 @@ noisy dark background, so a short training run must beat chance.
 from __future__ import annotations
 
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -153,3 +154,8 @@ def serving(models: list[str], log: Path, *options: str):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def plain_cells(html: str) -> str:
+    """The report's HTML with each table cell's lines joined, as a reader reads a cell."""
+    return re.sub(r'<span class="line">([^<]*)</span>(<br>)?', lambda m: m.group(1) + (" " if m.group(2) else ""), html)

@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import write_medmnist_npz, write_study_files
+import medclassify
+from helpers import plain_cells, write_medmnist_npz, write_study_files
+from medclassify.citation import software_citation
 from medclassify.cli import main
 from medclassify.evaluation.stats import Side, mcnemar
 from medclassify.experiments import Study, load_experiments, run_study
 from medclassify.reporting.discussion import compare, overfitting
 from medclassify.reporting.published import published_results, report_rows
 from medclassify.reporting.report import write_study_outputs
+from medclassify.runtime.environment import cpu_model
 
 
 def probabilities(rng, n, k):
@@ -130,9 +133,9 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
     figures = out / "figures"
     expected = [
         "loss_curves",
-        "bloodmnist_comparison",
-        "pneumoniamnist_comparison",
-        "all_experiments",
+        "bloodmnist_roc",
+        "pneumoniamnist_roc",
+        "test_metrics",
         "reliability",
     ] + [f"confusion_{d}_{s}_paper-cnn" for d in ("bloodmnist", "pneumoniamnist") for s in (28, 64)]
     for name in expected:
@@ -144,6 +147,20 @@ def test_tiny_study_writes_every_figure_and_a_self_contained_report(tmp_path, ca
     assert len(embedded) == len(expected) and all(base64.b64decode(e)[:8] == b"\x89PNG\r\n\x1a\n" for e in embedded)
     report = (out / "report.md").read_text(encoding="utf-8")
     visible = re.sub(r"<[^>]+>|data:image/png;base64,[^\"]+", " ", english)  # the words a reader sees
+    # a cell's estimate and its interval are separate unbreakable lines: no range is ever split
+    lines = re.findall(r'<span class="line">([^<]*)</span>', english)
+    intervals = [line for line in lines if line.startswith("(")]
+    assert len(intervals) > 20 and all(
+        re.fullmatch(r"\([+-]?\d+\.\d{4}(–| to )[+-]?\d+\.\d{4}\)", line) for line in intervals
+    )
+    # one name per experiment, in tables, sentences and captions alike; run folder names stay out of it
+    assert "BloodMNIST · 28 px · paper-cnn" in visible and "bloodmnist_28_paper-cnn" not in visible
+    assert cpu_model() in visible, "the CPU model is named"
+    assert "at the start" in visible and "at the end" in visible, "the load average around the runs"
+    assert visible.index("Appendix: every training setting") > visible.index("Limitations")
+    assert "基于卷积神经网络的医学图像分类研究——以 MedMNIST 数据集为例" in visible
+    assert visible.rstrip().endswith(software_citation(medclassify.__version__))
+    english = plain_cells(english)
     assert not re.search(r"\b(None|nan|NaN|True|False)\b", visible + report), "no Python value in a report"
     assert "讨论" in report and "实验环境" in report and "表 2" in report, "the last run wrote the Chinese report"
     for section in (
@@ -365,11 +382,11 @@ def test_report_states_each_experiments_own_settings_and_does_not_attribute_them
     rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
         for line in differing.splitlines()
-        if line.startswith("| bloodmnist")
+        if line.startswith("| BloodMNIST")
     }
     for run in (out / "runs").iterdir():  # every cell of the table is what the run's config.json says
         config = json.loads((run / "config.json").read_text())["config"]
-        row = dict(zip(columns, rows[run.name.removesuffix("_seed0")]))
+        row = dict(zip(columns, rows[f"BloodMNIST · 28 px · {config['model']}"]))
         assert row["optimiser"] == config["optimizer"] and row["augmentation"] == config["augment"]
         assert row["learning rate"] == str(config["lr"]) and row["loss"] == (
             "focal" if config["loss"] == "focal" else "cross-entropy"
@@ -384,7 +401,7 @@ def test_report_states_each_experiments_own_settings_and_does_not_attribute_them
     assert "optimiser, learning rate" in model_verdict and "augmentation" in model_verdict
     assert "too few to judge over-fitting" in en  # 2 epochs
     assert "Acevedo et al." in en and "Scientific Data 10, 41 (2023)" in en
-    assert [int(n) for n in re.findall(r"^Table (\d+)\.", en, flags=re.M)] == list(range(1, 10))
+    assert [int(n) for n in re.findall(r"^Table (\d+)\.", en, flags=re.M)] == list(range(1, 11))  # 10: the appendix
     assert "BloodMNIST: AUC of each class against the rest" in en
     zh = reports["zh"]
     assert "不能仅归因于模型" in zh and "训练轮数" in zh and "不足以依据损失曲线判断过拟合" in zh
@@ -416,9 +433,9 @@ def test_calibration_figures_come_from_the_predictions_like_their_intervals():
     )
     (row,) = results_rows([e], n_boot=20)
     expected = [calibration_metrics(y, s, "multi-class")["ece_debiased"] for s in scores]
-    assert row["test_ece_debiased"] == pytest.approx(np.mean(expected)) and row["test_ece_debiased_std"] == pytest.approx(
-        np.std(expected, ddof=1)
-    )
+    assert row["test_ece_debiased"] == pytest.approx(np.mean(expected)) and row[
+        "test_ece_debiased_std"
+    ] == pytest.approx(np.std(expected, ddof=1))
 
 
 def test_per_class_auc_with_its_interval_matches_scikit_learn():
@@ -476,7 +493,7 @@ def test_a_conformal_study_reports_coverage_and_set_size_per_experiment(tmp_path
         ]
         for s in (0, 1)
     ]
-    html = (out / "report.html").read_text(encoding="utf-8")
+    html = plain_cells((out / "report.html").read_text(encoding="utf-8"))
     assert "Conformal prediction sets on the test split" in html
     mean = np.mean([t["coverage"] for t in tests])
     sd = np.std([t["coverage"] for t in tests], ddof=1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from helpers import write_study_files
+from helpers import plain_cells, write_study_files
 from medclassify.cli import main
 from medclassify.data.corruptions import GENERIC, MEDMNISTC, Corruption, corrupt, corruption_set, random_corruptions
 from medclassify.errors import ConfigError
@@ -224,9 +224,9 @@ def test_a_clean_versus_robust_study_compares_clean_and_corrupted_accuracy(tmp_p
     configs = {v: json.loads((r / "config.json").read_text())["config"] for v, r in runs.items()}
     assert configs["clean"]["augment"] == "none" and configs["robust"]["augment"] == "medmnistc"
     records = {v: json.loads((r / "metrics.json").read_text())["robustness"] for v, r in runs.items()}
-    html = (out / "report.html").read_text(encoding="utf-8")
+    html = plain_cells((out / "report.html").read_text(encoding="utf-8"))
     for variant, record in records.items():
-        assert f"<td>bloodmnist_28_paper-cnn_{variant}</td>" in html
+        assert f"<td>BloodMNIST · 28 px · paper-cnn · {variant}</td>" in html
         assert f"{record['corrupted_acc']:.4f} (" in html and f"<td>{record['mce']:.4f}</td>" in html
     assert "Under corruption, robust vs clean (BloodMNIST, paper-cnn, 28 px): corrupted accuracy" in html
     assert "Which training variant is better?" in html

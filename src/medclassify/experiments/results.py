@@ -258,6 +258,10 @@ def robustness_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAM
         rows.append(
             {
                 "experiment": e.name,
+                "dataset": e.dataset,
+                "size": e.size,
+                "model": e.model,
+                "variant": e.variant,
                 "corruptions": records[0]["corruptions"],
                 "n_corruptions": len(ce),
                 "clean_acc": clean_acc,

@@ -1,9 +1,11 @@
-"""The paper's CNN (Conv32-Pool-Conv64-Pool-FC128) and its higher-resolution variants."""
+"""The CNN of the paper medclassify started from (:data:`medclassify.citation.PAPER`):
+Conv32-Pool-Conv64-Pool-FC128, and its higher-resolution variants."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from ..citation import PAPER
 from .registry import register_model
 
 
@@ -47,6 +49,6 @@ class PaperCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("paper-cnn", "The paper's CNN: Conv32-Pool-Conv64-Pool-FC128 (+1 conv block per size step)")
+@register_model("paper-cnn", f"The CNN of {PAPER}: Conv32-Pool-Conv64-Pool-FC128 (+1 conv block per size step)")
 def paper_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return PaperCNN(in_channels, num_classes, image_size)

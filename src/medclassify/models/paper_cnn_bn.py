@@ -1,4 +1,5 @@
-"""The paper's CNN with BatchNorm and Dropout: the Keras variant of the source notebooks."""
+"""paper-cnn (the CNN of :data:`medclassify.citation.PAPER`) with BatchNorm and Dropout: the Keras
+variant of the paper's notebooks."""
 
 from __future__ import annotations
 
@@ -42,8 +43,6 @@ class PaperCNNBN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model(
-    "paper-cnn-bn", "The paper's CNN with BatchNorm and Dropout: 32-64-128-256 filters, BN, GAP, Dropout 0.5"
-)
+@register_model("paper-cnn-bn", "paper-cnn with BatchNorm and Dropout: 32-64-128-256 filters, BN, GAP, Dropout 0.5")
 def paper_cnn_bn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return PaperCNNBN(in_channels, num_classes, image_size)

@@ -9,24 +9,30 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from ..evaluation.figures import reliability, reliability_bars, rescaled, save_figure  # noqa: E402
+from ..evaluation.figures import reliability, rescaled, save_figure  # noqa: E402
 from ..tasks import Task  # noqa: E402
-from .texts import METRIC_NAMES, dataset_title, experiment_title, shorten  # noqa: E402
+from .texts import METRIC_NAMES, dataset_title, experiment_title, row_title, shorten  # noqa: E402
 
 METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
+LEGEND_POINTS = 8  # the smallest legend text a printed figure can still be read at
+# a reliability bin with fewer test images than this is drawn hatched: its accuracy is too noisy to read
+MIN_BIN_IMAGES = 10
 
 
 def experiment_colours(experiments) -> dict[str, tuple]:
-    """One colour per experiment name, the same in every figure of a study."""
+    """One colour per experiment name, the same in every figure of a study (its seed ensemble
+    shares it)."""
     palette = plt.get_cmap("tab10" if len(experiments) <= 10 else "tab20")
     return {e.name: palette(i % palette.N) for i, e in enumerate(experiments)}
 
 
 def roc_curves(y_true: np.ndarray, y_score: np.ndarray, task: str, class_names: list[str]) -> dict[str, np.ndarray]:
-    """TPR on a common FPR grid per class (binary: the positive class) and their macro average."""
+    """TPR on a common FPR grid (0 to 1, from (0, 0)) per class (binary: the positive class) and
+    their macro average."""
     if task == Task.BINARY:
         columns = {class_names[-1]: (y_true == 1, y_score[:, -1])}
     elif task == Task.MULTI_LABEL:
@@ -38,7 +44,10 @@ def roc_curves(y_true: np.ndarray, y_score: np.ndarray, task: str, class_names: 
         if positive.all() or not positive.any():
             continue
         fpr, tpr, _ = roc_curve(positive, score)
-        curves[name] = np.interp(FPR_GRID, fpr, tpr)
+        curve = np.interp(FPR_GRID, fpr, tpr)
+        # at FPR 0 interp returns the highest TPR reached there; every ROC curve starts at (0, 0)
+        curve[0] = 0.0
+        curves[name] = curve
     curves["macro-average"] = np.mean(list(curves.values()), axis=0) if curves else np.zeros_like(FPR_GRID)
     return curves
 
@@ -77,6 +86,7 @@ def loss_curves(experiments, out: Path) -> list[Path]:
                     color="tab:blue" if key == "train_loss" else "tab:orange",
                 )
         ax.set_title(experiment_title(e), fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(experiments) :]:
         ax.set_visible(False)
@@ -84,46 +94,23 @@ def loss_curves(experiments, out: Path) -> list[Path]:
         ax.set_xlabel("epoch")
     for ax in axes[:, 0]:
         ax.set_ylabel("loss")
-    axes.flat[0].legend()
+    axes.flat[0].legend(fontsize=LEGEND_POINTS)
     figure.suptitle("Training and validation loss")
     return save_figure(figure, out / "loss_curves")
 
 
-def _metric_bars(ax, experiments, colours) -> None:
-    metrics = list(METRIC_LABELS)
-    width = 0.8 / len(experiments)
-    for i, e in enumerate(experiments):
-        x = np.arange(len(metrics)) + (i - (len(experiments) - 1) / 2) * width
-        means = [e.mean(m) for m in metrics]
-        ax.bar(
-            x,
-            means,
-            width,
-            yerr=[e.std(m) for m in metrics],
-            color=colours[e.name],
-            label=shorten(experiment_title(e), 40),
-        )
-        for xi, value in zip(x, means):
-            ax.text(xi, value + 0.01, f"{value:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
-    ax.set_xticks(np.arange(len(metrics)), [METRIC_LABELS[m] for m in metrics])
-    ax.set_ylim(0.0, 1.15)  # from 0, so that bar heights compare as the scores do; the top leaves room for the labels
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("test score")
-    ax.grid(axis="y", alpha=0.3)
-
-
 def _legend_below(ax, columns: int = 2) -> None:
-    """The legend under the axes, where it cannot cover a bar or a curve."""
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=columns, frameon=False)
+    """The legend under the axes, where it cannot cover a point or a curve."""
+    ax.legend(fontsize=LEGEND_POINTS, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=columns, frameon=False)
 
 
-def dataset_comparison(dataset: str, experiments, colours, out: Path) -> list[Path]:
-    """ROC curves (macro average bold, classes thin) of each experiment on one dataset side by side,
-    and a bar chart of its test metrics."""
+def dataset_roc(dataset: str, experiments, colours, out: Path) -> list[Path]:
+    """ROC curves (macro average bold, classes thin; first seed) of each experiment on one dataset
+    side by side."""
     figure, axes = plt.subplots(
-        1, len(experiments) + 1, figsize=(4.2 * (len(experiments) + 1), 4), layout="constrained"
+        1, len(experiments), figsize=(4.4 * len(experiments), 4.4), squeeze=False, layout="constrained"
     )
-    for ax, e in zip(axes, experiments):
+    for ax, e in zip(axes.flat, experiments):
         curves = roc_curves(e.side.y_true, _first_seed_scores(e), e.task, e.class_names)
         for name, tpr in curves.items():
             if name != "macro-average":
@@ -136,38 +123,53 @@ def dataset_comparison(dataset: str, experiments, colours, out: Path) -> list[Pa
             label=f"macro-average (AUC {e.mean('auc'):.3f})",
         )
         ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set_title(f"{e.size} px · {e.model}", fontsize=10)
+        ax.set_title(shorten(experiment_title(e), 44), fontsize=10)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.legend(fontsize=6, loc="lower right")
-    _metric_bars(axes[-1], experiments, colours)
-    _legend_below(axes[-1], columns=1)
-    axes[-1].set_title("test metrics", fontsize=10)
-    figure.suptitle(f"{dataset_title(dataset)}: ROC curves and test metrics")
-    return save_figure(figure, out / f"{dataset}_comparison")
+        ax.legend(fontsize=LEGEND_POINTS, loc="lower right")
+    figure.suptitle(f"{dataset_title(dataset)}: ROC curves on the test split")
+    return save_figure(figure, out / f"{dataset}_roc")
 
 
-def all_experiments(experiments, colours, out: Path) -> list[Path]:
-    """The macro-average ROC of every experiment in one plot, and grouped metric bars."""
-    figure, (roc_ax, bar_ax) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-    for e in experiments:
-        curves = roc_curves(e.side.y_true, _first_seed_scores(e), e.task, e.class_names)
-        roc_ax.plot(
-            FPR_GRID,
-            curves["macro-average"],
-            color=colours[e.name],
-            lw=2,
-            label=f"{shorten(experiment_title(e), 40)} (AUC {e.mean('auc'):.3f})",
-        )
-    roc_ax.plot([0, 1], [0, 1], ":", color="grey")
-    roc_ax.set_xlabel("false positive rate")
-    roc_ax.set_ylabel("true positive rate")
-    roc_ax.set_title("macro-average ROC")
-    roc_ax.legend(fontsize=7, loc="lower right")
-    _metric_bars(bar_ax, experiments, colours)
-    bar_ax.set_title("test metrics")
-    _legend_below(bar_ax)
-    return save_figure(figure, out / "all_experiments")
+def metric_chart(rows: list[dict], colours: dict, out: Path) -> list[Path]:
+    """Every experiment's test metrics (``rows``: results and ensemble rows) as dots with their 95%
+    interval as whiskers, one panel per metric. The axis spans the intervals, not 0 to 1: the
+    differences a study measures (often 0.01) would be invisible on bars drawn from 0."""
+    titles = [row_title(r) for r in rows]
+    figure, axes = plt.subplots(
+        1,
+        len(METRIC_LABELS),
+        figsize=(4.2 * len(METRIC_LABELS) + 2.5, 0.5 * len(rows) + 1.6),
+        sharey=True,
+        layout="constrained",
+    )
+    positions = np.arange(len(rows))[::-1]  # the first row at the top, as in the tables
+    for ax, metric in zip(axes, METRIC_LABELS):
+        low = np.array([r[f"test_{metric}_ci_low"] for r in rows])
+        high = np.array([r[f"test_{metric}_ci_high"] for r in rows])
+        value = np.array([r[f"test_{metric}"] for r in rows])
+        for y, r, v, lo, hi in zip(positions, rows, value, low, high):
+            colour = colours.get(r["experiment"].removesuffix("_ensemble"), "black")
+            ax.errorbar(
+                v,
+                y,
+                xerr=[[v - lo], [hi - v]],
+                fmt="D" if r.get("ensemble") else "o",
+                color=colour,
+                markerfacecolor="white" if r.get("ensemble") else colour,
+                capsize=3,
+            )
+            ax.annotate(f"{v:.3f}", (v, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=8)
+        span = np.nanmax(high) - np.nanmin(low)
+        margin = max(span * 0.15, 0.005)
+        ax.set_xlim(max(0.0, np.nanmin(low) - margin), min(1.0, np.nanmax(high) + margin))
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_title(METRIC_LABELS[metric], fontsize=10)
+        ax.set_xlabel("test score (axis zoomed to the intervals)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(positions, [shorten(title, 60) for title in titles], fontsize=8)
+    figure.suptitle("Test metrics with 95% intervals (hollow diamonds: seed ensembles)")
+    return save_figure(figure, out / "test_metrics")
 
 
 def confusion(experiment, out: Path) -> list[Path]:
@@ -200,23 +202,24 @@ def confusion(experiment, out: Path) -> list[Path]:
             )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"{experiment.name.replace('_', ' · ')} (seed {experiment.seeds[0]})", fontsize=10)
+    ax.set_title(f"{experiment_title(experiment)} (seed {experiment.seeds[0]})", fontsize=10)
     figure.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     return save_figure(figure, out / f"confusion_{experiment.name}")
 
 
-def study_figures(experiments, out: Path, robustness: list[dict] | None = None) -> dict[str, list[Path]]:
-    """Every figure of the report (``robustness``: :func:`..experiments.results.robustness_rows`, when
-    the runs were tested under corruptions); returns {figure key: [png, svg]}."""
+def study_figures(
+    experiments, rows: list[dict], out: Path, robustness: list[dict] | None = None
+) -> dict[str, list[Path]]:
+    """Every figure of the report (``rows``: the results and ensemble rows; ``robustness``:
+    :func:`..experiments.results.robustness_rows`, when the runs were tested under corruptions);
+    returns {figure key: [png, svg]}."""
     out.mkdir(parents=True, exist_ok=True)
     colours = experiment_colours(experiments)
     figures = {"loss_curves": loss_curves(experiments, out)}
     for dataset in dict.fromkeys(e.dataset for e in experiments):
-        figures[f"{dataset}_comparison"] = dataset_comparison(
-            dataset, [e for e in experiments if e.dataset == dataset], colours, out
-        )
-    figures["all_experiments"] = all_experiments(experiments, colours, out)
-    figures["reliability"] = studyreliability(experiments, out)
+        figures[f"{dataset}_roc"] = dataset_roc(dataset, [e for e in experiments if e.dataset == dataset], colours, out)
+    figures["test_metrics"] = metric_chart(rows, colours, out)
+    figures["reliability"] = study_reliability(experiments, out)
     for e in experiments:
         figures[f"confusion_{e.name}"] = confusion(e, out)
     if robustness:
@@ -234,7 +237,7 @@ def robustness_comparison(rows: list[dict], colours: dict, out: Path) -> list[Pa
             row["acc_by_severity"],
             marker="o",
             color=colours.get(row["experiment"]),
-            label=f"{shorten(row['experiment'], 48)} (mean corrupted {row['corrupted_acc']:.3f})",
+            label=f"{shorten(row_title(row), 48)} (mean corrupted {row['corrupted_acc']:.3f})",
         )
     ax.set_xlabel("corruption severity (0: clean)")
     ax.set_ylabel("test accuracy")
@@ -244,21 +247,40 @@ def robustness_comparison(rows: list[dict], colours: dict, out: Path) -> list[Pa
     return save_figure(figure, out / "robustness")
 
 
-def studyreliability(experiments, out: Path) -> list[Path]:
+def study_reliability(experiments, out: Path) -> list[Path]:
     """Each experiment's test reliability (first seed), and after its run's fitted temperature
-    where ``medclassify calibrate`` stored one."""
+    where ``medclassify calibrate`` stored one; under each, the number of test images per bin (as
+    scikit-learn's calibration display shows them), and bins with fewer than ``MIN_BIN_IMAGES``
+    hatched."""
     columns = min(4, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4 * columns, 3.6 * rows), sharey=True, squeeze=False, layout="constrained"
-    )
-    for ax, e in zip(axes.flat, experiments):
+    figure = plt.figure(figsize=(4 * columns, 4.6 * rows), layout="constrained")
+    grid = figure.add_gridspec(2 * rows, columns, height_ratios=[3, 1] * rows)
+    for i, e in enumerate(experiments):
+        row, column = divmod(i, columns)
+        ax = figure.add_subplot(grid[2 * row, column])
+        counts_ax = figure.add_subplot(grid[2 * row + 1, column], sharex=ax)
         scores = e.side.scores[0]
-        ece = reliability_bars(ax, e.side.y_true, scores, e.task, "as trained")
-        title = f"ECE {ece:.4f}"
+        accuracy, count, edges, ece = reliability(e.side.y_true, scores, e.task)
+        sparse = (count > 0) & (count < MIN_BIN_IMAGES)
+        for chosen, style in (
+            (count >= MIN_BIN_IMAGES, {"label": "as trained"}),
+            (sparse, {"hatch": "///", "alpha": 0.35, "label": f"bin < {MIN_BIN_IMAGES} images"}),
+        ):
+            if chosen.any():
+                ax.bar(
+                    edges[:-1][chosen],
+                    accuracy[chosen],
+                    width=edges[1],
+                    align="edge",
+                    edgecolor="white",
+                    color="tab:blue",
+                    **style,
+                )
+        title = f"plug-in ECE {ece:.4f}"
         temperature = (e.metrics[0].get("calibrated") or {}).get("temperature")
         if temperature:
-            after, after_count, edges, after_ece = reliability(
+            after, after_count, _, after_ece = reliability(
                 e.side.y_true, rescaled(scores, temperature, e.task == Task.MULTI_LABEL), e.task
             )
             ax.step(
@@ -273,11 +295,14 @@ def studyreliability(experiments, out: Path) -> list[Path]:
         ax.set_title(f"{shorten(experiment_title(e), 40)}\n{title}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence")
-        ax.legend(fontsize=7, loc="upper left")
-    for ax in axes.flat[len(experiments) :]:
-        ax.set_visible(False)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy")
-    figure.suptitle("Reliability on the test split (first seed)")
+        ax.tick_params(labelbottom=False)
+        ax.legend(fontsize=LEGEND_POINTS, loc="upper left")
+        counts_ax.bar(edges[:-1], np.maximum(count, 0), width=edges[1], align="edge", color="grey", edgecolor="white")
+        counts_ax.set_yscale("symlog", linthresh=1)  # 3 images and 3000 on one strip
+        counts_ax.axhline(MIN_BIN_IMAGES, color="tab:red", lw=0.8, ls="--")
+        counts_ax.set_xlabel("confidence")
+        if column == 0:
+            ax.set_ylabel("accuracy")
+            counts_ax.set_ylabel("images")
+    figure.suptitle("Reliability on the test split (first seed), with the images in each bin")
     return save_figure(figure, out / "reliability")

@@ -9,6 +9,7 @@ import html
 from pathlib import Path
 
 from .. import __version__
+from ..citation import PAPER, software_citation
 from ..data import get_dataset_info
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import REPORTED_CALIBRATION_METRICS
@@ -18,22 +19,22 @@ from ..io import atomic_path
 from ..models import available_models
 from ..tasks import Task
 from .discussion import compare, harder_dataset, overfitting
-from .figures import study_figures
+from .figures import MIN_BIN_IMAGES, study_figures
 from .published import CITATIONS
 from .published import report_rows as published_report_rows
-from .settings import NOT_USED, experiment_settings, split_settings
-from .tables import metric_cell, write_results_table
-from .texts import METRIC_NAMES, TEXTS, dataset_title
+from .settings import INACTIVE, NOT_USED, experiment_settings, split_settings
+from .tables import LINE, metric_cell, write_results_table
+from .texts import METRIC_NAMES, TEXTS, dataset_title, experiment_title, row_title
 
 LANGUAGES = tuple(TEXTS)
 
 
 def _ci(d: dict) -> str:
-    return f"{d['difference']:+.4f} ({d['ci_low']:+.4f} to {d['ci_high']:+.4f})"
+    return f"{d['difference']:+.4f}{LINE}({d['ci_low']:+.4f} to {d['ci_high']:+.4f})"
 
 
 def _with_ci(value: float, ci: list[float]) -> str:
-    return f"{value:.4f} ({ci[0]:.4f}–{ci[1]:.4f})"
+    return f"{value:.4f}{LINE}({ci[0]:.4f}–{ci[1]:.4f})"
 
 
 def _level(experiment, factor: str, t: dict) -> str:
@@ -43,8 +44,34 @@ def _level(experiment, factor: str, t: dict) -> str:
     return t["pixels"].format(size=value) if factor == "size" else str(value)
 
 
+def _intervals_excluding_zero(difference: dict, b: str, t: dict, names: dict) -> str:
+    """The sentence naming every metric whose difference interval excludes 0, and which way."""
+    excluding = [
+        t["higher_for" if d["ci_low"] > 0 else "lower_for"].format(metric=names[m], b=b)
+        for m, d in difference.items()
+        if d["ci_low"] > 0 or d["ci_high"] < 0
+    ]
+    return t["excludes_zero"].format(metrics="; ".join(excluding)) if excluding else t["none_excludes_zero"]
+
+
 def _seed_p(tests: list[dict], t: dict, key: str) -> str:
     return "; ".join(t[key].format(seed=test["seed_a"], p=test["p_value"]) for test in tests)
+
+
+def _load_range(experiments, t: dict) -> str:
+    """The 1-minute load average at the start and at the end of the runs (range over runs)."""
+    runs = [
+        (r["environment"].get("load_average_start"), m.get("load_average_end"))
+        for e in experiments
+        for r, m in zip(e.records, e.metrics)
+    ]
+    start = [s[0] for s, _ in runs if s]
+    end = [e[0] for _, e in runs if e]
+    if not start or not end:
+        return t["not_recorded"]
+    return t["load_range"].format(
+        start_low=min(start), start_high=max(start), end_low=min(end), end_high=max(end), n=len(runs)
+    )
 
 
 def _setting_value(value: str, t: dict) -> str:
@@ -65,6 +92,7 @@ def build_blocks(
     ("figure", png path, caption). Every statement comes from the runs' own records
     (``robustness``: :func:`..experiments.results.robustness_rows`)."""
     t, names = TEXTS[lang], METRIC_NAMES[lang]
+    title_of = {e.name: experiment_title(e) for e in experiments}
     first = experiments[0].records[0]
     env = first["environment"]
     packages = env["packages"]
@@ -80,8 +108,9 @@ def build_blocks(
     device = env["device"] + (f" ({env['gpu']})" if env.get("gpu") else "")
     env_values = [
         device,
-        env["processor"],
+        env.get("cpu_model", env["processor"]),
         env["cpu_count"],
+        _load_range(experiments, t),
         env["python"],
         packages["torch"],
         packages["torchvision"],
@@ -128,10 +157,12 @@ def build_blocks(
             f"{e.records[0]['model']['in_channels']}×{e.size}×{e.size}",
             f"{e.records[0]['model']['parameters']:,}",
         ]
-        for e in experiments
+        for e in {(x.model, x.size, x.records[0]["model"]["in_channels"]): x for x in experiments}.values()
     ]
     blocks.append(("h2", t["models"]))
     table(t["model_caption"], t["model_header"], model_rows)
+    if any(e.model.startswith("paper-cnn") for e in experiments):
+        blocks.append(("p", t["paper_source"].format(paper=PAPER)))
 
     shared, differing = split_settings(experiments)
     seeds = {e.name: ", ".join(map(str, e.seeds)) for e in experiments}
@@ -141,29 +172,29 @@ def build_blocks(
         differing.append("seeds")
     labels = t["setting_names"]
     blocks.append(("h2", t["training"]))
-    table(t["shared_caption"], t["kv_header"], [[labels[k], _setting_value(v, t)] for k, v in shared.items()])
+    table(
+        t["shared_caption"],
+        t["kv_header"],
+        [[labels[k], _setting_value(v, t)] for k, v in shared.items() if v not in INACTIVE],
+    )
     if differing:
         per_experiment = []
         for e in experiments:
             settings = {**experiment_settings(e), "seeds": seeds[e.name]}
-            per_experiment.append([e.name] + [_setting_value(settings.get(k, NOT_USED), t) for k in differing])
+            per_experiment.append(
+                [experiment_title(e)] + [_setting_value(settings.get(k, NOT_USED), t) for k in differing]
+            )
         table(t["differing_caption"], [t["experiment"]] + [labels[k] for k in differing], per_experiment)
 
     blocks.append(("h2", t["results"]))
     ensembles = ensembles or []
     measured = [
         [
-            t["ensemble_row"].format(
-                dataset=dataset_title(r["dataset"]),
-                model=" · ".join(filter(None, (r["model"], r.get("variant")))),
-                n=len(r["seeds"].split()),
-            )
-            if r.get("ensemble")
-            else " · ".join(filter(None, (dataset_title(r["dataset"]), r["model"], r.get("variant")))),
+            row_title(r, lang),
             str(r["size"]),
-            metric_cell(r, "acc"),
-            metric_cell(r, "f1_macro"),
-            metric_cell(r, "auc"),
+            metric_cell(r, "acc", LINE),
+            metric_cell(r, "f1_macro", LINE),
+            metric_cell(r, "auc", LINE),
         ]
         for r in rows + ensembles
     ]
@@ -199,7 +230,10 @@ def build_blocks(
     table(
         t["calibration_caption"],
         [t["experiment"], *(t["calibration_names"][m] for m in REPORTED_CALIBRATION_METRICS)],
-        [[r["experiment"], *(metric_cell(r, m) for m in REPORTED_CALIBRATION_METRICS)] for r in rows + ensembles],
+        [
+            [row_title(r, lang), *(metric_cell(r, m, LINE) for m in REPORTED_CALIBRATION_METRICS)]
+            for r in rows + ensembles
+        ],
     )
 
     conformal = conformal_rows(experiments)
@@ -210,12 +244,12 @@ def build_blocks(
             t["conformal_header"],
             [
                 [
-                    r["experiment"],
+                    title_of[r["experiment"]],
                     r["score"],
                     f"{r['target']:.0%}",
                     f"{r['coverage']:.4f}"
                     + (f" ± {r['coverage_sd']:.4f}" if r["coverage_sd"] is not None else "")
-                    + f" ({r['ci'][0]:.4f}–{r['ci'][1]:.4f})",
+                    + f"{LINE}({r['ci'][0]:.4f}–{r['ci'][1]:.4f})",
                     f"{r['mean_size']:.2f}",
                     f"{r['empty_share']:.1%}",
                     ", ".join(r["classes_below_target"]) or "–",
@@ -223,7 +257,7 @@ def build_blocks(
                 for r in conformal
             ],
         )
-        short = [r["experiment"] for r in conformal if r["ci"][1] < r["target"]]
+        short = [title_of[r["experiment"]] for r in conformal if r["ci"][1] < r["target"]]
         if short:
             blocks.append(("p", t["conformal_short"].format(names=", ".join(short))))
 
@@ -247,7 +281,7 @@ def build_blocks(
             t["robustness_header"],
             [
                 [
-                    r["experiment"],
+                    title_of[r["experiment"]],
                     _with_ci(r["clean_acc"], r["clean_acc_ci"]),
                     _with_ci(r["corrupted_acc"], r["corrupted_acc_ci"]),
                     _with_ci(r["acc_drop"], r["acc_drop_ci"]),
@@ -265,8 +299,8 @@ def build_blocks(
             names_of_classes = chosen[0][0].class_names
             table(
                 t["class_auc_caption"].format(dataset=dataset_title(dataset)),
-                [t["class"], *(e.name for e, _ in chosen)],
-                [[name, *(metric_cell(r, f"auc_{name}") for _, r in chosen)] for name in names_of_classes],
+                [t["class"], *(experiment_title(e) for e, _ in chosen)],
+                [[name, *(metric_cell(r, f"auc_{name}", LINE) for _, r in chosen)] for name in names_of_classes],
             )
 
     comparisons = compare(experiments, n_boot)
@@ -297,23 +331,23 @@ def build_blocks(
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         number += 1
         blocks.append(
-            (
-                "figure",
-                figures[f"{dataset}_comparison"][0],
-                t["fig_dataset"].format(n=number, dataset=dataset_title(dataset)),
-            )
+            ("figure", figures[f"{dataset}_roc"][0], t["fig_dataset"].format(n=number, dataset=dataset_title(dataset)))
         )
     number += 1
-    blocks.append(("figure", figures["all_experiments"][0], t["fig_all"].format(n=number)))
+    blocks.append(("figure", figures["test_metrics"][0], t["fig_metrics"].format(n=number)))
     number += 1
-    blocks.append(("figure", figures["reliability"][0], t["fig_reliability"].format(n=number)))
+    blocks.append(("figure", figures["reliability"][0], t["fig_reliability"].format(n=number, minimum=MIN_BIN_IMAGES)))
     if "robustness" in figures:
         number += 1
         blocks.append(("figure", figures["robustness"][0], t["fig_robustness"].format(n=number)))
     for e in experiments:
         number += 1
         blocks.append(
-            ("figure", figures[f"confusion_{e.name}"][0], t["fig_confusion"].format(n=number, experiment=e.name))
+            (
+                "figure",
+                figures[f"confusion_{e.name}"][0],
+                t["fig_confusion"].format(n=number, experiment=experiment_title(e)),
+            )
         )
 
     blocks.append(("h2", t["discussion"]))
@@ -344,7 +378,13 @@ def build_blocks(
                 )
                 key = "harder" if h["agree"] else "harder_mixed"
                 blocks.append(
-                    ("p", t[key].format(hard=h["hard"].name, easy=h["easy"].name, details=details) + confounded)
+                    (
+                        "p",
+                        t[key].format(
+                            hard=experiment_title(h["hard"]), easy=experiment_title(h["easy"]), details=details
+                        )
+                        + confounded,
+                    )
                 )
                 continue
             d = c.difference
@@ -363,9 +403,14 @@ def build_blocks(
                         low=d["acc"]["ci_low"],
                         high=d["acc"]["ci_high"],
                         delta_f1=d["f1_macro"]["difference"],
+                        f1_low=d["f1_macro"]["ci_low"],
+                        f1_high=d["f1_macro"]["ci_high"],
                         delta_auc=d["auc"]["difference"],
+                        auc_low=d["auc"]["ci_low"],
+                        auc_high=d["auc"]["ci_high"],
                         p=_seed_p(c.mcnemar, t, "seed_p_sentence"),
                     )
+                    + _intervals_excluding_zero(d, _level(c.b, factor, t), t, names)
                     + confounded,
                 )
             )
@@ -402,7 +447,7 @@ def build_blocks(
             (
                 "p",
                 t[key].format(
-                    experiment=e.name,
+                    experiment=experiment_title(e),
                     best=o["best_epoch"],
                     low=o["lowest"],
                     last=o["last"],
@@ -425,13 +470,26 @@ def build_blocks(
     if synthetic:
         limits.append(t["limit_synthetic"].format(datasets=", ".join(map(dataset_title, dict.fromkeys(synthetic)))))
     blocks += [("h3", t["limitations"])] + [("p", text) for text in limits]
+
+    blocks.append(("h2", t["appendix"]))
+    table(t["all_settings_caption"], t["kv_header"], [[labels[k], _setting_value(v, t)] for k, v in shared.items()])
+    blocks.append(("p", t["cite"].format(citation=software_citation(__version__))))
     return blocks
+
+
+def _md_cell(cell) -> str:
+    return "<br>".join(str(cell).replace("|", "\\|").split(LINE))
 
 
 def _md_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _html_cell(cell) -> str:
+    """A cell's lines, each kept whole (a number or a range is never broken)."""
+    return "<br>".join(f'<span class="line">{html.escape(line)}</span>' for line in str(cell).split(LINE))
 
 
 def render_markdown(blocks, base: Path) -> str:
@@ -461,10 +519,8 @@ def render_html(blocks, lang: str) -> str:
             body.append(f"<p>{html.escape(block[1])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
-            )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            rows = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
         elif kind == "figure":
             data = base64.b64encode(Path(block[1]).read_bytes()).decode()
             body.append(
@@ -473,7 +529,8 @@ def render_html(blocks, lang: str) -> str:
             )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.5;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
+        ".table{overflow-x:auto;margin:1em 0}table{border-collapse:collapse;font-size:.9em}.line{white-space:nowrap}"
+        "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
         "th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{font-style:italic;color:#555}"
     )
     title = html.escape(blocks[0][1])
@@ -514,6 +571,6 @@ def write_study_outputs(study, study_dir: str | Path, n_boot: int = BOOTSTRAP_RE
     ensembles = ensemble_rows(experiments, rows, n_boot)
     write_results_table(rows + ensembles, study_dir)
     robustness = robustness_rows(experiments, n_boot)
-    figures = study_figures(experiments, study_dir / "figures", robustness)
+    figures = study_figures(experiments, rows + ensembles, study_dir / "figures", robustness)
     md_path, html_path = write_report(study, experiments, rows, figures, study_dir, lang, n_boot, ensembles, robustness)
     return {"results": study_dir / "results.md", "figures": figures, "report": md_path, "report_html": html_path}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from ..tasks import Task
 
 NOT_USED = "–"
+# the values of a setting that is off: the report's main text leaves these out (its appendix lists all)
+INACTIVE = frozenset({NOT_USED, "none", "off", "no", "0", "0.0"})
 # In the order the report lists them.
 SETTINGS = (
     "optimizer",

@@ -12,14 +12,19 @@ from .texts import METRIC_NAMES
 LABELS = METRIC_NAMES["en"]
 
 
-def metric_cell(row: dict, metric: str) -> str:
-    """A results-table cell: the test metric, ± its std over seeds when there are several, and its 95% interval."""
+# between a report cell's estimate and its interval: a line break, so that a narrow column breaks there
+# and never inside a number or a range (report.md and report.html render it as one)
+LINE = "\n"
+
+
+def metric_cell(row: dict, metric: str, separator: str = " ") -> str:
+    """A results-table cell: the test metric, ± its std over seeds when there are several, and its
+    95% interval (after ``separator``)."""
     spread = (
         f" ± {row[f'test_{metric}_std']:.4f}" if len(str(row["seeds"]).split()) > 1 and not row.get("ensemble") else ""
     )
-    return (
-        f"{row[f'test_{metric}']:.4f}{spread} ({row[f'test_{metric}_ci_low']:.4f}–{row[f'test_{metric}_ci_high']:.4f})"
-    )
+    interval = f"({row[f'test_{metric}_ci_low']:.4f}–{row[f'test_{metric}_ci_high']:.4f})"
+    return f"{row[f'test_{metric}']:.4f}{spread}{separator}{interval}"
 
 
 def _number(value: float) -> str:

@@ -13,9 +13,20 @@ def dataset_title(name: str) -> str:
 
 
 def experiment_title(experiment) -> str:
-    """An experiment as figures name it: ``BloodMNIST · 28 px · paper-cnn`` (and its variant)."""
+    """An experiment as the report names it in every table, sentence and figure:
+    ``BloodMNIST · 28 px · paper-cnn`` (and its variant). Run folders keep their own names."""
     parts = (dataset_title(experiment.dataset), f"{experiment.size} px", experiment.model, experiment.variant)
     return " · ".join(filter(None, parts))
+
+
+def row_title(row: dict, lang: str = "en") -> str:
+    """A results row's experiment as :func:`experiment_title` names it; a seed ensemble's row adds
+    ``ensemble of N seeds``."""
+    parts = (dataset_title(row["dataset"]), f"{row['size']} px", row["model"], row.get("variant"))
+    title = " · ".join(filter(None, parts))
+    if row.get("ensemble"):
+        title += " · " + TEXTS[lang]["ensemble_of"].format(n=len(str(row["seeds"]).split()))
+    return title
 
 
 TEXTS = {
@@ -26,8 +37,9 @@ TEXTS = {
         "kv_header": ["", "value"],
         "env_rows": [
             "device",
-            "processor",
+            "CPU model",
             "CPU cores",
+            "load average (1 min)",
             "Python",
             "PyTorch",
             "torchvision",
@@ -72,10 +84,21 @@ TEXTS = {
         },
         "values": {"yes": "yes", "no": "no", "off": "off"},
         "table": "Table {n}. {caption}",
-        "environment_caption": "Hardware and software of the runs.",
+        "environment_caption": "Hardware and software of the runs. The load average is the system's 1-minute load as each run started and as it ended (range over the runs): where it approaches or exceeds the CPU cores, other processes or parallel runs shared the cores while the runs were timed, and the times are longer than on an idle machine.",
+        "load_range": "{start_low:.2f}–{start_high:.2f} at the start, {end_low:.2f}–{end_high:.2f} at the end ({n} runs)",
+        "not_recorded": "not recorded",
+        "paper_source": "paper-cnn and the paper recipe (cross-entropy, Adam, learning rate 0.001, 10 epochs, batch 32) are those of {paper}.",
+        "appendix": "Appendix: every training setting",
+        "all_settings_caption": "Every training setting the experiments share, as recorded in each run's config.json, those not in use included (–: not used).",
+        "cite": "Cite medclassify (CITATION.cff in its repository) as: {citation}",
+        "ensemble_of": "ensemble of {n} seeds",
+        "excludes_zero": " The 95% interval of the difference excludes 0 for {metrics}.",
+        "none_excludes_zero": " No metric's 95% interval of the difference excludes 0.",
+        "higher_for": "{metric} (higher for {b})",
+        "lower_for": "{metric} (lower for {b})",
         "dataset_caption": "Datasets: task, channels, classes, the sizes used, and the split sizes.",
         "model_caption": "Model architectures and their parameter counts.",
-        "shared_caption": "Training settings shared by every experiment, as recorded in each run's config.json (–: not used).",
+        "shared_caption": "Training settings shared by every experiment and in use, as recorded in each run's config.json; the appendix lists every setting, those not in use included.",
         "differing_caption": "Training settings that differ between experiments (–: not used).",
         "experiment": "experiment",
         "sources": "Data sources",
@@ -85,7 +108,6 @@ TEXTS = {
         "results_caption": "Test metrics per experiment (mean ± standard deviation over seeds; 95% bootstrap CI over seeds and test images).",
         "results_header": ["experiment", "image size", "accuracy", "macro-F1", "macro-AUC"],
         "published_row": "{dataset} · {method} — published, not measured here",
-        "ensemble_row": "{dataset} · {model} — ensemble of {n} seeds",
         "ensemble_note": "A row marked \"ensemble of N seeds\" takes the mean of those seeds' test probabilities as one model's (what medclassify ensemble builds); its interval is over the test images only.",
         "published_note": {
             "v2": 'Rows marked "published, not measured here" were not run by this study: they are the test accuracy and macro-AUC reported in {citation}, with that work\'s training settings, and have no macro-F1 or interval. Their size column is the size the network was trained at: 224 means the 28 px images enlarged to 224 px.',
@@ -153,17 +175,17 @@ TEXTS = {
         "factor": {"size": "image size", "model": "model", "dataset": "dataset", "variant": "training variant"},
         "figures": "Figures",
         "fig_loss": "Figure 1. Training and validation loss per epoch of every experiment (shared axes; the band spans the seeds).",
-        "fig_dataset": "Figure {n}. {dataset}: ROC curves (macro average bold, classes thin; first seed) of each experiment, and its test metrics.",
-        "fig_all": "Figure {n}. The macro-average ROC curve of every experiment, and the test metrics side by side.",
+        "fig_dataset": "Figure {n}. {dataset}: ROC curves of each experiment on the test split (first seed): each class against the rest (thin) and their macro average (bold), every curve from (0, 0).",
+        "fig_metrics": "Figure {n}. Test accuracy, macro-F1 and macro-AUC of every experiment and seed ensemble (hollow diamonds): the dot is the estimate in the results table, the whisker its 95% interval. The axis is zoomed to the intervals, so read a gap between two dots against their whiskers, not against 0.",
         "fig_confusion": "Figure {n}. Confusion matrix of {experiment} on the test split (counts; colour: share of the true class).",
-        "fig_reliability": "Figure {n}. Reliability of each experiment on the test split (first seed): accuracy per confidence bin against the diagonal of perfect calibration, with the expected calibration error; where the run was calibrated, the same after its temperature.",
+        "fig_reliability": "Figure {n}. Reliability of each experiment on the test split (first seed): accuracy per confidence bin against the diagonal of perfect calibration, with the plug-in expected calibration error of the bins shown (the calibration table gives the debiased one); where the run was calibrated, the same after its temperature. The strip under each panel counts the test images in each bin (log scale); bins with fewer than {minimum} images are hatched, their accuracy too noisy to read.",
         "discussion": "Discussion",
         "harder": "{hard} is harder than {easy}: {details}.",
         "harder_mixed": "Neither dataset is harder by every metric: {details}.",
         "metric_delta": "{metric} {value_hard:.4f} vs {value_easy:.4f} ({delta:+.4f})",
-        "verdict_better": "{dataset}, {model}: {b} beats {a}. Accuracy {delta_acc:+.4f} (95% CI {low:+.4f} to {high:+.4f}), macro-F1 {delta_f1:+.4f}, macro-AUC {delta_auc:+.4f}; McNemar {p}, a significant difference.",
-        "verdict_worse": "{dataset}, {model}: {b} is worse than {a}. Accuracy {delta_acc:+.4f} (95% CI {low:+.4f} to {high:+.4f}), macro-F1 {delta_f1:+.4f}, macro-AUC {delta_auc:+.4f}; McNemar {p}, a significant difference.",
-        "verdict_same": "{dataset}, {model}: {b} and {a} do not differ significantly. Accuracy {delta_acc:+.4f} (95% CI {low:+.4f} to {high:+.4f}), macro-F1 {delta_f1:+.4f}, macro-AUC {delta_auc:+.4f}; McNemar {p}.",
+        "verdict_better": "{dataset}, {model}: {b} beats {a}. Accuracy {delta_acc:+.4f} (95% CI {low:+.4f} to {high:+.4f}), macro-F1 {delta_f1:+.4f} ({f1_low:+.4f} to {f1_high:+.4f}), macro-AUC {delta_auc:+.4f} ({auc_low:+.4f} to {auc_high:+.4f}); McNemar {p}, a significant difference.",
+        "verdict_worse": "{dataset}, {model}: {b} is worse than {a}. Accuracy {delta_acc:+.4f} (95% CI {low:+.4f} to {high:+.4f}), macro-F1 {delta_f1:+.4f} ({f1_low:+.4f} to {f1_high:+.4f}), macro-AUC {delta_auc:+.4f} ({auc_low:+.4f} to {auc_high:+.4f}); McNemar {p}, a significant difference.",
+        "verdict_same": "{dataset}, {model}: {b} and {a} do not differ significantly. Accuracy {delta_acc:+.4f} (95% CI {low:+.4f} to {high:+.4f}), macro-F1 {delta_f1:+.4f} ({f1_low:+.4f} to {f1_high:+.4f}), macro-AUC {delta_auc:+.4f} ({auc_low:+.4f} to {auc_high:+.4f}); McNemar {p}.",
         "confounded": " Besides the {factor}, the two sides also differ in {settings}, so the difference cannot be attributed to the {factor} alone.",
         "overfit_short": "{experiment}: {epochs} epoch(s) are too few to judge over-fitting from the loss curves; at least 3 are needed.",
         "unpaired_note": "The two sides classify different test images, so no McNemar test applies; the interval comes from resampling each test set on its own.",
@@ -186,7 +208,17 @@ TEXTS = {
         "generated": "由 medclassify {version} 根据本文件夹中的运行结果生成；以下所有数字均为实测值。",
         "environment": "实验环境",
         "kv_header": ["", "取值"],
-        "env_rows": ["设备", "处理器", "CPU 核数", "Python", "PyTorch", "torchvision", "medmnist", "scikit-learn"],
+        "env_rows": [
+            "设备",
+            "CPU 型号",
+            "CPU 核数",
+            "平均负载（1 分钟）",
+            "Python",
+            "PyTorch",
+            "torchvision",
+            "medmnist",
+            "scikit-learn",
+        ],
         "datasets": "数据集",
         "dataset_header": ["数据集", "任务", "通道数", "类别数", "尺寸", "训练 / 验证 / 测试图像数"],
         "models": "模型结构",
@@ -225,10 +257,21 @@ TEXTS = {
         },
         "values": {"yes": "是", "no": "否", "off": "关闭"},
         "table": "表 {n}. {caption}",
-        "environment_caption": "运行所用的硬件与软件。",
+        "environment_caption": "运行所用的硬件与软件。平均负载为各次运行开始与结束时系统的 1 分钟负载（各次运行的范围）：接近或超过 CPU 核数时，计时期间有其他进程或并行运行共享 CPU，所测时间长于空闲机器。",
+        "load_range": "开始时 {start_low:.2f}–{start_high:.2f}，结束时 {end_low:.2f}–{end_high:.2f}（{n} 次运行）",
+        "not_recorded": "未记录",
+        "paper_source": "paper-cnn 与论文训练方案（交叉熵、Adam、学习率 0.001、10 轮、批大小 32）来自 {paper}。",
+        "appendix": "附录：全部训练设置",
+        "all_settings_caption": "各实验共用的全部训练设置（读自各次运行的 config.json，包括未使用的设置；–：未使用）。",
+        "cite": "引用 medclassify（见其代码库中的 CITATION.cff）：{citation}",
+        "ensemble_of": "{n} 个种子的集成",
+        "excludes_zero": " 差值的 95% 置信区间不含 0 的指标：{metrics}。",
+        "none_excludes_zero": " 没有任何指标的差值 95% 置信区间不含 0。",
+        "higher_for": "{metric}（{b} 更高）",
+        "lower_for": "{metric}（{b} 更低）",
         "dataset_caption": "数据集：任务、通道数、类别数、所用尺寸及各划分的图像数。",
         "model_caption": "模型结构及其参数量。",
-        "shared_caption": "所有实验共用的训练设置，读自各次运行的 config.json（–：未使用）。",
+        "shared_caption": "所有实验共用且实际使用的训练设置，读自各次运行的 config.json；附录列出全部设置，包括未使用的。",
         "differing_caption": "各实验之间不同的训练设置（–：未使用）。",
         "experiment": "实验",
         "sources": "数据来源",
@@ -238,7 +281,6 @@ TEXTS = {
         "results_caption": "各实验的测试指标（多个种子的均值 ± 标准差；括号内为对种子与测试图像的自助法 95% 置信区间）。",
         "results_header": ["实验", "图像尺寸", "准确率", "宏平均 F1", "宏平均 AUC"],
         "published_row": "{dataset} · {method} — 已发表结果，非本研究测得",
-        "ensemble_row": "{dataset} · {model} — {n} 个种子的集成",
         "ensemble_note": "标注“N 个种子的集成”的行把这些种子的测试概率取平均，作为一个模型的预测（即 medclassify ensemble 构建的模型）；其置信区间仅基于测试图像的自助抽样。",
         "published_note": {
             "v2": "标注“已发表结果，非本研究测得”的行并非本研究运行所得：它们是 {citation} 报告的测试准确率与宏平均 AUC，采用该工作自己的训练设置，没有宏平均 F1 与置信区间。其尺寸一栏为网络训练时的图像尺寸：224 表示 28 像素图像被放大到 224 像素。",
@@ -290,17 +332,17 @@ TEXTS = {
         "factor": {"size": "图像尺寸", "model": "模型", "dataset": "数据集", "variant": "训练变体"},
         "figures": "图表",
         "fig_loss": "图 1. 各实验每轮的训练损失与验证损失（共享坐标轴；阴影为各种子的范围）。",
-        "fig_dataset": "图 {n}. {dataset}：各实验的 ROC 曲线（粗线为宏平均，细线为各类别；第一个种子）及测试指标。",
-        "fig_all": "图 {n}. 所有实验的宏平均 ROC 曲线及测试指标对比。",
+        "fig_dataset": "图 {n}. {dataset}：各实验在测试集上的 ROC 曲线（第一个种子）：细线为各类别对其余类别，粗线为其宏平均，每条曲线均从 (0, 0) 开始。",
+        "fig_metrics": "图 {n}. 各实验及种子集成（空心菱形）的测试准确率、宏平均 F1 与宏平均 AUC：点为结果表中的估计值，须线为其 95% 置信区间。坐标轴已按区间放大，两点之间的差距应与须线比较，而非与 0 比较。",
         "fig_confusion": "图 {n}. {experiment} 在测试集上的混淆矩阵（格内为数量，颜色为占真实类别的比例）。",
-        "fig_reliability": "图 {n}. 各实验在测试集上的可靠性（第一个种子）：各置信度区间的准确率与完美校准对角线的对比，并给出期望校准误差；若该运行已校准，另给出应用其温度后的结果。",
+        "fig_reliability": "图 {n}. 各实验在测试集上的可靠性（第一个种子）：各置信度区间的准确率与完美校准对角线的对比，并给出所示区间的直接估计期望校准误差（校准表给出去偏值）；若该运行已校准，另给出应用其温度后的结果。每个子图下方的条带为各区间的测试图像数（对数刻度）；图像少于 {minimum} 张的区间以斜线标出，其准确率噪声过大，不宜解读。",
         "discussion": "讨论",
         "harder": "{hard} 比 {easy} 更难：{details}。",
         "harder_mixed": "没有哪个数据集在所有指标上都更难：{details}。",
         "metric_delta": "{metric} {value_hard:.4f} 对 {value_easy:.4f}（{delta:+.4f}）",
-        "verdict_better": "{dataset}，{model}：{b} 优于 {a}。准确率 {delta_acc:+.4f}（95% 置信区间 {low:+.4f} 至 {high:+.4f}），宏平均 F1 {delta_f1:+.4f}，宏平均 AUC {delta_auc:+.4f}；McNemar {p}，差异显著。",
-        "verdict_worse": "{dataset}，{model}：{b} 不如 {a}。准确率 {delta_acc:+.4f}（95% 置信区间 {low:+.4f} 至 {high:+.4f}），宏平均 F1 {delta_f1:+.4f}，宏平均 AUC {delta_auc:+.4f}；McNemar {p}，差异显著。",
-        "verdict_same": "{dataset}，{model}：{b} 与 {a} 无显著差异。准确率 {delta_acc:+.4f}（95% 置信区间 {low:+.4f} 至 {high:+.4f}），宏平均 F1 {delta_f1:+.4f}，宏平均 AUC {delta_auc:+.4f}；McNemar {p}。",
+        "verdict_better": "{dataset}，{model}：{b} 优于 {a}。准确率 {delta_acc:+.4f}（95% 置信区间 {low:+.4f} 至 {high:+.4f}），宏平均 F1 {delta_f1:+.4f}（{f1_low:+.4f} 至 {f1_high:+.4f}），宏平均 AUC {delta_auc:+.4f}（{auc_low:+.4f} 至 {auc_high:+.4f}）；McNemar {p}，差异显著。",
+        "verdict_worse": "{dataset}，{model}：{b} 不如 {a}。准确率 {delta_acc:+.4f}（95% 置信区间 {low:+.4f} 至 {high:+.4f}），宏平均 F1 {delta_f1:+.4f}（{f1_low:+.4f} 至 {f1_high:+.4f}），宏平均 AUC {delta_auc:+.4f}（{auc_low:+.4f} 至 {auc_high:+.4f}）；McNemar {p}，差异显著。",
+        "verdict_same": "{dataset}，{model}：{b} 与 {a} 无显著差异。准确率 {delta_acc:+.4f}（95% 置信区间 {low:+.4f} 至 {high:+.4f}），宏平均 F1 {delta_f1:+.4f}（{f1_low:+.4f} 至 {f1_high:+.4f}），宏平均 AUC {delta_auc:+.4f}（{auc_low:+.4f} 至 {auc_high:+.4f}）；McNemar {p}。",
         "confounded": "除{factor}外，两侧的{settings}也不同，因此该差异不能仅归因于{factor}。",
         "overfit_short": "{experiment}：仅 {epochs} 轮，不足以依据损失曲线判断过拟合；至少需要 3 轮。",
         "unpaired_note": "两侧分类的测试图像不同，因此不做 McNemar 检验；置信区间由对各自测试集分别重采样得到。",

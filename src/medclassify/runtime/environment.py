@@ -94,12 +94,35 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def cpu_model() -> str:
+    """The processor's marketing name ("AMD EPYC 7B13"), from /proc/cpuinfo on Linux; elsewhere
+    what Python's platform module knows (often just the architecture)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """The system's 1, 5 and 15 minute load averages (None where the system keeps none): how much
+    other work shared the machine while a run was timed."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def environment_record(device: torch.device) -> dict:
-    """What config.json records of the machine: Python, platform, processor, threads, device, versions."""
+    """What config.json records of the machine: Python, platform, processor, threads, device,
+    versions, and the load average as the run starts (metrics.json has it as the run ends)."""
     record = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "load_average_start": load_average(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bfloat16": cpu_has_bfloat16(),

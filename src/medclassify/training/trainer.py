@@ -63,7 +63,7 @@ from ..runs import (
 from ..runs.files import BundleMetadata, ModelSpec
 from ..runtime import environment
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
-from ..runtime.environment import environment_record, seed_everything
+from ..runtime.environment import environment_record, load_average, seed_everything
 from .budget import CARD_PROBE_RESAMPLES, MEASURE_SECONDS, BudgetPlan, images_per_second, plan_epochs
 from .recipe import (
     EarlyStopping,
@@ -723,6 +723,7 @@ class TrainingSession:
                 "epochs_run": len(progress.history),
                 "select_metric": config.select_metric,
                 "tta": config.tta,
+                "load_average_end": load_average(),
             }
             write_results(run.path, metrics, outputs, data, extra)
             # the bundle also carries the test figures, for whoever applies it
