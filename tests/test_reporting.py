@@ -84,6 +84,14 @@ def test_report_conclusion_follows_the_size_that_wins(tmp_path, winner, loser):
     else:
         assert "PneumoniaMNIST, paper-cnn: 64 px is worse than 28 px." in report
     assert "do not differ significantly" not in report
+    # every metric whose difference interval excludes 0 is named, with its direction
+    named = re.search(r"The 95% interval of the difference excludes 0 for ([^.]+)\.", report).group(1).split("; ")
+    direction = "higher" if winner == 64 else "lower"
+    for metric, key in (("accuracy", "acc"), ("macro-F1", "f1_macro"), ("macro-AUC", "auc")):
+        d = comparison.difference[key]
+        excludes = d["ci_low"] > 0 or d["ci_high"] < 0
+        assert (f"{metric} ({direction} for 64 px)" in named) == excludes
+    assert f"accuracy ({direction} for 64 px)" in named
 
 
 @pytest.mark.slow
@@ -499,3 +507,149 @@ def test_a_conformal_study_reports_coverage_and_set_size_per_experiment(tmp_path
     sd = np.std([t["coverage"] for t in tests], ddof=1)
     size = np.mean([t["mean_size"] for t in tests])
     assert f"{mean:.4f} ± {sd:.4f}" in html and f"<td>{size:.2f}</td>" in html and "<td>80%</td>" in html
+
+
+@pytest.mark.slow
+def test_a_test_split_unlike_validation_is_said_and_its_threshold_shown_on_both(tmp_path):
+    """Test images from another population (a third of their labels disagree with the pattern the
+    model learns): the report says validation and test differ and that the validation-chosen
+    threshold does not carry over, and its operating-point table puts validation and test
+    sensitivity and specificity side by side."""
+    write_medmnist_npz(tmp_path / "data" / "pneumoniamnist.npz", channels=1, n_classes=2, counts=(96, 48, 96), seed=3)
+    with np.load(tmp_path / "data" / "pneumoniamnist.npz") as stored:
+        arrays = dict(stored)
+    test_labels = arrays["test_labels"][:, 0]
+    flipped = test_labels.copy()
+    flipped[: len(flipped) // 3] = 1 - flipped[: len(flipped) // 3]
+    arrays["test_labels"] = flipped[:, None].astype(np.uint8)
+    np.savez_compressed(tmp_path / "data" / "pneumoniamnist.npz", **arrays)
+    study_yaml = tmp_path / "s.yaml"
+    study_yaml.write_text(
+        "name: shift\ndatasets: [pneumoniamnist]\nsizes: [28]\nseeds: [0, 1]\n"
+        "train: {epochs: 4, verify: false, threshold: youden}\n"
+    )
+    out = tmp_path / "study"
+    args = ["run", str(study_yaml), "--out", str(out), "--data-dir", str(tmp_path / "data"), "--bootstrap", "30"]
+    assert main([*args, "--quiet"]) == 0
+    html = plain_cells((out / "report.html").read_text(encoding="utf-8"))
+    metrics = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/metrics.json"))]
+    val = sum(round(m["val"]["acc"] * m["val"]["n"]) for m in metrics) / sum(m["val"]["n"] for m in metrics)
+    test = sum(round(m["test"]["acc"] * m["test"]["n"]) for m in metrics) / sum(m["test"]["n"] for m in metrics)
+    assert val > 0.9 and test < 0.8, "the fixture is what this test says it is"
+    assert f"validation accuracy {val:.4f}" in html and f"test accuracy {test:.4f}" in html
+    assert "The intervals do not overlap: the test images differ from the validation images" in html
+    assert "The accuracy at the validation-chosen threshold does not carry over either" in html
+    assert "<th>validation sensitivity</th><th>test sensitivity</th>" in html
+    points = [m["operating_point"] for m in metrics]
+    tp = sum(p["test"]["tp"] for p in points)
+    assert f"<td>{tp / (tp + sum(p['test']['fn'] for p in points)):.4f} (" in html
+
+
+def test_citation_file_matches_the_package():
+    """CITATION.cff, the citation a report ends with, and the package agree on title, author,
+    version and licence; the paper the CNN comes from is named by its title."""
+    from pathlib import Path
+
+    import yaml
+
+    from medclassify.citation import PAPER_TITLE, SOFTWARE_AUTHOR, SOFTWARE_TITLE
+
+    root = Path(__file__).parents[1]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["title"] == SOFTWARE_TITLE and cff["authors"] == [{"name": SOFTWARE_AUTHOR}]
+    assert cff["version"] == medclassify.__version__ and cff["license"] == "MIT"
+    assert PAPER_TITLE in cff["abstract"]
+    from medclassify.models import available_models
+
+    assert PAPER_TITLE in available_models()["paper-cnn"].description
+
+
+def test_study_figures_read_as_a_reviewer_needs(tmp_path, monkeypatch):
+    """What a reader sees in the figures: whole-epoch ticks; every ROC curve from (0, 0); one metric
+    chart of dots with interval whiskers on an axis zoomed to the intervals (ensembles included);
+    legends of at least 8 pt; under each reliability panel the images per bin, sparse bins hatched."""
+    import matplotlib
+
+    from medclassify.evaluation.metrics import classification_metrics
+    from medclassify.experiments.results import Experiment, ensemble_rows, results_rows
+    from medclassify.reporting import figures as study_figures_module
+
+    shown = {}
+
+    def keep(figure, path, formats=("png", "svg")):
+        shown[path.name] = figure
+        return [path.with_suffix(".png")]
+
+    monkeypatch.setattr(study_figures_module, "save_figure", keep)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    experiments = []
+    for model, skill in (("paper-cnn", 2.0), ("bn-cnn", 2.4)):
+        scores = []
+        for _ in range(2):
+            logits = rng.normal(0, 1, (300, 3)) + skill * np.eye(3)[y]
+            scores.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+        history = [
+            {"epoch": str(i), "train_loss": str(1 / i), "val_loss": str(1.1 / i), "seconds": "1", "images_per_s": "1"}
+            for i in (1, 2, 3)
+        ]
+        experiments.append(
+            Experiment(
+                "bloodmnist",
+                28,
+                model,
+                [],
+                [{"test": {**classification_metrics(y, s, "multi-class"), "n": 300}, "best_epoch": 3} for s in scores],
+                [
+                    {"config": {"seed": k}, "data": {"task": "multi-class", "class_names": ["a", "b", "c"]}}
+                    for k in range(2)
+                ],
+                [history, history],
+                Side(y, scores, "multi-class"),
+            )
+        )
+    rows = results_rows(experiments, n_boot=50)
+    rows += ensemble_rows(experiments, rows, n_boot=50)
+    study_figures_module.study_figures(experiments, rows, tmp_path)
+    assert set(shown) >= {"loss_curves", "bloodmnist_roc", "test_metrics", "reliability"}
+    assert "all_experiments" not in shown and "bloodmnist_comparison" not in shown, "one metric chart"
+
+    for ax in shown["loss_curves"].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    for ax in shown["bloodmnist_roc"].axes:
+        curves = [line for line in ax.get_lines() if line.get_linestyle() != ":"]
+        assert curves and all(line.get_xdata()[0] == 0 and line.get_ydata()[0] == 0 for line in curves)
+
+    chart = shown["test_metrics"]
+    labels = [t.get_text() for t in chart.axes[0].get_yticklabels()]
+    assert labels == [
+        "BloodMNIST · 28 px · paper-cnn",
+        "BloodMNIST · 28 px · bn-cnn",
+        "BloodMNIST · 28 px · paper-cnn · ensemble of 2 seeds",
+        "BloodMNIST · 28 px · bn-cnn · ensemble of 2 seeds",
+    ], "the tables' names, ensembles included"
+    for ax, metric in zip(chart.axes, ("acc", "f1_macro", "auc")):
+        low, high = ax.get_xlim()
+        assert low > 0 and low <= min(r[f"test_{metric}_ci_low"] for r in rows)
+        assert high >= max(r[f"test_{metric}_ci_high"] for r in rows)
+        assert not ax.patches, "dots, not bars"
+        values = sorted(float(t.get_text()) for t in ax.texts)
+        assert values == sorted(round(r[f"test_{metric}"], 3) for r in rows)
+        assert all(t.get_rotation() == 0 and t.get_fontsize() >= 8 for t in ax.texts)
+
+    for figure in shown.values():
+        for ax in figure.axes:
+            legend = ax.get_legend()
+            assert legend is None or all(t.get_fontsize() >= 8 for t in legend.get_texts())
+
+    reliability = shown["reliability"].axes
+    first, counts = reliability[0], reliability[1]
+    scores = experiments[0].side.scores[0]
+    confidence = scores.max(1)
+    expected = np.bincount(np.clip((confidence * 15).astype(int), 0, 14), minlength=15)
+    assert [round(p.get_height()) for p in counts.patches] == expected.tolist()
+    hatched = [p for p in first.patches if p.get_hatch()]
+    assert len(hatched) == int(np.sum((expected > 0) & (expected < 10)))
+    matplotlib.pyplot.close("all")

@@ -200,7 +200,6 @@ def conformal_rows(experiments: list[Experiment]) -> list[dict]:
             continue
         tests = [r["test"] for r in records]
         coverages = [t["coverage"] for t in tests]
-        hits, total = sum(round(t["coverage"] * t["n"]) for t in tests), sum(t["n"] for t in tests)
         below = []
         for name in tests[0]["by_class"]:
             parts = [t["by_class"][name] for t in tests]
@@ -214,12 +213,64 @@ def conformal_rows(experiments: list[Experiment]) -> list[dict]:
                 "target": tests[0]["target"],
                 "coverage": float(np.mean(coverages)),
                 "coverage_sd": float(np.std(coverages, ddof=1)) if len(coverages) > 1 else None,
-                "ci": list(wilson_interval(hits, total)),
+                "ci": _pooled([(round(t["coverage"] * t["n"]), t["n"]) for t in tests])["ci"],
                 "mean_size": float(np.mean([t["mean_size"] for t in tests])),
                 "empty_share": float(np.mean([t["empty_share"] for t in tests])),
                 "classes_below_target": below,
             }
         )
+    return rows
+
+
+def _pooled(parts: list[tuple[int, int]]) -> dict:
+    """A proportion over every seed's images together, with its 95% Wilson interval."""
+    from ..evaluation.threshold import wilson_interval
+
+    hits, total = sum(h for h, _ in parts), sum(n for _, n in parts)
+    return {"value": hits / total if total else float("nan"), "ci": list(wilson_interval(hits, total)), "n": total}
+
+
+def _disjoint(a: dict, b: dict) -> bool:
+    return a["ci"][1] < b["ci"][0] or b["ci"][1] < a["ci"][0]
+
+
+def operating_point_rows(experiments: list[Experiment]) -> list[dict]:
+    """For each experiment whose runs chose an operating point on validation: the rule, the
+    positive class, the thresholds, and sensitivity and specificity on the validation and the test
+    split at that threshold (every seed's images together, Wilson intervals); ``shifted`` when a
+    test figure's interval and the validation one do not overlap."""
+    rows = []
+    for e in experiments:
+        points = [m["operating_point"] for m in e.metrics if "operating_point" in m]
+        if not points:
+            continue
+        row = {
+            "experiment": e.name,
+            "rule": points[0]["rule"],
+            "positive_class": points[0]["positive_class"],
+            "thresholds": [p["threshold"] for p in points],
+        }
+        for split in ("val", "test"):
+            row[f"{split}_sensitivity"] = _pooled([(p[split]["tp"], p[split]["tp"] + p[split]["fn"]) for p in points])
+            row[f"{split}_specificity"] = _pooled([(p[split]["tn"], p[split]["tn"] + p[split]["fp"]) for p in points])
+        row["shifted"] = any(_disjoint(row[f"val_{m}"], row[f"test_{m}"]) for m in ("sensitivity", "specificity"))
+        rows.append(row)
+    return rows
+
+
+def split_shift_rows(experiments: list[Experiment]) -> list[dict]:
+    """For each single-label experiment: validation and test accuracy (every seed's images together,
+    Wilson intervals) and whether the two intervals are disjoint, i.e. the test images behave
+    unlike the validation images the checkpoint (and any temperature or threshold) was chosen on."""
+    rows = []
+    for e in experiments:
+        if e.task == Task.MULTI_LABEL or not all("val" in m and "n" in m["val"] for m in e.metrics):
+            continue
+        row = {"experiment": e.name}
+        for split in ("val", "test"):
+            row[split] = _pooled([(round(m[split]["acc"] * m[split]["n"]), m[split]["n"]) for m in e.metrics])
+        row["shifted"] = _disjoint(row["val"], row["test"])
+        rows.append(row)
     return rows
 
 

@@ -14,7 +14,15 @@ from ..data import get_dataset_info
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.metrics import REPORTED_CALIBRATION_METRICS
 from ..evaluation.robustness import bootstrap_mean_difference
-from ..experiments.results import conformal_rows, ensemble_rows, load_experiments, results_rows, robustness_rows
+from ..experiments.results import (
+    conformal_rows,
+    ensemble_rows,
+    load_experiments,
+    operating_point_rows,
+    results_rows,
+    robustness_rows,
+    split_shift_rows,
+)
 from ..io import atomic_path
 from ..models import available_models
 from ..tasks import Task
@@ -261,6 +269,27 @@ def build_blocks(
         if short:
             blocks.append(("p", t["conformal_short"].format(names=", ".join(short))))
 
+    points = operating_point_rows(experiments)
+    if points:
+        blocks.append(("p", t["operating_intro"]))
+        table(
+            t["operating_caption"],
+            t["operating_header"],
+            [
+                [
+                    title_of[r["experiment"]],
+                    f"{r['rule']} ({r['positive_class']})",
+                    ", ".join(f"{x:.3g}" for x in r["thresholds"]),
+                    *(
+                        _with_ci(r[f"{split}_{m}"]["value"], r[f"{split}_{m}"]["ci"])
+                        for m in ("sensitivity", "specificity")
+                        for split in ("val", "test")
+                    ),
+                ]
+                for r in points
+            ],
+        )
+
     robustness = robustness or []
     if robustness:
         sources = {r["corruptions"] for r in robustness}
@@ -438,6 +467,30 @@ def build_blocks(
                 )
         if factor == "dataset":
             blocks.append(("p", t["unpaired_note"]))
+
+    blocks.append(("h3", t["shift_title"]))
+    shifts = split_shift_rows(experiments)
+    shifted_points = {r["experiment"]: r for r in points if r["shifted"]}
+    for r in shifts:
+        if not r["shifted"]:
+            continue
+        text = t["shifted"].format(
+            experiment=title_of[r["experiment"]],
+            val=r["val"]["value"],
+            val_low=r["val"]["ci"][0],
+            val_high=r["val"]["ci"][1],
+            test=r["test"]["value"],
+            test_low=r["test"]["ci"][0],
+            test_high=r["test"]["ci"][1],
+        )
+        if r["experiment"] in shifted_points:
+            text += " " + t["shifted_threshold"]
+        blocks.append(("p", text))
+    if shifts and not any(r["shifted"] for r in shifts):
+        blocks.append(("p", t["not_shifted"]))
+    for r in points:
+        if r["shifted"] and not any(s["shifted"] and s["experiment"] == r["experiment"] for s in shifts):
+            blocks.append(("p", t["threshold_only_shifted"].format(experiment=title_of[r["experiment"]])))
 
     blocks.append(("h3", t["overfit_title"]))
     for e in experiments:
