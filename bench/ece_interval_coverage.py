@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 
 import numpy as np
 
 from medclassify.evaluation.metrics import calibration_error
 from medclassify.evaluation.stats import Side, bootstrap_calibration, percentile_bootstrap
+from medclassify.runtime.environment import cpu_model
 
 CLASSES = 3
 CASES = {"calibrated": 0.0, "slightly over-confident": 0.03, "over-confident": 0.1}
@@ -102,7 +102,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "machine": platform.processor() or platform.machine(),
+                "machine": cpu_model(),
                 "replicates": args.replicates,
                 "resamples": args.resamples,
                 "bins": 15,
