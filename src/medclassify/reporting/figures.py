@@ -57,8 +57,8 @@ def _first_seed_scores(experiment) -> np.ndarray:
 
 
 def loss_curves(experiments, out: Path) -> list[Path]:
-    """Train and validation loss per epoch, one panel per experiment, shared axes (first seed;
-    the band spans the seeds when there are several)."""
+    """Train and validation loss per epoch, one panel per experiment, shared axes (the mean over
+    seeds; the band spans the seeds when there are several)."""
     columns = min(4, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
     figure, axes = plt.subplots(
@@ -139,7 +139,7 @@ def metric_chart(rows: list[dict], colours: dict, out: Path) -> list[Path]:
     figure, axes = plt.subplots(
         1,
         len(METRIC_LABELS),
-        figsize=(4.2 * len(METRIC_LABELS) + 2.5, 0.5 * len(rows) + 1.6),
+        figsize=(11, 0.45 * len(rows) + 1.8),
         sharey=True,
         layout="constrained",
     )
@@ -168,7 +168,8 @@ def metric_chart(rows: list[dict], colours: dict, out: Path) -> list[Path]:
         ax.set_xlabel("test score (axis zoomed to the intervals)")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(positions, [shorten(title, 60) for title in titles], fontsize=8)
-    figure.suptitle("Test metrics with 95% intervals (hollow diamonds: seed ensembles)")
+    ensembles = " (hollow diamonds: seed ensembles)" if any(r.get("ensemble") for r in rows) else ""
+    figure.suptitle(f"Test metrics with 95% intervals{ensembles}")
     return save_figure(figure, out / "test_metrics")
 
 

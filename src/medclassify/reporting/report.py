@@ -66,6 +66,13 @@ def _seed_p(tests: list[dict], t: dict, key: str) -> str:
     return "; ".join(t[key].format(seed=test["seed_a"], p=test["p_value"]) for test in tests)
 
 
+def _held_fixed(factor: str, value, t: dict) -> str:
+    """A setting a comparison holds fixed, as the tables write it elsewhere (28 px, BloodMNIST)."""
+    if factor == "size":
+        return t["pixels"].format(size=value)
+    return dataset_title(value) if factor == "dataset" else f"{t['factor'][factor]} {value}"
+
+
 def _load_range(experiments, t: dict) -> str:
     """The 1-minute load average at the start and at the end of the runs (range over runs)."""
     runs = [
@@ -341,7 +348,7 @@ def build_blocks(
             [
                 [
                     t["factor"][c.factor],
-                    ", ".join(f"{k} {dataset_title(v) if k == 'dataset' else v}" for k, v in c.fixed.items()),
+                    ", ".join(_held_fixed(k, v, t) for k, v in c.fixed.items()),
                     _level(c.a, c.factor, t),
                     _level(c.b, c.factor, t),
                     _ci(c.difference["acc"]),
@@ -356,14 +363,23 @@ def build_blocks(
 
     blocks.append(("h3", t["figures"]))
     number = 1
-    blocks.append(("figure", figures["loss_curves"][0], t["fig_loss"]))
+    several = any(len(e.seeds) > 1 for e in experiments)
+    blocks.append(
+        ("figure", figures["loss_curves"][0], t["fig_loss"].format(band=t["fig_loss_band"] if several else ""))
+    )
     for dataset in dict.fromkeys(e.dataset for e in experiments):
         number += 1
         blocks.append(
             ("figure", figures[f"{dataset}_roc"][0], t["fig_dataset"].format(n=number, dataset=dataset_title(dataset)))
         )
     number += 1
-    blocks.append(("figure", figures["test_metrics"][0], t["fig_metrics"].format(n=number)))
+    blocks.append(
+        (
+            "figure",
+            figures["test_metrics"][0],
+            t["fig_metrics"].format(n=number, ensembles=t["fig_metrics_ensembles"] if ensembles else ""),
+        )
+    )
     number += 1
     blocks.append(("figure", figures["reliability"][0], t["fig_reliability"].format(n=number, minimum=MIN_BIN_IMAGES)))
     if "robustness" in figures:
@@ -541,8 +557,12 @@ def _md_table(header, rows) -> str:
 
 
 def _html_cell(cell) -> str:
-    """A cell's lines, each kept whole (a number or a range is never broken)."""
-    return "<br>".join(f'<span class="line">{html.escape(line)}</span>' for line in str(cell).split(LINE))
+    """A cell as text; an estimate with its interval as two lines, each kept whole (a number, a
+    range or a name like paper-cnn is never broken), words wrapping as the column needs."""
+    lines = str(cell).split(LINE)
+    if len(lines) == 1 and " " in lines[0]:
+        return html.escape(lines[0])
+    return "<br>".join(f'<span class="line">{html.escape(line)}</span>' for line in lines)
 
 
 def render_markdown(blocks, base: Path) -> str:
