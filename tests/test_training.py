@@ -143,6 +143,25 @@ def test_same_seed_same_numbers(blood_dir, tmp_path, blood_run):
     assert read_history(other.run_dir)[0] != read_history(blood_run.run_dir)[0]
 
 
+def test_a_run_stopped_in_its_first_epoch_starts_again(blood_dir, tmp_path, blood_run, monkeypatch):
+    """Stopped before any checkpoint (only config.json written): --resume has nothing to continue
+    and says to run again; running again trains from the start to the same result (a study does
+    this when it is restarted)."""
+    real_epoch = interrupt_training_at_epoch(monkeypatch, 1)
+    config = config_for(blood_dir, tmp_path / "early")
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert [p.name for p in (tmp_path / "early").iterdir() if not p.name.startswith(".")] == ["config.json"]
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    config.resume = True
+    with pytest.raises(CheckpointError, match=r"stopped before its first epoch ended: run it again without --resume"):
+        train(config)
+    config.resume = False
+    again = train(config)
+    assert read_history(again.run_dir) == read_history(blood_run.run_dir)
+    assert again.metrics["test"] == blood_run.metrics["test"]
+
+
 def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_run, monkeypatch):
     real_epoch = interrupt_training_at_epoch(monkeypatch, 2)
     config = config_for(blood_dir, tmp_path / "resumed")

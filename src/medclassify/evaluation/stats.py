@@ -9,6 +9,9 @@ vs 64 px or two models on one dataset) resample the same image indices for both 
 drawn for each side on its own: they are separate runs); unpaired ones (two datasets) resample each
 test set on its own. McNemar's test compares per-image correctness of one trained model with one
 other, so it is run per seed pair, never on seed-averaged predictions.
+Intervals are percentile intervals, except for the debiased calibration errors, whose resampled
+values are offset by the very bias the estimator removes: they get the basic bootstrap interval
+(:func:`bootstrap_calibration`), so that every reported estimate lies inside its own interval.
 Point estimates use the scikit-learn metric functions; inside the bootstrap loop the same
 definitions are evaluated from precomputed per-image quantities (class decisions, ranks), which is
 what makes 1000 resamples affordable. A test checks both give identical numbers.
@@ -215,13 +218,13 @@ def bootstrap_calibration(side: Side, n_boot: int = 1000, seed: int = 0) -> dict
     above its own estimate. Reflected around the estimate, estimate - (draw - plug-in), the draws'
     spread carries over without their offset (floored at 0). ``bench/ece_interval_coverage.py``
     measures the coverage this gives."""
-    draws = percentile_bootstrap(side, side.resampled_calibration, n_boot, seed)
+    intervals = percentile_bootstrap(side, side.resampled_calibration, n_boot, seed)
     estimate = side.resampled_calibration(np.arange(len(side.y_true)))
     for name, plug_in in PLUG_IN_OF.items():
-        low, high = draws[name]
+        low, high = intervals[name]
         offset = estimate[name] + estimate[plug_in]
-        draws[name] = (max(0.0, offset - high), max(0.0, offset - low))
-    return {name: draws[name] for name in REPORTED_CALIBRATION_METRICS}
+        intervals[name] = (max(0.0, offset - high), max(0.0, offset - low))
+    return {name: intervals[name] for name in REPORTED_CALIBRATION_METRICS}
 
 
 def bootstrap_difference(a: Side, b: Side, paired: bool, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -7,6 +7,7 @@ Defaults are the paper's: cross-entropy, Adam (lr 1e-3), 10 epochs, batch 32, sh
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -60,7 +61,7 @@ from ..runs import (
     save_checkpoint,
     write_model_card,
 )
-from ..runs.files import BundleMetadata, ModelSpec
+from ..runs.files import CONFIG_FILE, BundleMetadata, ModelSpec
 from ..runtime import environment
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
 from ..runtime.environment import environment_record, load_average, seed_everything
@@ -311,16 +312,35 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
         shutdown(context)
 
 
+def _stopped_before_first_epoch(run: RunDir) -> bool:
+    """Whether the folder holds only the config.json a run writes as it starts (a run stopped before
+    its first epoch ended, so nothing was trained): starting it again loses nothing."""
+    if [name for name in RUN_FILES if (run / name).exists()] != [CONFIG_FILE]:
+        return False
+    try:
+        record = json.loads(run.config_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"config", "environment", "written"} <= record.keys()
+
+
 def check_run_folder(config: TrainConfig) -> None:
-    """A new run needs a folder without a run in it; ``--resume`` needs the interrupted run's last.pt."""
+    """A new run needs a folder without a run in it (or with one stopped before its first epoch
+    ended, which it starts again); ``--resume`` needs the interrupted run's last.pt."""
     run = RunDir(config.run_dir())
+    never_saved = _stopped_before_first_epoch(run)
     if config.resume and not run.last_path.is_file():
-        raise CheckpointError(f"--resume: {run.last_path} does not exist; there is no interrupted run to continue")
+        again = " (it stopped before its first epoch ended: run it again without --resume)" if never_saved else ""
+        raise CheckpointError(
+            f"--resume: {run.last_path} does not exist; there is no interrupted run to continue{again}"
+        )
     found = [name for name in RUN_FILES if (run / name).exists()]
-    if not config.resume and found:
+    if not config.resume and found and not never_saved:
         raise CheckpointError(
             f"{run.path} already holds a run ({', '.join(found)}); pass --resume to continue it, or choose another --out"
         )
+    if never_saved and not config.resume:
+        logger.info(f"{run.path} was stopped before its first epoch ended; starting it again")
 
 
 @dataclass
