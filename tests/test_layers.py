@@ -9,7 +9,7 @@ import medclassify
 
 # lowest first; a module may import from its own layer's package and from any layer below
 LAYERS = [
-    {"defaults", "errors", "io", "tasks", "runtime"},
+    {"defaults", "errors", "io", "tasks", "runtime", "citation"},
     {"data"},
     {"models"},
     {"evaluation"},
