@@ -74,18 +74,19 @@ def _held_fixed(factor: str, value, t: dict) -> str:
 
 
 def _load_range(experiments, t: dict) -> str:
-    """The 1-minute load average at the start and at the end of the runs (range over runs)."""
-    runs = [
-        (r["environment"].get("load_average_start"), m.get("load_average_end"))
+    """The 1-minute load average at the start and at the end of the runs that recorded both (range
+    over those runs; runs from before medclassify recorded it are left out)."""
+    recorded = [
+        (start[0], end[0])
         for e in experiments
-        for r, m in zip(e.records, e.metrics)
+        for record, metrics in zip(e.records, e.metrics)
+        if (start := record["environment"].get("load_average_start")) and (end := metrics.get("load_average_end"))
     ]
-    start = [s[0] for s, _ in runs if s]
-    end = [e[0] for _, e in runs if e]
-    if not start or not end:
+    if not recorded:
         return t["not_recorded"]
+    starts, ends = zip(*recorded)
     return t["load_range"].format(
-        start_low=min(start), start_high=max(start), end_low=min(end), end_high=max(end), n=len(runs)
+        start_low=min(starts), start_high=max(starts), end_low=min(ends), end_high=max(ends), n=len(recorded)
     )
 
 

@@ -85,7 +85,7 @@ TEXTS = {
         "values": {"yes": "yes", "no": "no", "off": "off"},
         "table": "Table {n}. {caption}",
         "environment_caption": "Hardware and software of the runs. The load average is the system's 1-minute load as each run started and as it ended (range over the runs): where it approaches or exceeds the CPU cores, other processes or parallel runs shared the cores while the runs were timed, and the times are longer than on an idle machine.",
-        "load_range": "{start_low:.2f}–{start_high:.2f} at the start, {end_low:.2f}–{end_high:.2f} at the end ({n} runs)",
+        "load_range": "{start_low:.2f}–{start_high:.2f} at the start, {end_low:.2f}–{end_high:.2f} at the end (runs recorded: {n})",
         "not_recorded": "not recorded",
         "paper_source": "paper-cnn and the paper recipe (cross-entropy, Adam, learning rate 0.001, 10 epochs, batch 32) are those of {paper}.",
         "appendix": "Appendix: every training setting",
