@@ -158,4 +158,6 @@ def serving(models: list[str], log: Path, *options: str):
 
 def plain_cells(html: str) -> str:
     """The report's HTML with each table cell's lines joined, as a reader reads a cell."""
-    return re.sub(r'<span class="line">([^<]*)</span>(<br>)?', lambda m: m.group(1) + (" " if m.group(2) else ""), html)
+    return re.sub(
+        r'<span class="(?:line|word)">([^<]*)</span>(<br>)?', lambda m: m.group(1) + (" " if m.group(2) else ""), html
+    )

@@ -561,8 +561,11 @@ def _html_cell(cell) -> str:
     """A cell as text; an estimate with its interval as two lines, each kept whole (a number, a
     range or a name like paper-cnn is never broken), words wrapping as the column needs."""
     lines = str(cell).split(LINE)
-    if len(lines) == 1 and " " in lines[0]:
-        return html.escape(lines[0])
+    if len(lines) == 1 and " " in lines[0]:  # break between words, never at a word's hyphen (bn-cnn)
+        return " ".join(
+            f'<span class="word">{html.escape(word)}</span>' if "-" in word else html.escape(word)
+            for word in lines[0].split(" ")
+        )
     return "<br>".join(f'<span class="line">{html.escape(line)}</span>' for line in lines)
 
 
@@ -603,7 +606,7 @@ def render_html(blocks, lang: str) -> str:
             )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.5;color:#222}"
-        ".table{overflow-x:auto;margin:1em 0}table{border-collapse:collapse;font-size:.9em}.line{white-space:nowrap}"
+        ".table{overflow-x:auto;margin:1em 0}table{border-collapse:collapse;font-size:.9em}.line,.word{white-space:nowrap}"
         "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
         "th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{font-style:italic;color:#555}"
     )
