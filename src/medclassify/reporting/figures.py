@@ -19,6 +19,9 @@ from .texts import METRIC_NAMES, dataset_title, experiment_title, row_title, sho
 METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 LEGEND_POINTS = 8  # the smallest legend text a printed figure can still be read at
+# panels per row of a grid figure: two 4-inch panels at 150 dpi fit the report's page width without
+# shrinking, so its text keeps the size it was drawn at
+GRID_COLUMNS = 2
 # a reliability bin with fewer test images than this is drawn hatched: its accuracy is too noisy to read
 MIN_BIN_IMAGES = 10
 
@@ -59,7 +62,7 @@ def _first_seed_scores(experiment) -> np.ndarray:
 def loss_curves(experiments, out: Path) -> list[Path]:
     """Train and validation loss per epoch, one panel per experiment, shared axes (the mean over
     seeds; the band spans the seeds when there are several)."""
-    columns = min(4, len(experiments))
+    columns = min(GRID_COLUMNS, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
     figure, axes = plt.subplots(
         rows, columns, figsize=(4 * columns, 3.2 * rows), sharex=True, sharey=True, squeeze=False, layout="constrained"
@@ -107,9 +110,11 @@ def _legend_below(ax, columns: int = 2) -> None:
 def dataset_roc(dataset: str, experiments, colours, out: Path) -> list[Path]:
     """ROC curves (macro average bold, classes thin; first seed) of each experiment on one dataset
     side by side."""
-    figure, axes = plt.subplots(
-        1, len(experiments), figsize=(4.4 * len(experiments), 4.4), squeeze=False, layout="constrained"
-    )
+    columns = min(GRID_COLUMNS, len(experiments))
+    rows = int(np.ceil(len(experiments) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 4.4 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(experiments) :]:
+        ax.set_visible(False)
     for ax, e in zip(axes.flat, experiments):
         curves = roc_curves(e.side.y_true, _first_seed_scores(e), e.task, e.class_names)
         for name, tpr in curves.items():
@@ -139,7 +144,7 @@ def metric_chart(rows: list[dict], colours: dict, out: Path) -> list[Path]:
     figure, axes = plt.subplots(
         1,
         len(METRIC_LABELS),
-        figsize=(11, 0.45 * len(rows) + 1.8),
+        figsize=(9, 0.45 * len(rows) + 1.8),
         sharey=True,
         layout="constrained",
     )
@@ -253,7 +258,7 @@ def study_reliability(experiments, out: Path) -> list[Path]:
     where ``medclassify calibrate`` stored one; under each, the number of test images per bin (as
     scikit-learn's calibration display shows them), and bins with fewer than ``MIN_BIN_IMAGES``
     hatched."""
-    columns = min(4, len(experiments))
+    columns = min(GRID_COLUMNS, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
     figure = plt.figure(figsize=(4 * columns, 4.6 * rows), layout="constrained")
     grid = figure.add_gridspec(2 * rows, columns, height_ratios=[3, 1] * rows)
