@@ -170,10 +170,10 @@ def metric_chart(rows: list[dict], colours: dict, out: Path) -> list[Path]:
         ax.set_xlim(max(0.0, np.nanmin(low) - margin), min(1.0, np.nanmax(high) + margin))
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_title(METRIC_LABELS[metric], fontsize=10)
-        ax.set_xlabel("test score (axis zoomed to the intervals)")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(positions, [shorten(title, 60) for title in titles], fontsize=8)
     ensembles = " (hollow diamonds: seed ensembles)" if any(r.get("ensemble") for r in rows) else ""
+    figure.supxlabel("test score (each axis zoomed to its intervals)", fontsize=10)
     figure.suptitle(f"Test metrics with 95% intervals{ensembles}")
     return save_figure(figure, out / "test_metrics")
 
