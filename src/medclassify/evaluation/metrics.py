@@ -17,7 +17,7 @@ Calibration and agreement (:func:`calibration_metrics`), on the same class decis
 * ECE: expected calibration error of the top-label confidence over 15 equal-width bins (bins
   [lo, hi), as torchmetrics' ``MulticlassCalibrationError``); class-wise ECE: the ECE of each
   class's one-vs-rest probability, averaged over classes; each also debiased
-  (:func:`debiased_calibration_error`), which is what a study reports, since the plug-in figure is
+  (:func:`calibration_errors`), which is what a study reports, since the plug-in figure is
   biased upward on small test splits;
 * balanced accuracy, Matthews correlation and Cohen's kappa (quadratic weights for ordinal
   regression, e.g. RetinaMNIST) on the class decisions (multi-label: per label, averaged).
@@ -128,18 +128,14 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
     return calibration_errors(confidence, correct, n_bins)[0]
 
 
-def debiased_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """:func:`calibration_error` less its upward bias (Kumar, Liang & Ma, "Verified Uncertainty
-    Calibration", NeurIPS 2019): a bin's accuracy, measured on few images, misses its confidence
-    even where the model is calibrated, so the plug-in gap |acc - conf| is too large on average. Each
-    bin's gap is replaced by 2 |acc - conf| - E|A - conf|, A ~ N(acc, acc (1 - acc) / n), which is
-    the estimator of the paper's code with the expectation taken in closed form instead of by
-    sampling; the sum is floored at 0 (an error is never negative)."""
-    return calibration_errors(confidence, correct, n_bins)[1]
-
-
 def calibration_errors(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> tuple[float, float]:
-    """The plug-in and the debiased expected calibration error, from one binning."""
+    """The plug-in expected calibration error (:func:`calibration_error`) and the same less its
+    upward bias (Kumar, Liang & Ma, "Verified Uncertainty Calibration", NeurIPS 2019), from one
+    binning. A bin's accuracy, measured on few images, misses its confidence even where the model
+    is calibrated, so the plug-in gap |acc - conf| is too large on average. Each bin's gap is
+    replaced by 2 |acc - conf| - E|A - conf|, A ~ N(acc, acc (1 - acc) / n), which is the estimator
+    of the paper's code with the expectation taken in closed form instead of by sampling; the
+    debiased sum is floored at 0 (an error is never negative)."""
     if not len(confidence):
         return float("nan"), float("nan")
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)

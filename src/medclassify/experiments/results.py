@@ -191,8 +191,6 @@ def conformal_rows(experiments: list[Experiment]) -> list[dict]:
     coverage (mean and standard deviation over seeds; Wilson interval over every seed's test images
     together), the mean set size, the share of empty sets and the classes whose pooled coverage
     interval lies below the target."""
-    from ..evaluation.threshold import wilson_interval
-
     rows = []
     for e in experiments:
         records = [m["conformal"] for m in e.metrics if "conformal" in m]
@@ -203,8 +201,7 @@ def conformal_rows(experiments: list[Experiment]) -> list[dict]:
         below = []
         for name in tests[0]["by_class"]:
             parts = [t["by_class"][name] for t in tests]
-            n = sum(p["n"] for p in parts)
-            if n and wilson_interval(sum(round(p["coverage"] * p["n"]) for p in parts), n)[1] < tests[0]["target"]:
+            if _pooled([(round(p["coverage"] * p["n"]), p["n"]) for p in parts])["ci"][1] < tests[0]["target"]:
                 below.append(name)
         rows.append(
             {

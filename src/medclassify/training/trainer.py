@@ -312,11 +312,8 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
         shutdown(context)
 
 
-def _stopped_before_first_epoch(run: RunDir) -> bool:
-    """Whether the folder holds only the config.json a run writes as it starts (a run stopped before
-    its first epoch ended, so nothing was trained): starting it again loses nothing."""
-    if [name for name in RUN_FILES if (run / name).exists()] != [CONFIG_FILE]:
-        return False
+def _is_start_record(run: RunDir) -> bool:
+    """Whether the folder's config.json is the record a run writes as it starts."""
     try:
         record = json.loads(run.config_path.read_text())
     except (OSError, ValueError):
@@ -326,15 +323,16 @@ def _stopped_before_first_epoch(run: RunDir) -> bool:
 
 def check_run_folder(config: TrainConfig) -> None:
     """A new run needs a folder without a run in it (or with one stopped before its first epoch
-    ended, which it starts again); ``--resume`` needs the interrupted run's last.pt."""
+    ended, which it starts again: only its start record, nothing trained, so nothing is lost);
+    ``--resume`` needs the interrupted run's last.pt."""
     run = RunDir(config.run_dir())
-    never_saved = _stopped_before_first_epoch(run)
+    found = [name for name in RUN_FILES if (run / name).exists()]
+    never_saved = found == [CONFIG_FILE] and _is_start_record(run)
     if config.resume and not run.last_path.is_file():
         again = " (it stopped before its first epoch ended: run it again without --resume)" if never_saved else ""
         raise CheckpointError(
             f"--resume: {run.last_path} does not exist; there is no interrupted run to continue{again}"
         )
-    found = [name for name in RUN_FILES if (run / name).exists()]
     if not config.resume and found and not never_saved:
         raise CheckpointError(
             f"{run.path} already holds a run ({', '.join(found)}); pass --resume to continue it, or choose another --out"
