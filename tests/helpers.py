@@ -7,6 +7,7 @@ noisy dark background, so a short training run must beat chance.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import socket
@@ -161,3 +162,25 @@ def plain_cells(html: str) -> str:
     return re.sub(
         r'<span class="(?:line|word)">([^<]*)</span>(<br>)?', lambda m: m.group(1) + (" " if m.group(2) else ""), html
     )
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``medclassify ARGS`` in this process: its exit code, stdout and stderr."""
+    from medclassify.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str, message: str) -> None:
+    """The command failed as a user's mistake should: exit code 2, one error line holding ``message``, no traceback."""
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An image file's bytes, as an upload carries them."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()

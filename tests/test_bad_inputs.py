@@ -22,22 +22,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import QUADRANT_CLASSES, quadrant_images, write_image_folder, write_medmnist_npz
+from helpers import (
+    QUADRANT_CLASSES,
+    one_line_error,
+    quadrant_images,
+    run_cli,
+    write_image_folder,
+    write_medmnist_npz,
+)
 from medclassify.cli import main
 from medclassify.config import TrainConfig
 from medclassify.errors import TrainingDiverged
 from medclassify.training import train
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, message: str) -> None:
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -175,7 +171,9 @@ def test_evaluate_refuses_a_bundle_of_another_class_count(finished_run, blood_di
 def test_evaluating_last_pt_keeps_the_best_checkpoints_records(finished_run, capsys):
     before = {name: (finished_run / name).read_bytes() for name in ("metrics.json", "predictions.csv")}
     code, out, _ = run_cli(capsys, "evaluate", finished_run, "--checkpoint", "last")
-    assert code == 0 and "metrics_last.json and predictions_last.csv" in out
+    assert (
+        code == 0 and f"wrote {finished_run / 'metrics_last.json'} and {finished_run / 'predictions_last.csv'}" in out
+    )
     assert {name: (finished_run / name).read_bytes() for name in before} == before
     assert json.loads((finished_run / "metrics_last.json").read_text())["checkpoint"] == "last.pt"
 
@@ -733,7 +731,7 @@ def test_a_data_file_behind_a_link_of_another_name_trains_and_writes_medmnist_fi
 
 
 def test_a_new_temperature_refits_the_operating_point_and_conformal_sets(run_copy, capsys):
-    assert main(["calibrate", str(run_copy), "--method", "none", "--conformal", "0.2", "--threshold", "0.5",
+    assert main(["calibrate", str(run_copy), "--calibration", "none", "--conformal", "0.2", "--threshold", "0.5",
                  "--positive-class", "basophil"]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["calibrate", str(run_copy)]) == 0
@@ -931,7 +929,7 @@ def test_push_checks_the_repository_token_offline_mode_and_endpoint_before_any_w
         code, _, err = run_cli(capsys, "push", run_copy, "--repo", repo)
         one_line_error(code, err, "expected OWNER/NAME of letters, digits")
     code, _, err = run_cli(capsys, "push", run_copy, "--repo", "alice/x")
-    one_line_error(code, err, "no Hub access token; pass --token, set HF_TOKEN or run 'hf auth login'")
+    one_line_error(code, err, "--token: none given and no Hub access token found; set HF_TOKEN or run 'hf auth login'")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = run_cli(capsys, "push", run_copy, "--repo", "alice/x", "--token", "hf_x")
     one_line_error(code, err, "HF_HUB_OFFLINE is set")
@@ -1002,7 +1000,7 @@ def test_a_search_keeps_its_metric_and_space_and_checks_its_file(blood_dir, tmp_
         one_line_error(code, err, message)
     (tmp_path / "a-file").write_text("x")
     code, _, err = run_cli(capsys, "tune", write(), "--out", tmp_path / "a-file")
-    one_line_error(code, err, "--out " + str(tmp_path / "a-file") + ": is a file; a search writes a folder")
+    one_line_error(code, err, str(tmp_path / "a-file") + ": is a file; a search writes a folder")
     code, _, err = run_cli(capsys, "tune", write(), "--out", tmp_path / "a-file" / "under")
     one_line_error(code, err, "cannot write (Not a directory)")
     code, _, err = run_cli(capsys, "tune", write(), "--address", "auto")
@@ -1021,7 +1019,7 @@ def test_a_search_whose_every_trial_fails_exits_non_zero_and_says_why(blood_dir,
     }))  # fmt: skip
     code, _, err = run_cli(capsys, "tune", path, "--out", tmp_path / "tune", "--quiet")
     one_line_error(code, err, "every trial of the search failed (2); the first (trial 0): ")
-    assert "--warmup-epochs" in err and (tmp_path / "tune" / "trials.csv").is_file()
+    assert "warmup_epochs" in err and (tmp_path / "tune" / "trials.csv").is_file()
 
 
 def test_a_search_folder_in_use_by_another_search_is_refused(blood_dir, tmp_path, capsys):
@@ -1094,17 +1092,17 @@ def test_an_impossible_operating_point_is_refused_before_the_first_epoch(blood_d
 def test_options_that_need_another_are_refused_without_it(run_copy, blood_dir, tmp_path, capsys):
     train_args = ["train", "--dataset", "bloodmnist", "--data-dir", blood_dir, "--out", tmp_path / "r"]
     for extra, message in (
-        (["--mondrian"], "--mondrian needs --conformal LEVEL"),
-        (["--conformal-score", "aps"], "--conformal-score aps needs --conformal LEVEL"),
-        (["--positive-class", "basophil"], "--positive-class needs --threshold RULE"),
+        (["--mondrian"], "--mondrian needs --conformal (the miscoverage"),
+        (["--conformal-score", "aps"], "--conformal-score needs --conformal (the miscoverage"),
+        (["--positive-class", "basophil"], "--positive-class needs --threshold (the rule"),
         (["--time-budget", "999999999h", "--epochs", "1"], "--time-budget must be longer than 0 s and at most 30 days"),
     ):
         code, _, err = run_cli(capsys, *train_args, *extra)
         one_line_error(code, err, message)
     for extra, message in (
-        (["--mondrian"], "--mondrian needs --conformal LEVEL"),
-        (["--conformal-score", "lac"], "--conformal-score lac needs --conformal LEVEL"),
-        (["--positive-class", "basophil"], "--positive-class needs --threshold RULE"),
+        (["--mondrian"], "--mondrian needs --conformal (the miscoverage"),
+        (["--conformal-score", "aps"], "--conformal-score needs --conformal (the miscoverage"),
+        (["--positive-class", "basophil"], "--positive-class needs --threshold (the rule"),
     ):
 
         def refused(extra=extra, message=message):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import write_image_folder, write_medmnist_npz
+from helpers import one_line_error, run_cli, write_image_folder, write_medmnist_npz
 from medclassify.data import BatchLoader, compute_normalization, load_dataset
 from medclassify.data import cache as cache_module
 from medclassify.data import folders as folders_module
@@ -273,49 +271,23 @@ def test_a_memory_mapped_split_is_batched_in_a_background_thread_in_the_same_ord
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 
-def test_cache_command_prints_the_cache_and_datasets_lists_it(blood_dir):
-    env = {k: v for k, v in os.environ.items() if k != "MEDCLASSIFY_CACHE"}
-    command = [sys.executable, "-m", "medclassify"]
-    built = subprocess.run(
-        [*command, "cache", "bloodmnist", "--data-dir", str(blood_dir), "--no-verify"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert built.returncode == 0, built.stderr
+def test_cache_command_prints_the_cache_and_datasets_lists_it(blood_dir, capsys):
+    code, out, err = run_cli(capsys, "cache", "bloodmnist", "--data-dir", blood_dir, "--no-verify")
+    assert code == 0, err
     folder = blood_cache(blood_dir)
-    assert (
-        built.stdout.startswith(f"split cache {folder}: ")
-        and "train 160, val 40, test 80 images of 3 x 28 x 28" in built.stdout
-    )
-    listed = subprocess.run(
-        [*command, "datasets", "--data-dir", str(blood_dir)], capture_output=True, text=True, env=env
-    )
-    row = next(line for line in listed.stdout.splitlines() if line.startswith("bloodmnist "))
+    assert out.startswith(f"split cache {folder}: ") and "train 160, val 40, test 80 images of 3 x 28 x 28" in out
+    code, listed, _ = run_cli(capsys, "datasets", "--data-dir", blood_dir)
+    row = next(line for line in listed.splitlines() if line.startswith("bloodmnist "))
     assert row.split()[-2:] == ["28,64", "28"]  # on disk: 28 and 64 px; cached: 28 px
-    assert f"{folder}: " in listed.stdout and "bloodmnist at 28 px, 3 channel(s)" in listed.stdout
-    missing = subprocess.run([*command, "cache", "--data-dir", str(blood_dir)], capture_output=True, text=True, env=env)
-    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
-        "medclassify cache: error: give a dataset name"
-    )
+    assert f"{folder}: " in listed and "bloodmnist at 28 px, 3 channel(s)" in listed
+    code, _, err = run_cli(capsys, "cache", "--data-dir", blood_dir)
+    one_line_error(code, err, "medclassify cache: error: give a dataset name")
     blocked = blood_dir / "a-file"
     blocked.write_text("not a folder")
-    unwritable = subprocess.run(
-        [
-            *command,
-            "cache",
-            "bloodmnist",
-            "--data-dir",
-            str(blood_dir),
-            "--no-verify",
-            "--cache-dir",
-            str(blocked / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    code, _, err = run_cli(
+        capsys, "cache", "bloodmnist", "--data-dir", blood_dir, "--no-verify", "--cache-dir", blocked / "cache"
     )
-    assert unwritable.returncode == 2 and unwritable.stderr.strip().splitlines() == [
+    assert code == 2 and err.strip().splitlines() == [
         f"medclassify cache: error: {blocked / 'cache'}: cannot write (Not a directory): no split cache was written "
         "(--cache-dir DIR puts it elsewhere)"
     ]

@@ -98,7 +98,7 @@ def test_train_can_calibrate_right_away(blood_dir, tmp_path):
             epochs=1,
             verify=False,
             quiet=True,
-            calibrate="temperature",
+            calibration="temperature",
         )
     )
     assert result.metrics["calibrated"]["temperature"] > 0

@@ -69,7 +69,7 @@ def test_the_hub_folder_loads_back_and_predicts_the_runs_probabilities(run, caps
 
     assert main(["calibrate", str(run), "--conformal", "0.2"]) == 0
     assert main(["export", str(run), "--format", "hub"]) == 0
-    assert "largest logit difference to best.pt 0.00e+00" in capsys.readouterr().out
+    assert "largest logit difference to PyTorch 0.00e+00" in capsys.readouterr().out
     hub = run / "hub"
     assert sorted(p.name for p in hub.iterdir()) == [
         "README.md",

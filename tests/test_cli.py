@@ -5,13 +5,9 @@ import sys
 
 import pytest
 
-from medclassify.cli import main
-
-
-def run_cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import one_line_error, run_cli
+from medclassify.cli import COMMANDS, build_parser, main
+from medclassify.config import parse_overrides
 
 
 @pytest.mark.parametrize(
@@ -179,3 +175,71 @@ def test_train_accepts_recipe_options_from_the_command_line(capsys, blood_dir, t
         [1],
         2,
     )
+
+
+def vocabulary_problems(parser) -> list[str]:
+    """Where the commands of ``parser`` speak different dialects: a run not called RUN, an option
+    whose help shows no default, one flag that is a switch here and one-way there, one help text for
+    two different options."""
+    problems = []
+    kinds: dict = {}
+    texts: dict = {}
+    for command, sub in parser.commands.items():
+        for action in sub.arguments:
+            if action.dest == "help":
+                continue
+            shown = f"{command} {'/'.join(action.option_strings) or action.metavar}"
+            if not action.option_strings:  # a positional: the run (or runs) a command works on is RUN everywhere
+                names_a_run = action.dest in ("run", "runs", "model", "models") or "RUN" in str(action.metavar)
+                if names_a_run and (action.metavar, action.dest) not in (("RUN", "run"), ("RUN", "runs")):
+                    problems.append(f"{shown}: a run is the positional RUN")
+                continue
+            if not action.required and "(default:" not in (action.help or ""):
+                problems.append(f"{shown}: the help shows no default")
+            flag = action.option_strings[0]
+            kind = (type(action).__name__, action.nargs)
+            if kinds.setdefault(flag, (kind, command))[0] != kind:
+                problems.append(f"{shown}: {kind[0]} here, {kinds[flag][0][0]} in {kinds[flag][1]}")
+            first = texts.setdefault(action.help, (flag, command))
+            if first[0] != flag:
+                problems.append(f"{shown}: the same help as {first[1]} {first[0]}, another option")
+    return problems
+
+
+def test_every_command_speaks_one_vocabulary():
+    parser = build_parser()
+    assert set(parser.commands) == set(COMMANDS)
+    assert vocabulary_problems(parser) == []
+
+
+def test_the_vocabulary_check_sees_each_dialect():
+    parser = build_parser()
+    calibrate = parser.commands["calibrate"]
+    calibrate.add_argument("--quiet", action="store_true", help="no output (default: off)")
+    calibrate.add_argument("model", metavar="RUN_OR_MODEL", help="a run")
+    calibrate.add_argument("--mystery", help="what it does")
+    calibrate.add_argument("--count", type=int, help="classes listed per image (default: 3)")  # predict --top's
+    assert sorted(vocabulary_problems(parser)) == [
+        "calibrate --count: the same help as predict --top, another option",
+        "calibrate --mystery: the help shows no default",
+        "calibrate --quiet: _StoreTrueAction here, BooleanOptionalAction in demo",
+        "calibrate RUN_OR_MODEL: a run is the positional RUN",
+    ]
+
+
+def test_run_and_tune_take_any_training_setting_checked_like_the_file(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: smoke\ndatasets: [bloodmnist]\nsizes: [28]\ntrain: {epochs: 10}\n")
+    code, _, err = run_cli(capsys, "run", study, "--set", "epochs=0", "--out", tmp_path / "s")
+    one_line_error(code, err, "epochs must be a whole number >= 1, got 0")
+    code, _, err = run_cli(capsys, "run", study, "--set", "epochz=1")
+    one_line_error(code, err, "--set epochz: not a training setting; known keys:")
+    code, _, err = run_cli(capsys, "run", study, "--set", "epochs")
+    one_line_error(code, err, "--set 'epochs': expected KEY=VALUE, e.g. epochs=1")
+    code, _, err = run_cli(capsys, "run", study, "--set", "seed=3")
+    one_line_error(code, err, "'train' may not set seed")
+    assert not (tmp_path / "s").exists()
+    from medclassify.experiments import Study
+
+    smoke = Study.from_yaml(study, parse_overrides(["epochs=1", "track=[tensorboard]", "verify=false"]))
+    assert smoke.train == {"epochs": 1, "track": ["tensorboard"], "verify": False}

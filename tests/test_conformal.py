@@ -105,7 +105,7 @@ def test_coverage_report_by_hand():
 
 def test_fit_conformal_refuses_a_level_outside_zero_and_one():
     prob, labels = sampled_task(50, 3, 0)
-    with pytest.raises(ConfigError, match="--conformal must lie between 0 and 1"):
+    with pytest.raises(ConfigError, match="conformal must lie between 0 and 1"):
         fit_conformal(prob, labels, 1.5)
 
 
@@ -121,7 +121,7 @@ def test_too_few_calibration_images_keep_every_class_and_store_as_json():
 def conformal_run(quadrant_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("conformal") / "run"
     shutil.copytree(quadrant_run, run)
-    assert main(["calibrate", str(run), "--method", "none", "--conformal", "0.1"]) == 0
+    assert main(["calibrate", str(run), "--calibration", "none", "--conformal", "0.1"]) == 0
     return run
 
 

@@ -128,16 +128,23 @@ def test_two_processes_take_the_step_of_one_process_on_the_combined_batch(one_ba
     # the test metrics, gathered over both processes, equal one process's evaluation of the same weights
     written = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     again = evaluate_run(tmp_path / "ddp", device="cpu")
-    for split in ("val", "test"):
+    for split, figures in (("val", again.val), ("test", again.test)):
         for key in ("acc", "auc", "f1_macro"):
-            assert again[split][key] == pytest.approx(written[split][key], abs=1e-12)
-        assert again[split]["loss"] == pytest.approx(
-            written[split]["loss"], rel=1e-6
-        )  # float32 batch means, other batches
+            assert figures[key] == pytest.approx(written[split][key], abs=1e-12)
+        assert figures["loss"] == pytest.approx(written[split]["loss"], rel=1e-6)  # float32 batch means, other batches
 
 
-def test_distributed_resume_continues_like_an_uninterrupted_run(one_batch_data, tmp_path):
-    straight = torchrun_train(*options(one_batch_data, tmp_path / "straight", epochs=2))
+def test_distributed_resume_continues_like_an_uninterrupted_run_and_rank_0_alone_reports(one_batch_data, tmp_path):
+    # the uninterrupted run also reports to both trackers: what it writes there comes from rank 0 alone
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    straight = torchrun_train(
+        *options(one_batch_data, tmp_path / "straight", epochs=2),
+        "--track",
+        "tensorboard",
+        "mlflow",
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+    )
     first = torchrun_train(*options(one_batch_data, tmp_path / "resumed", epochs=1))
     second = torchrun_train(*options(one_batch_data, tmp_path / "resumed", epochs=2), "--resume")
     assert straight.returncode == first.returncode == second.returncode == 0, second.stderr[-3000:]
@@ -148,6 +155,7 @@ def test_distributed_resume_continues_like_an_uninterrupted_run(one_batch_data, 
         assert torch.equal(a["model_state"][name], b["model_state"][name]), name
     assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
 
+    _reported_by_rank_0_alone(tmp_path / "straight", uri)
     with pytest.raises(CheckpointError, match="the run used 2 process"):
         train(
             TrainConfig(
@@ -163,25 +171,10 @@ def test_distributed_resume_continues_like_an_uninterrupted_run(one_batch_data, 
         )
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("tensorboard") is None or importlib.util.find_spec("mlflow") is None,
-    reason="needs the tracking extra",
-)
-def test_under_torchrun_rank_0_alone_reports_to_the_trackers(one_batch_data, tmp_path):
+def _reported_by_rank_0_alone(run: Path, uri: str) -> None:
     import mlflow
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = tmp_path / "tracked"
-    done = torchrun_train(
-        *options(one_batch_data, run, epochs=2),
-        "--track",
-        "tensorboard",
-        "mlflow",
-        cwd=tmp_path,
-        MLFLOW_TRACKING_URI=uri,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
     writers = {path.name.split(".")[4] for path in (run / "tensorboard").rglob("events.out.tfevents.*")}
     assert len(writers) == 1  # every event file (scalars, hparams) was written by one process: rank 0
     events = EventAccumulator(str(run / "tensorboard"))
@@ -192,7 +185,7 @@ def test_under_torchrun_rank_0_alone_reports_to_the_trackers(one_batch_data, tmp
     assert [s.value for s in events.Scalars("val/acc")] == pytest.approx([float(r["val_acc"]) for r in history])
     client = mlflow.MlflowClient(tracking_uri=uri)
     (tracked,) = client.search_runs([client.get_experiment_by_name("medclassify").experiment_id])
-    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "tracked"
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == run.name
     assert [m.step for m in client.get_metric_history(tracked.info.run_id, "val/auc")] == [1, 2]  # once per epoch
     assert json.loads((run / "tracking.json").read_text())["mlflow_run_id"] == tracked.info.run_id
 

@@ -85,7 +85,7 @@ def test_members_that_do_not_fit_are_refused_by_name(members, quadrant_run, tmp_
         make_ensemble([runs[0], quadrant_run], tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match="an ensemble needs at least two models, got 1"):
         make_ensemble([runs[0]], tmp_path / "one.pt")
-    with pytest.raises(CheckpointError, match=r"--out .*mixed.onnx: expected a .pt file"):
+    with pytest.raises(CheckpointError, match=r"out .*mixed.onnx: expected a .pt file"):
         make_ensemble(runs, tmp_path / "mixed.onnx")
 
 

@@ -44,7 +44,7 @@ def test_study_expands_the_grid_with_per_experiment_settings(tmp_path):
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"sizes": [30]}, "--size 30 is not available for bloodmnist"),
+        ({"sizes": [30]}, "size 30 is not available for bloodmnist"),
         ({"train": {"seed": 3}}, "'train' may not set seed"),
         ({"train": {"epoch": 3}}, "unknown key\\(s\\) epoch"),
         ({"colour": "red"}, "unknown key\\(s\\) colour"),

@@ -97,4 +97,4 @@ def test_explain_refuses_an_onnx_model(quadrant_run, tmp_path, capsys):
     export_model(quadrant_run, tmp_path / "m.onnx")
     Image.fromarray(quadrant_images("top-right", 1)[0]).save(tmp_path / "scan.png")
     assert main(["explain", str(tmp_path / "m.onnx"), str(tmp_path / "scan.png")]) == 2
-    assert "runs with --backend onnx or auto, not torch" in capsys.readouterr().err
+    assert "runs with backend onnx or auto, not torch" in capsys.readouterr().err

@@ -298,6 +298,6 @@ def test_predict_with_onnx_starts_without_torch(exported_run, tmp_path):
 def test_export_rejects_a_negative_tolerance_before_any_work(quadrant_run, tmp_path):
     from medclassify.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"--tolerance must be a number >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"tolerance must be a number >= 0, got -1"):
         export_model(quadrant_run, tmp_path / "m.onnx", tolerance=-1)
     assert list(tmp_path.iterdir()) == []

@@ -343,14 +343,14 @@ def test_every_packaged_recipe_and_study_is_a_valid_run():
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"schedule": "step"}, "--schedule step needs --milestones"),
-        ({"warmup_epochs": 10}, "--warmup-epochs 10 must be fewer than --epochs 10"),
-        ({"label_smoothing": 1.0}, r"--label-smoothing must be in \[0, 1\)"),
-        ({"unfreeze_after": 3}, "--unfreeze-after needs --freeze-backbone"),
+        ({"schedule": "step"}, "schedule step needs milestones"),
+        ({"warmup_epochs": 10}, "warmup_epochs 10 must be fewer than epochs 10"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+        ({"unfreeze_after": 3}, "unfreeze_after needs freeze_backbone"),
         ({"pretrained": True}, "model 'paper-cnn' has no ImageNet weights"),
-        ({"augment": "extreme"}, "--augment must be one of none, light, exact, strong, randaug"),
-        ({"weight_decay": -1.0}, "--weight-decay must be a number >= 0"),
-        ({"milestones": [0, 12]}, "--milestones must be epochs between 1 and 9"),
+        ({"augment": "extreme"}, "augment must be one of none, light, exact, strong, randaug"),
+        ({"weight_decay": -1.0}, "weight_decay must be a number >= 0"),
+        ({"milestones": [0, 12]}, "milestones must be epochs between 1 and 9"),
     ],
 )
 def test_recipe_options_reject_impossible_values(values, message):

@@ -58,7 +58,7 @@ def test_grey_images_get_no_saturation_and_auto_falls_back_to_the_generic_set():
     assert which == "generic" and [c.name for c in grey] == [n for n in GENERIC if n != "saturate"]
     with pytest.raises(ConfigError, match="MedMNIST-C has no corruptions for 'folder'"):
         corruption_set("folder", 1, "medmnistc")
-    with pytest.raises(ConfigError, match="--corruptions mild: expected one of auto, medmnistc, generic"):
+    with pytest.raises(ConfigError, match="corruptions mild: expected one of auto, medmnistc, generic"):
         corruption_set("bloodmnist", 3, "mild")
 
 
@@ -173,7 +173,7 @@ def _copy(run, tmp_path):
 
 def test_robustness_of_a_run_writes_the_table_figure_and_record(blood_run, tmp_path, capsys):
     run = _copy(blood_run, tmp_path)
-    assert main(["calibrate", str(run), "--method", "none", "--conformal", "0.2"]) == 0
+    assert main(["calibrate", str(run), "--calibration", "none", "--conformal", "0.2"]) == 0
     capsys.readouterr()
     assert main(["robustness", str(run), "--severities", "1", "5"]) == 0
     printed = capsys.readouterr().out
@@ -201,7 +201,7 @@ def test_robustness_of_a_run_writes_the_table_figure_and_record(blood_run, tmp_p
 
 def test_robustness_options_are_checked_with_one_line(blood_run, quadrant_run, tmp_path, capsys):
     assert main(["robustness", str(blood_run.run_dir), "--severities", "0", "6"]) == 2
-    assert "--severities (0, 6): expected severities from 1 to 5" in capsys.readouterr().err
+    assert "--severities [0, 6]: expected severities from 1 to 5" in capsys.readouterr().err
     assert main(["robustness", str(quadrant_run), "--corruptions", "medmnistc"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MedMNIST-C has no corruptions for 'folder'" in err
@@ -215,7 +215,7 @@ def test_a_clean_versus_robust_study_compares_clean_and_corrupted_accuracy(tmp_p
     study_yaml.write_text(
         "name: robust\ndatasets: [bloodmnist]\nsizes: [28]\n"
         "variants: {clean: {}, robust: {augment: medmnistc}}\n"
-        "train: {epochs: 1, robustness: auto}\n"
+        "train: {epochs: 1, corruptions: auto}\n"
     )
     out = tmp_path / "study"
     args = ["run", str(study_yaml), "--out", str(out), "--data-dir", str(data), "--no-verify", "--bootstrap", "50"]

@@ -14,15 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from helpers import QUADRANT_CLASSES, quadrant_images
+from helpers import QUADRANT_CLASSES, png_bytes, quadrant_images
 from medclassify.io import file_md5
 from medclassify.serve import ServeSettings, create_app, load_served_models
-
-
-def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 def upload(name: str, data: bytes, content_type: str = "image/png") -> tuple:

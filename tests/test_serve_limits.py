@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from helpers import serving
+from helpers import png_bytes, serving
 from medclassify.serve import ServeSettings, create_app, load_served_models
 from medclassify.serve.limits import UploadGuard
 
@@ -29,12 +29,6 @@ BOUNDARY = "limits-test-boundary"
 # PNG with its Grad-CAM overlay needs about 14 bytes per pixel while decoding, everything else is
 # refused from headers. Before these limits the deflated DICOM alone added its inflated 200 MB.
 RSS_BOUND_MB = 350
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

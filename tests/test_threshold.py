@@ -44,7 +44,7 @@ def test_rules_pick_the_thresholds_a_brute_force_search_picks():
 
 @pytest.mark.parametrize("rule", ["sensitivity=1.5", "specificity=0", "bogus", "2", "sensitivity="])
 def test_impossible_rules_are_one_line(rule):
-    with pytest.raises(ConfigError, match=f"--threshold {rule}: expected youden"):
+    with pytest.raises(ConfigError, match=f"threshold {rule}: expected youden"):
         parse_rule(rule)
 
 

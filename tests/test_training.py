@@ -13,7 +13,7 @@ import torch
 from medmnist.evaluator import getACC, getAUC
 
 from helpers import interrupt_training_at_epoch
-from medclassify import RunConfig, RuntimeConfig, TrainConfig, evaluate_run, train
+from medclassify import PostTrainingConfig, RunConfig, RuntimeConfig, TrainConfig, evaluate_run, train
 from medclassify.errors import CheckpointError, ConfigError
 from medclassify.io import file_md5
 from medclassify.runs import load_checkpoint
@@ -93,7 +93,9 @@ def test_predictions_csv_is_lossless_near_0_and_1(tmp_path):
 @pytest.mark.slow
 def test_medmnist_result_files_evaluate_to_the_runs_figures(blood_run, tmp_path):
     """Each split in MedMNIST's own format: 'python -m medmnist evaluate' prints the run's ACC/AUC."""
-    files = sorted((blood_run.run_dir / "medmnist").glob("*.csv"))
+    # medmnist's evaluate writes beside the file it reads: a copy keeps the shared run as it is
+    copied = shutil.copytree(blood_run.run_dir / "medmnist", tmp_path / "medmnist")
+    files = sorted(copied.glob("*.csv"))
     assert [f.name.split("_[")[0] for f in files] == ["bloodmnist_test", "bloodmnist_val"]
     home = tmp_path / "home"
     (home / ".medmnist").mkdir(parents=True)
@@ -154,7 +156,7 @@ def test_a_run_stopped_in_its_first_epoch_starts_again(blood_dir, tmp_path, bloo
     assert [p.name for p in (tmp_path / "early").iterdir() if not p.name.startswith(".")] == ["config.json"]
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
     config.resume = True
-    with pytest.raises(CheckpointError, match=r"stopped before its first epoch ended: run it again without --resume"):
+    with pytest.raises(CheckpointError, match=r"stopped before its first epoch ended: start it again, without resume"):
         train(config)
     config.resume = False
     again = train(config)
@@ -173,7 +175,7 @@ def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_r
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
 
-    with pytest.raises(CheckpointError, match=r"already holds a run \(config.json, best.pt, last.pt\); pass --resume"):
+    with pytest.raises(CheckpointError, match=r"already holds a run \(config.json, best.pt, last.pt\); pass resume"):
         train(config)
     config.resume = True
     resumed = train(config)
@@ -184,14 +186,23 @@ def test_interrupted_run_resumes_to_the_same_result(blood_dir, tmp_path, blood_r
 
 def test_where_a_run_executes_may_change_on_resume_and_what_defines_it_may_not():
     run_fields, runtime_fields = {f.name for f in fields(RunConfig)}, {f.name for f in fields(RuntimeConfig)}
-    assert not run_fields & runtime_fields
-    assert run_fields | runtime_fields == {f.name for f in fields(TrainConfig)}
+    post_training = {f.name for f in fields(PostTrainingConfig)}
+    assert not run_fields & runtime_fields and not post_training & (run_fields | runtime_fields)
+    assert run_fields | post_training | runtime_fields == {f.name for f in fields(TrainConfig)}
     config = TrainConfig(dataset="bloodmnist")
     elsewhere = replace(config, device="cpu", num_threads=1, out="x", data_dir="y", quiet=True, eval_batch_size=7)
-    longer = replace(config, epochs=20, calibrate="temperature", threshold="youden")
+    longer = replace(config, epochs=20, calibration="temperature", threshold="youden")
     assert elsewhere.fixed_settings() == longer.fixed_settings() == config.fixed_settings()
     assert replace(config, lr=0.01).fixed_settings() != config.fixed_settings()
     assert "device" not in config.fixed_settings() and "seed" in config.fixed_settings()
+
+
+def test_configs_written_before_the_post_training_keys_were_renamed_still_load():
+    # config.json of a run trained before 'calibrate' and 'robustness' became 'calibration' and 'corruptions'
+    old = TrainConfig.from_dict({"dataset": "bloodmnist", "calibrate": "temperature", "robustness": "auto"})
+    assert (old.calibration, old.corruptions) == ("temperature", "auto")
+    with pytest.raises(ConfigError, match="corruptions"):
+        TrainConfig.from_dict({"dataset": "bloodmnist", "robustness": "mild"})
 
 
 def test_a_runs_thread_count_does_not_carry_over_to_the_next_run_in_the_process(blood_dir, tmp_path):
@@ -204,7 +215,7 @@ def test_a_runs_thread_count_does_not_carry_over_to_the_next_run_in_the_process(
 def test_resume_refuses_changed_settings_or_missing_run(blood_dir, tmp_path, blood_run):
     with pytest.raises(CheckpointError, match=r"cannot resume with different settings \(lr: 0.001 -> 0.01\)"):
         train(config_for(blood_dir, blood_run.run_dir, lr=0.01, resume=True))
-    with pytest.raises(CheckpointError, match="--resume: .*last.pt does not exist"):
+    with pytest.raises(CheckpointError, match="resume: .*last.pt does not exist"):
         train(config_for(blood_dir, tmp_path / "nothing", resume=True))
 
 
@@ -232,24 +243,31 @@ def test_image_folder_run_records_its_split(tmp_path):
     assert json.loads((result.run_dir / "config.json").read_text())["data"]["class_names"] == ["NORMAL", "PNEUMONIA"]
 
 
-def test_evaluate_run_reproduces_the_saved_metrics(blood_run):
-    saved = json.loads((blood_run.run_dir / "metrics.json").read_text())
-    metrics = evaluate_run(blood_run.run_dir)
-    assert metrics["test"]["acc"] == saved["test"]["acc"]
-    assert metrics["test"]["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-12)
+def test_the_shared_quadrant_model_learns_its_task(quadrant_run):
+    # the one place its accuracy is checked: a regression fails here, not in every test that uses the run
+    assert json.loads((quadrant_run / "metrics.json").read_text())["test"]["acc"] >= 0.95
+
+
+def test_evaluate_run_reproduces_the_saved_metrics(blood_run, tmp_path):
+    run = shutil.copytree(blood_run.run_dir, tmp_path / "run")  # evaluating rewrites the run's results
+    saved = json.loads((run / "metrics.json").read_text())
+    result = evaluate_run(run)
+    assert result.test["acc"] == saved["test"]["acc"]
+    assert result.test["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-12)
+    assert result.files == [run / "metrics.json", run / "predictions.csv"]
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"size": 30}, "--size 30 is not available for bloodmnist; choose one of 28, 64, 128, 224"),
-        ({"lr": 0.0}, "--lr must be a number > 0, got 0.0"),
-        ({"epochs": 0}, "--epochs must be a whole number >= 1, got 0"),
-        ({"batch_size": -4}, "--batch-size must be a whole number >= 1, got -4"),
-        ({"model": "resnet999"}, "--model: unknown model 'resnet999'"),
+        ({"size": 30}, "size 30 is not available for bloodmnist; choose one of 28, 64, 128, 224"),
+        ({"lr": 0.0}, "lr must be a number > 0, got 0.0"),
+        ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),
+        ({"batch_size": -4}, "batch_size must be a whole number >= 1, got -4"),
+        ({"model": "resnet999"}, "model: unknown model 'resnet999'"),
         ({"dataset": "bloodmnst"}, "unknown dataset 'bloodmnst'"),
-        ({"select_metric": "precision"}, "--select-metric must be one of auc, acc, f1, loss"),
-        ({"device": "tpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),
+        ({"select_metric": "precision"}, "select_metric must be one of auc, acc, f1, loss"),
+        ({"device": "tpu"}, "device must be auto, cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_impossible_values_are_rejected_before_any_work(overrides, message, tmp_path):

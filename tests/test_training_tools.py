@@ -76,7 +76,7 @@ def test_mixed_targets_sum_to_one_and_no_pixel_moves(kind):
 def test_mixing_refuses_multi_label_tasks_and_the_focal_loss():
     with pytest.raises(ConfigError, match="multi-label"):
         build_mixer(TrainConfig(mix="mixup"), num_classes=3, multi_label=True)
-    with pytest.raises(ConfigError, match="--mix needs the cross-entropy loss"):
+    with pytest.raises(ConfigError, match="mix needs the cross-entropy loss"):
         TrainConfig(dataset="bloodmnist", mix="cutmix", loss="focal").validate()
     assert build_mixer(TrainConfig(), num_classes=3, multi_label=False) is None
 
@@ -84,7 +84,7 @@ def test_mixing_refuses_multi_label_tasks_and_the_focal_loss():
 def test_durations_parse_and_bad_ones_name_the_option():
     assert [parse_duration(t) for t in ("10m", "90s", "1h30m", "600", "0.5m")] == [600, 90, 5400, 600, 30]
     for bad in ("", "10x", "0s", "-1", "m"):
-        with pytest.raises(ConfigError, match="--time-budget"):
+        with pytest.raises(ConfigError, match="time_budget"):
             parse_duration(bad)
 
 
@@ -96,7 +96,7 @@ def test_plan_fits_the_epochs_and_the_final_evaluation_into_the_budget():
     # an epoch: 12 s training + 0.5 s validation + 0.5 s; the end: 6000 x 2 views / 4000 + 2 x 0.5 + the card's 9 s
     assert plan.epoch_s == pytest.approx(13.0) and plan.final_s == pytest.approx(13.0)
     assert plan.epochs == int((PLANNED_SHARE * 600 - 10 - 13.0) // 13.0) == 42
-    with pytest.raises(ConfigError, match="--time-budget 20 s is too short: one epoch and the evaluation need about"):
+    with pytest.raises(ConfigError, match="time_budget 20 s is too short: one epoch and the evaluation need about"):
         plan_epochs(20, 10, 1000, 4000, 12000, 2000, 4000)
 
 
@@ -194,8 +194,8 @@ def test_cpu_bf16_trains_in_bfloat16_and_evaluates_in_float32(blood_dir, tmp_pat
     assert all(a != b for a, b in losses) and all(b == pytest.approx(a, rel=0.1) for a, b in losses)  # rounded, close
     # validation and test ran in float32: evaluating the saved weights again gives the recorded figures
     again = evaluate_run(tmp_path / "bf16", device="cpu")
-    for split in ("val", "test"):
-        assert again[split]["acc"] == fast.metrics[split]["acc"] and again[split]["auc"] == fast.metrics[split]["auc"]
+    for split, figures in (("val", again.val), ("test", again.test)):
+        assert figures["acc"] == fast.metrics[split]["acc"] and figures["auc"] == fast.metrics[split]["auc"]
 
 
 def test_cpu_bf16_is_not_used_where_the_cpu_has_no_bfloat16(blood_dir, tmp_path, monkeypatch):

@@ -7,16 +7,4 @@ import lazy_loader as lazy
 
 __version__ = "0.1.0"
 
-__getattr__, __dir__, __all__ = lazy.attach(
-    __name__,
-    submod_attrs={
-        "data": ["dataset_catalog", "load_dataset"],
-        "errors": ["MedclassifyError"],
-        "evaluation": ["classification_metrics"],
-        "inference": ["Predictor", "export_model"],
-        "models": ["available_models", "create_model"],
-        "config": ["RunConfig", "RuntimeConfig", "TrainConfig"],
-        "runs": ["RunDir", "evaluate_run"],
-        "training": ["RunResult", "train"],
-    },
-)
+__getattr__, __dir__, __all__ = lazy.attach_stub(__name__, __file__)

@@ -6,27 +6,68 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import yaml
 
-from .data import AUGMENT_CHOICES, FOLDER_NAME, NORMALIZE_CHOICES, ORIENTATIONS, STORAGES, get_dataset_info
-from .defaults import CONFORMAL_SCORES, CORRUPTION_SETS, TRACKERS
+from .data import FOLDER_NAME, get_dataset_info
+from .data.cache import Storage
+from .data.catalog import Augment, Normalize, Orientation
+from .defaults import CONFORMAL_SCORES, DEVICE_HELP, ConformalScore, CorruptionSet, Tracker
 from .errors import ConfigError, first_line
 
-SELECT_METRICS = ("auc", "acc", "f1", "loss")
-MIX_CHOICES = ("none", "mixup", "cutmix", "mixup-cutmix")
+SelectMetric = Literal["auc", "acc", "f1", "loss"]
+SELECT_METRICS: tuple[SelectMetric, ...] = get_args(SelectMetric)
+Calibration = Literal["none", "temperature"]
+CALIBRATION_CHOICES: tuple[Calibration, ...] = get_args(Calibration)
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["none", "cosine", "onecycle", "step"]
+ClassWeights = Literal["none", "balanced"]
+Sampler = Literal["shuffle", "balanced"]
+Loss = Literal["ce", "focal"]
+Mix = Literal["none", "mixup", "cutmix", "mixup-cutmix"]
+PostTrainingCorruptions = Literal["none", CorruptionSet]
+# keys of configs written before they were renamed (config.json of older runs, YAML files) -> their names now
+RENAMED_KEYS = {"calibrate": "calibration", "robustness": "corruptions"}
+MIX_CHOICES: tuple[Mix, ...] = get_args(Mix)
 DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 MAX_SEED = 2**32 - 1
 
 
-def option(default, help: str, *, choices=None, resumable: bool = False):
-    """A field with the help and choices its command-line option shows; ``resumable``: the value may
-    change when an interrupted run is resumed."""
-    return field(default=default, metadata={"help": help, "choices": choices, "resumable": resumable})
+def option(default: Any, help: str, *, resumable: bool = False) -> Any:
+    """A field with the help its command-line option shows (its choices are its ``Literal`` type's,
+    :func:`field_choices`); ``resumable``: the value may change when an interrupted run is resumed."""
+    return field(default=default, metadata={"help": help, "resumable": resumable})
+
+
+def _literal_values(hint: Any) -> tuple:
+    """The values of a ``Literal`` type, also inside ``X | None`` or ``list[X]``; () for other types."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for inner in typing.get_args(hint):
+        values = _literal_values(inner)
+        if values:
+            return values
+    return ()
+
+
+_CHOICES: dict[type, dict[str, tuple]] = {}
+
+
+def field_choices(config_type: type) -> dict[str, tuple]:
+    """A config dataclass's fields that take one of a few values, and those values (from their
+    ``Literal`` types): what the command line offers and :meth:`TrainConfig.validate` accepts."""
+    if config_type not in _CHOICES:
+        hints = typing.get_type_hints(config_type)
+        _CHOICES[config_type] = {
+            f.name: values for f in fields(config_type) if (values := _literal_values(hints[f.name]))
+        }
+    return _CHOICES[config_type]
 
 
 @dataclass
@@ -46,17 +87,15 @@ class RunConfig:
     batch_size: int = option(32, "training batch size")
     lr: float = option(1e-3, "learning rate (the peak rate with a schedule)")
     seed: int = option(0, "random seed for weights, shuffling and folder splits")
-    select_metric: str = option("auc", "validation metric that picks the best checkpoint", choices=SELECT_METRICS)
-    normalize: str = option(
+    select_metric: SelectMetric = option("auc", "validation metric that picks the best checkpoint")
+    normalize: Normalize = option(
         "dataset",
         "dataset: per-channel mean/std of the training split; half: (x-0.5)/0.5 as in "
         "MedMNIST's examples; none: [0, 1]",
-        choices=NORMALIZE_CHOICES,
     )
-    channels: int | None = option(
+    channels: Literal[1, 3] | None = option(
         None,
         "1 or 3: image folders are converted to this (default: what most images are); grey MedMNIST data can be repeated to 3",
-        choices=(1, 3),
     )
     val_fraction: float = option(0.1, "image folders without val/: share of train/ held out for validation")
     test_fraction: float = option(0.2, "image folders without test/: share of train/ held out for testing")
@@ -68,36 +107,28 @@ class RunConfig:
     )
     freeze_backbone: bool = option(False, "train only the classification head")
     unfreeze_after: int | None = option(None, "with --freeze-backbone: fine-tune every layer after this many epochs")
-    augment: str = option(
+    augment: Augment = option(
         "none",
         "batch augmentation: none (the paper), light (flips/rotation/shift as the data allow), exact (flips, "
         "right-angle turns and whole-pixel shifts as the data allow, no resampling: nothing is blurred), strong "
         "(light plus crop scale and intensity jitter), randaug (light, then two random intensity operations per "
         "image, RandAugment-style), medmnistc (exact, then per image one of MedMNIST-C's corruptions for the "
         "dataset, or none, at a random intensity)",
-        choices=AUGMENT_CHOICES,
     )
-    orientation: str | None = option(
+    orientation: Orientation | None = option(
         None,
         "which geometric transforms keep labels true: free, mirror-x or fixed (default: the dataset's metadata; image folders: fixed)",
-        choices=ORIENTATIONS,
     )
-    optimizer: str = option(
-        "adam", "adam (the paper), adamw or sgd (with --momentum)", choices=("adam", "adamw", "sgd")
-    )
+    optimizer: Optimizer = option("adam", "adam (the paper), adamw or sgd (with --momentum)")
     weight_decay: float = option(0.0, "weight decay")
     momentum: float = option(0.9, "SGD momentum (Nesterov)")
-    schedule: str = option(
-        "none", "learning-rate schedule, stepped every batch", choices=("none", "cosine", "onecycle", "step")
-    )
+    schedule: Schedule = option("none", "learning-rate schedule, stepped every batch")
     milestones: list[int] | None = option(None, "step schedule: epochs after which the rate is multiplied by --gamma")
     gamma: float = option(0.1, "step schedule: the factor at each milestone")
     warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
-    class_weights: str = option("none", "balanced: weight the loss by n / (k * n_class)", choices=("none", "balanced"))
-    sampler: str = option(
-        "shuffle", "shuffle (the paper) or balanced: draw every class equally often", choices=("shuffle", "balanced")
-    )
-    loss: str = option("ce", "ce (cross-entropy) or focal", choices=("ce", "focal"))
+    class_weights: ClassWeights = option("none", "balanced: weight the loss by n / (k * n_class)")
+    sampler: Sampler = option("shuffle", "shuffle (the paper) or balanced: draw every class equally often")
+    loss: Loss = option("ce", "ce (cross-entropy) or focal")
     focal_gamma: float = option(2.0, "focal loss gamma (0 gives cross-entropy)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy targets, as torch.nn.CrossEntropyLoss")
     early_stopping: int = option(0, "stop after this many epochs without improvement of --select-metric (0: off)")
@@ -107,10 +138,9 @@ class RunConfig:
         "keep an exponential moving average of the weights with this decay per step (e.g. 0.998); it is "
         "validated, checkpointed and tested in place of the raw weights (0: off)",
     )
-    mix: str = option(
+    mix: Mix = option(
         "none",
         "mix pairs of training images and their labels: mixup, cutmix, or either per batch (single-label tasks)",
-        choices=MIX_CHOICES,
     )
     mix_alpha: float = option(1.0, "Beta(alpha, alpha) for the mixing proportion of --mix")
     time_budget: str | None = option(
@@ -121,33 +151,44 @@ class RunConfig:
         resumable=True,
     )
     tta: bool = option(False, "test-time augmentation: average the predictions over the label-safe flips")
-    calibrate: str = option(
+
+
+@dataclass
+class PostTrainingConfig:
+    """What is done with a finished run's model on its validation and test splits: a temperature,
+    an operating point, conformal prediction sets and a robustness test. ``train`` does it right after
+    training (these are :class:`TrainConfig` fields), ``calibrate`` and ``robustness`` at any time later;
+    all of them are filled and checked here. Changing them never changes the trained weights, so a
+    resumed run may ask for other values."""
+
+    calibration: Calibration = option(
         "none",
-        "temperature: after training, fit a temperature on the validation split and store it in the "
-        "bundle (as 'medclassify calibrate RUN')",
-        choices=("none", "temperature"),
+        "temperature: fit a temperature on the validation split and store it in the bundle; none: keep the "
+        "bundle's (e.g. to set only a threshold)",
         resumable=True,
     )
     threshold: str | None = option(
         None,
-        "after training, choose the decision threshold on the validation split: youden, "
-        "sensitivity=0.95, specificity=0.9 or a probability (binary tasks, or with --positive-class)",
+        "choose the decision threshold on the validation split: youden, sensitivity=0.95, specificity=0.9 or a "
+        "probability (binary tasks, or with --positive-class) (default: none)",
         resumable=True,
     )
     positive_class: str | None = option(
-        None, "with --threshold on a multi-class task: the class decided against the rest", resumable=True
+        None,
+        "with --threshold: the class decided against the rest (default: the second class of a binary task)",
+        resumable=True,
     )
     conformal: float | None = option(
         None,
-        "after training, calibrate conformal prediction sets on the validation split: 0.1 gives per image a set "
-        "of classes that holds the true class of 9 in 10 new images like the validation ones (single-label tasks)",
+        "calibrate conformal prediction sets on the validation split at this miscoverage: 0.1 gives per image a "
+        "set of classes that holds the true class of 9 in 10 new images like the validation ones (single-label "
+        "tasks) (default: none)",
         resumable=True,
     )
-    conformal_score: str = option(
+    conformal_score: ConformalScore = option(
         CONFORMAL_SCORES[0],
         "with --conformal: lac (the smallest sets; empty when no class is likely enough) or aps (the most "
         "probable classes up to a total probability; never empty, so it covers more than asked)",
-        choices=CONFORMAL_SCORES,
         resumable=True,
     )
     mondrian: bool = option(
@@ -155,14 +196,38 @@ class RunConfig:
         "with --conformal: one threshold per class, so that every class (rare ones too) gets the coverage",
         resumable=True,
     )
-    robustness: str = option(
+    corruptions: PostTrainingCorruptions = option(
         "none",
-        "after training, evaluate the test split under corruptions at five severities (as 'medclassify "
-        "robustness RUN'): medmnistc (MedMNIST-C's for the dataset), generic, or auto (medmnistc where it has "
-        "the dataset)",
-        choices=("none", *CORRUPTION_SETS),
+        "evaluate the test split under corruptions at five severities: medmnistc (MedMNIST-C's for the dataset), "
+        "generic (for any images), auto (medmnistc where it has the dataset), or none",
         resumable=True,
     )
+
+    def calibrates(self) -> bool:
+        """Whether anything is fitted on the validation split (a temperature, a threshold or conformal sets)."""
+        return self.calibration != "none" or self.threshold is not None or self.conformal is not None
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for settings that contradict each other or are out of range."""
+        if self.threshold is not None:
+            from .evaluation.threshold import parse_rule
+
+            parse_rule(self.threshold)
+        elif self.positive_class is not None:
+            raise ConfigError(
+                "positive_class needs threshold (the rule that chooses the threshold for that class)",
+                parameters=("positive_class", "threshold"),
+            )
+        if self.conformal is not None:
+            from .evaluation.conformal import check_level
+
+            check_level(self.conformal)
+        elif self.mondrian or self.conformal_score != CONFORMAL_SCORES[0]:
+            given = "mondrian" if self.mondrian else "conformal_score"
+            raise ConfigError(
+                f"{given} needs conformal (the miscoverage of the prediction sets it shapes)",
+                parameters=(given, "conformal"),
+            )
 
 
 @dataclass
@@ -188,13 +253,12 @@ class RuntimeConfig:
         "recompute the data file's MD5 instead of trusting the split cache's record of it (which stands while "
         "the file's size and modification time are unchanged); an image folder's cache is built again",
     )
-    data_storage: str = option(
+    data_storage: Storage = option(
         "auto",
         "how the splits are held: memory (read into RAM), mmap (memory-mapped from the split cache: every process "
         "shares one copy), or auto (memory while the copies of the machine's processes total at most 1 GiB, mmap above)",
-        choices=STORAGES,
     )
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU)")
+    device: str = option("auto", DEVICE_HELP)
     num_threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     eval_batch_size: int = option(256, "batch size for validation and test")
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
@@ -220,19 +284,18 @@ class RuntimeConfig:
     )
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
     quiet: bool = option(False, "no progress bars or epoch lines")
-    track: list[str] | None = option(
+    track: list[Tracker] | None = option(
         None,
         "report the run to experiment trackers as it trains: tensorboard (RUN/tensorboard) and/or mlflow "
         "(MLFLOW_TRACKING_URI, default mlruns/ here); needs pip install 'medclassify[tracking]'",
-        choices=TRACKERS,
     )
     mlflow_parent: str | None = option(None, "with --track mlflow: log as a child of this MLflow run (studies set it)")
 
 
 @dataclass
-class TrainConfig(RuntimeConfig, RunConfig):
+class TrainConfig(RuntimeConfig, PostTrainingConfig, RunConfig):
     """A run as the CLI, a YAML file and Python fill it: one flat set of keys, the fields of
-    :class:`RunConfig` and :class:`RuntimeConfig`."""
+    :class:`RunConfig`, :class:`PostTrainingConfig` and :class:`RuntimeConfig`."""
 
     # ---- filling ---------------------------------------------------------------------------
     @classmethod
@@ -240,6 +303,7 @@ class TrainConfig(RuntimeConfig, RunConfig):
         """Fill the fields from a mapping; a ``recipe`` key first fills them from that recipe."""
         known = {f.name for f in fields(cls)}
         keys = {k.replace("-", "_"): v for k, v in values.items()}
+        keys = {RENAMED_KEYS.get(k, k): v for k, v in keys.items()}
         unknown = sorted(set(keys) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
@@ -250,7 +314,7 @@ class TrainConfig(RuntimeConfig, RunConfig):
         return checked_config(keys, source)
 
     @classmethod
-    def from_recipe(cls, name: str, **overrides) -> TrainConfig:
+    def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
         """A named recipe with some fields overridden, e.g. ``from_recipe("paper-bn-aug", dataset="bloodmnist")``."""
         return cls.from_dict({**overrides, "recipe": name})
 
@@ -274,7 +338,10 @@ class TrainConfig(RuntimeConfig, RunConfig):
             return self.dataset.lower()
         if self.data_dir and (Path(self.data_dir).expanduser() / "train").is_dir():
             return FOLDER_NAME
-        raise ConfigError("--dataset is required (or give --data-dir a folder that holds train/<class>/ images)")
+        raise ConfigError(
+            "dataset is required (or give data_dir a folder that holds train/<class>/ images)",
+            parameters=("dataset", "data_dir"),
+        )
 
     def run_dir(self) -> Path:
         """The run folder: --out, or runs/DATASET_SIZE_MODEL_seedSEED."""
@@ -282,7 +349,7 @@ class TrainConfig(RuntimeConfig, RunConfig):
             return Path(self.out).expanduser()
         name = self.dataset_name
         if name == FOLDER_NAME:  # the image folder's own name, so that two folders do not share a run
-            name = Path(self.data_dir).expanduser().resolve().name or FOLDER_NAME
+            name = Path(self.data_dir or ".").expanduser().resolve().name or FOLDER_NAME
         return Path("runs") / f"{name}_{self.size}_{self.model}_seed{self.seed}"
 
     # ---- checking ----------------------------------------------------------------------------
@@ -293,91 +360,106 @@ class TrainConfig(RuntimeConfig, RunConfig):
         name = self.dataset_name
         if name == FOLDER_NAME:
             if not self.data_dir:
-                raise ConfigError("--dataset folder needs --data-dir pointing at the image folder")
+                raise ConfigError(
+                    "dataset folder needs data_dir pointing at the image folder", parameters=("dataset", "data_dir")
+                )
             if not 8 <= self.size <= 1024:
-                raise ConfigError(f"--size {self.size}: image folders take sizes from 8 to 1024")
+                raise ConfigError(f"size {self.size}: image folders take sizes from 8 to 1024", parameters=("size",))
         else:
             info = get_dataset_info(name)
             if self.size not in info.sizes:
                 raise ConfigError(
-                    f"--size {self.size} is not available for {name}; choose one of {', '.join(map(str, info.sizes))}"
+                    f"size {self.size} is not available for {name}; choose one of {', '.join(map(str, info.sizes))}",
+                    parameters=("size",),
                 )
         from .models import available_models  # torch: only when a config is checked, not for --help
 
         if self.model not in available_models():
-            raise ConfigError(f"--model: unknown model '{self.model}'; choose one of: {', '.join(available_models())}")
+            raise ConfigError(
+                f"model: unknown model '{self.model}'; choose one of: {', '.join(available_models())}",
+                parameters=("model",),
+            )
         positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
         if self.num_threads is not None:
             positive_ints["num_threads"] = self.num_threads
         for key, value in positive_ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{flag(key)} must be a whole number >= 1, got {value!r}")
+                raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}", parameters=(key,))
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"--lr must be a number > 0, got {self.lr!r}")
+            raise ConfigError(f"lr must be a number > 0, got {self.lr!r}", parameters=("lr",))
         for key in ("val_fraction", "test_fraction"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0 < value < 0.5:
-                raise ConfigError(f"{flag(key)} must be between 0 and 0.5 (exclusive), got {value!r}")
+                raise ConfigError(f"{key} must be between 0 and 0.5 (exclusive), got {value!r}", parameters=(key,))
         for f in fields(self):
-            choices = f.metadata.get("choices")
+            choices = field_choices(type(self)).get(f.name)
             value = getattr(self, f.name)
             if (
                 choices
                 and value is not None
                 and any(v not in choices for v in (value if isinstance(value, list) else [value]))
             ):
-                raise ConfigError(f"{flag(f.name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+                raise ConfigError(
+                    f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}", parameters=(f.name,)
+                )
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+            raise ConfigError(
+                f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}", parameters=("device",)
+            )
         for key in ("weight_decay", "focal_gamma", "grad_clip", "momentum"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{flag(key)} must be a number >= 0, got {value!r}")
+                raise ConfigError(f"{key} must be a number >= 0, got {value!r}", parameters=(key,))
         if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}", parameters=("ema_decay",))
         if not (isinstance(self.mix_alpha, (int, float)) and math.isfinite(self.mix_alpha) and self.mix_alpha > 0):
-            raise ConfigError(f"--mix-alpha must be a number > 0, got {self.mix_alpha!r}")
+            raise ConfigError(f"mix_alpha must be a number > 0, got {self.mix_alpha!r}", parameters=("mix_alpha",))
         if self.mix != "none" and self.loss == "focal":
-            raise ConfigError("--mix needs the cross-entropy loss (mixed targets are soft); drop --loss focal")
+            raise ConfigError(
+                "mix needs the cross-entropy loss (mixed targets are soft); drop loss focal", parameters=("mix", "loss")
+            )
         if self.time_budget is not None:
             parse_duration(self.time_budget)
         if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+            raise ConfigError(
+                f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}", parameters=("label_smoothing",)
+            )
         if not 0 < self.gamma <= 1:
-            raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma!r}")
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma!r}", parameters=("gamma",))
         for key in ("warmup_epochs", "early_stopping"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{flag(key)} must be a whole number >= 0, got {value!r}")
+                raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}", parameters=(key,))
         if self.warmup_epochs >= self.epochs:
-            raise ConfigError(f"--warmup-epochs {self.warmup_epochs} must be fewer than --epochs {self.epochs}")
+            raise ConfigError(
+                f"warmup_epochs {self.warmup_epochs} must be fewer than epochs {self.epochs}",
+                parameters=("warmup_epochs", "epochs"),
+            )
         if self.schedule == "step" and not self.milestones:
-            raise ConfigError("--schedule step needs --milestones, e.g. --milestones 5 8")
+            raise ConfigError("schedule step needs milestones, e.g. [5, 8]", parameters=("schedule", "milestones"))
         if self.milestones and any(not isinstance(m, int) or not 0 < m < self.epochs for m in self.milestones):
-            raise ConfigError(f"--milestones must be epochs between 1 and {self.epochs - 1}, got {self.milestones}")
+            raise ConfigError(
+                f"milestones must be epochs between 1 and {self.epochs - 1}, got {self.milestones}",
+                parameters=("milestones",),
+            )
         if self.unfreeze_after is not None and (not self.freeze_backbone or not 0 < self.unfreeze_after < self.epochs):
-            raise ConfigError(f"--unfreeze-after needs --freeze-backbone and a value between 1 and {self.epochs - 1}")
+            raise ConfigError(
+                f"unfreeze_after needs freeze_backbone and a value between 1 and {self.epochs - 1}",
+                parameters=("unfreeze_after", "freeze_backbone"),
+            )
         check_seed(self.seed)
-        if self.threshold is not None:
-            from .evaluation.threshold import parse_rule
-
-            parse_rule(self.threshold)
-        elif self.positive_class is not None:
-            raise ConfigError("--positive-class needs --threshold RULE (it names the class the threshold decides)")
-        if self.conformal is not None:
-            from .evaluation.conformal import check_level
-
-            check_level(self.conformal)
-        elif self.mondrian or self.conformal_score != CONFORMAL_SCORES[0]:
-            given = "--mondrian" if self.mondrian else f"--conformal-score {self.conformal_score}"
-            raise ConfigError(f"{given} needs --conformal LEVEL (the prediction sets it shapes)")
+        self.check()
         for tracker in self.track or []:  # the module is named after the tracker
             if not _importable(tracker):
-                raise ConfigError(f"--track {tracker} needs the {tracker} package: pip install 'medclassify[tracking]'")
+                raise ConfigError(
+                    f"track {tracker} needs the {tracker} package: pip install 'medclassify[tracking]'",
+                    parameters=("track",),
+                )
         if self.pretrained and not available_models()[self.model].pretrained:
             with_weights = [n for n, e in available_models().items() if e.pretrained]
             raise ConfigError(
-                f"--pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}"
+                f"pretrained: model '{self.model}' has no ImageNet weights; models with weights: {', '.join(with_weights)}",
+                parameters=("pretrained",),
             )
         return self
 
@@ -390,13 +472,13 @@ def _importable(module: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _config_adapter():
+def _config_adapter() -> Any:  # a pydantic TypeAdapter; pydantic is imported when a file is checked
     import pydantic
 
     return pydantic.TypeAdapter(TrainConfig)
 
 
-def validation_line(source: str, exc) -> str:
+def validation_line(source: str, exc: Any) -> str:  # a pydantic ValidationError
     """A pydantic ValidationError as one line: where, what is wrong, and the value given."""
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first.get("loc", ())) or "value"
@@ -417,7 +499,7 @@ def checked_config(values: dict, source: str = "config") -> TrainConfig:
         raise ConfigError(validation_line(source, exc)) from None
 
 
-def read_yaml_mapping(path: str | Path, what: str, expected: str, empty=None) -> dict:
+def read_yaml_mapping(path: str | Path, what: str, expected: str, empty: dict | None = None) -> dict:
     """A YAML file's top-level mapping (an empty file reads as ``empty``); anything unreadable, or not
     a mapping, is one :class:`ConfigError` line naming the file."""
     try:
@@ -427,6 +509,34 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str, empty=None) ->
     values = empty if values is None else values
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected {expected}, got {type(values).__name__}")
+    return values
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings (``epochs=1``, ``milestones=[5, 8]``, ``verify=false``) as TrainConfig keys and
+    values, each value read as YAML reads it; the values are checked with the file they override.
+
+    Args:
+        items: the settings, e.g. from ``medclassify run --set``.
+
+    Returns:
+        The keys (dashes as underscores) and their values, in the order given.
+    """
+    known = {f.name for f in fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"set {item!r}: expected KEY=VALUE, e.g. epochs=1", parameters=("set",))
+        if key not in known:
+            raise ConfigError(
+                f"set {key}: not a training setting; known keys: {', '.join(sorted(known))}", parameters=("set",)
+            )
+        try:
+            values[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"set {key}={text}: not a YAML value ({first_line(exc)})", parameters=("set",)) from None
     return values
 
 
@@ -444,9 +554,12 @@ def load_recipe(name: str) -> dict:
     elif name.endswith((".yaml", ".yml")):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ConfigError(f"--recipe {name}: no such recipe file")
+            raise ConfigError(f"recipe {name}: no such recipe file", parameters=("recipe",))
     else:
-        raise ConfigError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)} (or a .yaml file)")
+        raise ConfigError(
+            f"recipe: unknown recipe '{name}'; choose one of: {', '.join(recipes)} (or a .yaml file)",
+            parameters=("recipe",),
+        )
     values = read_yaml_mapping(path, "recipe", "a mapping of TrainConfig keys", {})
     return {k.replace("-", "_"): v for k, v in values.items()}
 
@@ -454,25 +567,28 @@ def load_recipe(name: str) -> dict:
 MAX_DURATION_S = 30 * 24 * 3600.0  # a longer budget is a typing slip, not a plan
 
 
-def parse_duration(text: str, name: str = "--time-budget") -> float:
+def parse_duration(text: str, name: str = "time_budget") -> float:
     """Seconds of a duration such as ``90s``, ``10m``, ``1h30m`` or ``600`` (seconds), from more than
     0 s to 30 days; ``name`` (the option or key) is named in the error of anything else."""
     match = DURATION.fullmatch(str(text).strip().lower())
     if not match or not any(match.groups()):
-        raise ConfigError(f"{name}: expected a duration such as 90s, 10m or 1h30m, got {text!r}")
+        raise ConfigError(f"{name}: expected a duration such as 90s, 10m or 1h30m, got {text!r}", parameters=(name,))
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     total = 3600 * hours + 60 * minutes + seconds
     if not 0 < total <= MAX_DURATION_S:
-        raise ConfigError(f"{name} must be longer than 0 s and at most 30 days (720h), got {text!r}")
+        raise ConfigError(
+            f"{name} must be longer than 0 s and at most 30 days (720h), got {text!r}", parameters=(name,)
+        )
     return total
 
 
-def check_seed(value, name: str = "--seed") -> int:
+def check_seed(value: object, name: str = "seed") -> int:
     """A seed NumPy, PyTorch and Python's random all accept: a whole number from 0 to 2**32 - 1."""
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {value!r}")
+        raise ConfigError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {value!r}", parameters=(name,))
     return value
 
 
 def flag(field_name: str) -> str:
+    """A config field's command-line option: ``positive_class`` -> ``--positive-class``."""
     return "--" + field_name.replace("_", "-")

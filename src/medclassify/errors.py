@@ -2,11 +2,21 @@
 
 
 class MedclassifyError(Exception):
-    """Base class for every error caused by the user's input, files or options."""
+    """Base class for every error caused by the user's input, files or options.
+
+    Args:
+        message: one line saying what is wrong and what was expected.
+        parameters: the Python parameters (or config fields) the message names by their names, so
+            that the command line can show each as its option instead (``format`` -> ``--format``).
+    """
+
+    def __init__(self, message: str, *, parameters: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.parameters = parameters
 
 
-class ConfigError(MedclassifyError):
-    """An option or configuration value is impossible."""
+class ConfigError(MedclassifyError, ValueError):
+    """An option or configuration value is impossible (a ``ValueError``, as scikit-learn's are)."""
 
 
 class DataError(MedclassifyError):

@@ -40,7 +40,8 @@ class BatchAugment:
     ):
         if preset == "medmnistc" and not corruptions:
             raise ValueError("the medmnistc preset needs the dataset's corruptions")
-        self.preset, self.orientation, self.generator, self.corruptions = preset, orientation, generator, corruptions
+        self.preset, self.orientation, self.generator = preset, orientation, generator
+        self.corruptions: list[Corruption] = corruptions or []
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.preset == "exact":

@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -38,7 +38,8 @@ CACHE_FOLDER = "split-cache"  # inside the user's cache folder
 RECORD_NAME = "cache.json"
 FORMAT_VERSION = 2  # 2: the record carries its own digest, and names the source by a hash of its path
 SPLITS = ("train", "val", "test")
-STORAGES = ("auto", "memory", "mmap")
+Storage = Literal["auto", "memory", "mmap"]
+STORAGES: tuple[Storage, ...] = get_args(Storage)
 # ``auto`` copies a cache into memory while the copies of all the machine's processes together
 # stay within this size, and memory-maps it otherwise (one page-cache copy they share): at 28 px a
 # copy trains faster than a mapping (no page faults; bench/train_throughput.py)

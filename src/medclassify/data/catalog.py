@@ -8,8 +8,9 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..tasks import Task
 
 
@@ -19,8 +20,12 @@ def medmnist_info() -> dict:
     ``info`` module alone: importing the package runs its ``__init__``, which imports torch and
     scikit-learn, and listing the datasets should not wait for them."""
     spec = importlib.util.find_spec("medmnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the medmnist package is not installed: pip install medmnist")
     path = Path(spec.submodule_search_locations[0]) / "info.py"
     info_spec = importlib.util.spec_from_file_location("_medmnist_info", path)
+    if info_spec is None or info_spec.loader is None:
+        raise DataError(f"{path}: medmnist's dataset table cannot be read")
     module = importlib.util.module_from_spec(info_spec)
     info_spec.loader.exec_module(module)
     return module.INFO
@@ -51,10 +56,13 @@ ORIENTATION = {
     "organcmnist": "fixed",
     "organsmnist": "fixed",
 }
-ORIENTATIONS = ("free", "mirror-x", "fixed")
+Orientation = Literal["free", "mirror-x", "fixed"]
+ORIENTATIONS: tuple[Orientation, ...] = get_args(Orientation)
 # Training presets over these data, named here (no torch needed) so that option lists cost nothing.
-AUGMENT_CHOICES = ("none", "light", "exact", "strong", "randaug", "medmnistc")
-NORMALIZE_CHOICES = ("dataset", "half", "none")
+Augment = Literal["none", "light", "exact", "strong", "randaug", "medmnistc"]
+AUGMENT_CHOICES: tuple[Augment, ...] = get_args(Augment)
+Normalize = Literal["dataset", "half", "none"]
+NORMALIZE_CHOICES: tuple[Normalize, ...] = get_args(Normalize)
 
 # The paper each dataset's images come from, as MedMNIST v2 (Yang et al., Scientific Data 2023)
 # credits them; medmnist.INFO has descriptions and licences but not these.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,8 +51,8 @@ def _pil_each(images: torch.Tensor, params: torch.Tensor, change: Callable[[Imag
 def _pixelate(images, params, scale, generator):
     def change(image, row):
         w, h = image.size
-        small = image.resize((max(1, int(w * row[0])), max(1, int(h * row[0]))), Image.BOX)
-        return small.resize((w, h), Image.BOX)
+        small = image.resize((max(1, int(w * row[0])), max(1, int(h * row[0]))), Image.Resampling.BOX)
+        return small.resize((w, h), Image.Resampling.BOX)
 
     return _pil_each(images, params, change)
 
@@ -245,7 +245,9 @@ KINDS = {
     "gamma_corr_down": Kind("task-specific", _gamma),
 }
 
-_CT = {
+# a corruption's parameters at severities 1..5: a number each, or a tuple for two-parameter ones
+Levels = Sequence[float] | Sequence[tuple[float, float]]
+_CT: dict[str, Levels] = {
     "pixelate": [0.7, 0.6, 0.5, 0.40, 0.35],
     "jpeg_compression": [50, 30, 15, 10, 7],
     "gaussian_noise": [0.04, 0.08, 0.12, 0.16, 0.20],
@@ -260,7 +262,7 @@ _CT = {
     "gamma_corr_up": [1.3, 1.4, 1.6, 1.8, 2.0],
     "gamma_corr_down": [0.9, 0.8, 0.7, 0.6, 0.4],
 }
-_CHEST = {
+_CHEST: dict[str, Levels] = {
     "pixelate": [0.30, 0.25, 0.20, 0.15, 0.10],
     "jpeg_compression": [50, 30, 15, 10, 7],
     "gaussian_noise": [0.04, 0.08, 0.12, 0.18, 0.26],
@@ -276,7 +278,7 @@ _CHEST = {
     "gamma_corr_down": [0.9, 0.8, 0.7, 0.6, 0.4],
 }
 # dataset -> corruption -> parameters at severities 1..5 (a number, or a tuple for two-parameter ones)
-MEDMNISTC = {
+MEDMNISTC: dict[str, dict[str, Levels]] = {
     "pathmnist": {
         "pixelate": [0.8, 0.6, 0.40, 0.30, 0.25],
         "jpeg_compression": [50, 30, 15, 10, 7],
@@ -402,11 +404,14 @@ def corruption_set(dataset: str, channels: int, which: str = "auto") -> tuple[st
     or ``auto`` (the table where MedMNIST-C has one). Returns the set's name and its corruptions;
     colour-only ones are left out for grey images."""
     if which not in CORRUPTION_SETS:
-        raise ConfigError(f"--corruptions {which}: expected one of {', '.join(CORRUPTION_SETS)}")
+        raise ConfigError(
+            f"corruptions {which}: expected one of {', '.join(CORRUPTION_SETS)}", parameters=("corruptions",)
+        )
     if which == "medmnistc" and dataset not in MEDMNISTC:
         raise ConfigError(
-            f"--corruptions medmnistc: MedMNIST-C has no corruptions for '{dataset}'; it has "
-            f"{', '.join(MEDMNISTC)} (use --corruptions generic)"
+            f"corruptions medmnistc: MedMNIST-C has no corruptions for '{dataset}'; it has "
+            f"{', '.join(MEDMNISTC)} (use generic)",
+            parameters=("corruptions",),
         )
     chosen = "medmnistc" if which == "medmnistc" or (which == "auto" and dataset in MEDMNISTC) else "generic"
     table = MEDMNISTC[dataset] if chosen == "medmnistc" else GENERIC

@@ -17,6 +17,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -82,7 +83,7 @@ def load_folder_dataset(
     present = [s for s in ("train", "val", "test") if (root / s).is_dir()]
     files = {s: _scan(root / s, class_names) for s in present}
     carved = "val" not in files or "test" not in files
-    settings = {"size": size, "channels": channels, "class_names": class_names}
+    settings: dict[str, Any] = {"size": size, "channels": channels, "class_names": class_names}
     if carved:
         settings.update(val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed)
     signature = _signature(root, files, settings)
@@ -186,7 +187,7 @@ def _write_cache(
     if channels is None:  # what most images are
         channels = 1 if sum(grey) * 2 >= len(grey) else 3
 
-    split_note = {}
+    split_note: dict[str, float | int] = {}
     if "val" not in files or "test" not in files:
         files, split_note = _stratified_split(files, val_fraction, test_fraction, split_seed)
 
@@ -232,7 +233,7 @@ def _stratified_split(files: dict, val_fraction: float, test_fraction: float, se
     """Carve the missing val/test splits out of train, stratified by class, with a fixed seed."""
     train = files["train"]
     total = len(train)
-    note = {"split_seed": seed}
+    note: dict[str, float | int] = {"split_seed": seed}
     for split, fraction in (("test", test_fraction), ("val", val_fraction)):
         if split in files:
             continue

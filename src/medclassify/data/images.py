@@ -28,7 +28,7 @@ import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -271,7 +271,7 @@ def array_images(name: str | Path, array: np.ndarray) -> list[SourceImage]:
     return _named(name, images, grey)
 
 
-def _read_header(stream: BinaryIO, version: tuple[int, int]) -> tuple[tuple[int, ...], np.dtype]:
+def _read_header(stream: IO[bytes], version: tuple[int, int]) -> tuple[tuple[int, ...], np.dtype]:
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
     elif version == (2, 0):

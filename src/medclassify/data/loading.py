@@ -34,11 +34,28 @@ def load_dataset(
     ``cache_dir``): read into memory or memory-mapped, as ``storage`` says (``auto``: by size).
     ``verify_cache`` recomputes what a cache trusts from its record: a file's MD5 (otherwise taken
     as recorded while the file's size and modification time are), an image folder's whole cache.
-    ``channels`` converts a MedMNIST dataset (grey -> RGB by repeating the channel); for folders it
-    picks grey or colour (default: what most images are).
+
+    Args:
+        dataset: a MedMNIST name (``bloodmnist``), ``synthcells`` or ``folder``.
+        size: the image size in pixels (MedMNIST: 28, 64, 128 or 224; folders: 8 to 1024).
+        data_dir: the folder of the official files, or the image folder (default: the user's data folder).
+        channels: converts a MedMNIST dataset (grey -> RGB by repeating the channel); for folders it
+            picks grey or colour (default: what most images are).
+        verify: check MedMNIST files against their official MD5.
+        download: download a missing MedMNIST file.
+        val_fraction, test_fraction: the shares of ``train/`` held out when a folder has no
+            ``val/`` or ``test/``, drawn stratified with ``split_seed``.
+        cache_dir: where split caches live (default: the user's cache folder).
+        storage: ``memory``, ``mmap`` or ``auto``.
+        verify_cache: recompute what a cache trusts from its record.
+
+    Returns:
+        The splits (uint8 N x C x H x W images, labels), class names, task and the data's source record.
     """
     if storage not in STORAGES:
-        raise ConfigError(f"--data-storage {storage!r}: choose one of {', '.join(STORAGES)}")
+        raise ConfigError(
+            f"data_storage {storage!r}: choose one of {', '.join(STORAGES)}", parameters=("data_storage",)
+        )
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     if dataset == FOLDER_NAME:
         return load_folder_dataset(

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 from torch.utils.data import WeightedRandomSampler
@@ -88,6 +89,13 @@ class LoadedDataset:
         return len(self.class_names)
 
 
+class NormalizationRecord(TypedDict):
+    """A normalisation as config.json and the bundles record it."""
+
+    mean: list[float]
+    std: list[float]
+
+
 @dataclass(frozen=True)
 class Normalization:
     """``(x / 255 - mean) / std`` per channel, i.e. torchvision's ToTensor followed by Normalize."""
@@ -95,7 +103,7 @@ class Normalization:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> NormalizationRecord:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,7 +238,14 @@ class BatchLoader:
             order = torch.tensor(list(self.sampler), dtype=torch.int64)
         elif self.sample_weights is not None:
             order = torch.tensor(
-                list(WeightedRandomSampler(self.sample_weights, n, replacement=True, generator=self.generator))
+                list(
+                    WeightedRandomSampler(
+                        self.sample_weights,  # type: ignore[arg-type]  # torch.as_tensor takes it; the stub says Sequence
+                        n,
+                        replacement=True,
+                        generator=self.generator,
+                    )
+                )
             )
         elif self.shuffle:
             order = torch.randperm(n, generator=self.generator)

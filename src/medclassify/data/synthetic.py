@@ -73,5 +73,5 @@ def ensure_synthcells(data_dir: Path, size: int) -> Path:
     path = Path(data_dir) / SYNTHCELLS.filename(size)
     if not path.is_file():
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **generate_synthcells(size))
+            np.savez_compressed(f, allow_pickle=False, **generate_synthcells(size))
     return path

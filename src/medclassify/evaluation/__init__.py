@@ -6,11 +6,4 @@ imports neither torch nor scikit-learn.
 
 import lazy_loader as lazy
 
-__getattr__, __dir__, __all__ = lazy.attach(
-    __name__,
-    submod_attrs={
-        "metrics": ["accuracy", "auc_score", "classification_metrics", "macro_f1", "predicted_labels"],
-        "predict": ["loss_function", "predict_split", "predict_split_sharded", "probabilities"],
-        "results": ["evaluate_model", "summary_line", "write_predictions", "write_results"],
-    },
-)
+__getattr__, __dir__, __all__ = lazy.attach_stub(__name__, __file__)

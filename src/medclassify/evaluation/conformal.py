@@ -106,7 +106,9 @@ def _stored(threshold: float) -> float | None:
 def check_level(alpha: float) -> None:
     """A one-line :class:`ConfigError` unless ``alpha`` is a miscoverage level strictly between 0 and 1."""
     if not 0 < alpha < 1:
-        raise ConfigError(f"--conformal must lie between 0 and 1 (0.1 for 90% sets), got {alpha}")
+        raise ConfigError(
+            f"conformal must lie between 0 and 1 (0.1 for 90% sets), got {alpha}", parameters=("conformal",)
+        )
 
 
 def check_score(score: str) -> None:

@@ -5,27 +5,33 @@ helpers the study figures share."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import matplotlib.artist
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..io import atomic_path  # noqa: E402
-from ..tasks import Task  # noqa: E402
-from .metrics import calibration_error, predicted_labels  # noqa: E402
+from ..io import atomic_path
+from ..tasks import Task
+from .metrics import calibration_error, predicted_labels
 
 
-def save_figure(figure, path_without_suffix: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
-    """Write the figure atomically in each format (PNG at 150 dpi) and close it."""
+def subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
+    """A figure of its own and its axes, as ``pyplot.subplots`` makes them, but without pyplot: no
+    global figure list to close and no switch of the user's plotting backend (a notebook keeps its
+    own); ``savefig`` renders it with Agg."""
+    figure = Figure(figsize=figsize, layout="constrained")
+    return figure, figure.subplots(*grid, **options)
+
+
+def save_figure(figure: Figure, path_without_suffix: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """Write the figure atomically in each format (PNG at 150 dpi)."""
     paths = []
     for fmt in formats:
         path = path_without_suffix.with_name(f"{path_without_suffix.name}.{fmt}")
         with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=fmt, bbox_inches="tight", **({"dpi": 150} if fmt == "png" else {}))
+            figure.savefig(tmp, format=fmt, bbox_inches="tight", dpi=150 if fmt == "png" else "figure")
         paths.append(path)
-    plt.close(figure)
     return paths
 
 
@@ -77,7 +83,7 @@ def reliability_diagram(
 ) -> list[Path]:
     """Accuracy against confidence in equal-width bins, before and after temperature scaling, with
     each side's ECE (top-label; multi-label: every label's decision)."""
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, layout="constrained")
+    figure, axes = subplots(1, 2, figsize=(9, 4.2), sharey=True)
     for ax, scores, title in ((axes[0], raw, "before"), (axes[1], calibrated, f"after (T = {temperature:.3g})")):
         ece = reliability_bars(ax, y_true, scores, task, "accuracy in the bin")
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
@@ -95,8 +101,8 @@ def conformal_figure(report: dict, set_sizes: np.ndarray, out: Path) -> list[Pat
     """The conformal sets on the test split: how many images get a set of each size, and each class's
     coverage with its 95 % interval against the target (``report``: :func:`.conformal.coverage_report`)."""
     n_classes = len(report["by_class"])
-    figure, (sizes_ax, classes_ax) = plt.subplots(
-        1, 2, figsize=(10, 4.2), layout="constrained", gridspec_kw={"width_ratios": [1, max(1.5, n_classes / 5)]}
+    figure, (sizes_ax, classes_ax) = subplots(
+        1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1, max(1.5, n_classes / 5)]}
     )
     counts = np.bincount(set_sizes.astype(int), minlength=n_classes + 1)
     sizes_ax.bar(np.arange(len(counts)), counts, color="tab:blue")
@@ -118,7 +124,7 @@ def conformal_figure(report: dict, set_sizes: np.ndarray, out: Path) -> list[Pat
     classes_ax.axhline(report["target"], linestyle="--", color="grey", label=f"target {report['target']:.0%}")
     classes_ax.set_ylim(0, 1.02)
     classes_ax.set_ylabel("coverage (95 % interval)")
-    plt.setp(classes_ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+    matplotlib.artist.setp(classes_ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
     classes_ax.legend(fontsize=8, loc="lower right")
     classes_ax.set_title(
         f"coverage per class (all: {report['coverage']:.3f}, red: interval below the target)", fontsize=10
@@ -132,9 +138,7 @@ def robustness_figure(rows: list[dict], summary: dict, out: Path) -> list[Path]:
     (``rows``: :attr:`.robustness.RobustnessResult.rows`)."""
     clean = rows[0]["acc"]
     families = list(dict.fromkeys(row["family"] for row in rows[1:]))
-    figure, axes = plt.subplots(
-        1, len(families), figsize=(3.4 * len(families), 3.6), layout="constrained", sharey=True, squeeze=False
-    )
+    figure, axes = subplots(1, len(families), figsize=(3.4 * len(families), 3.6), sharey=True, squeeze=False)
     low = min(row["acc"] for row in rows)
     for ax, family in zip(axes[0], families, strict=True):
         names = list(dict.fromkeys(row["corruption"] for row in rows[1:] if row["family"] == family))

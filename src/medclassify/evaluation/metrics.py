@@ -26,7 +26,7 @@ Calibration and agreement (:func:`calibration_metrics`), on the same class decis
 from __future__ import annotations
 
 import math
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
 from scipy.stats import norm
@@ -238,10 +238,18 @@ class SplitMetrics(TypedDict):
 def classification_metrics(
     y_true: np.ndarray, y_score: np.ndarray, task: str, class_names: list[str] | None = None
 ) -> SplitMetrics:
-    """Everything a run reports for one split.
+    """Everything a run reports for one split, with scikit-learn's definitions (MedMNIST's).
 
-    ``y_true``: labels (N,) or, multi-label, an indicator matrix (N, L); ``y_score``: class
-    probabilities (N, K).
+    Args:
+        y_true: labels (N,) or, multi-label, an indicator matrix (N, L).
+        y_score: class probabilities (N, K).
+        task: the dataset's task (a :class:`.Task` value: ``multi-class``, ``binary-class``, ...).
+        class_names: names for the per-class figures (default: the class indices).
+
+    Returns:
+        Accuracy, macro-AUC, macro-F1, per-class precision, recall, F1 and AUC, the confusion
+        matrix, calibration errors (plug-in and debiased ECE, Brier, NLL) and, binary, sensitivity
+        and specificity.
     """
     y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
     n_classes = y_score.shape[1]
@@ -252,7 +260,7 @@ def classification_metrics(
         y_true, y_pred, labels=list(range(n_classes)), zero_division=0
     )
     aucs = per_class_auc(y_true, y_score, task)
-    result = {
+    result: dict[str, Any] = {
         "n": int(y_true.shape[0]),
         "acc": accuracy(y_true, y_score, task),
         "auc": auc_score(y_true, y_score, task),
@@ -278,4 +286,4 @@ def classification_metrics(
         tn, fp, fn, tp = matrix.ravel()
         result["sensitivity"] = float(tp / (tp + fn)) if tp + fn else math.nan
         result["specificity"] = float(tn / (tn + fp)) if tn + fp else math.nan
-    return result
+    return cast(SplitMetrics, result)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +131,7 @@ def write_results(
         write_medmnist_results(run_dir, outputs, data)
 
 
-def summary_line(split: str, metrics: dict) -> str:
+def summary_line(split: str, metrics: Mapping[str, Any]) -> str:
     """One printed line of a split's accuracy, macro-F1 and macro-AUC (and sensitivity/specificity when binary)."""
     line = f"{split}: acc {metrics['acc']:.4f}  macro-F1 {metrics['f1_macro']:.4f}  macro-AUC {metrics['auc']:.4f}"
     if "sensitivity" in metrics:

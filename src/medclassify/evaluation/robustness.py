@@ -155,7 +155,7 @@ def robustness_summary(result: RobustnessResult, n_boot: int = 1000, seed: int =
     for name, entry in per_corruption.items():
         families.setdefault(entry["family"], []).append(ce[name])
     mce = float(np.mean(list(ce.values())))
-    worst = max(ce, key=ce.get)
+    worst = max(ce, key=lambda name: ce[name])
     return {
         "clean_acc": clean_acc,
         "clean_acc_ci": clean_ci,

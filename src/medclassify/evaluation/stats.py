@@ -19,6 +19,7 @@ what makes 1000 resamples affordable. A test checks both give identical numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,10 +103,12 @@ class Side:
             "scores": scores,
         }
 
-    def resampled_calibration(self, index: np.ndarray, seeds: np.ndarray | None = None) -> dict[str, float]:
+    def resampled_calibration(
+        self, index: np.ndarray, seeds: Sequence[int] | np.ndarray | None = None
+    ) -> dict[str, float]:
         """:data:`CALIBRATION_METRICS` on the images ``index``, averaged over ``seeds`` (as
         :meth:`resampled`; multi-label through the scikit-learn functions)."""
-        values = {name: [] for name in CALIBRATION_METRICS}
+        values: dict[str, list[float]] = {name: [] for name in CALIBRATION_METRICS}
         for k in range(self.n_seeds) if seeds is None else seeds:
             if self._calibration is None:
                 draw = calibration_metrics(self.y_true[index], self.scores[k][index], self.task)
@@ -135,8 +138,8 @@ class Side:
 
     def metric(self, name: str, index: np.ndarray | None = None) -> float:
         """The scikit-learn metric (MedMNIST definitions), averaged over seeds."""
-        index = slice(None) if index is None else index
-        return float(np.mean([METRICS[name](self.y_true[index], s[index], self.task) for s in self.scores]))
+        chosen = slice(None) if index is None else index
+        return float(np.mean([METRICS[name](self.y_true[chosen], s[chosen], self.task) for s in self.scores]))
 
     @property
     def n_seeds(self) -> int:
@@ -146,7 +149,7 @@ class Side:
         """Seeds resampled with replacement (one seed: always itself, drawing nothing)."""
         return rng.integers(0, self.n_seeds, self.n_seeds) if self.n_seeds > 1 else np.zeros(1, dtype=int)
 
-    def resampled(self, index: np.ndarray, seeds: np.ndarray | None = None) -> dict[str, float]:
+    def resampled(self, index: np.ndarray, seeds: Sequence[int] | np.ndarray | None = None) -> dict[str, float]:
         """Every metric on the images ``index`` (with repeats), averaged over ``seeds`` (positions in
         ``scores``, with repeats; default: every seed once); besides ACC, macro-F1 and macro-AUC, the
         AUC of each class (``class_auc_I``; not for binary tasks, whose AUC is the positive class's)."""

@@ -20,11 +20,12 @@ from sklearn.metrics import roc_curve
 from ..errors import ConfigError
 
 
-def parse_rule(rule: str) -> tuple[str, float | None]:
-    """``youden``, ``sensitivity=X``, ``specificity=X`` (0 < X <= 1) or a threshold in [0, 1]."""
+def parse_rule(rule: str) -> tuple[str, float]:
+    """``youden``, ``sensitivity=X``, ``specificity=X`` (0 < X <= 1) or a threshold in [0, 1]; the
+    rule's kind and its number (NaN for youden, which has none)."""
     text = rule.strip().lower()
     if text == "youden":
-        return "youden", None
+        return "youden", math.nan
     name, _, value = text.partition("=")
     try:
         number = float(value if value else name)
@@ -35,7 +36,8 @@ def parse_rule(rule: str) -> tuple[str, float | None]:
     if not value and 0 <= number <= 1:
         return "fixed", number
     raise ConfigError(
-        f"--threshold {rule}: expected youden, sensitivity=X, specificity=X (0 < X <= 1) or a probability from 0 to 1"
+        f"threshold {rule}: expected youden, sensitivity=X, specificity=X (0 < X <= 1) or a probability from 0 to 1",
+        parameters=("threshold",),
     )
 
 
@@ -47,7 +49,8 @@ def choose_threshold(positive: np.ndarray, score: np.ndarray, rule: str) -> floa
     positive = np.asarray(positive).astype(bool)
     if positive.all() or not positive.any():
         raise ConfigError(
-            f"--threshold {rule}: the validation split needs positive and negative images to choose a threshold"
+            f"threshold {rule}: the validation split needs positive and negative images to choose a threshold",
+            parameters=("threshold",),
         )
     fpr, tpr, thresholds = roc_curve(positive, score)
     thresholds = np.minimum(thresholds, 1.0)  # scikit-learn's first threshold is +inf: nothing positive
@@ -73,7 +76,7 @@ def operating_point(positive: np.ndarray, score: np.ndarray, threshold: float) -
     decided = np.asarray(score) >= threshold
     tp, fn = int(np.sum(decided & positive)), int(np.sum(~decided & positive))
     fp, tn = int(np.sum(decided & ~positive)), int(np.sum(~decided & ~positive))
-    result = {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    result: dict[str, float | list[float]] = {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
     for name, hits, total in (
         ("sensitivity", tp, tp + fn),
         ("specificity", tn, tn + fp),

@@ -9,6 +9,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,8 @@ def load_experiments(study: Study, study_dir: str | Path) -> list[Experiment]:
         groups.setdefault(key, []).append(config.run_dir())
     experiments = []
     for (dataset, size, model, variant), run_dirs in groups.items():
-        done = [d for d in run_dirs if _best_metrics(d) is not None]
+        finished = {d: metrics for d in run_dirs if (metrics := _best_metrics(d)) is not None}
+        done = list(finished)
         if not done:
             continue
         records = [RunDir(d).record() for d in done]
@@ -81,7 +83,7 @@ def load_experiments(study: Study, study_dir: str | Path) -> list[Experiment]:
                 size,
                 model,
                 done,
-                metrics=[_best_metrics(d) for d in done],
+                metrics=list(finished.values()),
                 records=records,
                 histories=[RunDir(d).history() for d in done],
                 side=Side(predictions[0][0], [p for _, p in predictions], records[0]["data"]["task"]),
@@ -263,7 +265,7 @@ def split_shift_rows(experiments: list[Experiment]) -> list[dict]:
     for e in experiments:
         if e.task == Task.MULTI_LABEL or not all("val" in m and "n" in m["val"] for m in e.metrics):
             continue
-        row = {"experiment": e.name}
+        row: dict[str, Any] = {"experiment": e.name}
         for split in ("val", "test"):
             row[split] = _pooled([(round(m[split]["acc"] * m[split]["n"]), m[split]["n"]) for m in e.metrics])
         row["shifted"] = _disjoint(row["val"], row["test"])
@@ -320,7 +322,7 @@ def robustness_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAM
                 "acc_drop_ci": drop_ci,
                 "mce": float(np.mean([r["mce"] for r in records])),
                 "relative_mce": float(np.mean([r["relative_mce"] for r in records])),
-                "worst_corruption": max(ce, key=ce.get),
+                "worst_corruption": max(ce, key=lambda name: ce[name]),
                 "worst_ce": max(ce.values()),
                 "severities": severities,
                 "acc_by_severity": [clean_acc, *map(float, by_severity)],

@@ -13,6 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -119,10 +120,12 @@ def run_study(
     instance started on this machine), ``workers`` at a time.
     """
     if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}", parameters=("workers",))
     if backend not in STUDY_BACKENDS:
-        raise ConfigError(f"--backend {backend}: expected one of {', '.join(STUDY_BACKENDS)}")
+        raise ConfigError(f"backend {backend}: expected one of {', '.join(STUDY_BACKENDS)}", parameters=("backend",))
     study_dir = Path(study_dir)
+    if (study_dir / "optuna.db").is_file():
+        raise ConfigError(f"{study_dir}: holds a hyper-parameter search, not a study; choose another folder")
     configs = study.configs(study_dir, data_dir)
     missing = missing_data_files(configs)
     if missing:
@@ -202,10 +205,13 @@ def check_ray_address(address: str | None) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+        raise ConfigError(f"address {address}: expected auto, HOST:PORT or ray://HOST:PORT", parameters=("address",))
     refused = connection_refused(host.strip("[]"), int(port))
     if refused:
-        raise ConfigError(f"--address {address}: no Ray cluster answers there within {CONNECT_SECONDS:g} s ({refused})")
+        raise ConfigError(
+            f"address {address}: no Ray cluster answers there within {CONNECT_SECONDS:g} s ({refused})",
+            parameters=("address",),
+        )
 
 
 @contextmanager
@@ -215,7 +221,7 @@ def ray_session(address: str | None):
     try:
         import ray
     except ImportError:
-        raise ConfigError("--backend ray needs Ray: pip install 'medclassify[ray]'") from None
+        raise ConfigError("backend ray needs Ray: pip install 'medclassify[ray]'", parameters=("backend",)) from None
     started_here = not ray.is_initialized()
     ray_temp = None
     if started_here:
@@ -239,7 +245,7 @@ def ray_session(address: str | None):
 
 
 def _run_ray_tasks(ray, pending: list[TrainConfig], workers: int, finished, log) -> None:
-    queue, running = list(pending), {}
+    queue, running = list(pending), dict[Any, TrainConfig]()
     try:
         cpus = ray.cluster_resources().get("CPU", 1.0)
         task = ray.remote(num_cpus=max(1, int(cpus // workers)), max_retries=0)(_train_in_worker)

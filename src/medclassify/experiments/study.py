@@ -39,8 +39,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 VARIANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,39}$"  # part of a run folder's name; '_' separates its parts
 
 
-def _non_empty(item, max_length: int = 1000):
-    return Annotated[list[item], Field(min_length=1, max_length=max_length)]
+NonEmptyNames = Annotated[list[StrictStr], Field(min_length=1, max_length=1000)]
+NonEmptySizes = Annotated[list[StrictInt], Field(min_length=1, max_length=1000)]
+Seeds = Annotated[list[Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]], Field(min_length=1, max_length=MAX_SEEDS)]
 
 
 class _Experiment(BaseModel):
@@ -55,10 +56,10 @@ class StudySchema(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
-    datasets: _non_empty(StrictStr)
-    sizes: _non_empty(StrictInt)
-    models: _non_empty(StrictStr) = ["paper-cnn"]
-    seeds: _non_empty(Annotated[StrictInt, Field(ge=0, le=MAX_SEED)], MAX_SEEDS) = [0]
+    datasets: NonEmptyNames
+    sizes: NonEmptySizes
+    models: NonEmptyNames = ["paper-cnn"]
+    seeds: Seeds = [0]
     train: dict[StrictStr, Any] = {}
     variants: dict[Annotated[StrictStr, Field(pattern=VARIANT_PATTERN)], dict[StrictStr, Any]] = {}
     experiments: list[_Experiment] = []
@@ -113,10 +114,16 @@ class Study:
         return study
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Study:
-        """A study from its YAML file (see :meth:`from_dict`)."""
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+        """A study from its YAML file (see :meth:`from_dict`); ``overrides`` (TrainConfig keys, e.g.
+        ``{"epochs": 1}`` for a smoke test) replace the file's ``train`` settings for every experiment
+        and are checked as the file's are."""
         expected = "a mapping with name, datasets, sizes, models, seeds, train"
-        return cls.from_dict(read_yaml_mapping(path, "study YAML", expected), source=str(path))
+        values = read_yaml_mapping(path, "study YAML", expected)
+        if overrides:
+            train = values.get("train")
+            values = {**values, "train": {**(train if isinstance(train, dict) else {}), **overrides}}
+        return cls.from_dict(values, source=str(path))
 
     def validate(self, source: str = "study") -> None:
         """Raise :class:`ConfigError` for a grid that is too large, a reserved or unknown key, or a cell that
@@ -145,7 +152,7 @@ class Study:
 
     def cells(self) -> list[dict]:
         """The grid, in order: one mapping of :data:`GRID_KEYS` per run (``variant`` None without variants)."""
-        variants = list(self.variants) or [None]
+        variants: list[str | None] = [*self.variants] or [None]
         product = itertools.product(self.datasets, self.sizes, self.models, variants, self.seeds)
         return [dict(zip(GRID_KEYS, values, strict=True)) for values in product]
 

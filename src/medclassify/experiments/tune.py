@@ -30,6 +30,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, m
 
 from ..config import MAX_SEED, TrainConfig, parse_duration, read_yaml_mapping, validation_line
 from ..errors import ConfigError, MedclassifyError
+from ..evaluation.figures import save_figure
 from ..io import atomic_path, folder_lock, make_folder, write_csv
 from ..training import train
 from .runner import STUDY_BACKENDS, check_ray_address, ray_session
@@ -81,7 +83,8 @@ class Dimension(BaseModel):
         return self
 
     def integer(self) -> bool:
-        return float(self.low).is_integer() and float(self.high).is_integer() and float(self.step or 1).is_integer()
+        """Whether a range (not a list of choices) holds whole numbers only."""
+        return all(float(value or 0).is_integer() for value in (self.low, self.high, self.step or 1))
 
 
 class SearchSchema(BaseModel):
@@ -110,8 +113,18 @@ class Search:
     seed: int
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Search:
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Search:
+        """A search from its YAML file; ``overrides`` (TrainConfig keys, e.g. ``{"epochs": 2}``) replace
+        its ``base`` settings, and may not set what its ``space`` searches."""
         values = read_yaml_mapping(path, "search YAML", "a mapping with name, base, space, metric, trials")
+        if overrides:
+            space, base = (values.get(key) for key in ("space", "base"))
+            searched = sorted(
+                k for k in overrides if isinstance(space, dict) and k in {s.replace("-", "_") for s in space}
+            )
+            if searched:
+                raise ConfigError(f"{path}: the space searches {', '.join(searched)}; set other keys only")
+            values = {**values, "base": {**(base if isinstance(base, dict) else {}), **overrides}}
         try:
             checked = SearchSchema.model_validate(values)
         except ValidationError as exc:
@@ -148,11 +161,11 @@ def _optuna():
 def _suggest(trial, name: str, dimension: Dimension):
     if dimension.choices is not None:
         return trial.suggest_categorical(name, dimension.choices)
+    low, high = dimension.low, dimension.high
+    assert low is not None and high is not None  # a range has both; the search file's check made sure
     if dimension.integer():
-        return trial.suggest_int(
-            name, int(dimension.low), int(dimension.high), step=int(dimension.step or 1), log=dimension.log
-        )
-    return trial.suggest_float(name, dimension.low, dimension.high, step=dimension.step, log=dimension.log)
+        return trial.suggest_int(name, int(low), int(high), step=int(dimension.step or 1), log=dimension.log)
+    return trial.suggest_float(name, low, high, step=dimension.step, log=dimension.log)
 
 
 def _study(search: Search, tune_dir: Path):
@@ -195,8 +208,8 @@ def _objective(search: Search, tune_dir: Path, data_dir: str | None):
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
-        values = [float(row[search.metric]) for row in result.history]
-        return min(values) if METRICS[search.metric] == "minimize" else max(values)
+        scores = [float(row[search.metric]) for row in result.history]
+        return min(scores) if METRICS[search.metric] == "minimize" else max(scores)
 
     return objective
 
@@ -356,7 +369,9 @@ def _tune_on_ray(search: Search, tune_dir: Path, data_dir, remaining: int | None
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
     except ImportError:
-        raise ConfigError("--backend ray needs Ray Tune: pip install 'medclassify[ray]'") from None
+        raise ConfigError(
+            "backend ray needs Ray Tune: pip install 'medclassify[ray]'", parameters=("backend",)
+        ) from None
     with ray_session(address) as ray:
         threads = max(1, int(ray.cluster_resources().get("CPU", 1.0) // workers))
         epochs = TrainConfig.from_dict(search.base).epochs
@@ -416,14 +431,16 @@ def run_search(
     the optimisation-history and importance plots, ``best.yaml`` and, with ``retrain``, ``best_trial_NNN``
     and ``report.md``."""
     if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}", parameters=("workers",))
     if backend not in STUDY_BACKENDS:
-        raise ConfigError(f"--backend {backend}: expected one of {', '.join(STUDY_BACKENDS)}")
+        raise ConfigError(f"backend {backend}: expected one of {', '.join(STUDY_BACKENDS)}", parameters=("backend",))
     if backend == "ray":
         check_ray_address(address)  # before the search folder is made
     tune_dir = Path(tune_dir)
     if tune_dir.exists() and not tune_dir.is_dir():
-        raise ConfigError(f"--out {tune_dir}: is a file; a search writes a folder")
+        raise ConfigError(f"{tune_dir}: is a file; a search writes a folder")
+    if (tune_dir / "runs").is_dir() and not (tune_dir / "optuna.db").is_file():
+        raise ConfigError(f"{tune_dir}: holds a study, not a search; choose another folder")
     make_folder(tune_dir)
     with folder_lock(tune_dir, "tune"):  # a second search on this folder would re-queue this one's trials
         return _run_held_search(search, tune_dir, data_dir, workers, retrain, quiet, backend, address)
@@ -545,29 +562,23 @@ def _note(trial) -> str:
     return "interrupted" if trial.state.name == "FAIL" else ""
 
 
-def _plots(study, tune_dir: Path, complete: int) -> list[Path]:
+def _plots(study: Any, tune_dir: Path, complete: int) -> list[Path]:
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # Optuna draws its plots with pyplot; each is closed once saved
     from optuna.visualization import matplotlib as optuna_plots
 
     written = []
-    plots = [("optimization_history", optuna_plots.plot_optimization_history)]
+    plots: list[tuple[str, Callable[[Any], Any]]] = [("optimization_history", optuna_plots.plot_optimization_history)]
     if complete >= 2 and len(study.best_trial.params) > 1:
         plots.append(("param_importances", optuna_plots.plot_param_importances))
     for name, plot in plots:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-            ax = plot(study)
-        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        path = tune_dir / f"{name}.png"
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+            axes = plot(study)
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        written += save_figure(figure, tune_dir / name, formats=("png",))
         plt.close(figure)
-        written.append(path)
     return written
 
 
@@ -585,7 +596,7 @@ def _retrain(search: Search, tune_dir: Path, data_dir: str | None, trial: int) -
 
         return json.loads((out / "metrics.json").read_text())["test"]
     config.resume = (out / "last.pt").is_file()
-    return train(config).metrics["test"]
+    return dict(train(config).metrics["test"])
 
 
 def _report(search: Search, trials, best, test: dict, tune_dir: Path, seconds: float) -> Path:

@@ -11,22 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from pytorch_grad_cam import GradCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-
-from ..data.images import model_input  # noqa: E402
-from ..defaults import GRID_PER_CLASS  # noqa: E402
-from ..errors import ConfigError  # noqa: E402
-from ..inference.predictor import Predictor  # noqa: E402
-from ..models import cam_layer_names  # noqa: E402
-from ..reporting.figures import save_figure  # noqa: E402
-from ..reporting.texts import shorten  # noqa: E402
+from ..data.images import model_input
+from ..defaults import GRID_PER_CLASS
+from ..errors import ConfigError
+from ..evaluation.figures import save_figure, subplots
+from ..inference.predictor import Predictor
+from ..models import cam_layer_names
+from ..text import shorten
 
 HEATMAP_ALPHA = 0.45
 
@@ -119,7 +117,7 @@ def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def explain_images(
-    predictor: Predictor, images, target: str | int | None = None, layer: str | None = None
+    predictor: Predictor, images: object, target: str | int | None = None, layer: str | None = None
 ) -> tuple[list[Explanation], list[tuple[str, str]]]:
     """Heatmaps for the predicted class (or ``target``) of each readable image, at its own size."""
     sources, skipped = predictor.read(images)
@@ -156,7 +154,7 @@ def overlay_pixels(pixels: np.ndarray, heatmap: np.ndarray, min_side: int = 224)
     return blended.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else blended
 
 
-def _show(ax, pixels: np.ndarray, heatmap: np.ndarray | None = None) -> None:
+def _show(ax: Axes, pixels: np.ndarray, heatmap: np.ndarray | None = None) -> None:
     ax.imshow(pixels, interpolation="nearest")
     if heatmap is not None:
         ax.imshow(heatmap, cmap="jet", alpha=HEATMAP_ALPHA, vmin=0.0, vmax=1.0, interpolation="bilinear")
@@ -166,7 +164,7 @@ def _show(ax, pixels: np.ndarray, heatmap: np.ndarray | None = None) -> None:
 
 def save_overlay(explanation: Explanation, out: Path) -> Path:
     """The image and its heatmap overlay side by side, class and probability in the title (PNG)."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4), layout="constrained")
+    figure, (left, right) = subplots(1, 2, figsize=(8, 4.4))
     _show(left, explanation.pixels)
     left.set_title("image")
     _show(right, explanation.pixels, explanation.heatmap)
@@ -232,9 +230,7 @@ def split_grid(
     examples = split_examples(y_true, probabilities, per_class)
     names = predictor.class_names
     columns = 2 * per_class
-    figure, axes = plt.subplots(
-        len(names), columns, figsize=(2.1 * columns + 1.2, 2.2 * len(names)), squeeze=False, layout="constrained"
-    )
+    figure, axes = subplots(len(names), columns, figsize=(2.1 * columns + 1.2, 2.2 * len(names)), squeeze=False)
     for k, row in examples.items():
         picked = (
             row["correct"]
@@ -243,7 +239,7 @@ def split_grid(
             + [None] * (per_class - len(row["wrong"]))
         )
         indices = [i for i in picked if i is not None]
-        maps = (
+        maps: np.ndarray | list[np.ndarray] = (
             cam_maps(
                 predictor, predictor.normalise(pixels[indices]), list(probabilities[indices].argmax(axis=1)), layer
             )

@@ -5,10 +5,4 @@ Attributes load on first use, so that predicting with an ONNX model does not imp
 
 import lazy_loader as lazy
 
-__getattr__, __dir__, __all__ = lazy.attach(
-    __name__,
-    submod_attrs={
-        "predictor": ["Predictions", "Predictor"],
-        "export": ["ExportResult", "export_model"],
-    },
-)
+__getattr__, __dir__, __all__ = lazy.attach_stub(__name__, __file__)

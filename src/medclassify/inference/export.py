@@ -10,36 +10,25 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..defaults import EXPORT_FORMATS as FORMATS
-from ..defaults import PARITY_TOLERANCE
-from ..errors import CheckpointError, ConfigError, DataError
+from ..defaults import EXPORT_FORMATS, EXPORT_SUFFIXES, PARITY_TOLERANCE
+from ..errors import CheckpointError, ConfigError
 from ..io import atomic_path, file_md5, folder_lock, write_json
-from ..runs.files import ONNX_FILE, RunDir
-from .hub import is_hub_folder
-from .predictor import EXPORTS_RECORD, ONNX_METADATA_KEY, Predictor, recorded_export
+from ..runs.files import ONNX_FILE
+from .bundle import EXPORTS_RECORD, ONNX_METADATA_KEY, ExportFormat, ExportResult, recorded_export
+from .hub import export_hub
+from .hub_folder import is_hub_folder
+from .parity import max_logit_difference, parity_pixels
+from .predictor import Predictor
 
 TORCHSCRIPT_METADATA = "medclassify.json"
-RANDOM_PARITY_IMAGES = 64
-
-
-@dataclass
-class ExportResult:
-    """Where an export went and how closely its logits matched PyTorch's."""
-
-    path: Path
-    format: str
-    bytes: int
-    max_abs_diff: float
-    parity_images: int
-    parity_data: str  # "test split" or "random images"
 
 
 class TemperatureScaled(torch.nn.Module):
@@ -86,6 +75,8 @@ def write_onnx(model: torch.nn.Module, metadata: dict, path: Path, channels: int
         dynamo=True,
         verbose=False,
     )
+    if program is None:  # torch returns None only for the TorchScript exporter, not the dynamo one used here
+        raise CheckpointError(f"{path}: torch.onnx.export returned no program")
     proto = program.model_proto  # in memory, so that the weights end up inside the one file
     for key, value in onnx_properties(metadata).items():
         entry = proto.metadata_props.add()
@@ -94,7 +85,7 @@ def write_onnx(model: torch.nn.Module, metadata: dict, path: Path, channels: int
 
 
 @contextmanager
-def _torchscript_allowed():
+def _torchscript_allowed() -> Iterator[None]:
     """torch marks TorchScript deprecated; LibTorch still loads it, and the user asked for it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -109,7 +100,7 @@ def write_torchscript(model: torch.nn.Module, metadata: dict, path: Path, channe
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
 
 
-def _torchscript_runner(path: Path):
+def _torchscript_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     with _torchscript_allowed():
         loaded = torch.jit.load(str(path), map_location="cpu")
 
@@ -120,49 +111,40 @@ def _torchscript_runner(path: Path):
     return run
 
 
-def _onnx_runner(path: Path):
+def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda batch: session.run(None, {"images": batch})[0]
 
 
-def parity_pixels(run_dir: Path | None, predictor: Predictor, data_dir: str | None) -> tuple[np.ndarray, str]:
-    """uint8 test images of the run, or seeded random images when the run's data are not at hand."""
-    if run_dir is not None and RunDir(run_dir).config_path.is_file():
-        from ..runs import load_run_data
-
-        config = RunDir(run_dir).config(data_dir)
-        try:
-            return load_run_data(config).splits["test"].images.numpy(), "test split"
-        except DataError as exc:
-            warnings.warn(f"parity checked on random images: the run's test data are not at hand ({exc})", stacklevel=2)
-    shape = (RANDOM_PARITY_IMAGES, predictor.channels, predictor.size, predictor.size)
-    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), "random images"
-
-
-def max_logit_difference(reference, candidate, pixels: np.ndarray, normalise, batch_size: int = 256) -> float:
-    """The largest absolute logit difference between two models over ``pixels`` (uint8 N x C x H x W)."""
-    worst = 0.0
-    for start in range(0, len(pixels), batch_size):
-        batch = normalise(pixels[start : start + batch_size])
-        worst = max(worst, float(np.abs(reference(batch) - candidate(batch)).max()))
-    return worst
-
-
 def export_model(
     source: str | Path,
     out: str | Path | None = None,
-    format: str = "onnx",
+    format: ExportFormat = "onnx",
     data_dir: str | None = None,
     tolerance: float = PARITY_TOLERANCE,
 ) -> ExportResult:
-    """Export a run folder's ``best.pt`` (or a ``.pt`` bundle) to ``out``; default: ``RUN/model.onnx``
-    (``model.ts`` for TorchScript), or the bundle's name with the format's suffix."""
-    if format not in FORMATS:
-        raise CheckpointError(f"--format {format}: expected one of {', '.join(FORMATS)}")
+    """Export a trained model for a runtime without medclassify, after checking its logits against PyTorch's.
+
+    Args:
+        source: a run folder (its ``best.pt``) or a ``.pt`` bundle; ``"hub"`` needs a run folder.
+        out: the file (folder for ``"hub"``) to write; default ``RUN/model.onnx``, ``RUN/model.ts``
+            or ``RUN/hub``, or the bundle's name with the format's suffix.
+        format: ``"onnx"`` (ONNX Runtime), ``"torchscript"`` (LibTorch) or ``"hub"`` (a Hugging Face
+            Hub model folder with safetensors weights and the model card).
+        data_dir: where the run's data are now, for the parity check on its test split.
+        tolerance: the largest logit difference to PyTorch the export may have; above it nothing is written.
+
+    Returns:
+        Where the export went, its size and the largest logit difference measured.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"format {format!r}: expected one of {', '.join(EXPORT_FORMATS)}", parameters=("format",))
     if not tolerance >= 0:
-        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
+        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance}", parameters=("tolerance",))
+    if format == "hub":
+        return export_hub(source, out, data_dir, tolerance)
     source = Path(source)
     if is_hub_folder(source) and not (source / "best.pt").is_file():
         raise CheckpointError(f"{source}: a Hub folder; export from the run folder it came from")
@@ -172,9 +154,9 @@ def export_model(
     run_dir = source if source.is_dir() else None
     if out is None:
         out = (
-            source / (ONNX_FILE if format == "onnx" else "model" + FORMATS[format])
+            source / (ONNX_FILE if format == "onnx" else "model" + EXPORT_SUFFIXES[format])
             if run_dir
-            else source.with_suffix(FORMATS[format])
+            else source.with_suffix(EXPORT_SUFFIXES[format])
         )
     out = Path(out)
     in_run = run_dir is not None and out.resolve().parent == run_dir.resolve()
@@ -199,15 +181,16 @@ def _export(
     predictor: Predictor,
     run_dir: Path | None,
     out: Path,
-    format: str,
+    format: ExportFormat,
     data_dir: str | None,
     tolerance: float,
     in_run: bool,
 ) -> ExportResult:
     temperature = predictor.temperature  # a calibrated bundle's temperature goes into the graph
+    checkpoint_md5 = file_md5(predictor.source)
     metadata = {
         **predictor.metadata,
-        "checkpoint_md5": file_md5(predictor.source),
+        "checkpoint_md5": checkpoint_md5,
         "format": format,
         "temperature_in_graph": temperature != 1.0,
     }
@@ -229,6 +212,6 @@ def _export(
                 f"{parity_data} (tolerance {tolerance:g}); nothing was written"
             )
         size = tmp.stat().st_size
-    if in_run:
-        _record_export(run_dir, out, format, metadata["checkpoint_md5"])
-    return ExportResult(out, format, size, difference, len(pixels), parity_data)
+    if in_run and run_dir is not None:
+        _record_export(run_dir, out, format, checkpoint_md5)
+    return ExportResult(out, format, size, difference, len(pixels), parity_data, [out.name])

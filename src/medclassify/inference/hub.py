@@ -13,72 +13,29 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..defaults import PARITY_TOLERANCE
 from ..errors import CheckpointError, ConfigError, OutputError, first_line
 from ..io import connection_refused, folder_lock
+from ..runs.card import model_card
 from ..runs.files import RunDir
-
-HUB_FORMAT = "medclassify.hub"
-HUB_FORMAT_VERSION = 1
-HUB_CONFIG = "config.json"
-HUB_WEIGHTS = "model.safetensors"
-HUB_PREPROCESSOR = "preprocessor_config.json"
-HUB_CARD = "README.md"
-HUB_FOLDER = "hub"  # default folder inside the run
-INSTALL_HUB = "pip install 'medclassify[hub]'"
-
-
-def _safetensors():
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise ConfigError(f"the Hub format needs safetensors: {INSTALL_HUB}") from None
-    return safetensors.torch
-
-
-HUB_FILES = (HUB_CONFIG, HUB_WEIGHTS, HUB_PREPROCESSOR, HUB_CARD)  # what an export writes, and all it replaces
-
-
-def is_hub_folder(path: Path) -> bool:
-    """A folder written by :func:`export_hub`: its ``config.json`` carries medclassify's format marker
-    (a Hugging Face model folder of another kind has the same file names)."""
-    if not (path.is_dir() and (path / HUB_WEIGHTS).is_file() and (path / HUB_CONFIG).is_file()):
-        return False
-    try:
-        description = json.loads((path / HUB_CONFIG).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(description, dict) and description.get("format") == HUB_FORMAT
-
-
-def load_hub_folder(path: Path) -> dict:
-    """The bundle a Hub folder holds (its description and weights), as ``best.pt`` would give it."""
-    try:
-        description = json.loads((path / HUB_CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path / HUB_CONFIG}: not readable ({first_line(exc)})") from None
-    if not isinstance(description, dict) or description.get("format") != HUB_FORMAT:
-        raise CheckpointError(f"{path / HUB_CONFIG}: not a medclassify Hub folder (no '{HUB_FORMAT}' format)")
-    if description.get("format_version", 0) > HUB_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer medclassify; upgrade to read it")
-    try:
-        weights = _safetensors().load_file(path / HUB_WEIGHTS, device="cpu")
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path / HUB_WEIGHTS}: not readable weights ({first_line(exc)})") from None
-    state = {k: v for k, v in description.items() if k not in ("format", "format_version")}
-    return {**state, "model_state": weights}
-
-
-@dataclass
-class HubExport:
-    path: Path
-    files: list[str]
-    max_abs_diff: float
-    parity_images: int
-    parity_data: str
+from .bundle import ExportResult, bundle_description
+from .hub_folder import (
+    HUB_CARD,
+    HUB_CONFIG,
+    HUB_FILES,
+    HUB_FOLDER,
+    HUB_FORMAT,
+    HUB_FORMAT_VERSION,
+    HUB_PREPROCESSOR,
+    HUB_WEIGHTS,
+    INSTALL_HUB,
+    is_hub_folder,
+    safetensors_module,
+)
+from .parity import max_logit_difference, parity_pixels
+from .predictor import Predictor
 
 
 def _preprocessor(prep: dict) -> dict:
@@ -101,16 +58,12 @@ def export_hub(
     out: str | Path | None = None,
     data_dir: str | None = None,
     tolerance: float = PARITY_TOLERANCE,
-) -> HubExport:
+) -> ExportResult:
     """Write ``run_dir``'s bundle as a Hub folder (default ``RUN/hub``), staged beside its place and
     moved into it once its weights, loaded back, give the run's logits within ``tolerance``. An
     earlier export's files are replaced; files it did not write there (a ``.git/`` folder, notes) stay."""
-    from ..runs.card import model_card
-    from .export import max_logit_difference, parity_pixels
-    from .predictor import Predictor, bundle_description
-
     if not tolerance >= 0:
-        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
+        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance}", parameters=("tolerance",))
     run = RunDir(run_dir)
     if not run.path.is_dir() or not run.best_path.is_file():
         raise CheckpointError(f"{run.path}: the Hub format exports a finished run folder (its best.pt and model card)")
@@ -120,7 +73,7 @@ def export_hub(
             f"{out}: exists and is not a medclassify Hub folder (no '{HUB_FORMAT}' format in its {HUB_CONFIG}); "
             "choose another --out"
         )
-    safetensors = _safetensors()
+    safetensors = safetensors_module()
     with folder_lock(run.path, "export"):
         state = run.bundle()
         reference = Predictor.from_run(run.path, device="cpu", backend="torch", calibrated=False)
@@ -144,7 +97,8 @@ def export_hub(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     files = sorted(HUB_FILES)
-    return HubExport(out, files, difference, len(pixels), parity_data)
+    size = sum((out / name).stat().st_size for name in files)
+    return ExportResult(out, "hub", size, difference, len(pixels), parity_data, files)
 
 
 def _replace_folder(staging: Path, out: Path) -> None:
@@ -169,12 +123,12 @@ def check_repo_id(repo: str) -> None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ConfigError(f"--repo {repo}: expected OWNER/NAME, e.g. alice/bloodmnist-cnn")
+        raise ConfigError(f"repo {repo}: expected OWNER/NAME, e.g. alice/bloodmnist-cnn", parameters=("repo",))
     try:
         validate_repo_id(repo)
     except HFValidationError:
         raise ConfigError(
-            f"--repo {repo[:100]}: expected OWNER/NAME of letters, digits, '-', '_' and '.', at most 96 characters, "
+            f"repo {repo[:100]}: expected OWNER/NAME of letters, digits, '-', '_' and '.', at most 96 characters, "
             "not starting or ending with '-' or '.', without '--' or '..'"
         ) from None
 
@@ -207,7 +161,10 @@ def push_to_hub(run_dir: str | Path, repo: str, private: bool = False, token: st
         raise ConfigError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push")
     token = token or huggingface_hub.get_token()
     if not token:
-        raise ConfigError("no Hub access token; pass --token, set HF_TOKEN or run 'hf auth login'")
+        raise ConfigError(
+            "token: none given and no Hub access token found; set HF_TOKEN or run 'hf auth login'",
+            parameters=("token",),
+        )
     endpoint = os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
     _check_reachable(endpoint)
     api = HfApi(endpoint=endpoint, token=token)

@@ -12,6 +12,8 @@ The result is a DataFrame with one row per image: ``image`` (its name), ``predic
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow
 from mlflow.pyfunc import PythonModel
 
@@ -19,12 +21,12 @@ from mlflow.pyfunc import PythonModel
 class MedclassifyModel(PythonModel):
     """Loads the bundle logged as the artifact ``bundle`` with medclassify's own Predictor."""
 
-    def load_context(self, context) -> None:
+    def load_context(self, context: Any) -> None:
         from medclassify.inference import Predictor
 
         self.predictor = Predictor.from_run(context.artifacts["bundle"], device="cpu", backend="torch")
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:  # a pandas DataFrame
         import pandas as pd
 
         from medclassify.io import probability_columns

@@ -9,11 +9,11 @@ command start in a fraction of a second.
 
 from __future__ import annotations
 
-import json
-import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 import numpy as np
 from PIL import Image
@@ -30,80 +30,27 @@ from ..data.images import (
     read_image_file,
 )
 from ..defaults import PREDICT_BATCH_SIZE
-from ..errors import CheckpointError, DataError, first_line
+from ..errors import CheckpointError, ConfigError, DataError, first_line
 from ..evaluation.conformal import prediction_sets
-from ..io import file_md5
 from ..runs.files import BEST_FILE, ONNX_FILE, BundleMetadata
 from ..tasks import Task, probabilities_from_logits
-from .hub import is_hub_folder, load_hub_folder
+from .bundle import bundle_description, check_bundle, current_onnx_export, parse_onnx_metadata
+from .hub_folder import is_hub_folder, load_hub_folder
+
+if TYPE_CHECKING:
+    import torch  # imported only for PyTorch bundles
 
 THRESHOLD = 0.5
-ONNX_METADATA_KEY = "medclassify"
-EXPORTS_RECORD = "exports.json"  # in a run folder: the digest of each file 'medclassify export' wrote there
-BUNDLE_KEYS = ("model", "preprocessing", "dataset")
-PREDICT_BACKENDS = ("auto", "torch", "onnx")
+PredictBackend = Literal["auto", "torch", "onnx"]
+PREDICT_BACKENDS: tuple[PredictBackend, ...] = get_args(PredictBackend)
 
 
-def bundle_description(state: dict) -> dict:
-    """What describes a model bundle, without its weights or training state."""
-    keys = (
-        *BUNDLE_KEYS,
-        "medclassify_version",
-        "epoch",
-        "val_metrics",
-        "test_metrics",
-        "calibration",
-        "operating_point",
-        "conformal",
-        "ensemble",
-    )
-    return {k: state[k] for k in keys if k in state}
+class Backend(Protocol):
+    """What computes a model's logits: the normalised float32 batch N x C x H x W in, N x classes out."""
 
+    name: str
 
-def _check_bundle(metadata: dict, path: Path) -> None:
-    """A bundle's description must be one a model can be built and applied from (a hand-edited
-    one may not be)."""
-    missing = [k for k in BUNDLE_KEYS if not isinstance(metadata, dict) or k not in metadata]
-    if missing:
-        raise CheckpointError(f"{path}: not a medclassify model bundle (missing {', '.join(missing)})")
-    try:
-        problems = _bundle_problems(metadata["model"], metadata["preprocessing"], metadata["dataset"])
-    except (KeyError, TypeError, AttributeError) as exc:
-        problems = [f"incomplete description ({first_line(exc)})"]
-    if problems:
-        raise CheckpointError(f"{path}: not a usable model bundle ({'; '.join(problems)})")
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _bundle_problems(spec: dict, prep: dict, data: dict) -> list[str]:
-    problems = []
-    classes, names = spec["num_classes"], data["class_names"]
-    if not _positive_int(classes):
-        problems.append(f"num_classes {classes!r} is not a count >= 1")
-    elif not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
-        problems.append(f"{len(names) if isinstance(names, list) else names!r} class names for {classes} outputs")
-    size, channels = prep["size"], prep["channels"]
-    if not _positive_int(size) or not 8 <= size <= 1024 or size != spec["image_size"]:
-        problems.append(f"image size {size!r} (model: {spec['image_size']!r}; expected 8 to 1024, the same for both)")
-    if channels not in (1, 3) or channels != spec["in_channels"]:
-        problems.append(f"channels {channels!r} (model: {spec['in_channels']!r}; expected 1 or 3, the same for both)")
-    for key in ("mean", "std"):
-        values = prep[key]
-        if (
-            not isinstance(values, list)
-            or len(values) != (channels if channels in (1, 3) else len(values))
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-            or (key == "std" and min(values, default=0) <= 0)
-        ):
-            problems.append(
-                f"{key} {values!r} is not one finite number per channel" + (" above 0" if key == "std" else "")
-            )
-    if data["task"] not in set(Task):
-        problems.append(f"task {data['task']!r} is not one of {', '.join(Task)}")
-    return problems
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 class OnnxBackend:
@@ -119,67 +66,10 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own exception types for every kind of bad file
             raise CheckpointError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         self.input_name = self.session.get_inputs()[0].name
-        self.metadata = _parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        self.metadata = parse_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
-
-
-def _parse_metadata(props: dict, path: Path) -> dict:
-    if ONNX_METADATA_KEY not in props:
-        raise CheckpointError(
-            f"{path}: an ONNX model without medclassify metadata; export it with 'medclassify export'"
-        )
-    try:
-        metadata = json.loads(props[ONNX_METADATA_KEY])
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: its medclassify metadata is not valid JSON ({first_line(exc)})") from None
-    if not isinstance(metadata, dict):
-        raise CheckpointError(f"{path}: its medclassify metadata is not a JSON object")
-    return metadata
-
-
-def onnx_metadata(path: Path) -> dict:
-    """The medclassify metadata of an exported ONNX model, without building an inference session;
-    one-line :class:`CheckpointError` for a file that is not such a model."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError, OSError, onnx's own errors
-        raise CheckpointError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
-    return _parse_metadata({p.key: p.value for p in model.metadata_props}, path)
-
-
-def recorded_export(run_dir: Path, filename: str) -> dict | None:
-    """What ``medclassify export`` recorded about ``filename`` in the run folder, if anything."""
-    try:
-        record = json.loads((run_dir / EXPORTS_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    entry = record.get(filename) if isinstance(record, dict) else None
-    return entry if isinstance(entry, dict) else None
-
-
-def current_onnx_export(run_dir: Path, checkpoint: Path) -> Path:
-    """The run's model.onnx when it is the unchanged file exported from the current best.pt;
-    otherwise a :class:`CheckpointError` saying why not."""
-    exported = run_dir / ONNX_FILE
-    if not exported.is_file():
-        raise CheckpointError(f"{exported} does not exist; run 'medclassify export {run_dir}'")
-    entry = recorded_export(run_dir, ONNX_FILE)
-    if entry is None:
-        raise CheckpointError(
-            f"{exported} has no recorded digest in {run_dir / EXPORTS_RECORD}; run 'medclassify export {run_dir}' again"
-        )
-    if file_md5(exported) != entry.get("md5"):
-        raise CheckpointError(
-            f"{exported} changed since it was exported (its MD5 differs from {EXPORTS_RECORD}); "
-            f"run 'medclassify export {run_dir}' again"
-        )
-    if onnx_metadata(exported).get("checkpoint_md5") != file_md5(checkpoint):
-        raise CheckpointError(f"{exported} was exported from an older best.pt; run 'medclassify export {run_dir}'")
-    return exported
 
 
 @dataclass
@@ -258,11 +148,11 @@ class Predictions:
 class Predictor:
     """A trained model with the preprocessing it was trained with."""
 
-    def __init__(self, metadata: BundleMetadata, backend, source: Path, calibrated: bool = True):
-        _check_bundle(metadata, source)
-        self.metadata: BundleMetadata = metadata
+    def __init__(self, metadata: object, backend: Backend, source: Path, calibrated: bool = True):
+        self.metadata: BundleMetadata = check_bundle(metadata, source)
         self.backend = backend
         self.source = source
+        metadata = self.metadata
         prep = metadata["preprocessing"]
         self.size = int(prep["size"])
         self.channels = int(prep["channels"])
@@ -281,25 +171,41 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, path: str | Path, device: str = "auto", backend: str = "auto", calibrated: bool = True
+        cls, path: str | Path, device: str = "auto", backend: PredictBackend = "auto", calibrated: bool = True
     ) -> Predictor:
-        """``path``: a run folder (its ``best.pt``; with ``backend="auto"`` its ``model.onnx`` when
-        that was exported from the current ``best.pt``), a ``.pt`` bundle, an ``.onnx`` export or a
-        Hub folder (``export --format hub``).
-        ``calibrated=False`` ignores a stored temperature (PyTorch bundles; ONNX graphs hold it)."""
+        """The model of a run folder, a bundle, an exported ONNX model or a Hub folder, ready to predict.
+
+        Args:
+            path: a run folder (its ``best.pt``; with ``backend="auto"`` its ``model.onnx`` when that
+                was exported from the current ``best.pt``), a ``.pt`` bundle, an ``.onnx`` export or a
+                Hub folder (``export --format hub``).
+            device: where a PyTorch model runs: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+            backend: ``auto``, ``torch`` (PyTorch) or ``onnx`` (ONNX Runtime, without importing torch).
+            calibrated: apply the bundle's temperature, operating point and conformal sets; False
+                ignores them (PyTorch bundles; an ONNX graph holds its temperature).
+
+        Returns:
+            The predictor, with the preprocessing the model was trained with.
+        """
         if backend not in PREDICT_BACKENDS:
-            raise CheckpointError(f"--backend {backend}: expected one of {', '.join(PREDICT_BACKENDS)}")
+            raise ConfigError(
+                f"backend {backend!r}: expected one of {', '.join(PREDICT_BACKENDS)}", parameters=("backend",)
+            )
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"{path}: no such run folder or model file")
         if path.suffix.lower() == ".onnx":
             if backend == "torch":
-                raise CheckpointError(f"{path}: an ONNX model runs with --backend onnx or auto, not torch")
+                raise CheckpointError(
+                    f"{path}: an ONNX model runs with backend onnx or auto, not torch", parameters=("backend",)
+                )
             return cls._onnx(path)
         checkpoint = path / BEST_FILE if path.is_dir() else path
         if path.is_dir() and not checkpoint.is_file() and is_hub_folder(path):
             if backend == "onnx":
-                raise CheckpointError(f"{path}: a Hub folder runs with --backend torch or auto, not onnx")
+                raise CheckpointError(
+                    f"{path}: a Hub folder runs with backend torch or auto, not onnx", parameters=("backend",)
+                )
             source, state = path, load_hub_folder(path)
         else:
             if path.is_dir():
@@ -321,8 +227,7 @@ class Predictor:
             source, state = checkpoint, load_checkpoint(checkpoint)
         from ..runs import TorchBackend  # torch only here: an ONNX model returned above without it
 
-        metadata = bundle_description(state)
-        _check_bundle(metadata, source)
+        metadata = check_bundle(bundle_description(state), source)  # before the model is built from it
         return cls(metadata, TorchBackend(state, source, device), source, calibrated)
 
     @classmethod
@@ -331,14 +236,15 @@ class Predictor:
         return cls(backend.metadata, backend, path)
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module:
         """The ``torch.nn.Module`` (PyTorch bundles only; Grad-CAM needs it)."""
-        if isinstance(self.backend, OnnxBackend):
+        model = getattr(self.backend, "model", None)
+        if model is None:
             raise CheckpointError(f"{self.source}: an ONNX model has no gradients; use the run folder or its best.pt")
-        return self.backend.model
+        return model
 
     # ---- images -> model input ---------------------------------------------------------------
-    def read(self, images, first_index: int = 0) -> tuple[list[SourceImage], list[tuple[str, str]]]:
+    def read(self, images: object, first_index: int = 0) -> tuple[list[SourceImage], list[tuple[str, str]]]:
         """Files, folders, PIL images or arrays -> source images, and the items that could not be
         read; in-memory images are named by their position, counted from ``first_index``."""
         sources, skipped = [], []
@@ -352,7 +258,7 @@ class Predictor:
         return sources, skipped
 
     @staticmethod
-    def _read_one(item, index: int) -> list[SourceImage]:
+    def _read_one(item: object, index: int) -> list[SourceImage]:
         if isinstance(item, SourceImage):
             return [item]
         if isinstance(item, Image.Image):
@@ -383,9 +289,18 @@ class Predictor:
         bundle's temperature applied."""
         return probabilities_from_logits(self.logits_of_pixels(pixels, batch_size) / self.temperature, self.multi_label)
 
-    def predict(self, images, batch_size: int = PREDICT_BATCH_SIZE, progress: bool = False) -> Predictions:
-        """Class probabilities for files, folders (every image file in them), PIL images or arrays.
-        Unreadable files are skipped and listed in ``Predictions.skipped``."""
+    def predict(self, images: object, batch_size: int = PREDICT_BATCH_SIZE, progress: bool = False) -> Predictions:
+        """Class probabilities for images, each converted as the training images were.
+
+        Args:
+            images: a file, folder (every image file in it), PIL image or NumPy array, or a list of them.
+            batch_size: images per forward pass.
+            progress: show a progress bar over the files.
+
+        Returns:
+            The probabilities of the images that could be read, with the bundle's decision and
+            prediction sets; unreadable files are listed in ``Predictions.skipped``.
+        """
         items = _expand(images)
         names, probs, skipped = [], [], []
         with tqdm(
@@ -414,7 +329,8 @@ class Predictor:
         )
 
 
-def _expand(images) -> list:
+def _expand(images: object) -> list:
     """One item or many; folders replaced by the image files under them."""
-    items = [images] if isinstance(images, (str, Path, np.ndarray, Image.Image, SourceImage)) else list(images)
+    single = isinstance(images, (str, Path, np.ndarray, Image.Image, SourceImage))
+    items = [images] if single or not isinstance(images, Iterable) else list(images)
     return [file for item in items for file in (image_files([item]) if isinstance(item, (str, Path)) else [item])]

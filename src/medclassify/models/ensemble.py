@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .registry import create_model, get_model_entry
+from .registry import ModelSpec, create_model, get_model_entry
 
 ENSEMBLE_NAME = "ensemble"
 
@@ -18,6 +18,8 @@ ENSEMBLE_NAME = "ensemble"
 class SeedEnsemble(nn.Module):
     """``members`` averaged in probability; each member's logits are first divided by its temperature
     (1 when it was not calibrated)."""
+
+    temperatures: torch.Tensor  # a buffer: saved with the weights, moved with the model
 
     def __init__(self, members: list[nn.Module], temperatures: list[float], multi_label: bool):
         super().__init__()
@@ -34,7 +36,7 @@ class SeedEnsemble(nn.Module):
         return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(len(self.members))
 
 
-def model_from_spec(spec: dict) -> nn.Module:
+def model_from_spec(spec: ModelSpec) -> nn.Module:
     """The model a bundle's ``model`` entry describes: a registered model, or a :class:`SeedEnsemble`
     of registered models (``members``, ``temperatures``, ``multi_label``)."""
     if spec["name"] != ENSEMBLE_NAME:
@@ -43,7 +45,7 @@ def model_from_spec(spec: dict) -> nn.Module:
     return SeedEnsemble(members, list(spec["temperatures"]), bool(spec["multi_label"]))
 
 
-def cam_layer_names(spec: dict) -> list[str]:
+def cam_layer_names(spec: ModelSpec) -> list[str]:
     """Where Grad-CAM looks in the model of ``spec``: the registered last block, or every member's."""
     if spec["name"] != ENSEMBLE_NAME:
         return [get_model_entry(spec["name"]).cam_layer]

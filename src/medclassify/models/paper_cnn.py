@@ -3,6 +3,7 @@ Conv32-Pool-Conv64-Pool-FC128, and its higher-resolution variants."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..citation import PAPER
@@ -45,7 +46,7 @@ class PaperCNN(nn.Module):
             nn.Linear(128, num_classes),
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 

@@ -3,6 +3,7 @@ variant of the paper's notebooks."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .registry import register_model
@@ -39,7 +40,7 @@ class PaperCNNBN(nn.Module):
             nn.Linear(128, num_classes),
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 

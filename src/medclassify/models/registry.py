@@ -10,12 +10,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NotRequired, Protocol, TypedDict, cast
 
 from torch import nn
 
 from ..errors import ConfigError
 
-Builder = Callable[[int, int, int], nn.Module]
+
+class ModelSpec(TypedDict):
+    """What rebuilds a model from the registry (an ensemble's also names its members)."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int
+    members: NotRequired[list[ModelSpec]]  # an ensemble's
+    temperatures: NotRequired[list[float]]
+    multi_label: NotRequired[bool]
+
+
+class Builder(Protocol):
+    """Builds a new model for ``in_channels`` inputs of ``image_size`` pixels and ``num_classes`` outputs."""
+
+    def __call__(self, in_channels: int, num_classes: int, image_size: int, /) -> nn.Module: ...
+
+
+class PretrainedBuilder(Protocol):
+    """A :class:`Builder` that can load ImageNet weights (``pretrained=True``)."""
+
+    def __call__(
+        self, in_channels: int, num_classes: int, image_size: int, /, pretrained: bool = False
+    ) -> nn.Module: ...
 
 
 @dataclass(frozen=True)
@@ -59,17 +84,29 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    """A new model by name for the input and classes given; ``pretrained`` loads ImageNet weights where
-    the model has them."""
+    """A new model from the registry.
+
+    Args:
+        name: a registered name (``medclassify models`` lists them), e.g. ``paper-cnn`` or ``resnet18``.
+        in_channels: 1 (grey) or 3 (RGB).
+        num_classes: the number of outputs (one logit per class).
+        image_size: the input's side in pixels.
+        pretrained: load ImageNet weights (only for models that have them).
+
+    Returns:
+        The model, its weights initialised (or ImageNet's), in training mode.
+    """
     entry = get_model_entry(name)
     if not pretrained:
         return entry.builder(in_channels, num_classes, image_size)
     if not entry.pretrained:
         with_weights = [n for n, e in _REGISTRY.items() if e.pretrained]
         raise ConfigError(
-            f"--pretrained: model '{name}' has no ImageNet weights; models with weights: {', '.join(with_weights)}"
+            f"pretrained: model '{name}' has no ImageNet weights; models with weights: {', '.join(with_weights)}",
+            parameters=("pretrained",),
         )
-    return entry.builder(in_channels, num_classes, image_size, pretrained=True)
+    # registered with pretrained=True, so its builder takes the argument
+    return cast(PretrainedBuilder, entry.builder)(in_channels, num_classes, image_size, pretrained=True)
 
 
 def head_module(model: nn.Module) -> nn.Module:

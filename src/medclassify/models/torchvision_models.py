@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -20,10 +21,13 @@ from torch import nn
 from ..errors import ConfigError, first_line
 from .registry import register_model
 
+if TYPE_CHECKING:  # torchvision is imported when such a model is built (it takes a second)
+    from torchvision.models import VGG, MobileNetV3, ResNet
+
 SMALL_INPUT = 64
 
 
-def imagenet_state_dict(weights) -> dict:
+def imagenet_state_dict(weights: Any) -> dict:
     """The ImageNet weights of a torchvision ``weights`` enum, from torch's cache or downloaded there;
     an unreachable download is one :class:`ConfigError` line."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -55,10 +59,12 @@ def torchvision_model(name: str, weights: str, pretrained: bool) -> nn.Module:
 def adapted_conv(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
     """The same RGB convolution for ``in_channels`` (1 or 3) inputs and ``stride``, keeping its
     weights (summed over the colour axis for one channel)."""
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, stride, conv.padding, bias=conv.bias is not None)
+    kernel_size = cast(tuple[int, int], conv.kernel_size)  # a Conv2d's are pairs; torch types them as tuples
+    padding = cast(tuple[int, int] | str, conv.padding)
+    new = nn.Conv2d(in_channels, conv.out_channels, kernel_size, stride, padding, bias=conv.bias is not None)
     with torch.no_grad():
         new.weight.copy_(conv.weight if in_channels == conv.in_channels else conv.weight.sum(dim=1, keepdim=True))
-        if conv.bias is not None:
+        if conv.bias is not None and new.bias is not None:
             new.bias.copy_(conv.bias)
     return new
 
@@ -66,7 +72,7 @@ def adapted_conv(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
 def _resnet(
     name: str, weights: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool
 ) -> nn.Module:
-    model = torchvision_model(name, weights, pretrained)
+    model = cast("ResNet", torchvision_model(name, weights, pretrained))
     small = image_size <= SMALL_INPUT
     if small and not pretrained:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -96,8 +102,8 @@ def resnet50(in_channels: int, num_classes: int, image_size: int, pretrained: bo
     "vgg11-bn", "torchvision VGG-11 with BatchNorm; pools that would empty the map dropped, GAP head", pretrained=True
 )
 def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    model = torchvision_model("vgg11_bn", "VGG11_BN_Weights.IMAGENET1K_V1", pretrained)
-    model.features[0] = adapted_conv(model.features[0], in_channels, stride=1)
+    model = cast("VGG", torchvision_model("vgg11_bn", "VGG11_BN_Weights.IMAGENET1K_V1", pretrained))
+    model.features[0] = adapted_conv(cast(nn.Conv2d, model.features[0]), in_channels, stride=1)
     side = image_size
     for i, layer in enumerate(model.features):
         if isinstance(layer, nn.MaxPool2d):
@@ -114,7 +120,11 @@ def vgg11_bn(in_channels: int, num_classes: int, image_size: int, pretrained: bo
     "mobilenet-v3-small", "torchvision MobileNetV3-Small for small devices; stride-1 stem up to 64 px", pretrained=True
 )
 def mobilenet_v3_small(in_channels: int, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    model = torchvision_model("mobilenet_v3_small", "MobileNet_V3_Small_Weights.IMAGENET1K_V1", pretrained)
-    model.features[0][0] = adapted_conv(model.features[0][0], in_channels, stride=1 if image_size <= SMALL_INPUT else 2)
-    model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
+    model = cast(
+        "MobileNetV3", torchvision_model("mobilenet_v3_small", "MobileNet_V3_Small_Weights.IMAGENET1K_V1", pretrained)
+    )
+    stem = cast(nn.Sequential, model.features[0])
+    stem[0] = adapted_conv(cast(nn.Conv2d, stem[0]), in_channels, stride=1 if image_size <= SMALL_INPUT else 2)
+    head = cast(nn.Linear, model.classifier[-1])
+    model.classifier[-1] = nn.Linear(head.in_features, num_classes)
     return model

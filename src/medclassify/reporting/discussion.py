@@ -22,6 +22,7 @@ import numpy as np
 
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..evaluation.stats import METRICS, bootstrap_difference, mcnemar_per_seed
+from ..experiments.results import Experiment
 from .settings import differing_settings
 
 SIGNIFICANCE = 0.05
@@ -38,8 +39,8 @@ class Comparison:
 
     factor: str
     fixed: dict
-    a: object  # Experiment: the baseline level (first in the study)
-    b: object
+    a: Experiment  # the baseline level (first in the study)
+    b: Experiment
     paired: bool
     difference: dict  # metric -> {"difference", "ci_low", "ci_high"}
     mcnemar: list[dict] | None  # one test per seed pair; None when the sides classify different images

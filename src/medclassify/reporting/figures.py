@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from ..evaluation.figures import reliability, rescaled, save_figure  # noqa: E402
-from ..tasks import Task  # noqa: E402
-from .texts import METRIC_NAMES, dataset_title, experiment_title, row_title, shorten  # noqa: E402
+from ..evaluation.figures import reliability, rescaled, save_figure, subplots
+from ..tasks import Task
+from ..text import shorten
+from .texts import METRIC_NAMES, dataset_title, experiment_title, row_title
 
 METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
@@ -29,7 +28,7 @@ MIN_BIN_IMAGES = 10
 def experiment_colours(experiments) -> dict[str, tuple]:
     """One colour per experiment name, the same in every figure of a study (its seed ensemble
     shares it)."""
-    palette = plt.get_cmap("tab10" if len(experiments) <= 10 else "tab20")
+    palette = matplotlib.colormaps["tab10" if len(experiments) <= 10 else "tab20"]
     return {e.name: palette(i % palette.N) for i, e in enumerate(experiments)}
 
 
@@ -64,9 +63,7 @@ def loss_curves(experiments, out: Path) -> list[Path]:
     seeds; the band spans the seeds when there are several)."""
     columns = min(GRID_COLUMNS, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4 * columns, 3.2 * rows), sharex=True, sharey=True, squeeze=False, layout="constrained"
-    )
+    figure, axes = subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), sharex=True, sharey=True, squeeze=False)
     for ax, e in zip(axes.flat, experiments):
         for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "validation")):
             curves = np.array([[float(r[key]) for r in h] for h in e.histories if len(h) == len(e.histories[0])])
@@ -112,7 +109,7 @@ def dataset_roc(dataset: str, experiments, colours, out: Path) -> list[Path]:
     side by side."""
     columns = min(GRID_COLUMNS, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 4.4 * rows), squeeze=False, layout="constrained")
+    figure, axes = subplots(rows, columns, figsize=(4.4 * columns, 4.4 * rows), squeeze=False)
     for ax in axes.flat[len(experiments) :]:
         ax.set_visible(False)
     for ax, e in zip(axes.flat, experiments):
@@ -141,12 +138,11 @@ def metric_chart(rows: list[dict], colours: dict, out: Path) -> list[Path]:
     interval as whiskers, one panel per metric. The axis spans the intervals, not 0 to 1: the
     differences a study measures (often 0.01) would be invisible on bars drawn from 0."""
     titles = [row_title(r) for r in rows]
-    figure, axes = plt.subplots(
+    figure, axes = subplots(
         1,
         len(METRIC_LABELS),
         figsize=(9, 0.45 * len(rows) + 1.8),
         sharey=True,
-        layout="constrained",
     )
     positions = np.arange(len(rows))[::-1]  # the first row at the top, as in the tables
     for ax, metric in zip(axes, METRIC_LABELS):
@@ -190,7 +186,7 @@ def confusion(experiment, out: Path) -> list[Path]:
     )
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     side = max(4.5, 0.55 * len(names) + 2)
-    figure, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
+    figure, ax = subplots(figsize=(side + 1, side))
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     short = [shorten(n, 22) for n in names]
     ax.set_xticks(range(len(names)), short, rotation=45, ha="right")
@@ -236,7 +232,7 @@ def study_figures(
 def robustness_comparison(rows: list[dict], colours: dict, out: Path) -> list[Path]:
     """Each experiment's test accuracy against corruption severity (0: clean; each severity the mean
     over its corruptions and seeds)."""
-    figure, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    figure, ax = subplots(figsize=(6.4, 4.2))
     for row in rows:
         ax.plot(
             [0, *row["severities"]],
@@ -260,7 +256,7 @@ def study_reliability(experiments, out: Path) -> list[Path]:
     hatched."""
     columns = min(GRID_COLUMNS, len(experiments))
     rows = int(np.ceil(len(experiments) / columns))
-    figure = plt.figure(figsize=(4 * columns, 4.6 * rows), layout="constrained")
+    figure = Figure(figsize=(4 * columns, 4.6 * rows), layout="constrained")
     grid = figure.add_gridspec(2 * rows, columns, height_ratios=[3, 1] * rows)
     for i, e in enumerate(experiments):
         row, column = divmod(i, columns)

@@ -14,6 +14,7 @@ Two transcribed tables ship in ``published_data/``, unchanged, each row naming w
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -56,8 +57,8 @@ class PublishedResult:
 
 
 def _rows(name: str) -> list[dict]:
-    with (files("medclassify.reporting") / "published_data" / name).open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    text = (files("medclassify.reporting") / "published_data" / name).read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 def _flag(dataset: str) -> str:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..citation import PAPER, software_citation
@@ -26,7 +29,7 @@ from ..experiments.results import (
 from ..io import atomic_path
 from ..models import available_models
 from ..tasks import Task
-from .discussion import compare, harder_dataset, overfitting
+from .discussion import Comparison, compare, harder_dataset, overfitting
 from .figures import MIN_BIN_IMAGES, study_figures
 from .published import CITATIONS
 from .published import report_rows as published_report_rows
@@ -62,8 +65,8 @@ def _intervals_excluding_zero(difference: dict, b: str, t: dict, names: dict) ->
     return t["excludes_zero"].format(metrics="; ".join(excluding)) if excluding else t["none_excludes_zero"]
 
 
-def _seed_p(tests: list[dict], t: dict, key: str) -> str:
-    return "; ".join(t[key].format(seed=test["seed_a"], p=test["p_value"]) for test in tests)
+def _seed_p(tests: list[dict] | None, t: dict, key: str) -> str:
+    return "; ".join(t[key].format(seed=test["seed_a"], p=test["p_value"]) for test in tests or [])
 
 
 def _held_fixed(factor: str, value, t: dict) -> str:
@@ -94,168 +97,196 @@ def _setting_value(value: str, t: dict) -> str:
     return t["values"].get(value, value)
 
 
-def build_blocks(
-    study,
-    experiments,
-    rows,
-    figures: dict,
-    lang: str,
-    n_boot: int,
-    ensembles: list[dict] | None = None,
-    robustness: list[dict] | None = None,
-) -> list[tuple]:
-    """The report as a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows),
-    ("figure", png path, caption). Every statement comes from the runs' own records
-    (``robustness``: :func:`..experiments.results.robustness_rows`)."""
-    t, names = TEXTS[lang], METRIC_NAMES[lang]
-    title_of = {e.name: experiment_title(e) for e in experiments}
-    first = experiments[0].records[0]
-    env = first["environment"]
-    packages = env["packages"]
-    blocks: list[tuple] = [
-        ("h1", t["title"].format(name=study.name)),
-        ("p", t["generated"].format(version=__version__)),
-    ]
-    tables = iter(range(1, 100))
+Block = tuple  # ("h1"|"h2"|"h3"|"p", text), ("table", header, rows) or ("figure", png path, caption)
 
-    def table(caption: str, header: list[str], body: list[list]) -> None:
-        blocks.extend([("p", t["table"].format(n=next(tables), caption=caption)), ("table", header, body)])
 
-    device = env["device"] + (f" ({env['gpu']})" if env.get("gpu") else "")
-    env_values = [
-        device,
-        env.get("cpu_model", env["processor"]),
-        env["cpu_count"],
-        _load_range(experiments, t),
-        env["python"],
-        packages["torch"],
-        packages["torchvision"],
-        packages["medmnist"],
-        packages["scikit-learn"],
-    ]
-    blocks.append(("h2", t["environment"]))
-    table(t["environment_caption"], t["kv_header"], [[k, str(v)] for k, v in zip(t["env_rows"], env_values)])
+@dataclass
+class _Report:
+    """What every section of one report reads: the study's records, the figures drawn from them, the
+    language's sentences, and what more than one section uses (the comparisons, the operating points,
+    the shared settings). Each section method appends its blocks; tables are numbered in order."""
 
-    dataset_rows, sources = [], []
-    for dataset in dict.fromkeys(e.dataset for e in experiments):
-        e = next(x for x in experiments if x.dataset == dataset)
-        splits = e.records[0]["data"]["source"]["split_sizes"]
-        sizes = ", ".join(str(x.size) for x in experiments if x.dataset == dataset and x.model == e.model)
-        dataset_rows.append(
-            [
-                dataset_title(dataset),
-                e.task,
-                str(e.records[0]["data"]["channels"]),
-                str(len(e.class_names)),
-                sizes,
-                " / ".join(str(splits[s]) for s in ("train", "val", "test")),
-            ]
+    study: Any
+    experiments: list[Any]
+    rows: list[dict]
+    figures: dict
+    lang: str
+    n_boot: int
+    ensembles: list[dict]
+    robustness: list[dict]
+    blocks: list[Block] = field(default_factory=list)
+    table_numbers: Iterator[int] = field(default_factory=lambda: iter(range(1, 1000)))
+
+    def __post_init__(self) -> None:
+        self.t: dict[str, Any] = TEXTS[self.lang]
+        self.names: dict[str, str] = METRIC_NAMES[self.lang]
+        self.labels: dict[str, str] = self.t["setting_names"]
+        self.title_of = {e.name: experiment_title(e) for e in self.experiments}
+        self.shared, self.differing = split_settings(self.experiments)
+        self.seeds = {e.name: ", ".join(map(str, e.seeds)) for e in self.experiments}
+        if len(set(self.seeds.values())) == 1:
+            self.shared["seeds"] = next(iter(self.seeds.values()))
+        else:
+            self.differing.append("seeds")
+        self.points = operating_point_rows(self.experiments)
+        self.comparisons = compare(self.experiments, self.n_boot)
+
+    def add(self, *blocks: Block) -> None:
+        self.blocks.extend(blocks)
+
+    def table(self, caption: str, header: list[str], body: list[list]) -> None:
+        self.add(("p", self.t["table"].format(n=next(self.table_numbers), caption=caption)), ("table", header, body))
+
+    def datasets_in_order(self) -> list[str]:
+        return list(dict.fromkeys(e.dataset for e in self.experiments))
+
+    # ---- sections, in the paper's order ---------------------------------------------------------
+    def title(self) -> None:
+        self.add(
+            ("h1", self.t["title"].format(name=self.study.name)), ("p", self.t["generated"].format(version=__version__))
         )
-        if dataset != "folder":
-            info = get_dataset_info(dataset)
-            sources.append(
-                t["source"].format(
-                    dataset=info.display_name, license=info.license, description=info.description, source=info.source
+
+    def environment(self) -> None:
+        t, env = self.t, self.experiments[0].records[0]["environment"]
+        packages = env["packages"]
+        values = [
+            env["device"] + (f" ({env['gpu']})" if env.get("gpu") else ""),
+            env.get("cpu_model", env["processor"]),
+            env["cpu_count"],
+            _load_range(self.experiments, t),
+            env["python"],
+            packages["torch"],
+            packages["torchvision"],
+            packages["medmnist"],
+            packages["scikit-learn"],
+        ]
+        self.add(("h2", t["environment"]))
+        self.table(t["environment_caption"], t["kv_header"], [[k, str(v)] for k, v in zip(t["env_rows"], values)])
+
+    def datasets(self) -> None:
+        t, experiments = self.t, self.experiments
+        dataset_rows, sources = [], []
+        for dataset in self.datasets_in_order():
+            e = next(x for x in experiments if x.dataset == dataset)
+            splits = e.records[0]["data"]["source"]["split_sizes"]
+            sizes = ", ".join(str(x.size) for x in experiments if x.dataset == dataset and x.model == e.model)
+            dataset_rows.append(
+                [
+                    dataset_title(dataset),
+                    e.task,
+                    str(e.records[0]["data"]["channels"]),
+                    str(len(e.class_names)),
+                    sizes,
+                    " / ".join(str(splits[s]) for s in ("train", "val", "test")),
+                ]
+            )
+            if dataset != "folder":
+                info = get_dataset_info(dataset)
+                sources.append(
+                    t["source"].format(
+                        dataset=info.display_name,
+                        license=info.license,
+                        description=info.description,
+                        source=info.source,
+                    )
                 )
-            )
-    blocks.append(("h2", t["datasets"]))
-    table(t["dataset_caption"], t["dataset_header"], dataset_rows)
-    if sources:
-        blocks += [("h3", t["sources"])] + [("p", text) for text in sources]
-        if any(not get_dataset_info(e.dataset).synthetic for e in experiments if e.dataset != "folder"):
-            blocks.append(("p", t["medmnist_citation"]))
+        self.add(("h2", t["datasets"]))
+        self.table(t["dataset_caption"], t["dataset_header"], dataset_rows)
+        if sources:
+            self.add(("h3", t["sources"]), *(("p", text) for text in sources))
+            if any(not get_dataset_info(e.dataset).synthetic for e in experiments if e.dataset != "folder"):
+                self.add(("p", t["medmnist_citation"]))
 
-    registry = available_models()
-    model_rows = [
-        [
-            e.model,
-            registry[e.model].description if e.model in registry else "",
-            f"{e.records[0]['model']['in_channels']}×{e.size}×{e.size}",
-            f"{e.records[0]['model']['parameters']:,}",
-        ]
-        for e in {(x.model, x.size, x.records[0]["model"]["in_channels"]): x for x in experiments}.values()
-    ]
-    blocks.append(("h2", t["models"]))
-    table(t["model_caption"], t["model_header"], model_rows)
-    if any(e.model.startswith("paper-cnn") for e in experiments):
-        blocks.append(("p", t["paper_source"].format(paper=PAPER)))
-
-    shared, differing = split_settings(experiments)
-    seeds = {e.name: ", ".join(map(str, e.seeds)) for e in experiments}
-    if len(set(seeds.values())) == 1:
-        shared["seeds"] = next(iter(seeds.values()))
-    else:
-        differing.append("seeds")
-    labels = t["setting_names"]
-    blocks.append(("h2", t["training"]))
-    table(
-        t["shared_caption"],
-        t["kv_header"],
-        [[labels[k], _setting_value(v, t)] for k, v in shared.items() if v not in INACTIVE],
-    )
-    if differing:
-        per_experiment = []
-        for e in experiments:
-            settings = {**experiment_settings(e), "seeds": seeds[e.name]}
-            per_experiment.append(
-                [experiment_title(e)] + [_setting_value(settings.get(k, NOT_USED), t) for k in differing]
-            )
-        table(t["differing_caption"], [t["experiment"]] + [labels[k] for k in differing], per_experiment)
-
-    blocks.append(("h2", t["results"]))
-    ensembles = ensembles or []
-    measured = [
-        [
-            row_title(r, lang),
-            str(r["size"]),
-            metric_cell(r, "acc", LINE),
-            metric_cell(r, "f1_macro", LINE),
-            metric_cell(r, "auc", LINE),
-        ]
-        for r in rows + ensembles
-    ]
-    published = [
-        p
-        for dataset, size in dict.fromkeys((e.dataset, e.size) for e in experiments)
-        for p in published_report_rows(dataset, size)
-    ]
-    table(
-        t["results_caption"],
-        t["results_header"],
-        measured
-        + [
+    def models(self) -> None:
+        t, registry = self.t, available_models()
+        model_rows = [
             [
-                t["published_row"].format(dataset=p.title, method=p.method),
-                str(p.trained_size),
-                f"{p.acc:.3f}",
-                "–",
-                "–" if p.auc is None else f"{p.auc:.3f}",
+                e.model,
+                registry[e.model].description if e.model in registry else "",
+                f"{e.records[0]['model']['in_channels']}×{e.size}×{e.size}",
+                f"{e.records[0]['model']['parameters']:,}",
             ]
-            for p in published
-        ],
-    )
-    if ensembles:
-        blocks.append(("p", t["ensemble_note"]))
-    if published:
-        blocks += [
-            ("p", t["published_note"][source].format(citation=CITATIONS[source]))
-            for source in dict.fromkeys(p.source for p in published)
+            for e in {(x.model, x.size, x.records[0]["model"]["in_channels"]): x for x in self.experiments}.values()
         ]
+        self.add(("h2", t["models"]))
+        self.table(t["model_caption"], t["model_header"], model_rows)
+        if any(e.model.startswith("paper-cnn") for e in self.experiments):
+            self.add(("p", t["paper_source"].format(paper=PAPER)))
 
-    blocks.append(("p", t["calibration_intro"]))
-    table(
-        t["calibration_caption"],
-        [t["experiment"], *(t["calibration_names"][m] for m in REPORTED_CALIBRATION_METRICS)],
-        [
-            [row_title(r, lang), *(metric_cell(r, m, LINE) for m in REPORTED_CALIBRATION_METRICS)]
-            for r in rows + ensembles
-        ],
-    )
+    def training(self) -> None:
+        t, labels = self.t, self.labels
+        self.add(("h2", t["training"]))
+        self.table(
+            t["shared_caption"],
+            t["kv_header"],
+            [[labels[k], _setting_value(v, t)] for k, v in self.shared.items() if v not in INACTIVE],
+        )
+        if self.differing:
+            per_experiment = []
+            for e in self.experiments:
+                settings = {**experiment_settings(e), "seeds": self.seeds[e.name]}
+                per_experiment.append(
+                    [experiment_title(e)] + [_setting_value(settings.get(k, NOT_USED), t) for k in self.differing]
+                )
+            self.table(t["differing_caption"], [t["experiment"]] + [labels[k] for k in self.differing], per_experiment)
 
-    conformal = conformal_rows(experiments)
-    if conformal:
-        blocks.append(("p", t["conformal_intro"]))
-        table(
+    def results(self) -> None:
+        t, rows = self.t, self.rows + self.ensembles
+        self.add(("h2", t["results"]))
+        measured = [
+            [
+                row_title(r, self.lang),
+                str(r["size"]),
+                metric_cell(r, "acc", LINE),
+                metric_cell(r, "f1_macro", LINE),
+                metric_cell(r, "auc", LINE),
+            ]
+            for r in rows
+        ]
+        published = [
+            p
+            for dataset, size in dict.fromkeys((e.dataset, e.size) for e in self.experiments)
+            for p in published_report_rows(dataset, size)
+        ]
+        self.table(
+            t["results_caption"],
+            t["results_header"],
+            measured
+            + [
+                [
+                    t["published_row"].format(dataset=p.title, method=p.method),
+                    str(p.trained_size),
+                    f"{p.acc:.3f}",
+                    "–",
+                    "–" if p.auc is None else f"{p.auc:.3f}",
+                ]
+                for p in published
+            ],
+        )
+        if self.ensembles:
+            self.add(("p", t["ensemble_note"]))
+        for source in dict.fromkeys(p.source for p in published):
+            self.add(("p", t["published_note"][source].format(citation=CITATIONS[source])))
+
+    def calibration(self) -> None:
+        t = self.t
+        self.add(("p", t["calibration_intro"]))
+        self.table(
+            t["calibration_caption"],
+            [t["experiment"], *(t["calibration_names"][m] for m in REPORTED_CALIBRATION_METRICS)],
+            [
+                [row_title(r, self.lang), *(metric_cell(r, m, LINE) for m in REPORTED_CALIBRATION_METRICS)]
+                for r in self.rows + self.ensembles
+            ],
+        )
+
+    def conformal(self) -> None:
+        t, title_of = self.t, self.title_of
+        conformal = conformal_rows(self.experiments)
+        if not conformal:
+            return
+        self.add(("p", t["conformal_intro"]))
+        self.table(
             t["conformal_caption"],
             t["conformal_header"],
             [
@@ -275,17 +306,19 @@ def build_blocks(
         )
         short = [title_of[r["experiment"]] for r in conformal if r["ci"][1] < r["target"]]
         if short:
-            blocks.append(("p", t["conformal_short"].format(names=", ".join(short))))
+            self.add(("p", t["conformal_short"].format(names=", ".join(short))))
 
-    points = operating_point_rows(experiments)
-    if points:
-        blocks.append(("p", t["operating_intro"]))
-        table(
+    def operating_points(self) -> None:
+        t = self.t
+        if not self.points:
+            return
+        self.add(("p", t["operating_intro"]))
+        self.table(
             t["operating_caption"],
             t["operating_header"],
             [
                 [
-                    title_of[r["experiment"]],
+                    self.title_of[r["experiment"]],
                     f"{r['rule']} ({r['positive_class']})",
                     ", ".join(f"{x:.3g}" for x in r["thresholds"]),
                     *(
@@ -294,31 +327,29 @@ def build_blocks(
                         for split in ("val", "test")
                     ),
                 ]
-                for r in points
+                for r in self.points
             ],
         )
 
-    robustness = robustness or []
-    if robustness:
+    def robustness_table(self) -> None:
+        t, robustness = self.t, self.robustness
+        if not robustness:
+            return
         sources = {r["corruptions"] for r in robustness}
         severity_sets = {tuple(r["severities"]) for r in robustness}
         counts = {r["n_corruptions"] for r in robustness}
-        blocks.append(
-            (
-                "p",
-                t["robustness_intro"].format(
-                    n=" / ".join(map(str, sorted(counts))),
-                    severities=" / ".join(", ".join(map(str, s)) for s in sorted(severity_sets)),
-                    source=t["robustness_source"][sources.pop() if len(sources) == 1 else "mixed"],
-                ),
-            )
+        intro = t["robustness_intro"].format(
+            n=" / ".join(map(str, sorted(counts))),
+            severities=" / ".join(", ".join(map(str, s)) for s in sorted(severity_sets)),
+            source=t["robustness_source"][sources.pop() if len(sources) == 1 else "mixed"],
         )
-        table(
+        self.add(("p", intro))
+        self.table(
             t["robustness_caption"],
             t["robustness_header"],
             [
                 [
-                    title_of[r["experiment"]],
+                    self.title_of[r["experiment"]],
                     _with_ci(r["clean_acc"], r["clean_acc_ci"]),
                     _with_ci(r["corrupted_acc"], r["corrupted_acc_ci"]),
                     _with_ci(r["acc_drop"], r["acc_drop_ci"]),
@@ -330,20 +361,28 @@ def build_blocks(
             ],
         )
 
-    for dataset in dict.fromkeys(e.dataset for e in experiments):
-        chosen = [(e, r) for e, r in zip(experiments, rows) if e.dataset == dataset and e.task != Task.BINARY]
-        if chosen:
-            names_of_classes = chosen[0][0].class_names
-            table(
-                t["class_auc_caption"].format(dataset=dataset_title(dataset)),
-                [t["class"], *(experiment_title(e) for e, _ in chosen)],
-                [[name, *(metric_cell(r, f"auc_{name}", LINE) for _, r in chosen)] for name in names_of_classes],
-            )
+    def class_aucs(self) -> None:
+        t = self.t
+        for dataset in self.datasets_in_order():
+            chosen = [
+                (e, r) for e, r in zip(self.experiments, self.rows) if e.dataset == dataset and e.task != Task.BINARY
+            ]
+            if chosen:
+                self.table(
+                    t["class_auc_caption"].format(dataset=dataset_title(dataset)),
+                    [t["class"], *(experiment_title(e) for e, _ in chosen)],
+                    [
+                        [name, *(metric_cell(r, f"auc_{name}", LINE) for _, r in chosen)]
+                        for name in chosen[0][0].class_names
+                    ],
+                )
 
-    comparisons = compare(experiments, n_boot)
-    if comparisons:
-        blocks.append(("h3", t["comparisons"]))
-        table(
+    def comparison_table(self) -> None:
+        t = self.t
+        if not self.comparisons:
+            return
+        self.add(("h3", t["comparisons"]))
+        self.table(
             t["comparison_caption"],
             t["comparison_header"],
             [
@@ -356,195 +395,226 @@ def build_blocks(
                     _ci(c.difference["f1_macro"]),
                     _ci(c.difference["auc"]),
                     _seed_p(c.mcnemar, t, "seed_p") if c.mcnemar else "–",
-                    ", ".join(labels[k] for k in c.also_differs) or "–",
+                    ", ".join(self.labels[k] for k in c.also_differs) or "–",
                 ]
-                for c in comparisons
+                for c in self.comparisons
             ],
         )
 
-    blocks.append(("h3", t["figures"]))
-    number = 1
-    several = any(len(e.seeds) > 1 for e in experiments)
-    blocks.append(
-        ("figure", figures["loss_curves"][0], t["fig_loss"].format(band=t["fig_loss_band"] if several else ""))
-    )
-    for dataset in dict.fromkeys(e.dataset for e in experiments):
-        number += 1
-        blocks.append(
-            ("figure", figures[f"{dataset}_roc"][0], t["fig_dataset"].format(n=number, dataset=dataset_title(dataset)))
+    def figure_list(self) -> None:
+        t, figures = self.t, self.figures
+        self.add(("h3", t["figures"]))
+        several = any(len(e.seeds) > 1 for e in self.experiments)
+        self.add(
+            ("figure", figures["loss_curves"][0], t["fig_loss"].format(band=t["fig_loss_band"] if several else ""))
         )
-    number += 1
-    blocks.append(
-        (
-            "figure",
-            figures["test_metrics"][0],
-            t["fig_metrics"].format(n=number, ensembles=t["fig_metrics_ensembles"] if ensembles else ""),
+        numbered: list[tuple[str, str, dict[str, Any]]] = [
+            (f"{d}_roc", t["fig_dataset"], {"dataset": dataset_title(d)}) for d in self.datasets_in_order()
+        ]
+        numbered.append(
+            ("test_metrics", t["fig_metrics"], {"ensembles": t["fig_metrics_ensembles"] if self.ensembles else ""})
         )
-    )
-    number += 1
-    blocks.append(("figure", figures["reliability"][0], t["fig_reliability"].format(n=number, minimum=MIN_BIN_IMAGES)))
-    if "robustness" in figures:
-        number += 1
-        blocks.append(("figure", figures["robustness"][0], t["fig_robustness"].format(n=number)))
-    for e in experiments:
-        number += 1
-        blocks.append(
-            (
-                "figure",
-                figures[f"confusion_{e.name}"][0],
-                t["fig_confusion"].format(n=number, experiment=experiment_title(e)),
-            )
-        )
+        numbered.append(("reliability", t["fig_reliability"], {"minimum": MIN_BIN_IMAGES}))
+        if "robustness" in figures:
+            numbered.append(("robustness", t["fig_robustness"], {}))
+        numbered += [
+            (f"confusion_{e.name}", t["fig_confusion"], {"experiment": experiment_title(e)}) for e in self.experiments
+        ]
+        for number, (key, caption, values) in enumerate(numbered, start=2):
+            self.add(("figure", figures[key][0], caption.format(n=number, **values)))
 
-    blocks.append(("h2", t["discussion"]))
-    tested = {r["experiment"]: r for r in robustness}
-    for factor, title in (
-        ("dataset", "dataset_title"),
-        ("size", "size_title"),
-        ("model", "model_title"),
-        ("variant", "variant_title"),
-    ):
-        chosen = [c for c in comparisons if c.factor == factor]
-        if not chosen:
-            continue
-        blocks.append(("h3", t[title]))
-        for c in chosen:
-            confounded = (
-                t["confounded"].format(
-                    factor=t["factor"][factor], settings=", ".join(labels[k] for k in c.also_differs)
-                )
-                if c.also_differs
-                else ""
-            )
-            if factor == "dataset":
-                h = harder_dataset(c)
-                details = "; ".join(
-                    t["metric_delta"].format(metric=names[m], value_hard=hard, value_easy=easy, delta=hard - easy)
-                    for m, (hard, easy) in h["metrics"].items()
-                )
-                key = "harder" if h["agree"] else "harder_mixed"
-                blocks.append(
-                    (
-                        "p",
-                        t[key].format(
-                            hard=experiment_title(h["hard"]), easy=experiment_title(h["easy"]), details=details
-                        )
-                        + confounded,
-                    )
-                )
+    def discussion(self) -> None:
+        t = self.t
+        self.add(("h2", t["discussion"]))
+        for factor, title in (
+            ("dataset", "dataset_title"),
+            ("size", "size_title"),
+            ("model", "model_title"),
+            ("variant", "variant_title"),
+        ):
+            chosen = [c for c in self.comparisons if c.factor == factor]
+            if not chosen:
                 continue
-            d = c.difference
-            fixed = dataset_title(c.fixed.get("dataset", c.a.dataset))
-            pixels = t["pixels"].format(size=c.fixed.get("size", c.a.size))
-            context = {"size": c.fixed.get("model", c.a.model), "variant": f"{c.a.model}, {pixels}"}.get(factor, pixels)
-            blocks.append(
-                (
-                    "p",
-                    t[f"verdict_{c.verdict}"].format(
-                        dataset=fixed,
-                        model=context,
-                        a=_level(c.a, factor, t),
-                        b=_level(c.b, factor, t),
-                        delta_acc=d["acc"]["difference"],
-                        low=d["acc"]["ci_low"],
-                        high=d["acc"]["ci_high"],
-                        delta_f1=d["f1_macro"]["difference"],
-                        f1_low=d["f1_macro"]["ci_low"],
-                        f1_high=d["f1_macro"]["ci_high"],
-                        delta_auc=d["auc"]["difference"],
-                        auc_low=d["auc"]["ci_low"],
-                        auc_high=d["auc"]["ci_high"],
-                        p=_seed_p(c.mcnemar, t, "seed_p_sentence"),
+            self.add(("h3", t[title]))
+            for c in chosen:
+                confounded = (
+                    t["confounded"].format(
+                        factor=t["factor"][factor], settings=", ".join(self.labels[k] for k in c.also_differs)
                     )
-                    + _intervals_excluding_zero(d, _level(c.b, factor, t), t, names)
-                    + confounded,
+                    if c.also_differs
+                    else ""
                 )
-            )
-            if c.paired and c.a.name in tested and c.b.name in tested:
-                a, b = tested[c.a.name], tested[c.b.name]
-                delta, (low, high) = bootstrap_mean_difference(a["per_seed_corrupted"], b["per_seed_corrupted"], n_boot)
-                delta_clean, (low_clean, high_clean) = bootstrap_mean_difference(
-                    a["per_seed_clean"], b["per_seed_clean"], n_boot
-                )
-                blocks.append(
-                    (
-                        "p",
-                        t["robustness_difference"].format(
-                            a=_level(c.a, factor, t),
-                            b=_level(c.b, factor, t),
-                            context=f"{fixed}, {context}",
-                            delta=delta,
-                            low=low,
-                            high=high,
-                            delta_clean=delta_clean,
-                            low_clean=low_clean,
-                            high_clean=high_clean,
-                        ),
-                    )
-                )
-        if factor == "dataset":
-            blocks.append(("p", t["unpaired_note"]))
+                if factor == "dataset":
+                    self._harder_dataset(c, confounded)
+                else:
+                    self._verdict(c, factor, confounded)
+            if factor == "dataset":
+                self.add(("p", t["unpaired_note"]))
 
-    blocks.append(("h3", t["shift_title"]))
-    shifts = split_shift_rows(experiments)
-    shifted_points = {r["experiment"]: r for r in points if r["shifted"]}
-    for r in shifts:
-        if not r["shifted"]:
-            continue
-        text = t["shifted"].format(
-            experiment=title_of[r["experiment"]],
-            val=r["val"]["value"],
-            val_low=r["val"]["ci"][0],
-            val_high=r["val"]["ci"][1],
-            test=r["test"]["value"],
-            test_low=r["test"]["ci"][0],
-            test_high=r["test"]["ci"][1],
+    def _harder_dataset(self, c: Comparison, confounded: str) -> None:
+        t, h = self.t, harder_dataset(c)
+        details = "; ".join(
+            t["metric_delta"].format(metric=self.names[m], value_hard=hard, value_easy=easy, delta=hard - easy)
+            for m, (hard, easy) in h["metrics"].items()
         )
-        if r["experiment"] in shifted_points:
-            text += " " + t["shifted_threshold"]
-        blocks.append(("p", text))
-    if shifts and not any(r["shifted"] for r in shifts):
-        blocks.append(("p", t["not_shifted"]))
-    for r in points:
-        if r["shifted"] and not any(s["shifted"] and s["experiment"] == r["experiment"] for s in shifts):
-            blocks.append(("p", t["threshold_only_shifted"].format(experiment=title_of[r["experiment"]])))
+        key = "harder" if h["agree"] else "harder_mixed"
+        sentence = t[key].format(hard=experiment_title(h["hard"]), easy=experiment_title(h["easy"]), details=details)
+        self.add(("p", sentence + confounded))
 
-    blocks.append(("h3", t["overfit_title"]))
-    for e in experiments:
-        o = overfitting(e)
-        key = "overfit_short" if o["overfits"] is None else "overfit" if o["overfits"] else "no_overfit"
-        blocks.append(
-            (
-                "p",
-                t[key].format(
-                    experiment=experiment_title(e),
-                    best=o["best_epoch"],
-                    low=o["lowest"],
-                    last=o["last"],
-                    rise=o["rise"],
-                    gap=o["gap"],
-                    train=o["train_last"],
-                    epochs=o["epochs"],
-                ),
-            )
+    def _verdict(self, c: Comparison, factor: str, confounded: str) -> None:
+        t, d = self.t, c.difference
+        fixed = dataset_title(c.fixed.get("dataset", c.a.dataset))
+        pixels = t["pixels"].format(size=c.fixed.get("size", c.a.size))
+        context = {"size": c.fixed.get("model", c.a.model), "variant": f"{c.a.model}, {pixels}"}.get(factor, pixels)
+        a, b = _level(c.a, factor, t), _level(c.b, factor, t)
+        sentence = t[f"verdict_{c.verdict}"].format(
+            dataset=fixed,
+            model=context,
+            a=a,
+            b=b,
+            delta_acc=d["acc"]["difference"],
+            low=d["acc"]["ci_low"],
+            high=d["acc"]["ci_high"],
+            delta_f1=d["f1_macro"]["difference"],
+            f1_low=d["f1_macro"]["ci_low"],
+            f1_high=d["f1_macro"]["ci_high"],
+            delta_auc=d["auc"]["difference"],
+            auc_low=d["auc"]["ci_low"],
+            auc_high=d["auc"]["ci_high"],
+            p=_seed_p(c.mcnemar, t, "seed_p_sentence"),
         )
+        self.add(("p", sentence + _intervals_excluding_zero(d, b, t, self.names) + confounded))
+        tested = {r["experiment"]: r for r in self.robustness}
+        if c.paired and c.a.name in tested and c.b.name in tested:
+            ra, rb = tested[c.a.name], tested[c.b.name]
+            delta, (low, high) = bootstrap_mean_difference(
+                ra["per_seed_corrupted"], rb["per_seed_corrupted"], self.n_boot
+            )
+            delta_clean, (low_clean, high_clean) = bootstrap_mean_difference(
+                ra["per_seed_clean"], rb["per_seed_clean"], self.n_boot
+            )
+            sentence = t["robustness_difference"].format(
+                a=a,
+                b=b,
+                context=f"{fixed}, {context}",
+                delta=delta,
+                low=low,
+                high=high,
+                delta_clean=delta_clean,
+                low_clean=low_clean,
+                high_clean=high_clean,
+            )
+            self.add(("p", sentence))
 
-    limits = [t["limit_general"]]
-    counts = {len(e.seeds) for e in experiments}
-    limits.append(
-        t["limit_one_seed"] if counts == {1} else t["limit_seeds"].format(n=" / ".join(map(str, sorted(counts))))
-    )
-    epochs = " / ".join(dict.fromkeys(experiment_settings(e)["epochs"] for e in experiments))
-    limits.append(t["limit_epochs"].format(epochs=epochs))
-    synthetic = [e.dataset for e in experiments if e.dataset != "folder" and get_dataset_info(e.dataset).synthetic]
-    if synthetic:
-        limits.append(t["limit_synthetic"].format(datasets=", ".join(map(dataset_title, dict.fromkeys(synthetic)))))
-    blocks += [("h3", t["limitations"])] + [("p", text) for text in limits]
+    def split_shift(self) -> None:
+        t, title_of = self.t, self.title_of
+        self.add(("h3", t["shift_title"]))
+        shifts = split_shift_rows(self.experiments)
+        shifted_points = {r["experiment"]: r for r in self.points if r["shifted"]}
+        for r in shifts:
+            if not r["shifted"]:
+                continue
+            text = t["shifted"].format(
+                experiment=title_of[r["experiment"]],
+                val=r["val"]["value"],
+                val_low=r["val"]["ci"][0],
+                val_high=r["val"]["ci"][1],
+                test=r["test"]["value"],
+                test_low=r["test"]["ci"][0],
+                test_high=r["test"]["ci"][1],
+            )
+            if r["experiment"] in shifted_points:
+                text += " " + t["shifted_threshold"]
+            self.add(("p", text))
+        if shifts and not any(r["shifted"] for r in shifts):
+            self.add(("p", t["not_shifted"]))
+        for r in self.points:
+            if r["shifted"] and not any(s["shifted"] and s["experiment"] == r["experiment"] for s in shifts):
+                self.add(("p", t["threshold_only_shifted"].format(experiment=title_of[r["experiment"]])))
 
-    blocks.append(("h2", t["appendix"]))
-    table(t["all_settings_caption"], t["kv_header"], [[labels[k], _setting_value(v, t)] for k, v in shared.items()])
-    blocks.append(("p", t["cite"].format(citation=software_citation(__version__))))
-    return blocks
+    def overfitting(self) -> None:
+        t = self.t
+        self.add(("h3", t["overfit_title"]))
+        for e in self.experiments:
+            o = overfitting(e)
+            key = "overfit_short" if o["overfits"] is None else "overfit" if o["overfits"] else "no_overfit"
+            sentence = t[key].format(
+                experiment=experiment_title(e),
+                best=o["best_epoch"],
+                low=o["lowest"],
+                last=o["last"],
+                rise=o["rise"],
+                gap=o["gap"],
+                train=o["train_last"],
+                epochs=o["epochs"],
+            )
+            self.add(("p", sentence))
+
+    def limitations(self) -> None:
+        t, experiments = self.t, self.experiments
+        limits = [t["limit_general"]]
+        counts = {len(e.seeds) for e in experiments}
+        limits.append(
+            t["limit_one_seed"] if counts == {1} else t["limit_seeds"].format(n=" / ".join(map(str, sorted(counts))))
+        )
+        epochs = " / ".join(dict.fromkeys(experiment_settings(e)["epochs"] for e in experiments))
+        limits.append(t["limit_epochs"].format(epochs=epochs))
+        synthetic = [e.dataset for e in experiments if e.dataset != "folder" and get_dataset_info(e.dataset).synthetic]
+        if synthetic:
+            limits.append(t["limit_synthetic"].format(datasets=", ".join(map(dataset_title, dict.fromkeys(synthetic)))))
+        self.add(("h3", t["limitations"]), *(("p", text) for text in limits))
+
+    def appendix(self) -> None:
+        t = self.t
+        self.add(("h2", t["appendix"]))
+        self.table(
+            t["all_settings_caption"],
+            t["kv_header"],
+            [[self.labels[k], _setting_value(v, t)] for k, v in self.shared.items()],
+        )
+        self.add(("p", t["cite"].format(citation=software_citation(__version__))))
+
+
+# The report's sections in order: environment, data, models and settings, results, figures, discussion.
+SECTIONS = (
+    _Report.title,
+    _Report.environment,
+    _Report.datasets,
+    _Report.models,
+    _Report.training,
+    _Report.results,
+    _Report.calibration,
+    _Report.conformal,
+    _Report.operating_points,
+    _Report.robustness_table,
+    _Report.class_aucs,
+    _Report.comparison_table,
+    _Report.figure_list,
+    _Report.discussion,
+    _Report.split_shift,
+    _Report.overfitting,
+    _Report.limitations,
+    _Report.appendix,
+)
+
+
+def build_blocks(
+    study: Any,
+    experiments: list[Any],
+    rows: list[dict],
+    figures: dict,
+    lang: str,
+    n_boot: int,
+    ensembles: list[dict] | None = None,
+    robustness: list[dict] | None = None,
+) -> list[Block]:
+    """The report as a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows),
+    ("figure", png path, caption). Every statement comes from the runs' own records
+    (``robustness``: :func:`..experiments.results.robustness_rows`)."""
+    report = _Report(study, experiments, rows, figures, lang, n_boot, ensembles or [], robustness or [])
+    for section in SECTIONS:
+        section(report)
+    return report.blocks
 
 
 def _md_cell(cell) -> str:

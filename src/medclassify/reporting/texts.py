@@ -3,6 +3,8 @@ with measured numbers; which sentence is chosen is decided by the rules in ``dis
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def dataset_title(name: str) -> str:
     """A dataset as its papers name it (BloodMNIST, OrganCMNIST, from medmnist's INFO); an image
@@ -29,7 +31,7 @@ def row_title(row: dict, lang: str = "en") -> str:
     return title
 
 
-TEXTS = {
+TEXTS: dict[str, dict[str, Any]] = {
     "en": {
         "title": "Results of study '{name}'",
         "generated": "Written by medclassify {version} from the runs in this folder; every number below is measured.",
@@ -402,8 +404,3 @@ METRIC_NAMES = {
     "en": {"acc": "accuracy", "f1_macro": "macro-F1", "auc": "macro-AUC"},
     "zh": {"acc": "准确率", "f1_macro": "宏平均 F1", "auc": "宏平均 AUC"},
 }
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .. import __version__
-from ..data.catalog import FOLDER_NAME, get_dataset_info
+from ..data.catalog import FOLDER_NAME, DatasetInfo, get_dataset_info
 from ..defaults import CARD_RESAMPLES
 from ..io import atomic_path
 from ..tasks import Task
@@ -59,10 +59,10 @@ def _test_intervals(run: RunDir, task: str) -> dict:
     from ..evaluation.stats import Side, bootstrap_interval
 
     y_true, scores = run.test_scores(task == Task.MULTI_LABEL)
-    return bootstrap_interval(Side(y_true, [scores], task), CARD_RESAMPLES)
+    return bootstrap_interval(Side(y_true, [scores], Task(task)), CARD_RESAMPLES)
 
 
-def _front_matter(record: dict, metrics: dict, name: str, info) -> dict:
+def _front_matter(record: dict, metrics: dict, name: str, info: DatasetInfo | None) -> dict:
     data, config = record["data"], record["config"]
     dataset = data["name"]
     return {
@@ -91,7 +91,7 @@ def _front_matter(record: dict, metrics: dict, name: str, info) -> dict:
     }
 
 
-def _info(record: dict):
+def _info(record: dict) -> DatasetInfo | None:
     """The catalog entry of the run's dataset; None for an image folder (its name is the folder's)."""
     flag = (record["config"].get("dataset") or FOLDER_NAME).lower()
     return get_dataset_info(flag) if flag != FOLDER_NAME else None
@@ -149,7 +149,7 @@ def model_card(run_dir: str | Path) -> str:
             f"{info.description}",
             "",
             f"Splits: {splits} images (MedMNIST's official split). Licence: {licence}"
-            + (" (non-commercial use only)." if "-NC" in licence else "."),
+            + (" (non-commercial use only)." if "-NC" in (licence or "") else "."),
             f"File MD5: {data['md5']}.",
         ]
         if not info.synthetic:
@@ -265,7 +265,7 @@ def _calibration_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def _limitations(record: dict, metrics: dict, info) -> list[str]:
+def _limitations(record: dict, metrics: dict, info: DatasetInfo | None) -> list[str]:
     data = record["data"]
     lines = [
         "",

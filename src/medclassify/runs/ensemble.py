@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from .. import __version__
 from ..errors import CheckpointError, first_line
 from ..io import file_md5
 from ..models import ENSEMBLE_NAME, SeedEnsemble, model_from_spec
+from ..models.registry import ModelSpec
 from ..tasks import Task
 from .files import BundleMetadata, RunDir, load_checkpoint, save_checkpoint
 
@@ -49,7 +51,7 @@ def _same(first: dict, other: dict, path: Path, first_path: Path) -> None:
 def ensemble_metadata(members: list[dict], sources: list[Path]) -> BundleMetadata:
     """The bundle description of the ensemble of ``members`` (their loaded checkpoints)."""
     first = members[0]
-    model = {
+    model: ModelSpec = {
         "name": ENSEMBLE_NAME,
         "in_channels": first["model"]["in_channels"],
         "num_classes": first["model"]["num_classes"],
@@ -74,9 +76,11 @@ def _check_ensemble_out(out: Path, members: list[Path]) -> None:
     """The bundle goes to a new ``.pt`` file or replaces an earlier ensemble bundle: never a member's
     bundle, a file of a run folder, or another file."""
     if out.suffix != ".pt":
-        raise CheckpointError(f"--out {out}: expected a .pt file for the ensemble bundle")
+        raise CheckpointError(f"out {out}: expected a .pt file for the ensemble bundle", parameters=("out",))
     if out.resolve() in members:
-        raise CheckpointError(f"--out {out}: is one of the members' bundles; write the ensemble to a new file")
+        raise CheckpointError(
+            f"out {out}: is one of the members' bundles; write the ensemble to a new file", parameters=("out",)
+        )
     if RunDir(out.parent).has_run_files():
         raise CheckpointError(
             f"--out {out}: {out.parent} is a run folder, whose files describe its own model; write the ensemble elsewhere"
@@ -87,7 +91,9 @@ def _check_ensemble_out(out: Path, members: list[Path]) -> None:
         except CheckpointError:
             existing = {}
         if existing.get("model", {}).get("name") != ENSEMBLE_NAME:
-            raise CheckpointError(f"--out {out}: exists and is not an ensemble bundle; choose another file")
+            raise CheckpointError(
+                f"out {out}: exists and is not an ensemble bundle; choose another file", parameters=("out",)
+            )
 
 
 def make_ensemble(sources: list[str | Path], out: str | Path) -> EnsembleResult:
@@ -106,7 +112,7 @@ def make_ensemble(sources: list[str | Path], out: str | Path) -> EnsembleResult:
     for path, member in zip(paths[1:], members[1:], strict=True):
         _same(members[0], member, path, paths[0])
     metadata = ensemble_metadata(members, paths)
-    model: SeedEnsemble = model_from_spec(metadata["model"])
+    model = cast(SeedEnsemble, model_from_spec(metadata["model"]))
     for path, member, module in zip(paths, members, model.members, strict=True):
         try:
             module.load_state_dict(member["model_state"])

@@ -16,7 +16,10 @@ from ..errors import CheckpointError, first_line
 from ..io import atomic_path
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..config import TrainConfig
+    from ..models.registry import ModelSpec  # models import torch; these records are read without it
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -33,15 +36,6 @@ ROBUSTNESS_FIGURE = "robustness"  # .png and .svg
 MODEL_CARD_FILE = "MODEL_CARD.md"
 # Any of these in a folder means a run was (or is being) written there.
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE)
-
-
-class ModelSpec(TypedDict):
-    """What rebuilds a model from the registry."""
-
-    name: str
-    in_channels: int
-    num_classes: int
-    image_size: int
 
 
 class Preprocessing(TypedDict):
@@ -71,8 +65,16 @@ class BundleMetadata(TypedDict):
     preprocessing: Preprocessing
     dataset: DatasetRecord
     medclassify_version: str
+    epoch: NotRequired[int]
+    val_metrics: NotRequired[dict]
+    test_metrics: NotRequired[dict]
     calibration: NotRequired[dict]
     operating_point: NotRequired[dict]
+    conformal: NotRequired[dict]
+    ensemble: NotRequired[list[dict]]  # an ensemble's members: their source, MD5 and test figures
+    temperature_in_graph: NotRequired[bool]  # an exported model's
+    checkpoint_md5: NotRequired[str]
+    format: NotRequired[str]
 
 
 CHECKPOINT_FORMAT = "medclassify.checkpoint"
@@ -220,7 +222,7 @@ class RunDir:
     def predictions(self) -> list[dict]:
         return read_csv(self.predictions_path)
 
-    def test_scores(self, multi_label: bool):
+    def test_scores(self, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
         """Test labels (multi-label: N x labels of 0/1) and probabilities from ``predictions.csv``."""
         import numpy as np
 

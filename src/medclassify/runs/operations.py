@@ -6,25 +6,26 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 
-from ..config import TrainConfig, check_seed
+from ..config import CALIBRATION_CHOICES, PostTrainingConfig, TrainConfig, check_seed
 from ..data import LoadedDataset, Normalization, load_dataset
 from ..data.corruptions import REFERENCE_SIZE, corruption_set
 from ..data.images import normalise_pixels
-from ..defaults import CONFORMAL_SCORES, SEVERITIES
+from ..defaults import SEVERITIES, CorruptionSet
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluation import classification_metrics, evaluate_model, write_results
-from ..evaluation.calibration import CALIBRATION_METHODS, fit_temperature, negative_log_likelihood
-from ..evaluation.conformal import check_level, coverage_report, fit_conformal, prediction_sets
+from ..evaluation.calibration import fit_temperature, negative_log_likelihood
+from ..evaluation.conformal import conformal_summary, coverage_report, fit_conformal, prediction_sets
 from ..evaluation.figures import conformal_figure, reliability_diagram, robustness_figure
 from ..evaluation.metrics import CALIBRATION_METRICS
-from ..evaluation.robustness import ROBUSTNESS_COLUMNS, evaluate_robustness, robustness_summary
-from ..evaluation.threshold import choose_threshold, operating_point, parse_rule
+from ..evaluation.robustness import ROBUSTNESS_COLUMNS, evaluate_robustness, robustness_line, robustness_summary
+from ..evaluation.threshold import choose_threshold, operating_point
 from ..io import atomic_path, folder_lock, write_csv, write_json
 from ..models import model_from_spec
 from ..runtime.environment import select_device
@@ -44,6 +45,8 @@ from .files import (
 )
 
 T = TypeVar("T")
+Checkpoint = Literal["best", "last"]
+CHECKPOINTS: tuple[Checkpoint, ...] = ("best", "last")
 
 
 def load_run_data(config: TrainConfig) -> LoadedDataset:
@@ -106,7 +109,7 @@ class TorchBackend:
             return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
-def _logits_function(backend: TorchBackend, prep: dict, batch_size: int = 256):
+def _logits_function(backend: TorchBackend, prep: dict, batch_size: int = 256) -> Callable[[np.ndarray], np.ndarray]:
     """8-bit images (N x C x H x W, NumPy) -> the bundle model's logits, batch by batch."""
 
     def logits_of(pixels: np.ndarray) -> np.ndarray:
@@ -121,14 +124,25 @@ def _logits_function(backend: TorchBackend, prep: dict, batch_size: int = 256):
 
 
 def evaluate_run(
-    run_dir: str | Path, checkpoint: str = "best", data_dir: str | None = None, device: str = "auto"
-) -> dict:
-    """Rebuild the run's data and model, evaluate the checkpoint on val and test, and write its
-    :func:`result_files` (the best checkpoint rewrites ``metrics.json`` and ``predictions.csv``).
-    Returns the metrics."""
+    run_dir: str | Path, checkpoint: Checkpoint = "best", data_dir: str | None = None, device: str = "auto"
+) -> EvaluationResult:
+    """Rebuild a run's data and model and evaluate one of its checkpoints on the validation and test splits.
+
+    Args:
+        run_dir: a run folder written by :func:`.train`.
+        checkpoint: ``"best"`` (rewrites ``metrics.json`` and ``predictions.csv``) or ``"last"``
+            (writes ``metrics_last.json`` and ``predictions_last.csv``).
+        data_dir: where the run's data are now, if they moved since training.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns:
+        The validation and test figures and the files written.
+    """
     run = RunDir(run_dir)
-    if checkpoint not in ("best", "last"):
-        raise CheckpointError(f"--checkpoint {checkpoint}: expected best or last")
+    if checkpoint not in CHECKPOINTS:
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}", parameters=("checkpoint",)
+        )
     config = run.config(data_dir)
     with folder_lock(run.path, "evaluate"):
         path = run / f"{checkpoint}.pt"
@@ -159,56 +173,107 @@ def evaluate_run(
         }
         if checkpoint == "best":
             extra["best_epoch"] = state.get("epoch")
-        write_results(
-            run.path, metrics, outputs, data, extra, *result_files(checkpoint), medmnist_files=checkpoint == "best"
-        )
-        return metrics
+        files = result_files(checkpoint)
+        write_results(run.path, metrics, outputs, data, extra, *files, medmnist_files=checkpoint == "best")
+        return EvaluationResult(checkpoint, metrics["val"], metrics["test"], [run / name for name in files])
+
+
+@dataclass
+class EvaluationResult:
+    """A checkpoint's figures on the validation and test splits, and the files they were written to."""
+
+    checkpoint: Checkpoint
+    val: dict
+    test: dict
+    files: list[Path]
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate_run` fitted on the validation split, with the test figures it changed.
+
+    ``temperature`` is None when none was fitted; ``before`` and ``after`` hold the test split's
+    calibration metrics at temperature 1 and at the fitted one; ``operating_point`` and ``conformal``
+    are the records stored in ``metrics.json`` (None when not asked for); ``refitted`` names what a new
+    temperature made fit again."""
+
+    temperature: float | None = None
+    val_nll_before: float | None = None
+    val_nll_after: float | None = None
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    operating_point: dict | None = None
+    conformal: dict | None = None
+    refitted: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The outcome in words, one line per thing fitted (what ``calibrate`` prints and ``train`` logs)."""
+        lines = []
+        if self.temperature is not None:
+            lines.append(
+                f"temperature {self.temperature:.4g}, fitted on the validation split (NLL {self.val_nll_before:.4f} -> "
+                f"{self.val_nll_after:.4f})"
+            )
+            lines.append(
+                "test split, before -> after: "
+                + ", ".join(f"{name} {self.before[name]:.4f} -> {self.after[name]:.4f}" for name in CALIBRATION_METRICS)
+            )
+        if self.operating_point is not None:
+            point = self.operating_point
+            lines.append(
+                f"threshold {point['threshold']:.4g} for '{point['positive_class']}' ({point['rule']}, chosen on the "
+                "validation split)"
+            )
+            for split in ("val", "test"):
+                figures = point[split]
+                lines.append(
+                    f"{split}: "
+                    + ", ".join(
+                        f"{name} {figures[name]:.4f} ({figures[name + '_ci'][0]:.4f}-{figures[name + '_ci'][1]:.4f})"
+                        for name in ("sensitivity", "specificity", "ppv", "npv")
+                    )
+                )
+        if self.conformal is not None:
+            lines.append(conformal_summary(self.conformal))
+        return lines
 
 
 def calibrate_run(
     run_dir: str | Path,
-    method: str = "temperature",
+    settings: PostTrainingConfig | None = None,
     data_dir: str | None = None,
     device: str = "auto",
-    threshold: str | None = None,
-    positive_class: str | None = None,
-    conformal: float | None = None,
-    conformal_score: str | None = None,
-    mondrian: bool = False,
-) -> dict:
-    """Fit ``method`` (``temperature``, or ``none`` to keep the bundle's) on the run's validation
-    split and, with ``threshold`` (a rule of :mod:`.evaluation.threshold`), choose an operating point
-    for ``positive_class`` (binary tasks: the second class) on the validation split too; with
-    ``conformal`` (a miscoverage level, 0.1 for 90 % sets), calibrate conformal prediction sets
-    (:mod:`.evaluation.conformal`) on the validation split. All are stored in ``best.pt`` and in
-    ``metrics.json`` (``calibrated``: the temperature, the calibrated val/test figures and, from the
-    same logits, the ``uncalibrated`` ones; ``operating_point``: the threshold and the val/test
-    sensitivity, specificity, PPV and NPV with Wilson intervals; ``conformal``: the thresholds and the
-    val/test coverage reports). Returns what was fitted, with the test figures before and after the
-    temperature."""
-    if method not in CALIBRATION_METHODS:
-        raise ConfigError(f"--method {method}: expected one of {', '.join(CALIBRATION_METHODS)}")
-    if method == "none" and threshold is None and conformal is None:
-        raise ConfigError("nothing to do: choose --method temperature, --threshold RULE and/or --conformal LEVEL")
-    if threshold is not None:
-        parse_rule(threshold)
-    elif positive_class is not None:
-        raise ConfigError("--positive-class needs --threshold RULE (it names the class the threshold decides)")
-    if conformal is not None:
-        check_level(conformal)
-    elif mondrian or conformal_score is not None:
-        given = "--mondrian" if mondrian else f"--conformal-score {conformal_score}"
-        raise ConfigError(f"{given} needs --conformal LEVEL (the prediction sets it shapes)")
-    conformal_score = conformal_score or CONFORMAL_SCORES[0]
+) -> CalibrationResult:
+    """Fit a temperature, an operating point and/or conformal prediction sets on a finished run's
+    validation split and store them in its ``best.pt`` (which predict, serve, explain and export apply)
+    and ``metrics.json``; rewrite its model card.
+
+    Args:
+        run_dir: a finished run folder.
+        settings: what to fit (its ``corruptions`` is not used here); default: a temperature only.
+            ``calibration="none"`` keeps the bundle's temperature, e.g. to choose only a threshold.
+        data_dir: where the run's data are now, if they moved since training.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns:
+        The temperature with the test figures before and after it, and the operating point's and
+        conformal sets' records (sensitivity, specificity, PPV, NPV with Wilson intervals; coverage).
+    """
+    settings = settings if settings is not None else PostTrainingConfig(calibration="temperature")
+    if settings.calibration not in CALIBRATION_CHOICES:
+        raise ConfigError(
+            f"calibration {settings.calibration!r}: expected one of {', '.join(CALIBRATION_CHOICES)}",
+            parameters=("calibration",),
+        )
+    if not settings.calibrates():
+        raise ConfigError(
+            "nothing to do: choose calibration temperature, a threshold and/or conformal",
+            parameters=("calibration", "threshold", "conformal"),
+        )
+    settings.check()
     run = RunDir(run_dir)
     config = run.config(data_dir)
-    return _with_card(
-        run,
-        "calibrate",
-        lambda: calibrate_held_run(
-            run.path, config, method, device, threshold, positive_class, conformal, conformal_score, mondrian
-        ),
-    )
+    return _with_card(run, "calibrate", lambda: calibrate_held_run(run.path, config, settings, device))
 
 
 def _with_card(run: RunDir, command: str, operation: Callable[[], T]) -> T:
@@ -233,7 +298,10 @@ def _fitting_positive(
     """The index of the class an operating point decides (None without ``threshold``), once the
     operating point and the conformal sets asked for are found to fit the data."""
     if conformal is not None and data.multi_label:
-        raise ConfigError(f"--conformal: prediction sets are for single-label tasks; {data.name} is {data.task}")
+        raise ConfigError(
+            f"conformal: prediction sets are for single-label tasks; {data.name} is {data.task}",
+            parameters=("conformal",),
+        )
     return _positive_index(data.class_names, data.task, positive_class) if threshold is not None else None
 
 
@@ -241,28 +309,24 @@ def _positive_index(class_names: list[str], task: str, positive_class: str | Non
     if positive_class is None:
         if task != Task.BINARY:
             raise ConfigError(
-                f"--positive-class is needed for an operating point of a {task} task; classes: {', '.join(class_names)}"
+                f"positive_class is needed for an operating point of a {task} task; classes: {', '.join(class_names)}",
+                parameters=("positive_class",),
             )
         return 1
     if positive_class not in class_names:
         raise ConfigError(
-            f"--positive-class {positive_class}: not a class of this model; classes: {', '.join(class_names)}"
+            f"positive_class {positive_class}: not a class of this model; classes: {', '.join(class_names)}",
+            parameters=("positive_class",),
         )
     return class_names.index(positive_class)
 
 
 def calibrate_held_run(
-    run_dir: Path,
-    config: TrainConfig,
-    method: str = "temperature",
-    device: str = "auto",
-    threshold: str | None = None,
-    positive_class: str | None = None,
-    conformal: float | None = None,
-    conformal_score: str = "lac",
-    mondrian: bool = False,
-) -> dict:
-    """:func:`calibrate_run` for a run folder this process already holds (``train --calibrate``)."""
+    run_dir: Path, config: TrainConfig, settings: PostTrainingConfig, device: str = "auto"
+) -> CalibrationResult:
+    """:func:`calibrate_run` for a run folder this process already holds (``train --calibration``)."""
+    threshold, positive_class = settings.threshold, settings.positive_class
+    conformal, conformal_score, mondrian = settings.conformal, settings.conformal_score, settings.mondrian
     run = RunDir(run_dir)
     refitted: list[str] = []
     if not run.is_finished():
@@ -273,7 +337,7 @@ def calibrate_held_run(
     data = load_run_data(config)
     check_bundle_fits(bundle, data, run.best_path)
     warn_if_other_data(bundle, data)
-    if method == "temperature":
+    if settings.calibration == "temperature":
         # a threshold or conformal sets fitted on the old temperature's scores would no longer hold: refit
         # them on the new scores with their own settings, unless new ones are asked for
         earlier_point, earlier_sets = bundle.get("operating_point"), bundle.get("conformal")
@@ -290,7 +354,7 @@ def calibrate_held_run(
     split_logits = {split: logits_of(data.splits[split].images.numpy()) for split in ("val", "test")}
     labels = {split: data.splits[split].labels.numpy() for split in ("val", "test")}
     metrics = run.metrics()
-    done: dict = {}
+    done = CalibrationResult(refitted=refitted)
 
     def probabilities(t: float) -> dict:
         return {split: probabilities_from_logits(split_logits[split] / t, data.multi_label) for split in split_logits}
@@ -300,10 +364,10 @@ def calibrate_held_run(
             split: classification_metrics(labels[split], scores[split], data.task, data.class_names) for split in scores
         }
 
-    if method == "temperature":
+    if settings.calibration == "temperature":
         temperature = fit_temperature(split_logits["val"], labels["val"], data.multi_label)
         record = {
-            "method": method,
+            "method": settings.calibration,
             "temperature": temperature,
             "fitted_on": "val",
             "data_md5": data.source["md5"],
@@ -318,15 +382,17 @@ def calibrate_held_run(
         reliability_diagram(
             labels["test"], raw_scores["test"], scores["test"], data.task, run / RELIABILITY_FIGURE, temperature
         )
-        done.update(
-            record,
-            before={k: raw["test"][k] for k in CALIBRATION_METRICS},
-            after={k: calibrated["test"][k] for k in CALIBRATION_METRICS},
+        done.temperature, done.val_nll_before, done.val_nll_after = (
+            temperature,
+            record["val_nll_before"],
+            record["val_nll_after"],
         )
+        done.before = {k: raw["test"][k] for k in CALIBRATION_METRICS}
+        done.after = {k: calibrated["test"][k] for k in CALIBRATION_METRICS}
     else:
         temperature = float((bundle.get("calibration") or {}).get("temperature", 1.0))
         scores = probabilities(temperature)
-    if threshold is not None:
+    if threshold is not None and positive is not None:  # positive: found for every threshold
         is_positive = {
             split: (labels[split][:, positive] == 1) if data.multi_label else labels[split] == positive
             for split in labels
@@ -343,7 +409,7 @@ def calibrate_held_run(
         }
         bundle["operating_point"] = point
         metrics["operating_point"] = point
-        done["operating_point"] = point
+        done.operating_point = point
     if conformal is not None:
         fitted = {
             **fit_conformal(scores["val"], labels["val"], conformal, conformal_score, mondrian),
@@ -356,14 +422,13 @@ def calibrate_held_run(
         conformal_figure(reports["test"], sets["test"].sum(axis=1), run / CONFORMAL_FIGURE)
         bundle["conformal"] = fitted
         metrics["conformal"] = {**fitted, **reports}
-        done["conformal"] = metrics["conformal"]
+        done.conformal = metrics["conformal"]
     if refitted:
         warnings.warn(
             f"the new temperature changes the probabilities, so {' and '.join(refitted)} fitted on the old ones "
             "were fitted again on the validation split",
             stacklevel=2,
         )
-        done["refitted"] = refitted
     save_checkpoint(run.best_path, bundle)
     write_json(run.metrics_path, metrics)
     return done
@@ -380,19 +445,35 @@ def warn_if_other_data(bundle: dict, data: LoadedDataset) -> None:
 
 def robustness_run(
     run_dir: str | Path,
-    corruptions: str = "auto",
+    corruptions: CorruptionSet = "auto",
     data_dir: str | None = None,
     device: str = "auto",
     severities: tuple[int, ...] = SEVERITIES,
     seed: int | None = None,
-) -> dict:
-    """Evaluate the run's bundle on its test split clean and under corruptions
-        (:func:`.data.corruptions.corruption_set`: ``auto``, ``medmnistc`` or ``generic``) and write
-        ``robustness.csv``, ``robustness.npz`` (per image: right or wrong, clean and per variant), the
-        figure, and ``metrics.json``'s ``robustness`` record. The random corruptions (noise, blur
-    directions) are drawn from ``seed`` (default: the run's). Returns that record."""
+) -> RobustnessReport:
+    """Evaluate a run's bundle on its test split, clean and under corruptions at several severities.
+
+    Writes ``robustness.csv``, ``robustness.npz`` (per image: right or wrong, clean and per variant),
+    the figure, and ``metrics.json``'s ``robustness`` record; rewrites the model card.
+
+    Args:
+        run_dir: a finished run folder.
+        corruptions: ``"medmnistc"`` (MedMNIST-C's for the dataset), ``"generic"`` (for any images) or
+            ``"auto"`` (medmnistc where MedMNIST-C has the dataset); see :func:`.data.corruptions.corruption_set`.
+        data_dir: where the run's data are now, if they moved since training.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        severities: the severities to test, from 1 to 5.
+        seed: draws the random corruptions (noise, blur directions); default: the run's seed.
+
+    Returns:
+        The clean and corrupted accuracy with intervals, mCE, the error per corruption and family, and
+        the conformal coverage clean and corrupted (for a model with conformal sets).
+    """
     if not severities or any(s not in SEVERITIES for s in severities):
-        raise ConfigError(f"--severities {severities}: expected severities from {SEVERITIES[0]} to {SEVERITIES[-1]}")
+        raise ConfigError(
+            f"severities {list(severities)}: expected severities from {SEVERITIES[0]} to {SEVERITIES[-1]}",
+            parameters=("severities",),
+        )
     if seed is not None:
         check_seed(seed)
     run = RunDir(run_dir)
@@ -413,8 +494,8 @@ def robustness_held_run(
     device: str = "auto",
     severities: tuple[int, ...] = SEVERITIES,
     seed: int = 0,
-) -> dict:
-    """:func:`robustness_run` for a run folder this process already holds (``train --robustness``)."""
+) -> RobustnessReport:
+    """:func:`robustness_run` for a run folder this process already holds (``train --corruptions``)."""
     run = RunDir(run_dir)
     if not run.is_finished():
         raise CheckpointError(f"{run.path}: no {METRICS_FILE}; test the robustness of a finished run")
@@ -427,7 +508,7 @@ def robustness_held_run(
     conformal = bundle.get("conformal") if not data.multi_label else None
     test = data.splits["test"]
 
-    def probabilities_of(images) -> np.ndarray:
+    def probabilities_of(images: torch.Tensor) -> np.ndarray:
         return probabilities_from_logits(logits_of(images.numpy()) / temperature, data.multi_label)
 
     result = evaluate_robustness(
@@ -457,7 +538,41 @@ def robustness_held_run(
     metrics = run.metrics()
     metrics["robustness"] = record
     write_json(run.metrics_path, metrics)
-    return record
+    return RobustnessReport(record)
+
+
+@dataclass
+class RobustnessReport:
+    """The ``robustness`` record :func:`robustness_run` stores in ``metrics.json``, with its main figures."""
+
+    record: dict
+
+    @property
+    def clean_acc(self) -> float:
+        return self.record["clean_acc"]
+
+    @property
+    def corrupted_acc(self) -> float:
+        return self.record["corrupted_acc"]
+
+    @property
+    def mce(self) -> float:
+        """The mean corruption error over corruptions and severities."""
+        return self.record["mce"]
+
+    def lines(self) -> list[str]:
+        """The outcome in words (what ``robustness`` prints and ``train`` logs)."""
+        record = self.record
+        lines = [
+            f"{record['corruptions']} corruptions on the test split of {record['dataset']}: {robustness_line(record)}",
+            "corruption error by family: " + ", ".join(f"{name} {ce:.4f}" for name, ce in record["family_ce"].items()),
+        ]
+        if record["clean_coverage"] is not None:
+            lines.append(
+                f"conformal coverage (target {record['conformal_target']:.2f}): clean {record['clean_coverage']:.4f}, "
+                f"corrupted {record['corrupted_coverage']:.4f}"
+            )
+        return lines
 
 
 def _mean_or_none(values: list) -> float | None:

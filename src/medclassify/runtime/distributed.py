@@ -74,7 +74,8 @@ def init_distributed(requested_device: str) -> tuple[Distributed, torch.device]:
         backend = "gloo"
     else:
         raise ConfigError(
-            f"--device {requested_device}: distributed training runs on CUDA (NCCL) or the CPU (Gloo), not {device.type}"
+            f"device {requested_device}: distributed training runs on CUDA (NCCL) or the CPU (Gloo), not {device.type}",
+            parameters=("device",),
         )
     if not dist.is_initialized():
         dist.init_process_group(backend)

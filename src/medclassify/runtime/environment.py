@@ -26,9 +26,9 @@ def select_device(requested: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
+        raise ConfigError(f"device {requested}: CUDA is not available on this machine", parameters=("device",))
     if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: Apple MPS is not available on this machine")
+        raise ConfigError("device mps: Apple MPS is not available on this machine", parameters=("device",))
     return torch.device(requested)
 
 
@@ -85,7 +85,7 @@ def seed_everything(seed: int) -> None:
 
 def package_versions() -> dict[str, str | None]:
     """The installed version of each recorded package (None when absent)."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in RECORDED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -5,11 +5,4 @@ importing FastAPI or torch."""
 
 import lazy_loader as lazy
 
-__getattr__, __dir__, __all__ = lazy.attach(
-    __name__,
-    submod_attrs={
-        "app": ["create_app"],
-        "served": ["ServedModel", "load_served_models"],
-        "settings": ["ServeSettings"],
-    },
-)
+__getattr__, __dir__, __all__ = lazy.attach_stub(__name__, __file__)

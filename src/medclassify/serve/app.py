@@ -7,119 +7,24 @@ name the client chose, and decoded, resized and predicted off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path, PurePath
-from typing import Annotated
 
-import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from .. import __version__
-from ..data.images import (
-    ImageTooLarge,
-    SourceImage,
-    UnsupportedImage,
-    image_bytes_pixels,
-    model_input,
-    read_image_bytes,
-)
-from ..errors import DataError, MedclassifyError
-from ..inference.predictor import Predictions
-from .limits import PixelBudget, UploadGuard
-from .schemas import ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
-from .served import MicroBatcher, ServedModel, png_data_url
+from .limits import UploadGuard
+from .routes import STATIC, Service, router
+from .served import ServedModel
 from .settings import ServeSettings
 
-STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("medclassify.serve")
-
-
-# Decoded images are kept at most this long on their longer side (shown on the page, and the
-# Grad-CAM overlay's size); JPEGs are decoded at a reduced scale that still reaches it.
-DISPLAY_SIDE = 512
-
-
-class Telemetry:
-    """Prometheus counters in a registry of the app's own (several apps can live in one process)."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "medclassify_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "medclassify_request_seconds",
-            "HTTP request latency",
-            ["route"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-        )
-        self.predictions = Counter(
-            "medclassify_predictions",
-            "Predicted images per model and class",
-            ["model", "label"],
-            registry=self.registry,
-        )
-
-
-ERRORS = {
-    400: {"model": ErrorResponse, "description": "a file is not a readable image, or the model cannot explain"},
-    404: {"model": ErrorResponse, "description": "unknown model"},
-    408: {"model": ErrorResponse, "description": "the request body paused or took too long"},
-    413: {
-        "model": ErrorResponse,
-        "description": "a file, the number of files, the request, or the pixels of an image or of "
-        "the request's images are over the limit; or a Deflate-compressed DICOM",
-    },
-    415: {"model": ErrorResponse, "description": "a file is not PNG, JPEG, TIFF, BMP or DICOM (judged by its content)"},
-    422: {"model": ErrorResponse, "description": "a parameter is invalid or no file was sent: 'WHERE: what is wrong'"},
-    503: {"model": ErrorResponse, "description": "the server is receiving too many uploads at once"},
-}
-
-
-def _http_error(exc: DataError) -> HTTPException:
-    status = 415 if isinstance(exc, UnsupportedImage) else 413 if isinstance(exc, ImageTooLarge) else 400
-    return HTTPException(status, str(exc))
-
-
-def _prepare(
-    data: bytes, name: str, settings: ServeSettings, size: int, channels: int
-) -> list[tuple[SourceImage, np.ndarray]]:
-    """Decode one upload; per image, a display copy (at most DISPLAY_SIDE) and the model input.
-    Nothing at the full size outlives this call."""
-    prepared = []
-    for source in read_image_bytes(data, name, settings.max_pixels, draft_side=DISPLAY_SIDE):
-        pixels = model_input([source], size, channels)[0]
-        prepared.append((SourceImage(source.name, display_copy(source.pixels), source.grey), pixels))
-    return prepared
-
-
-def display_copy(pixels: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
-    """uint8 H x W x 3 shrunk (aspect ratio kept) so that its longer side is at most ``side``."""
-    height, width = pixels.shape[:2]
-    if max(height, width) <= side:
-        return pixels
-    image = Image.fromarray(pixels)
-    image.thumbnail((side, side), Image.Resampling.BICUBIC)
-    return np.asarray(image)
-
-
-UPLOAD_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "application/dicom")
-# The OpenAPI encoding of the upload: which content each file part may hold (checked by content, not by this header).
-UPLOAD_ENCODING = {
-    "requestBody": {
-        "content": {"multipart/form-data": {"encoding": {"files": {"contentType": ", ".join(UPLOAD_TYPES)}}}}
-    }
-}
 
 
 def route_family(path: str) -> str:
@@ -130,21 +35,17 @@ def route_family(path: str) -> str:
 
 
 def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI application serving ``models`` (name -> model) under ``settings``' limits."""
+    """The FastAPI application serving ``models`` (name -> model) under ``settings``' limits: its
+    routes (:mod:`.routes`), the upload guard, one JSON log line and the Prometheus figures per
+    request, and every error as one line."""
     settings = settings or ServeSettings()
-    telemetry = Telemetry()
-
     settings.validate()
-    batchers = {
-        name: MicroBatcher(served.predictor.predict_pixels, settings.max_batch) for name, served in models.items()
-    }
-    decoding = PixelBudget(settings.max_decoding_pixels)
-    explain_locks = {name: asyncio.Lock() for name in models}  # Grad-CAM hooks the model: one request at a time
+    shared = Service.of(models, settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        for batcher in batchers.values():
+        for batcher in shared.batchers.values():
             batcher.stop()
 
     app = FastAPI(
@@ -154,6 +55,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         "(Grad-CAM). A research tool, not a diagnosis.",
         lifespan=lifespan,
     )
+    app.state.service = shared
     app.add_middleware(UploadGuard, settings=settings)  # inside 'observe', so that its refusals are logged and counted
 
     @app.exception_handler(RequestValidationError)
@@ -169,7 +71,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
 
     @app.middleware("http")
-    async def observe(request: Request, call_next):
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """One JSON log line and the Prometheus figures per request."""
         started = time.perf_counter()
         status = 500
@@ -180,8 +82,8 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(request.scope.get("route"), "path", None) or route_family(request.url.path)
-            telemetry.requests.labels(route, request.method, str(status)).inc()
-            telemetry.latency.labels(route).observe(elapsed)
+            shared.telemetry.requests.labels(route, request.method, str(status)).inc()
+            shared.telemetry.latency.labels(route).observe(elapsed)
             log.info(
                 json.dumps(
                     {
@@ -194,120 +96,6 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
                 )
             )
 
-    def pick(name: str | None) -> ServedModel:
-        if name is None:
-            return next(iter(models.values()))
-        if name not in models:
-            raise HTTPException(404, f"unknown model '{name}'; loaded: {', '.join(models)}")
-        return models[name]
-
-    @app.get("/health", response_model=Health, tags=["service"])
-    async def health() -> Health:
-        """Liveness: answers while predictions run."""
-        return Health(status="ok", models=len(models))
-
-    @app.get("/v1/models", response_model=ModelList, tags=["models"])
-    async def list_models() -> ModelList:
-        """The loaded models with their classes, input size, task and test metrics."""
-        return ModelList(models=[ModelInfo(**served.info()) for served in models.values()])
-
-    async def read_upload(upload: UploadFile, index: int) -> tuple[str, bytes]:
-        name = PurePath(upload.filename or f"file{index}").name[:200] or f"file{index}"
-        data = await upload.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:  # the guard stops such parts as they stream in; this is its backstop
-            raise HTTPException(413, f"{name}: larger than the upload limit of {settings.max_upload_mb:g} MB")
-        return name, data
-
-    async def decode(uploads: list[tuple[str, bytes]], predictor) -> list[tuple[SourceImage, np.ndarray]]:
-        """Every image's pixel count from its header first (per image and per request limits), then
-        one upload after another, each holding its pixels of the server-wide decoding budget."""
-        try:
-            counts = [
-                await asyncio.to_thread(image_bytes_pixels, data, name, settings.max_pixels) for name, data in uploads
-            ]
-            if sum(counts) > settings.max_request_pixels:
-                raise HTTPException(
-                    413,
-                    f"the request's images hold {sum(counts):,} pixels together; the limit per request is "
-                    f"{settings.max_request_pixels:,}",
-                )
-            prepared = []
-            for (name, data), count in zip(uploads, counts):
-                async with decoding.reserve(count):
-                    prepared += await asyncio.to_thread(
-                        _prepare, data, name, settings, predictor.size, predictor.channels
-                    )
-            return prepared
-        except DataError as exc:
-            raise _http_error(exc) from None
-
-    @app.post(
-        "/v1/predict", response_model=PredictResponse, responses=ERRORS, tags=["models"], openapi_extra=UPLOAD_ENCODING
-    )
-    async def predict(
-        request: Request,
-        files: Annotated[
-            list[UploadFile], File(description="one or more PNG, JPEG, TIFF, BMP or DICOM files", min_length=1)
-        ],
-        model: Annotated[str | None, Query(description="a name from /v1/models (default: the first model)")] = None,
-        explain: Annotated[bool, Query(description="add the Grad-CAM overlay of the predicted class")] = False,
-        top: Annotated[int, Query(ge=1, le=100, description="classes listed in 'top'")] = 3,
-        preview: Annotated[
-            bool, Query(description="add the decoded image as a PNG (e.g. for DICOM, which browsers cannot show)")
-        ] = False,
-    ) -> PredictResponse:
-        """Class probabilities for each uploaded image (every frame of a multi-frame DICOM)."""
-        served = pick(model)
-        request.state.model = served.name
-        if len(files) > settings.max_files:
-            raise HTTPException(
-                413, f"more than {settings.max_files} files in one request; the limit is {settings.max_files}"
-            )
-        uploads = [await read_upload(upload, i) for i, upload in enumerate(files)]
-        predictor = served.predictor
-        prepared = await decode(uploads, predictor)
-        del uploads
-        sources = [source for source, _ in prepared]
-        pixels = np.stack([p for _, p in prepared])
-        probabilities = await batchers[served.name].submit(pixels)
-        predictions = Predictions(
-            [s.name for s in sources],
-            probabilities,
-            predictor.class_names,
-            predictor.multi_label,
-            operating_point=predictor.operating_point,
-            conformal=predictor.conformal,
-        )
-        heatmaps = [None] * len(sources)
-        if explain:
-            async with explain_locks[served.name]:
-                try:
-                    heatmaps = await asyncio.to_thread(
-                        served.heatmaps, sources, pixels, [int(k) for k in probabilities.argmax(axis=1)]
-                    )
-                except MedclassifyError as exc:
-                    raise HTTPException(400, str(exc)) from None
-        for i in range(len(predictions)):
-            telemetry.predictions.labels(served.name, predictions.predicted(i)).inc()
-        records = predictions.records(top)
-        for record, heatmap, source in zip(records, heatmaps, sources):
-            record["heatmap"] = heatmap
-            record["image"] = png_data_url(source.pixels) if preview else None
-        return PredictResponse(model=served.name, version=served.version, predictions=records)
-
-    @app.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        tags=["service"],
-        responses={200: {"content": {"text/plain": {"example": "medclassify_requests_total{...} 12.0"}}}},
-    )
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text format: requests, latency histogram, predictions per class."""
-        return PlainTextResponse(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
-
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

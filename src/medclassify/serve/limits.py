@@ -24,6 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .settings import ServeSettings
+
 
 class PartCounter:
     """Follows the multipart stream and raises ``413`` at the first byte past a limit."""
@@ -82,7 +84,7 @@ class PartCounter:
 class UploadGuard:
     """Limits on the prediction route's body while it streams in (see the module's description)."""
 
-    def __init__(self, app: ASGIApp, settings, path: str = "/v1/predict"):
+    def __init__(self, app: ASGIApp, settings: ServeSettings, path: str = "/v1/predict") -> None:
         self.app = app
         self.settings = settings
         self.path = path
@@ -169,7 +171,7 @@ class _Reservation:
             await self.budget.changed.wait_for(lambda: self.budget.free >= self.pixels)
             self.budget.free -= self.pixels
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         async with self.budget.changed:
             self.budget.free += self.pixels
             self.budget.changed.notify_all()
@@ -180,7 +182,7 @@ def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
     arrived within ``seconds`` (a client trickling header bytes would otherwise hold it forever)."""
 
     class HeaderTimeoutProtocol(H11Protocol):
-        def connection_made(self, transport) -> None:
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it too
             super().connection_made(transport)
             self._arm()
 
@@ -202,7 +204,7 @@ def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
             self._arm()
             super().on_response_complete()
 
-        def connection_lost(self, exc) -> None:
+        def connection_lost(self, exc: Exception | None) -> None:
             self._header_timer.cancel()
             super().connection_lost(exc)
 

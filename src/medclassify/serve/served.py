@@ -19,7 +19,8 @@ from PIL import Image
 from ..data.images import SourceImage
 from ..errors import CheckpointError, ConfigError
 from ..explain.gradcam import cam_maps, overlay_pixels, resize_map
-from ..inference.predictor import Predictor, onnx_metadata
+from ..inference.bundle import onnx_metadata
+from ..inference.predictor import Predictor
 from ..io import file_md5
 from ..runs.files import BEST_FILE
 
@@ -144,8 +145,8 @@ def load_served_models(specs: list[str], device: str = "auto") -> dict[str, Serv
     """``PATH`` or ``NAME=PATH`` per model; the name defaults to the run folder's or file's name."""
     models: dict[str, ServedModel] = {}
     for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        path = Path(path)
+        name, _, location = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        path = Path(location)
         predictor = Predictor.from_run(path, device=device)
         source = path if path.is_dir() else predictor.source
         name = name or (path.name if path.is_dir() else path.stem)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..defaults import MAX_PIXELS
 from ..errors import ConfigError
 
 
-def limit(default, help: str):
+def limit(default: float, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 

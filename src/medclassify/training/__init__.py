@@ -6,9 +6,4 @@ training recipe and its dependencies.
 
 import lazy_loader as lazy
 
-__getattr__, __dir__, __all__ = lazy.attach(
-    __name__,
-    submod_attrs={
-        "trainer": ["RunResult", "TrainingSession", "train"],
-    },
-)
+__getattr__, __dir__, __all__ = lazy.attach_stub(__name__, __file__)

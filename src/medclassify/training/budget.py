@@ -76,7 +76,8 @@ def plan_epochs(
     if epochs < 1:
         needed = (spent_s + final_s + epoch_s) / PLANNED_SHARE
         raise ConfigError(
-            f"--time-budget {budget_s:g} s is too short: one epoch and the evaluation need about {needed:.0f} s here"
+            f"time_budget {budget_s:g} s is too short: one epoch and the evaluation need about {needed:.0f} s here",
+            parameters=("time_budget",),
         )
     if max_epochs is not None:
         epochs = min(epochs, max_epochs)

@@ -20,6 +20,8 @@ class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017): cross-entropy scaled by ``(1 - p_true) ** gamma``; with
     ``gamma = 0`` it is cross-entropy. Class weights normalise as in ``nn.CrossEntropyLoss``."""
 
+    weight: torch.Tensor | None  # a buffer: moved with the loss to the model's device
+
     def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
         super().__init__()
         self.gamma = gamma
@@ -34,6 +36,8 @@ class FocalLoss(nn.Module):
 
 class BinaryFocalLoss(nn.Module):
     """Per-label focal loss for multi-label tasks; ``pos_weight`` as in ``BCEWithLogitsLoss``."""
+
+    pos_weight: torch.Tensor | None  # a buffer: moved with the loss to the model's device
 
     def __init__(self, gamma: float = 2.0, pos_weight: torch.Tensor | None = None):
         super().__init__()
@@ -66,13 +70,18 @@ def build_loss(config, train_labels: torch.Tensor, num_classes: int, multi_label
     weight = class_weights(train_labels, num_classes, multi_label) if config.class_weights == "balanced" else None
     if multi_label:
         if config.label_smoothing:
-            raise ConfigError("--label-smoothing applies to single-label tasks; this dataset is multi-label")
+            raise ConfigError(
+                "label_smoothing applies to single-label tasks; this dataset is multi-label",
+                parameters=("label_smoothing",),
+            )
         if config.loss == "focal":
             return BinaryFocalLoss(config.focal_gamma, weight)
         return nn.BCEWithLogitsLoss(pos_weight=weight)
     if config.loss == "focal":
         if config.label_smoothing:
-            raise ConfigError("--loss focal and --label-smoothing are alternatives; choose one")
+            raise ConfigError(
+                "loss focal and label_smoothing are alternatives; choose one", parameters=("loss", "label_smoothing")
+            )
         return FocalLoss(config.focal_gamma, weight)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
 
@@ -84,7 +93,7 @@ def build_mixer(config, num_classes: int, multi_label: bool):
     if config.mix == "none":
         return None
     if multi_label:
-        raise ConfigError("--mix mixes single labels into soft targets; this dataset is multi-label")
+        raise ConfigError("mix mixes single labels into soft targets; this dataset is multi-label", parameters=("mix",))
     from torchvision.transforms import v2
 
     mixers = {
@@ -112,7 +121,11 @@ def build_ema(model: nn.Module, decay: float):
     from torch.optim.swa_utils import AveragedModel
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def update(
+        averaged: tuple[torch.Tensor, ...] | list[torch.Tensor],
+        current: tuple[torch.Tensor, ...] | list[torch.Tensor],
+        n_averaged: torch.Tensor | int,
+    ) -> None:
         if not torch.is_floating_point(averaged[0]):
             torch._foreach_copy_(averaged, current)
             return
@@ -154,6 +167,7 @@ def build_scheduler(config, optimizer, steps_per_epoch: int):
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup / total if warmup else 0.3
         )
+    main: torch.optim.lr_scheduler.LRScheduler
     if config.schedule == "cosine":
         main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
     elif config.schedule == "step":
@@ -175,7 +189,8 @@ class EarlyStopping:
 
     def __init__(self, patience: int, mode: str = "max"):
         self.patience, self.mode = patience, mode
-        self.best, self.bad_epochs = None, 0
+        self.best: float | None = None
+        self.bad_epochs = 0
 
     def step(self, value: float) -> bool:
         """Record one epoch's value; True when it is the best so far (NaN never is)."""

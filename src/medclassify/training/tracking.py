@@ -23,6 +23,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, first_line
@@ -55,15 +56,13 @@ def _scalar_params(config: dict) -> dict:
 
 def _figures(history: list[dict], metrics: dict, class_names: list[str]):
     """The loss curves and the test confusion matrix as matplotlib figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from sklearn.metrics import ConfusionMatrixDisplay
 
+    from ..evaluation.figures import subplots
+
     figures = {}
-    curves, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    curves, ax = subplots(figsize=(5, 3.5))
     epochs = [int(row["epoch"]) for row in history]
     for column, label in (("train_loss", "train"), ("val_loss", "validation")):
         ax.plot(epochs, [float(row[column]) for row in history], marker="o", label=label)
@@ -73,7 +72,7 @@ def _figures(history: list[dict], metrics: dict, class_names: list[str]):
     figures["loss_curves"] = curves
     matrix = metrics["test"].get("confusion_matrix")
     if matrix is not None and np.ndim(matrix) == 2:
-        confusion, ax = plt.subplots(figsize=(6, 5), layout="constrained")
+        confusion, ax = subplots(figsize=(6, 5))
         ConfusionMatrixDisplay(np.asarray(matrix), display_labels=[n[:14] for n in class_names]).plot(
             ax=ax, colorbar=False, xticks_rotation=45
         )
@@ -88,7 +87,9 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError(f"--track tensorboard needs the tensorboard package: {INSTALL}") from None
+            raise ConfigError(
+                f"track tensorboard needs the tensorboard package: {INSTALL}", parameters=("track",)
+            ) from None
         self.record = record
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
@@ -110,7 +111,7 @@ def _mlflow():
     try:
         import mlflow
     except ImportError:
-        raise ConfigError(f"--track mlflow needs the mlflow package: {INSTALL}") from None
+        raise ConfigError(f"track mlflow needs the mlflow package: {INSTALL}", parameters=("track",)) from None
     return mlflow
 
 
@@ -270,7 +271,11 @@ class MlflowTracker:
 
 
 def open_trackers(
-    names: list[str] | None, run_dir: Path, record: dict, parent_run_id: str | None = None, continue_run: bool = True
+    names: Sequence[str] | None,
+    run_dir: Path,
+    record: dict,
+    parent_run_id: str | None = None,
+    continue_run: bool = True,
 ) -> list:
     """The trackers ``names`` asks for, opened for one run (``record``: its config.json)."""
     return [

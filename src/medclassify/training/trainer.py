@@ -15,17 +15,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NotRequired, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict, cast
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -44,12 +46,11 @@ from ..data import (
 from ..defaults import CARD_RESAMPLES
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation import classification_metrics, evaluate_model, predict_split_sharded, write_results
-from ..evaluation.conformal import conformal_summary
 from ..evaluation.metrics import SplitMetrics
-from ..evaluation.robustness import robustness_line
 from ..evaluation.stats import Side, bootstrap_interval
 from ..io import folder_lock, write_csv, write_json
 from ..models import count_parameters, create_model
+from ..models.registry import ModelSpec
 from ..runs import (
     RUN_FILES,
     RunDir,
@@ -61,7 +62,7 @@ from ..runs import (
     save_checkpoint,
     write_model_card,
 )
-from ..runs.files import CONFIG_FILE, BundleMetadata, ModelSpec
+from ..runs.files import CONFIG_FILE, BundleMetadata
 from ..runtime import environment
 from ..runtime.distributed import Distributed, barrier, gather, init_distributed, shutdown
 from ..runtime.environment import environment_record, load_average, seed_everything
@@ -185,17 +186,17 @@ def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
 
 
 def train_step(
-    model,
+    model: torch.nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor,
-    optimizer,
-    criterion,
-    scaler,
+    optimizer: torch.optim.Optimizer,
+    criterion: torch.nn.Module,
+    scaler: torch.amp.GradScaler,
     autocast: torch.dtype | None,
-    scheduler=None,
+    scheduler: LRScheduler | None = None,
     grad_clip: float = 0.0,
-    ema=None,
-    mixer=None,
+    ema: AveragedModel | None = None,
+    mixer: Any = None,
     channels_last: bool = False,
 ) -> float:
     """One optimiser step on a batch (mixed first with ``mixer``; the EMA and a per-batch scheduler
@@ -232,18 +233,18 @@ def cpu_bf16_applies(config: TrainConfig, device: torch.device) -> bool:
 
 
 def train_one_epoch(
-    model,
+    model: torch.nn.Module,
     loader: BatchLoader,
-    optimizer,
-    criterion,
-    scaler,
+    optimizer: torch.optim.Optimizer,
+    criterion: torch.nn.Module,
+    scaler: torch.amp.GradScaler,
     autocast: torch.dtype | None,
-    progress,
-    scheduler=None,
+    progress: Any,
+    scheduler: LRScheduler | None = None,
     grad_clip: float = 0.0,
     frozen_backbone: bool = False,
-    ema=None,
-    mixer=None,
+    ema: AveragedModel | None = None,
+    mixer: Any = None,
     channels_last: bool = False,
 ) -> float:
     """One pass over ``loader`` with :func:`train_step`; returns the mean training loss."""
@@ -277,9 +278,16 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
     """Train, validate every epoch, keep the best checkpoint, and evaluate it on the test split.
 
     Under ``torchrun`` every process runs this function: DistributedDataParallel over the processes,
-    each with its share of every batch; rank 0 alone prints and writes files. ``on_epoch(row)`` sees
-    each epoch's history row once it is saved (a hyper-parameter search prunes there: an exception
-    it raises stops the run, whose ``last.pt`` stays)."""
+    each with its share of every batch; rank 0 alone prints and writes files.
+
+    Args:
+        config: the run: data, model, recipe, what to fit after training, where and how it runs.
+        on_epoch: called with each epoch's history row once it is saved (a hyper-parameter search
+            prunes there: an exception it raises stops the run, whose ``last.pt`` stays).
+
+    Returns:
+        The run folder, the validation and test figures of the best checkpoint, and the history.
+    """
     started = time.perf_counter()
     config.validate()
     if "mlflow" in (config.track or []):
@@ -329,13 +337,15 @@ def check_run_folder(config: TrainConfig) -> None:
     found = [name for name in RUN_FILES if (run / name).exists()]
     never_saved = found == [CONFIG_FILE] and _is_start_record(run)
     if config.resume and not run.last_path.is_file():
-        again = " (it stopped before its first epoch ended: run it again without --resume)" if never_saved else ""
+        again = " (it stopped before its first epoch ended: start it again, without resume)" if never_saved else ""
         raise CheckpointError(
-            f"--resume: {run.last_path} does not exist; there is no interrupted run to continue{again}"
+            f"resume: {run.last_path} does not exist; there is no interrupted run to continue{again}",
+            parameters=("resume", "resume"),
         )
     if not config.resume and found and not never_saved:
         raise CheckpointError(
-            f"{run.path} already holds a run ({', '.join(found)}); pass --resume to continue it, or choose another --out"
+            f"{run.path} already holds a run ({', '.join(found)}); pass resume to continue it, or choose another out",
+            parameters=("resume", "out"),
         )
     if never_saved and not config.resume:
         logger.info(f"{run.path} was stopped before its first epoch ended; starting it again")
@@ -370,7 +380,7 @@ class TrainingSession:
     budget: BudgetPlan | None = None  # how --time-budget chose the epochs
     progress: Progress = field(default_factory=Progress)
     trained: torch.nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun
-    frozen: bool | None = None
+    frozen: bool | None = None  # None until the first epoch sets it
     trackers: list = field(default_factory=list)  # TensorBoard / MLflow with --track (main process)
 
     # ---- prepare: data -> model -> loss, optimiser, schedule -> batches ----------------------------
@@ -383,7 +393,8 @@ class TrainingSession:
         it. ``started``: when the run began (``time.perf_counter()``), for the time budget."""
         if config.batch_size % context.world_size:
             raise ConfigError(
-                f"--batch-size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes"
+                f"batch_size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes",
+                parameters=("batch_size",),
             )
         environment.configure_allocator()
         if config.num_threads:
@@ -396,7 +407,11 @@ class TrainingSession:
         normalization = compute_normalization(data.splits["train"], config.normalize)
 
         model = create_model(config.model, data.channels, data.num_classes, data.size, pretrained=config.pretrained)
-        model = model.to(device, memory_format=torch.channels_last) if config.channels_last else model.to(device)
+        model = (
+            model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stub lacks memory_format
+            if config.channels_last
+            else model.to(device)
+        )
         train_split = data.splits["train"]
         criterion = build_loss(config, train_split.labels, data.num_classes, data.multi_label).to(device)
         optimizer = build_optimizer(config, model.parameters())
@@ -409,8 +424,10 @@ class TrainingSession:
             device,
         )
         batch_size = config.batch_size // context.world_size
-        sampler = (
-            DistributedSampler(train_split, context.world_size, context.rank, shuffle=True, seed=config.seed)
+        sampler: DistributedSampler | None = (
+            DistributedSampler(
+                cast(Dataset, train_split), context.world_size, context.rank, shuffle=True, seed=config.seed
+            )
             if context.enabled and config.sampler != "balanced"
             else None
         )
@@ -425,7 +442,7 @@ class TrainingSession:
             else:
                 budget = _plan_budget(
                     config, context, device, data, normalization, model, criterion, loader, amp, train_autocast,
-                    mixer, started,
+                    mixer, time.perf_counter() if started is None else started,
                 )  # fmt: skip
                 epochs = budget.epochs
             config = _with_epochs(config, epochs)
@@ -593,8 +610,9 @@ class TrainingSession:
         last_path = self.run.last_path
         kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished, so no checkpoint was kept"
         return TrainingDiverged(
-            f"training diverged in epoch {epoch} ({reason}); {kept}. Lower --lr (now {self.config.lr:g}) "
-            "or add --grad-clip, in another --out"
+            f"training diverged in epoch {epoch} ({reason}); {kept}. Lower lr (now {self.config.lr:g}) "
+            "or add grad_clip, in another out",
+            parameters=("lr", "grad_clip", "out"),
         )
 
     # ---- one epoch: train, validate, checkpoint ------------------------------------------------------
@@ -630,7 +648,7 @@ class TrainingSession:
         ) as bar:
             try:
                 local_loss = train_one_epoch(
-                    self.trained,
+                    self.trained if self.trained is not None else self.model,
                     self.loader,
                     self.optimizer,
                     self.criterion,
@@ -639,7 +657,7 @@ class TrainingSession:
                     bar,
                     self.scheduler,
                     config.grad_clip,
-                    self.frozen,
+                    bool(self.frozen),
                     self.ema,
                     self.mixer,
                     config.channels_last,
@@ -747,55 +765,43 @@ class TrainingSession:
             # the bundle also carries the test figures, for whoever applies it
             bundle["test_metrics"] = {k: metrics["test"][k] for k in ("n", "acc", "auc", "f1_macro")}
             save_checkpoint(run.best_path, bundle)
-            if config.calibrate != "none" or config.threshold is not None or config.conformal is not None:
+            if config.calibrates():
                 metrics.update(self._calibrate())
-            if config.robustness != "none":
-                record = robustness_held_run(run.path, config, config.robustness, str(self.device), seed=config.seed)
-                self.log(f"robustness ({record['corruptions']} corruptions): {robustness_line(record)}")
-                metrics["robustness"] = record
+            if config.corruptions != "none":
+                report = robustness_held_run(run.path, config, config.corruptions, str(self.device), seed=config.seed)
+                for line in report.lines():
+                    self.log(line)
+                metrics["robustness"] = report.record
             write_model_card(run.path)
             saved = run.metrics() if self.trackers else None  # with the calibration and robustness records
             for tracker in self.trackers:
                 tracker.finish(run.path, saved, progress.history)
         barrier(self.context)
-        return RunResult(
-            run.path,
-            {"best_epoch": progress.best_epoch, "epochs_run": len(progress.history), **metrics},
-            progress.history,
-        )
+        summary = cast(RunMetrics, {"best_epoch": progress.best_epoch, "epochs_run": len(progress.history), **metrics})
+        return RunResult(run.path, summary, progress.history)
 
     def _calibrate(self) -> dict:
         """Fit the temperature, the operating point and/or the conformal sets on validation; their
         records in metrics.json."""
         config = self.config
-        done = calibrate_held_run(
-            self.run.path,
-            config,
-            config.calibrate,
-            str(self.device),
-            config.threshold,
-            config.positive_class,
-            config.conformal,
-            config.conformal_score,
-            config.mondrian,
-        )
-        if "temperature" in done:
-            self.log(
-                f"temperature {done['temperature']:.4g} fitted on validation; test ECE {done['before']['ece']:.4f} -> {done['after']['ece']:.4f}"
-            )
-        if "operating_point" in done:
-            point = done["operating_point"]
-            self.log(
-                f"threshold {point['threshold']:.4g} for {point['positive_class']} ({point['rule']} on validation); test sensitivity "
-                f"{point['test']['sensitivity']:.4f}, specificity {point['test']['specificity']:.4f}"
-            )
-        if "conformal" in done:
-            self.log(conformal_summary(done["conformal"]))
+        done = calibrate_held_run(self.run.path, config, config, str(self.device))
+        for line in done.lines():
+            self.log(line)
         saved = self.run.metrics()
         return {key: saved[key] for key in ("calibrated", "operating_point", "conformal") if key in saved}
 
 
-def _train_loader(config, data, normalization, device, rng: ProcessRng, sampler, batch_size, epoch_size, context):
+def _train_loader(
+    config: TrainConfig,
+    data: LoadedDataset,
+    normalization: Normalization,
+    device: torch.device,
+    rng: ProcessRng,
+    sampler: DistributedSampler | None,
+    batch_size: int,
+    epoch_size: int | None,
+    context: Distributed,
+) -> BatchLoader:
     train_split = data.splits["train"]
     return BatchLoader(
         train_split,
@@ -811,7 +817,7 @@ def _train_loader(config, data, normalization, device, rng: ProcessRng, sampler,
     )
 
 
-def _augmentation(config: TrainConfig, data, generator: torch.Generator) -> BatchAugment | None:
+def _augmentation(config: TrainConfig, data: LoadedDataset, generator: torch.Generator) -> BatchAugment | None:
     if config.augment == "none":
         return None
     corruptions = corruption_set(config.dataset_name, data.channels)[1] if config.augment == "medmnistc" else None
@@ -824,12 +830,25 @@ def _with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
     try:
         return chosen.validate()
     except ConfigError as exc:
-        raise ConfigError(f"--time-budget {config.time_budget} allows {epochs} epoch(s) here: {exc}") from None
+        raise ConfigError(
+            f"time_budget {config.time_budget} allows {epochs} epoch(s) here: {exc}", parameters=("time_budget",)
+        ) from None
 
 
 def _plan_budget(
-    config, context, device, data, normalization, model, criterion, loader, amp, train_autocast, mixer, started
-):
+    config: TrainConfig,
+    context: Distributed,
+    device: torch.device,
+    data: LoadedDataset,
+    normalization: Normalization,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    loader: BatchLoader,
+    amp: bool,
+    train_autocast: torch.dtype | None,
+    mixer: Any,
+    started: float,
+) -> BudgetPlan:
     """Time training steps and validation on copies (the run's weights, optimiser and random streams
     stay untouched) and choose the epochs that fit the budget; every process takes the smallest."""
     torch_rng = torch.get_rng_state()
@@ -842,7 +861,7 @@ def _plan_budget(
     single = replace(context, world_size=1, rank=0)
     probe_loader = _train_loader(config, data, normalization, device, probe_rng, None, loader.batch_size, None, single)
 
-    def batches():
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
             yield from probe_loader
 
@@ -856,6 +875,7 @@ def _plan_budget(
         )  # fmt: skip
         return len(targets)
 
+    assert config.time_budget is not None  # planned only for a run with a time budget
     budget_s = parse_duration(config.time_budget)
     train_ips = images_per_second(step, seconds=min(MEASURE_SECONDS, 0.05 * budget_s))  # short budgets time less
     val = data.splits["val"]
