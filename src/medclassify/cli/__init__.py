@@ -90,7 +90,9 @@ def build_parser(only: str | None = None) -> Parser:
     parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help, epilog=command.epilog, formatter_class=formatter)
+        sub = commands.add_parser(
+            name, help=command.help, description=command.help, epilog=command.epilog, formatter_class=formatter
+        )
         parser.commands[name] = sub
         if only in (None, name):
             if command.add_options is not None:

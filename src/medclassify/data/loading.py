@@ -43,8 +43,9 @@ def load_dataset(
             picks grey or colour (default: what most images are).
         verify: check MedMNIST files against their official MD5.
         download: download a missing MedMNIST file.
-        val_fraction, test_fraction: the shares of ``train/`` held out when a folder has no
-            ``val/`` or ``test/``, drawn stratified with ``split_seed``.
+        val_fraction: the share of ``train/`` held out for validation when a folder has no ``val/``.
+        test_fraction: the share of ``train/`` held out for testing when a folder has no ``test/``.
+        split_seed: seeds the stratified split of a folder's ``train/``.
         cache_dir: where split caches live (default: the user's cache folder).
         storage: ``memory``, ``mmap`` or ``auto``.
         verify_cache: recompute what a cache trusts from its record.

@@ -1,0 +1,20 @@
+"""MkDocs hooks: the command-line reference page is generated from medclassify's own parser at build
+time (see ``medclassify.cli.reference``), so it lists exactly the options the installed command has;
+the docstrings' cross-reference roles (``:class:`X```) are shown as the names they point to."""
+
+import re
+
+from medclassify.cli import build_parser
+from medclassify.cli.reference import cli_reference
+
+ROLE = re.compile(r":(?:class|func|meth|mod|data|attr):(<code>)")
+
+
+def on_page_markdown(markdown, page, config, files):
+    if page.file.src_uri == "reference/cli.md":
+        return cli_reference(build_parser())
+    return markdown
+
+
+def on_page_content(html, page, config, files):
+    return ROLE.sub(r"\1", html)
