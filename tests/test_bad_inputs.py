@@ -589,8 +589,8 @@ def test_help_and_docs(capsys, tmp_path):
     assert "{none,cosine,onecycle,step}" in text and "{auc,acc,f1,loss}" in text
     code, out, _ = run_cli(capsys)
     assert code == 2 and "examples:" in out and "predict" in out
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    python_block = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    guide = (Path(__file__).parent.parent / "docs" / "guide" / "predict-explain-export.md").read_text()
+    python_block = guide.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
     assert "from pathlib import Path" in python_block and "Path(" in python_block
 
 
