@@ -156,7 +156,7 @@ def test_a_run_stopped_in_its_first_epoch_starts_again(blood_dir, tmp_path, bloo
     assert [p.name for p in (tmp_path / "early").iterdir() if not p.name.startswith(".")] == ["config.json"]
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
     config.resume = True
-    with pytest.raises(CheckpointError, match=r"stopped before its first epoch ended: start it again, without resume"):
+    with pytest.raises(CheckpointError, match=r"stopped before its first epoch ended: start it again without it"):
         train(config)
     config.resume = False
     again = train(config)

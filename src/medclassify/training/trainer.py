@@ -337,10 +337,10 @@ def check_run_folder(config: TrainConfig) -> None:
     found = [name for name in RUN_FILES if (run / name).exists()]
     never_saved = found == [CONFIG_FILE] and _is_start_record(run)
     if config.resume and not run.last_path.is_file():
-        again = " (it stopped before its first epoch ended: start it again, without resume)" if never_saved else ""
+        again = " (it stopped before its first epoch ended: start it again without it)" if never_saved else ""
         raise CheckpointError(
             f"resume: {run.last_path} does not exist; there is no interrupted run to continue{again}",
-            parameters=("resume", "resume"),
+            parameters=("resume",),
         )
     if not config.resume and found and not never_saved:
         raise CheckpointError(
