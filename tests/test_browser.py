@@ -147,3 +147,35 @@ def test_cards_keep_the_selection_order_show_dicom_and_contain_long_names(server
             driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", dicom_image) == 128
         )
     )
+
+
+def test_the_documentation_site_searches_and_shows_its_figures_from_the_disk(built_site, browser):
+    """The built site opened as files, without a server or a network: search finds the conformal
+    section, a tutorial's figure loads, and the language switch leads to the Chinese page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get((built_site / "index.html").as_uri())
+    box = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.md-search__input"))
+    browser.execute_script(
+        "const t = document.getElementById('__search'); t.checked = true; t.dispatchEvent(new Event('change'));"
+    )
+    box.send_keys("conformal")
+    titles = WebDriverWait(browser, 20).until(
+        lambda d: (
+            [(e.text.splitlines() or [""])[0] for e in d.find_elements(By.CSS_SELECTOR, ".md-search-result__item")]
+            or None
+        )
+    )
+    assert any("conformal sets" in title for title in titles), titles
+
+    browser.get((built_site / "tutorials" / "trustworthy-predictions.html").as_uri())
+    figure = browser.find_element(By.CSS_SELECTOR, "img[src$='blood_conformal.png']")
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return arguments[0].complete", figure))
+    assert browser.execute_script("return arguments[0].naturalWidth", figure) > 1000
+    assert 0 < figure.size["width"] <= browser.execute_script("return document.documentElement.clientWidth")
+
+    browser.get((built_site / "tutorials" / "reproduce-the-paper.html").as_uri())
+    switch = browser.find_element(By.CSS_SELECTOR, "a[hreflang='zh']")
+    browser.get(switch.get_attribute("href"))
+    assert "复现论文" in browser.find_element(By.TAG_NAME, "h1").text

@@ -280,27 +280,22 @@ def test_reproduce_lists_every_missing_file_before_training(tmp_path, monkeypatc
     assert "bloodmnist.npz from" not in err and not (tmp_path / "paper").exists()
 
 
-@pytest.mark.slow
-def test_reproduce_end_to_end_on_fixture_files(tmp_path, capsys):
-    data = write_study_files(tmp_path / "data", ["bloodmnist", "organcmnist"], counts=(66, 22, 44))
-    code = main(
-        [
-            "reproduce",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(tmp_path / "paper"),
-            "--no-verify",
-            "--bootstrap",
-            "20",
-            "--quiet",
-        ]
-    )
-    out = capsys.readouterr().out
-    assert code == 0 and out.count("| paper-cnn |") == 4
-    assert len(list((tmp_path / "paper" / "runs").glob("*/metrics.json"))) == 4
-    history = (tmp_path / "paper" / "runs" / "organcmnist_64_paper-cnn_seed0" / "history.csv").read_text().splitlines()
-    assert len(history) == 1 + 10, "the paper's recipe: 10 epochs"
+def test_reproduce_runs_the_papers_four_experiments_with_its_recipe(tmp_path):
+    """The packaged study is the paper's: four experiments, its CNN, cross-entropy, Adam at 1e-3, 10
+    epochs, batch 32. (tests/test_tutorials.py runs ``medclassify reproduce`` end to end, shortened.)"""
+    from medclassify.cli.study import PACKAGED_STUDIES
+
+    study = Study.from_yaml(PACKAGED_STUDIES / "paper.yaml")
+    configs = study.configs(tmp_path)
+    assert [(c.dataset, c.size) for c in configs] == [
+        ("bloodmnist", 28),
+        ("bloodmnist", 64),
+        ("organcmnist", 28),
+        ("organcmnist", 64),
+    ]
+    for config in configs:
+        assert (config.model, config.loss, config.optimizer, config.lr) == ("paper-cnn", "ce", "adam", 0.001)
+        assert (config.epochs, config.batch_size, config.augment, config.schedule) == (10, 32, "none", "none")
 
 
 @pytest.mark.slow
@@ -653,3 +648,23 @@ def test_study_figures_read_as_a_reviewer_needs(tmp_path, monkeypatch):
     hatched = [p for p in first.patches if p.get_hatch()]
     assert len(hatched) == int(np.sum((expected > 0) & (expected < 10)))
     matplotlib.pyplot.close("all")
+
+
+def test_a_setting_the_compared_variant_switches_off_is_not_called_another_difference():
+    """Focal loss against cross-entropy: focal gamma and label smoothing are each used by one side
+    only, a consequence of the loss, so the comparison is not called confounded by them; a setting
+    both sides use with different values still is, and so is unfreezing after 3 epochs against never."""
+    from types import SimpleNamespace
+
+    from medclassify.reporting.settings import differing_settings
+
+    def experiment(**config):
+        base = {"lr": 0.001, "epochs": 10, "batch_size": 32, "label_smoothing": 0.0, "focal_gamma": 2.0}
+        record = {"config": {**base, **config}, "data": {"task": "multi-class", "orientation": "free"}}
+        return SimpleNamespace(records=[record])
+
+    plain, focal = experiment(), experiment(loss="focal")
+    assert differing_settings(plain, focal) == ["loss"]
+    assert differing_settings(plain, experiment(loss="focal", batch_size=64)) == ["batch_size", "loss"]
+    frozen = experiment(freeze_backbone=True)
+    assert differing_settings(frozen, experiment(freeze_backbone=True, unfreeze_after=3)) == ["unfreeze_after"]

@@ -300,7 +300,19 @@ class TrainConfig(RuntimeConfig, PostTrainingConfig, RunConfig):
     # ---- filling ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
-        """Fill the fields from a mapping; a ``recipe`` key first fills them from that recipe."""
+        """Fill the fields from a mapping; a ``recipe`` key first fills them from that recipe.
+
+        Args:
+            values: TrainConfig keys (``-`` or ``_``; the old names ``calibrate`` and ``robustness``
+                are read as ``calibration`` and ``corruptions``) and their values.
+            source: what the values came from, named in an error (a file name, ``"study"``).
+
+        Returns:
+            The checked config.
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type, or an unknown recipe, in one line.
+        """
         known = {f.name for f in fields(cls)}
         keys = {k.replace("-", "_"): v for k, v in values.items()}
         keys = {RENAMED_KEYS.get(k, k): v for k, v in keys.items()}
@@ -315,19 +327,38 @@ class TrainConfig(RuntimeConfig, PostTrainingConfig, RunConfig):
 
     @classmethod
     def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
-        """A named recipe with some fields overridden, e.g. ``from_recipe("paper-bn-aug", dataset="bloodmnist")``."""
+        """A named recipe with some fields overridden, e.g. ``from_recipe("paper-bn-aug", dataset="bloodmnist")``.
+
+        Args:
+            name: a recipe of the package (``medclassify recipes`` lists them).
+            **overrides: TrainConfig fields that replace the recipe's.
+
+        Returns:
+            The checked config.
+        """
         return cls.from_dict({**overrides, "recipe": name})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Fill the fields from a YAML mapping of TrainConfig keys; a bad file is one :class:`ConfigError` line."""
+        """Fill the fields from a YAML mapping of TrainConfig keys; a bad file is one :class:`ConfigError` line.
+
+        Args:
+            path: the YAML file.
+
+        Returns:
+            The checked config.
+        """
         return cls.from_dict(read_yaml_mapping(path, "YAML config", "a mapping of TrainConfig keys", {}), str(path))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def fixed_settings(self) -> dict:
-        """The :class:`RunConfig` values a resumed run must share with the run it continues."""
+        """The :class:`RunConfig` values a resumed run must share with the run it continues.
+
+        Returns:
+            Field name to value, for every field that changes what a run computes.
+        """
         return {f.name: getattr(self, f.name) for f in fields(RunConfig) if not f.metadata["resumable"]}
 
     # ---- derived values ----------------------------------------------------------------------
@@ -344,7 +375,12 @@ class TrainConfig(RuntimeConfig, PostTrainingConfig, RunConfig):
         )
 
     def run_dir(self) -> Path:
-        """The run folder: --out, or runs/DATASET_SIZE_MODEL_seedSEED."""
+        """The run folder.
+
+        Returns:
+            ``out`` if set, else ``runs/DATASET_SIZE_MODEL_seedSEED`` (an image folder's own name
+            for DATASET).
+        """
         if self.out:
             return Path(self.out).expanduser()
         name = self.dataset_name
@@ -354,7 +390,11 @@ class TrainConfig(RuntimeConfig, PostTrainingConfig, RunConfig):
 
     # ---- checking ----------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
-        """Raise :class:`ConfigError` naming the option for any impossible value."""
+        """Raise :class:`ConfigError` naming the option for any impossible value.
+
+        Returns:
+            The config itself, so that ``TrainConfig(...).validate()`` can be passed on.
+        """
         if self.recipe:
             load_recipe(self.recipe)  # an unknown name fails here, naming the choices
         name = self.dataset_name

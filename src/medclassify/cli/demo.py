@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    "train and evaluate the paper's CNN on the bundled synthetic sample (offline, 15-25 s on 2 CPU cores)",
+    "train and evaluate the paper's CNN on the bundled synthetic sample (offline; 10-25 s on an idle 2-core machine)",
     "The sample ('synthcells') is synthetic: generated cell-like images, not medical data.\n\nexample:\n  medclassify demo --out runs/demo\n",
     add_options,
     run,

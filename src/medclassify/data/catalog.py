@@ -173,7 +173,12 @@ def medmnist_2d_flags() -> list[str]:
 
 
 def dataset_catalog() -> dict[str, DatasetInfo]:
-    """Every 2D MedMNIST dataset (from medmnist's INFO) and the bundled synthetic one, by name."""
+    """Every 2D MedMNIST dataset (from medmnist's INFO) and the bundled synthetic one.
+
+    Returns:
+        Dataset name (``bloodmnist``, ``synthcells``) to its task, channels, classes, sizes,
+        licence and source.
+    """
     catalog = {flag: _from_medmnist(flag) for flag in medmnist_2d_flags()}
     catalog[SYNTHETIC_NAME] = SYNTHCELLS
     return catalog

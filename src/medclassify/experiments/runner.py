@@ -127,6 +127,8 @@ def run_study(
     if (study_dir / "optuna.db").is_file():
         raise ConfigError(f"{study_dir}: holds a hyper-parameter search, not a study; choose another folder")
     configs = study.configs(study_dir, data_dir)
+    for config in configs:  # with the data folder given here, which an image folder's cells need
+        config.validate()
     missing = missing_data_files(configs)
     if missing:
         raise DataError(f"{len(missing)} data file(s) missing, nothing was trained; download " + "; ".join(missing))

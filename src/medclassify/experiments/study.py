@@ -27,6 +27,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..config import MAX_SEED, TrainConfig, read_yaml_mapping, validation_line
+from ..data import FOLDER_NAME
 from ..errors import ConfigError
 
 GRID_KEYS = ("dataset", "size", "model", "variant", "seed")
@@ -148,7 +149,8 @@ class Study:
                     f"{source}: experiments[{i}].match may use {', '.join(GRID_KEYS)}, not {', '.join(bad)}"
                 )
         for config in self.configs(Path("."), source=source):  # every cell must be a valid run before any starts
-            config.validate()
+            if config.dataset_name != FOLDER_NAME or config.data_dir:  # an image folder may come with run_study
+                config.validate()
 
     def cells(self) -> list[dict]:
         """The grid, in order: one mapping of :data:`GRID_KEYS` per run (``variant`` None without variants)."""

@@ -285,8 +285,15 @@ class Predictor:
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_names)), dtype=np.float32)
 
     def predict_pixels(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Probabilities for uint8 N x C x size x size images (e.g. a MedMNIST split), with the
-        bundle's temperature applied."""
+        """Probabilities for images already at the model's size and channels (e.g. a MedMNIST split).
+
+        Args:
+            pixels: uint8 images, N x C x size x size.
+            batch_size: images per forward pass.
+
+        Returns:
+            N x classes probabilities, after the bundle's temperature.
+        """
         return probabilities_from_logits(self.logits_of_pixels(pixels, batch_size) / self.temperature, self.multi_label)
 
     def predict(self, images: object, batch_size: int = PREDICT_BATCH_SIZE, progress: bool = False) -> Predictions:
@@ -319,7 +326,11 @@ class Predictor:
         )
 
     def describe(self) -> str:
-        """One line naming the model, its dataset, input and backend (for logs and the server's start)."""
+        """One line naming the model, its dataset, input and backend (for logs and the server's start).
+
+        Returns:
+            e.g. ``paper-cnn on bloodmnist (28 px, 3 channel(s), 8 classes), onnx from runs/blood28/model.onnx``.
+        """
         spec, data = self.metadata["model"], self.metadata["dataset"]
         calibration = self.metadata.get("calibration") or {}
         scaled = f", temperature {calibration['temperature']:.3g}" if "temperature" in calibration else ""

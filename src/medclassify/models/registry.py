@@ -72,7 +72,12 @@ def register_model(
 
 
 def available_models() -> dict[str, ModelEntry]:
-    """Every registered model by name."""
+    """Every registered model.
+
+    Returns:
+        Model name (``paper-cnn``, ``resnet18``, ...) to its builder, description and whether it has
+        ImageNet weights.
+    """
     return dict(_REGISTRY)
 
 

@@ -91,7 +91,7 @@ def run_settings(record: dict) -> dict[str, str]:
         "tta": config.get("tta", False),
         "pretrained": config.get("pretrained", False),
         "freeze_backbone": config.get("freeze_backbone", False),
-        "unfreeze_after": config.get("unfreeze_after"),
+        "unfreeze_after": (config.get("unfreeze_after") or "never") if config.get("freeze_backbone") else None,
         "normalize": config.get("normalize", "dataset"),
         "select_metric": config.get("select_metric", "auc"),
     }
@@ -116,10 +116,14 @@ def split_settings(experiments) -> tuple[dict[str, str], list[str]]:
 
 
 def differing_settings(a, b) -> list[str]:
-    """The settings in which two experiments differ (beyond what the grid varies)."""
+    """The settings in which two experiments differ (beyond what the grid varies). A setting that one
+    side does not use (focal loss's gamma beside cross-entropy, label smoothing beside focal loss) is
+    the consequence of the setting that decides its use, which is counted itself, not a difference of
+    its own."""
     settings_a, settings_b = experiment_settings(a), experiment_settings(b)
     return [
         key
         for key in dict.fromkeys([*settings_a, *settings_b])
-        if settings_a.get(key, NOT_USED) != settings_b.get(key, NOT_USED)
+        if NOT_USED not in (settings_a.get(key, NOT_USED), settings_b.get(key, NOT_USED))
+        and settings_a[key] != settings_b[key]
     ]
