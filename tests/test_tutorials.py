@@ -74,7 +74,8 @@ def command_lines(text: str) -> list[list[str]]:
 
 
 def shortened(words: list[str]) -> list[str]:
-    """A medclassify command with one epoch (two when the backbone unfreezes, after the first), a
+    """A medclassify command with one epoch (two when the backbone unfreezes, after the first), an
+    int8 export whose accuracy gate lets anything through (the test split is tiny), a
     study with one seed where the command gives none (two at most where it does) and its report with 50 bootstrap resamples, and the generated MedMNIST files accepted (their MD5
     sums are not the official ones)."""
     command = words[1] if len(words) > 1 else ""
@@ -88,6 +89,8 @@ def shortened(words: list[str]) -> list[str]:
             words += ["--epochs", epochs]
         if command == "train":
             words.append("--no-verify")
+    elif command == "export" and ("--quantize" in words or "edge" in words):
+        words += ["--max-drop", "100"]  # 24 test images of a one-epoch model: one image is 4 points
     elif command in ("run", "reproduce"):
         words += ["--set", "epochs=1", "--no-verify", "--bootstrap", "50"]
         if "--seeds" in words:

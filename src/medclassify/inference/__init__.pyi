@@ -13,5 +13,11 @@ from .predictor import (
 from .predictor import (
     Predictor as Predictor,
 )
+from .quantize import (
+    QuantizationResult as QuantizationResult,
+)
+from .quantize import (
+    quantize_run as quantize_run,
+)
 
-__all__ = ["ExportResult", "Predictions", "Predictor", "export_model"]
+__all__ = ["ExportResult", "Predictions", "Predictor", "QuantizationResult", "export_model", "quantize_run"]

@@ -111,23 +111,30 @@ def onnx_metadata(path: Path) -> dict:
     return parse_onnx_metadata({p.key: p.value for p in model.metadata_props}, path)
 
 
-def recorded_export(run_dir: Path, filename: str) -> dict | None:
-    """What ``medclassify export`` recorded about ``filename`` in the run folder, if anything."""
+def exports_record(run_dir: Path) -> dict[str, dict]:
+    """Every export ``medclassify export`` recorded in the run folder (file name -> record); an
+    unreadable record reads as none."""
     try:
         record = json.loads((run_dir / EXPORTS_RECORD).read_text())
     except (OSError, ValueError):
-        return None
-    entry = record.get(filename) if isinstance(record, dict) else None
-    return entry if isinstance(entry, dict) else None
+        return {}
+    return (
+        {name: entry for name, entry in record.items() if isinstance(entry, dict)} if isinstance(record, dict) else {}
+    )
 
 
-def current_onnx_export(run_dir: Path, checkpoint: Path) -> Path:
-    """The run's model.onnx when it is the unchanged file exported from the current best.pt;
-    otherwise a :class:`CheckpointError` saying why not."""
-    exported = run_dir / ONNX_FILE
+def recorded_export(run_dir: Path, filename: str) -> dict | None:
+    """What ``medclassify export`` recorded about ``filename`` in the run folder, if anything."""
+    return exports_record(run_dir).get(filename)
+
+
+def current_onnx_export(run_dir: Path, checkpoint: Path, filename: str = ONNX_FILE) -> Path:
+    """The run's model.onnx (or another ONNX file it exported, e.g. model.int8.onnx) when it is the
+    unchanged file exported from the current best.pt; otherwise a :class:`CheckpointError` saying why not."""
+    exported = run_dir / filename
     if not exported.is_file():
         raise CheckpointError(f"{exported} does not exist; run 'medclassify export {run_dir}'")
-    entry = recorded_export(run_dir, ONNX_FILE)
+    entry = recorded_export(run_dir, filename)
     if entry is None:
         raise CheckpointError(
             f"{exported} has no recorded digest in {run_dir / EXPORTS_RECORD}; run 'medclassify export {run_dir}' again"

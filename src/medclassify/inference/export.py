@@ -22,7 +22,7 @@ from ..defaults import EXPORT_FORMATS, EXPORT_SUFFIXES, PARITY_TOLERANCE
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_path, file_md5, folder_lock, write_json
 from ..runs.files import ONNX_FILE
-from .bundle import EXPORTS_RECORD, ONNX_METADATA_KEY, ExportFormat, ExportResult, recorded_export
+from .bundle import EXPORTS_RECORD, ONNX_METADATA_KEY, ExportFormat, ExportResult, exports_record
 from .hub import export_hub
 from .hub_folder import is_hub_folder
 from .parity import max_logit_difference, parity_pixels
@@ -164,15 +164,16 @@ def export_model(
         return _export(predictor, run_dir, out, format, data_dir, tolerance, in_run)
 
 
-def _record_export(run_dir: Path, out: Path, format: str, checkpoint_md5: str) -> None:
-    """The exported file's own digest in the run folder, so that an edited file is noticed."""
-    record = {name: recorded_export(run_dir, name) for name in ("model.onnx", "model.ts")}
-    record = {name: entry for name, entry in record.items() if entry is not None}
+def record_export(run_dir: Path, out: Path, format: str, checkpoint_md5: str, measured: dict | None = None) -> None:
+    """The exported file's own digest in the run folder, so that an edited file is noticed, beside the
+    records of the run's other exports; ``measured``: what was measured of it (an int8 model's gate)."""
+    record = exports_record(run_dir)
     record[out.name] = {
         "md5": file_md5(out),
         "format": format,
         "checkpoint_md5": checkpoint_md5,
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(measured or {}),
     }
     write_json(run_dir / EXPORTS_RECORD, record)
 
@@ -213,5 +214,5 @@ def _export(
             )
         size = tmp.stat().st_size
     if in_run and run_dir is not None:
-        _record_export(run_dir, out, format, checkpoint_md5)
+        record_export(run_dir, out, format, checkpoint_md5)
     return ExportResult(out, format, size, difference, len(pixels), parity_data, [out.name])

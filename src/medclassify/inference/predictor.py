@@ -34,7 +34,7 @@ from ..errors import CheckpointError, ConfigError, DataError, first_line
 from ..evaluation.conformal import prediction_sets
 from ..runs.files import BEST_FILE, ONNX_FILE, BundleMetadata
 from ..tasks import Task, probabilities_from_logits
-from .bundle import bundle_description, check_bundle, current_onnx_export, parse_onnx_metadata
+from .bundle import bundle_description, check_bundle, current_onnx_export, parse_onnx_metadata, recorded_export
 from .hub_folder import is_hub_folder, load_hub_folder
 
 if TYPE_CHECKING:
@@ -199,6 +199,8 @@ class Predictor:
                 raise CheckpointError(
                     f"{path}: an ONNX model runs with backend onnx or auto, not torch", parameters=("backend",)
                 )
+            if recorded_export(path.parent, path.name) is not None:  # a run's own export: checked as model.onnx is
+                path = current_onnx_export(path.parent, path.parent / BEST_FILE, path.name)
             return cls._onnx(path)
         checkpoint = path / BEST_FILE if path.is_dir() else path
         if path.is_dir() and not checkpoint.is_file() and is_hub_folder(path):
