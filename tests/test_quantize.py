@@ -31,7 +31,7 @@ def test_an_int8_model_is_written_recorded_and_predicts_like_the_float_one(run_c
     record = json.loads((run_copy / "exports.json").read_text())
     assert set(record) == {"model.onnx", QUANTIZED_FILE}
     assert record[QUANTIZED_FILE]["format"] == "onnx-int8" and record[QUANTIZED_FILE]["gate"]["images"] == 80
-    assert record[QUANTIZED_FILE]["calibration"] == {"method": "minmax", "images": 40}
+    assert record[QUANTIZED_FILE]["calibration"] == {"method": "percentile", "images": 40}
     # the gate's figures are the two models' own, recomputed here from their predictions
     int8 = Predictor.from_run(path)
     floating = Predictor.from_run(run_copy / "model.onnx")

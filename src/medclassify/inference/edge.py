@@ -120,7 +120,7 @@ def export_edge(
     run_dir: str | Path,
     out: str | Path,
     data_dir: str | None = None,
-    calibration_method: CalibrationMethod = "minmax",
+    calibration_method: CalibrationMethod = "percentile",
     max_drop: float = DEFAULT_MAX_DROP,
 ) -> EdgeResult:
     """Write a device folder from a run: its int8 model (quantized first when the run has no current one).
@@ -129,7 +129,7 @@ def export_edge(
         run_dir: a run folder of a single-label task.
         out: the folder to write; an existing one must be empty or an edge folder written before.
         data_dir: where the run's data are now, for the quantization and its gate.
-        calibration_method: for a new int8 model: ``minmax``, ``entropy`` or ``percentile``.
+        calibration_method: for a new int8 model: ``percentile``, ``minmax`` or ``entropy``.
         max_drop: for a new int8 model: the largest drop in test accuracy allowed, in percentage points.
 
     Returns:

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from ..data.memory import Split
 
 QUANTIZED_FILE = "model.int8.onnx"
-CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+# percentile by default: on both shared datasets it kept the most test accuracy (BloodMNIST 0.9220
+# against minmax's 0.9217, OrganAMNIST 0.8804 against 0.8796, paper recipe; docs/guide/predict-explain-export.md)
+CalibrationMethod = Literal["percentile", "minmax", "entropy"]
 CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 DEFAULT_MAX_DROP = 1.0  # percentage points of test accuracy
 DEFAULT_CALIBRATION_IMAGES = 512
@@ -174,7 +176,7 @@ def _operating_point(
 
 def quantize_run(
     run_dir: str | Path,
-    calibration_method: CalibrationMethod = "minmax",
+    calibration_method: CalibrationMethod = "percentile",
     max_drop: float = DEFAULT_MAX_DROP,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     data_dir: str | None = None,
@@ -183,7 +185,8 @@ def quantize_run(
 
     Args:
         run_dir: a run folder of a single-label task (its training split calibrates, its test split gates).
-        calibration_method: how the activations' ranges are calibrated: ``minmax``, ``entropy`` or ``percentile``.
+        calibration_method: how the activations' ranges are calibrated: ``percentile`` (99.999th), ``minmax``
+            or ``entropy``.
         max_drop: the largest drop in test accuracy allowed, in percentage points; above it nothing is written.
         calibration_images: training images for the calibration, drawn class by class.
         data_dir: where the run's data are now, if they moved since training.
@@ -254,13 +257,17 @@ def _quantize(
 
     normalise = predictor.normalise
 
+    # batches of one size: ONNX Runtime's histogram calibrators (percentile, entropy) fail on a
+    # shorter last batch ("inhomogeneous shape")
+    batch = max(d for d in range(1, 65) if len(calibration) % d == 0)
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(range(0, len(calibration), 64))
+            self.batches = iter(range(0, len(calibration), batch))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             start = next(self.batches, None)
-            return None if start is None else {"images": normalise(calibration[start : start + 64])}
+            return None if start is None else {"images": normalise(calibration[start : start + batch])}
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
