@@ -229,7 +229,10 @@ def test_an_edited_or_broken_model_onnx_is_not_trusted(exported_run, tmp_path, c
     (run / "model.onnx").write_bytes(os.urandom(3000))  # random bytes: falls back with one warning
     code, out, err = run_cli(capsys, "predict", run, image)
     assert code == 0 and "top-left" in out and err.count("warning:") == 1 and "Traceback" not in err
-    code, _, err = run_cli(capsys, "predict", run / "model.onnx", image)
+    code, _, err = run_cli(capsys, "predict", run / "model.onnx", image)  # the run's own export, by file
+    one_line_error(code, err, "model.onnx changed since it was exported")
+    (tmp_path / "random.onnx").write_bytes((run / "model.onnx").read_bytes())  # no record beside it
+    code, _, err = run_cli(capsys, "predict", tmp_path / "random.onnx", image)
     one_line_error(code, err, "not a readable ONNX model")
 
     model = onnx.load(str(exported_run / "model.onnx"))
