@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
+from ..data import FOLDER_NAME
 from ..errors import ConfigError, DataError, first_line
 from ..io import CONNECT_SECONDS, connection_refused
 from ..runs import RunDir
@@ -127,8 +128,9 @@ def run_study(
     if (study_dir / "optuna.db").is_file():
         raise ConfigError(f"{study_dir}: holds a hyper-parameter search, not a study; choose another folder")
     configs = study.configs(study_dir, data_dir)
-    for config in configs:  # with the data folder given here, which an image folder's cells need
-        config.validate()
+    for config in configs:  # the image folder's cells, which Study.validate left for the data folder given here
+        if config.dataset_name == FOLDER_NAME:
+            config.validate()
     missing = missing_data_files(configs)
     if missing:
         raise DataError(f"{len(missing)} data file(s) missing, nothing was trained; download " + "; ".join(missing))

@@ -17,10 +17,9 @@ import contextlib
 import io
 import math
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -30,7 +29,7 @@ from ..runs.files import BEST_FILE, RunDir
 from ..tasks import Task
 from .bundle import current_onnx_export, onnx_metadata
 from .export import export_model, onnx_properties, record_export
-from .predictor import Predictor
+from .predictor import OnnxBackend, Predictor
 
 if TYPE_CHECKING:
     from ..data.memory import Split
@@ -109,23 +108,11 @@ def stratified_sample(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarr
     return np.sort(np.array(chosen[:count]))
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _probabilities(
-    session: Any, pixels: np.ndarray, normalise: Callable[[np.ndarray], np.ndarray], batch_size: int = 256
-) -> np.ndarray:
-    logits = np.concatenate(
-        [
-            session.run(None, {"images": normalise(pixels[i : i + batch_size])})[0]
-            for i in range(0, len(pixels), batch_size)
-        ]
-    ).astype(np.float64)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+def _onnx_probabilities(path: Path, pixels: np.ndarray) -> np.ndarray:
+    """The probabilities an ONNX file gives ``pixels``, through the predictor ``predict`` uses (the
+    file may be a temporary one, before any record vouches for it)."""
+    backend = OnnxBackend(path)
+    return Predictor(backend.metadata, backend, path).predict_pixels(pixels)
 
 
 def _gate(y_true: np.ndarray, float_prob: np.ndarray, int8_prob: np.ndarray, task: Task) -> dict:
@@ -301,8 +288,8 @@ def _quantize(
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
         pixels, y_true = test.images.numpy(), test.labels.numpy()
-        float_prob = _probabilities(_session(float_path), pixels, normalise)
-        int8_prob = _probabilities(_session(tmp), pixels, normalise)
+        float_prob = _onnx_probabilities(float_path, pixels)
+        int8_prob = _onnx_probabilities(tmp, pixels)
         task = Task(predictor.task)
         gate = _gate(y_true, float_prob, int8_prob, task)
         drop = 100 * (gate["float32"]["acc"] - gate["int8"]["acc"])
