@@ -146,3 +146,9 @@ def built_site(tmp_path_factory) -> Path:
     )
     assert built.returncode == 0, built.stderr[-3000:]
     return site
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """'-n auto' (the default in pyproject.toml): one worker per core, at most four; each worker
+    trains the session's shared runs again, and PyTorch already uses several cores per process."""
+    return max(1, min(os.cpu_count() or 1, 4))

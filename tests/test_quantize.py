@@ -87,7 +87,7 @@ def test_bad_quantize_options_are_one_line_on_the_command_line(run_copy, blood_r
     )
     one_line_error(
         *run_cli(capsys, "export", run_copy / "best.pt", "--quantize", "int8")[::2],
-        "not a run folder; int8 quantization calibrates on a run's training split",
+        "not a run folder; int8 quantization is judged on a run's test split",
     )
     moved = run_copy.parent / "moved"
     shutil.copytree(run_copy, moved)

@@ -125,7 +125,7 @@ def test_client_file_names_never_become_paths(client, tmp_path, monkeypatch):
             "?model=onnx&explain=true",
             [upload("a.png", png_bytes(quadrant_images("top-left", 1)[0]))],
             400,
-            "model 'onnx' is an ONNX file without PyTorch weights",
+            "model 'onnx' is an exported file without PyTorch weights",
         ),
     ],
 )

@@ -12,6 +12,11 @@ EXPORT_FORMATS = ("onnx", "torchscript", "hub")  # what export writes; the first
 EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts"}  # the formats that are one file -> its suffix
 PARITY_TOLERANCE = 1e-4  # largest logit difference an export may have to PyTorch
 GRID_PER_CLASS = 2  # correct and wrong examples per class in the Grad-CAM grid
+AttributionMethod = Literal[
+    "gradcam", "gradcam++", "scorecam", "eigencam", "layercam", "integrated-gradients", "occlusion"
+]  # explanation methods: five class-activation maps (grad-cam), two input attributions (captum)
+EXPLAIN_METHODS: tuple[AttributionMethod, ...] = get_args(AttributionMethod)  # the first is the default
+EVALUATION_IMAGES = 200  # test images behind 'explain --evaluate'
 BOOTSTRAP_RESAMPLES = 1000  # resamples behind every confidence interval of a study
 ConformalScore = Literal["lac", "aps"]  # conformal prediction-set scores
 CONFORMAL_SCORES: tuple[ConformalScore, ...] = get_args(ConformalScore)  # the first is the default

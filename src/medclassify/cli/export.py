@@ -12,11 +12,12 @@ EXPORT_EPILOG = """examples:
   medclassify export runs/demo --format torchscript --out demo.ts
   medclassify export runs/demo --quantize int8     # runs/demo/model.int8.onnx, if it keeps the accuracy
   medclassify export runs/demo --format edge --out demo-edge   # a folder that runs without PyTorch
+  medclassify export runs/demo --format executorch [--quantize int8]   # runs/demo/model.pte (model.int8.pte)
 
 The logits of the exported model are compared with PyTorch's on the run's test split (random images
 when the data are not at hand); the file is written only when they agree within --tolerance. An int8
-model is calibrated on the run's training split and written only when its test accuracy is within
---max-drop points of the float32 model's.
+model (and an ExecuTorch program, run by ExecuTorch's runtime) is written only when its test accuracy
+is within --max-drop points of the float32 model's; int8 is calibrated on the run's training split.
 """
 
 
@@ -27,13 +28,13 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         choices=("int8",),
         help="also write an int8 ONNX model (ONNX Runtime static quantization, QDQ, per-channel weights) "
-        "as RUN/model.int8.onnx (default: none)",
+        "as RUN/model.int8.onnx; with --format executorch, RUN/model.int8.pte (PT2E, XNNPACK quantizer) (default: none)",
     )
     parser.add_argument(
         "--calibration-method",
         choices=CALIBRATION_METHODS,
         default=CALIBRATION_METHODS[0],
-        help="with --quantize: how the activation ranges are calibrated (default: %(default)s)",
+        help="with --quantize int8 to ONNX: how the activation ranges are calibrated (default: %(default)s)",
     )
     parser.add_argument(
         "--calibration-images",
@@ -45,7 +46,8 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
         "--max-drop",
         type=float,
         default=DEFAULT_MAX_DROP,
-        help="with --quantize: the largest drop in test accuracy allowed, in percentage points (default: %(default)g)",
+        help="with --quantize or --format executorch: the largest drop in test accuracy allowed, in percentage "
+        "points (default: %(default)g)",
     )
 
 
@@ -53,11 +55,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser, "a run folder (its best.pt) or a .pt bundle")
     parser.add_argument(
         "--format",
-        choices=(*EXPORT_FORMATS, "edge"),
+        choices=(*EXPORT_FORMATS, "edge", "executorch"),
         default=EXPORT_FORMATS[0],
         help="file format; hub: a Hugging Face Hub model folder (config.json, model.safetensors, "
         "preprocessor_config.json, the model card as README.md); edge: a folder for a small device (the int8 "
-        "model, model.json, a classify.py that needs only numpy, Pillow and onnxruntime, a README) "
+        "model, model.json, a classify.py that needs only numpy, Pillow and onnxruntime, a README); executorch: "
+        "RUN/model.pte for ExecuTorch (XNNPACK delegate), run on the test split behind the accuracy gate "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -87,6 +90,16 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {edge.path}/ ({', '.join(edge.files)}); one image on one thread: {edge.latency_ms_p50:.2f} ms "
             f"(median), {edge.latency_ms_p95:.2f} ms (95th percentile)"
         )
+        return 0
+    if args.format == "executorch":
+        from ..inference.pte import export_executorch
+
+        if args.out:
+            raise MedclassifyError(
+                "--format executorch writes RUN/model.pte (RUN/model.int8.pte): give it without --out"
+            )
+        program = export_executorch(args.run, args.quantize, args.max_drop, args.calibration_images, args.data_dir)
+        print("\n".join(program.lines()))
         return 0
     if args.quantize:
         if args.format != "onnx" or args.out:

@@ -38,9 +38,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnx"),
+        choices=("auto", "torch", "onnx", "executorch"),
         default="auto",
-        help="auto: the run's model.onnx when it was exported from its best.pt, else PyTorch (default: auto)",
+        help="auto: the run's model.onnx when it was exported from its best.pt, else PyTorch; executorch: the "
+        "run's model.pte (an exported file given as RUN is run by its own runtime) (default: auto)",
     )
     add_device_option(parser)
     add_switch(parser, "quiet", "no progress bar")

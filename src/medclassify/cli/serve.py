@@ -13,7 +13,7 @@ from .common import Command, add_device_option, add_run_argument
 def add_options(parser: argparse.ArgumentParser) -> None:
     add_run_argument(
         parser,
-        "run folders, .pt bundles or .onnx files; NAME=RUN names a model (default: the folder's or file's name)",
+        "run folders, .pt bundles, .onnx files (int8 too) or ExecuTorch .pte programs; NAME=RUN names a model (default: the folder's or file's name)",
         many=True,
     )
     parser.add_argument(

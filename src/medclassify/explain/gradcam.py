@@ -1,8 +1,9 @@
-"""Grad-CAM heatmaps (the ``grad-cam`` package) for single images and for a run's test split.
+"""Heatmaps (Grad-CAM by default; every method of :mod:`.methods`) for single images and for a
+run's test split, drawn over the image.
 
-The target layer is the model family's last convolutional block, as registered with the model
-(``cam_layer``: ``features`` for the small CNNs, VGG and MobileNet, ``layer4`` for ResNets); any
-other module can be named with its dotted path (e.g. ``features.3``).
+A CAM's target layer is by default the deepest whose feature map is at least 7 pixels wide
+(:func:`.methods.default_layers`); any other module can be named with its dotted path (e.g.
+``features.3``).
 """
 
 from __future__ import annotations
@@ -12,74 +13,61 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 from matplotlib.axes import Axes
 from PIL import Image
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..data.images import model_input
 from ..defaults import GRID_PER_CLASS
 from ..errors import ConfigError
 from ..evaluation.figures import save_figure, subplots
 from ..inference.predictor import Predictor
-from ..models import cam_layer_names
 from ..text import shorten
+from .methods import (
+    CAM_METHODS,
+    DEFAULT_METHOD,
+    METHODS,
+    AttributionMethod,
+    attribution_maps,
+    check_method,
+    default_layers,
+    layer_description,
+)
 
 HEATMAP_ALPHA = 0.45
 
 
+METHOD_TITLES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+    "eigencam": "Eigen-CAM",
+    "layercam": "LayerCAM",
+    "integrated-gradients": "Integrated Gradients",
+    "occlusion": "Occlusion",
+}
+
+
 @dataclass
 class Explanation:
-    """A Grad-CAM heatmap of one image, with the class it explains and that class's probability."""
+    """Heatmaps of one image, one per method, with the class they explain and its probability."""
 
     source: str
     pixels: np.ndarray  # uint8 H x W x 3, the image as given
-    heatmap: np.ndarray  # float32 H x W in [0, 1], at the image's own size
-    class_name: str  # the class the heatmap explains
+    heatmaps: dict[str, np.ndarray]  # method -> float32 H x W in [0, 1], at the image's own size
+    class_name: str  # the class the heatmaps explain
     probability: float  # the model's probability for that class
     predicted: str  # the model's decision
+    cam_layer: str | None = None  # the layer a CAM method read, with its feature map's size
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """The first method's heatmap (the only one unless several were asked for)."""
+        return next(iter(self.heatmaps.values()))
 
 
-def feature_map_layers(model: torch.nn.Module, channels: int, size: int) -> list[str]:
-    """Names of the modules whose output is a feature map (N x C x H x W): Grad-CAM can target
-    those, not a flattening or linear layer."""
-    shapes: dict[str, int] = {}
-    hooks = [
-        module.register_forward_hook(
-            lambda m, i, output, name=name: shapes.__setitem__(name, getattr(output, "ndim", 0))
-        )
-        for name, module in model.named_modules()
-        if name
-    ]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, channels, size, size, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return [name for name, ndim in shapes.items() if ndim == 4]
-
-
-def target_layer(
-    model: torch.nn.Module, model_name: str, name: str, channels: int = 3, size: int = 28
-) -> torch.nn.Module:
-    """The module called ``name`` (a dotted path) that Grad-CAM reads; one whose output is not a
-    feature map is a :class:`ConfigError` listing the usable ones."""
-    usable = feature_map_layers(model, channels, size)
-    if name not in usable:
-        top = [n for n in usable if n.count(".") <= 1]
-        why = (
-            "has no such module"
-            if name not in dict(model.named_modules())
-            else "has that module, but its output is not a feature map"
-        )
-        raise ConfigError(
-            f"--layer {name}: model '{model_name}' {why}; layers Grad-CAM can use include: {', '.join(top)}"
-        )
-    return model.get_submodule(name)
+def chosen_methods(method: str) -> list[AttributionMethod]:
+    """``all`` or one method's name, as the list of methods to draw."""
+    return list(METHODS) if method == "all" else [check_method(method)]
 
 
 def class_index(predictor: Predictor, target: str | int) -> int:
@@ -94,20 +82,15 @@ def class_index(predictor: Predictor, target: str | int) -> int:
     )
 
 
-def cam_maps(predictor: Predictor, batch: np.ndarray, targets: list[int], layer: str | None = None) -> np.ndarray:
-    """Grad-CAM maps (N x size x size, each scaled to [0, 1]) for normalised input ``batch``."""
-    model = predictor.model
-    device = next(model.parameters()).device
-    spec = predictor.metadata["model"]
-    layers = [
-        target_layer(model, spec["name"], name, predictor.channels, predictor.size)
-        for name in ([layer] if layer else cam_layer_names(spec))
-    ]  # an ensemble: every member's last block, their maps averaged by grad-cam
-    with GradCAM(model=model, target_layers=layers) as cam:
-        maps = cam(
-            input_tensor=torch.from_numpy(batch).to(device), targets=[ClassifierOutputTarget(k) for k in targets]
-        )
-    return maps.astype(np.float32)
+def cam_maps(
+    predictor: Predictor,
+    batch: np.ndarray,
+    targets: list[int],
+    layer: str | None = None,
+    method: AttributionMethod = DEFAULT_METHOD,
+) -> np.ndarray:
+    """Maps of ``method`` (N x size x size, each scaled to [0, 1]) for normalised input ``batch``."""
+    return attribution_maps(predictor, batch, targets, method, layer)
 
 
 def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -117,9 +100,15 @@ def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def explain_images(
-    predictor: Predictor, images: object, target: str | int | None = None, layer: str | None = None
+    predictor: Predictor,
+    images: object,
+    target: str | int | None = None,
+    layer: str | None = None,
+    method: str = DEFAULT_METHOD,
 ) -> tuple[list[Explanation], list[tuple[str, str]]]:
-    """Heatmaps for the predicted class (or ``target``) of each readable image, at its own size."""
+    """Heatmaps of ``method`` (or ``all``) for the predicted class (or ``target``) of each readable
+    image, at its own size."""
+    methods = chosen_methods(method)
     sources, skipped = predictor.read(images)
     if not sources:
         return [], skipped
@@ -128,21 +117,31 @@ def explain_images(
     chosen = (
         [class_index(predictor, target)] * len(sources) if target is not None else list(probabilities.argmax(axis=1))
     )
-    maps = cam_maps(predictor, predictor.normalise(pixels), chosen, layer)
+    batch = predictor.normalise(pixels)
+    maps = {m: cam_maps(predictor, batch, chosen, layer, m) for m in methods}
+    cam_layer = cam_layer_of(predictor, methods, layer)
     explanations = []
-    for source, heatmap, k, probs in zip(sources, maps, chosen, probabilities):
+    for i, (source, k, probs) in enumerate(zip(sources, chosen, probabilities)):
         height, width = source.pixels.shape[:2]
         explanations.append(
             Explanation(
                 source.name,
                 source.pixels,
-                resize_map(heatmap, height, width),
+                {m: resize_map(maps[m][i], height, width) for m in methods},
                 predictor.class_names[k],
                 float(probs[k]),
                 predictor.class_names[int(probs.argmax())],
+                cam_layer,
             )
         )
     return explanations, skipped
+
+
+def cam_layer_of(predictor: Predictor, methods: list[AttributionMethod], layer: str | None) -> str | None:
+    """``features (7 x 7)``: the layer the CAM methods among ``methods`` read, or None."""
+    if not any(m in CAM_METHODS for m in methods):
+        return None
+    return layer_description(predictor, [layer] if layer else default_layers(predictor))
 
 
 def overlay_pixels(pixels: np.ndarray, heatmap: np.ndarray, min_side: int = 224) -> np.ndarray:
@@ -163,37 +162,49 @@ def _show(ax: Axes, pixels: np.ndarray, heatmap: np.ndarray | None = None) -> No
 
 
 def save_overlay(explanation: Explanation, out: Path) -> Path:
-    """The image and its heatmap overlay side by side, class and probability in the title (PNG)."""
-    figure, (left, right) = subplots(1, 2, figsize=(8, 4.4))
-    _show(left, explanation.pixels)
-    left.set_title("image")
-    _show(right, explanation.pixels, explanation.heatmap)
-    right.set_title(f"Grad-CAM: {shorten(explanation.class_name, 40)}")
+    """The image and one overlay per method side by side, class and probability in the title (PNG)."""
+    panels = len(explanation.heatmaps) + 1
+    figure, axes = subplots(1, panels, figsize=(4 * panels, 4.4), squeeze=False)
+    _show(axes[0, 0], explanation.pixels)
+    axes[0, 0].set_title("image")
+    for axis, (method, heatmap) in zip(axes[0, 1:], explanation.heatmaps.items()):
+        _show(axis, explanation.pixels, heatmap)
+        axis.set_title(f"{METHOD_TITLES[method]}: {shorten(explanation.class_name, 40)}")
     decided = (
         "" if explanation.predicted == explanation.class_name else f"; predicted {shorten(explanation.predicted, 40)}"
     )
+    read = f"\nCAM layer: {explanation.cam_layer}" if explanation.cam_layer else ""
     figure.suptitle(
         f"{shorten(Path(explanation.source).name, 60)} - {shorten(explanation.class_name, 40)} "
-        f"p={explanation.probability:.3f}{decided}"
+        f"p={explanation.probability:.3f}{decided}{read}"
     )
     return save_figure(figure, out, formats=("png",))[0]
 
 
-def overlay_name(source: str, taken: set[str]) -> str:
-    """``NAME_gradcam`` (frames: ``NAME_3_gradcam``), numbered when two images share a name."""
+def overlay_name(source: str, taken: set[str], kind: str = DEFAULT_METHOD) -> str:
+    """``NAME_METHOD`` (frames: ``NAME_3_METHOD``; several methods: ``NAME_explained``), numbered
+    when two images share a name."""
     file, _, frame = Path(source).name.partition("[")
     base = Path(file).stem + (f"_{frame.rstrip(']')}" if frame else "")
-    name, n = f"{base}_gradcam", 2
+    name, n = f"{base}_{kind}", 2
     while name in taken:
-        name, n = f"{base}_gradcam_{n}", n + 1
+        name, n = f"{base}_{kind}_{n}", n + 1
     taken.add(name)
     return name
 
 
 def write_overlays(explanations: list[Explanation], out_dir: str | Path) -> list[Path]:
-    """One ``NAME_gradcam.png`` per explanation in ``out_dir``; returns their paths."""
+    """One ``NAME_METHOD.png`` per explanation in ``out_dir`` (``NAME_explained.png`` for several
+    methods); returns their paths."""
     taken: set[str] = set()
-    return [save_overlay(e, Path(out_dir) / overlay_name(e.source, taken)) for e in explanations]
+    return [
+        save_overlay(
+            e,
+            Path(out_dir)
+            / overlay_name(e.source, taken, next(iter(e.heatmaps)) if len(e.heatmaps) == 1 else "explained"),
+        )
+        for e in explanations
+    ]
 
 
 def split_examples(y_true: np.ndarray, probabilities: np.ndarray, per_class: int) -> dict[int, dict[str, list[int]]]:
@@ -218,6 +229,7 @@ def split_grid(
     per_class: int = GRID_PER_CLASS,
     layer: str | None = None,
     title: str = "Grad-CAM: correct and wrong predictions per class",
+    method: AttributionMethod = DEFAULT_METHOD,
 ) -> Path:
     """A grid figure: one row per class, ``per_class`` correct then ``per_class`` wrong test images,
     each with the heatmap of its predicted class. Single-label tasks only."""
@@ -241,7 +253,11 @@ def split_grid(
         indices = [i for i in picked if i is not None]
         maps: np.ndarray | list[np.ndarray] = (
             cam_maps(
-                predictor, predictor.normalise(pixels[indices]), list(probabilities[indices].argmax(axis=1)), layer
+                predictor,
+                predictor.normalise(pixels[indices]),
+                list(probabilities[indices].argmax(axis=1)),
+                layer,
+                method,
             )
             if indices
             else []
@@ -274,8 +290,10 @@ def explain_split(
     layer: str | None = None,
     data_dir: str | None = None,
     device: str = "auto",
+    method: AttributionMethod = DEFAULT_METHOD,
 ) -> Path:
     """:func:`split_grid` for a run folder's test (or val) split, read as the run was trained."""
+    method = check_method(method)
     from ..runs import RunDir, load_run_data
 
     run_dir = Path(run_dir)
@@ -283,10 +301,19 @@ def explain_split(
     predictor = Predictor.from_run(run_dir, device=device, backend="torch")
     data = load_run_data(config)
     images = data.splits[split]
+    cam_layer = cam_layer_of(predictor, [method], layer)
     title = (
-        f"Grad-CAM, {data.name} {split} split: per class, the {per_class} most confident correct and "
-        f"wrong predictions (title: predicted class, probability)"
+        f"{METHOD_TITLES[method]}, {data.name} {split} split: per class, the {per_class} most confident correct "
+        f"and wrong predictions (title: predicted class, probability)"
+        + (f"; CAM layer {cam_layer}" if cam_layer else "")
     )
     return split_grid(
-        predictor, images.images.numpy(), images.labels.numpy(), out / f"gradcam_{split}_grid", per_class, layer, title
+        predictor,
+        images.images.numpy(),
+        images.labels.numpy(),
+        out / f"{method}_{split}_grid",
+        per_class,
+        layer,
+        title,
+        method,
     )

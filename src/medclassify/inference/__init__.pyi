@@ -13,11 +13,22 @@ from .predictor import (
 from .predictor import (
     Predictor as Predictor,
 )
+from .pte import (
+    export_executorch as export_executorch,
+)
 from .quantize import (
-    QuantizationResult as QuantizationResult,
+    GatedExport as GatedExport,
 )
 from .quantize import (
     quantize_run as quantize_run,
 )
 
-__all__ = ["ExportResult", "Predictions", "Predictor", "QuantizationResult", "export_model", "quantize_run"]
+__all__ = [
+    "ExportResult",
+    "GatedExport",
+    "Predictions",
+    "Predictor",
+    "export_executorch",
+    "export_model",
+    "quantize_run",
+]

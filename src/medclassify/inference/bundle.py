@@ -128,24 +128,22 @@ def recorded_export(run_dir: Path, filename: str) -> dict | None:
     return exports_record(run_dir).get(filename)
 
 
-def current_onnx_export(run_dir: Path, checkpoint: Path, filename: str = ONNX_FILE) -> Path:
-    """The run's model.onnx (or another ONNX file it exported, e.g. model.int8.onnx) when it is the
+def current_export(run_dir: Path, checkpoint: Path, filename: str = ONNX_FILE) -> Path:
+    """The run's model.onnx (or another file it exported: model.int8.onnx, model.pte) when it is the
     unchanged file exported from the current best.pt; otherwise a :class:`CheckpointError` saying why not."""
     exported = run_dir / filename
+    again = f"medclassify export {run_dir}" + (" --format executorch" if exported.suffix == ".pte" else "")
     if not exported.is_file():
-        raise CheckpointError(f"{exported} does not exist; run 'medclassify export {run_dir}'")
+        raise CheckpointError(f"{exported} does not exist; run '{again}'")
     entry = recorded_export(run_dir, filename)
     if entry is None:
-        raise CheckpointError(
-            f"{exported} has no recorded digest in {run_dir / EXPORTS_RECORD}; run 'medclassify export {run_dir}' again"
-        )
+        raise CheckpointError(f"{exported} has no recorded digest in {run_dir / EXPORTS_RECORD}; run '{again}' again")
     if file_md5(exported) != entry.get("md5"):
         raise CheckpointError(
-            f"{exported} changed since it was exported (its MD5 differs from {EXPORTS_RECORD}); "
-            f"run 'medclassify export {run_dir}' again"
+            f"{exported} changed since it was exported (its MD5 differs from {EXPORTS_RECORD}); run '{again}' again"
         )
-    if onnx_metadata(exported).get("checkpoint_md5") != file_md5(checkpoint):
-        raise CheckpointError(f"{exported} was exported from an older best.pt; run 'medclassify export {run_dir}'")
+    if entry.get("checkpoint_md5") != file_md5(checkpoint):
+        raise CheckpointError(f"{exported} was exported from an older best.pt; run '{again}'")
     return exported
 
 

@@ -16,7 +16,7 @@ from ..data.catalog import dataset_catalog
 from ..errors import CheckpointError, OutputError
 from ..io import file_md5
 from ..runs.files import BEST_FILE
-from .bundle import current_onnx_export, recorded_export
+from .bundle import current_export, recorded_export
 from .predictor import Predictor
 from .quantize import DEFAULT_MAX_DROP, QUANTIZED_FILE, CalibrationMethod, quantize_run
 
@@ -139,7 +139,7 @@ def export_edge(
     if out.exists() and not (out.is_dir() and (is_edge_folder(out) or not any(out.iterdir()))):
         raise OutputError(f"{out} exists and is not an edge folder; choose another out", parameters=("out",))
     try:
-        model = current_onnx_export(run_dir, run_dir / BEST_FILE, QUANTIZED_FILE)
+        model = current_export(run_dir, run_dir / BEST_FILE, QUANTIZED_FILE)
     except CheckpointError:
         model = quantize_run(run_dir, calibration_method, max_drop, data_dir=data_dir).path
     record = recorded_export(run_dir, QUANTIZED_FILE) or {}

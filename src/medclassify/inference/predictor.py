@@ -1,16 +1,19 @@
 """Apply a trained model to new images: ``Predictor.from_run(path).predict(images)``.
 
-``path`` is a run folder, a checkpoint bundle (``best.pt``) or an exported ONNX model. Both backends
-take the same normalised float32 batches and return logits; probabilities are computed here with
-NumPy, so PyTorch and ONNX Runtime answers differ only by the models' own rounding. torch is
-imported only for PyTorch bundles: an ONNX model predicts without it, which is what makes the
-command start in a fraction of a second.
+``path`` is a run folder, a checkpoint bundle (``best.pt``), an exported ONNX model or an ExecuTorch
+program (``.pte``). Every backend takes the same normalised float32 batches and returns logits;
+probabilities are computed here with NumPy, so PyTorch, ONNX Runtime and ExecuTorch answers differ
+only by the models' own rounding. torch is imported only for PyTorch bundles and ExecuTorch: an
+ONNX model predicts without it, which is what makes the command start in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, get_args
@@ -32,16 +35,16 @@ from ..data.images import (
 from ..defaults import PREDICT_BATCH_SIZE
 from ..errors import CheckpointError, ConfigError, DataError, first_line
 from ..evaluation.conformal import prediction_sets
-from ..runs.files import BEST_FILE, ONNX_FILE, BundleMetadata
+from ..runs.files import BEST_FILE, ONNX_FILE, PTE_FILE, BundleMetadata
 from ..tasks import Task, probabilities_from_logits
-from .bundle import bundle_description, check_bundle, current_onnx_export, parse_onnx_metadata, recorded_export
+from .bundle import bundle_description, check_bundle, current_export, parse_onnx_metadata, recorded_export
 from .hub_folder import is_hub_folder, load_hub_folder
 
 if TYPE_CHECKING:
     import torch  # imported only for PyTorch bundles
 
 THRESHOLD = 0.5
-PredictBackend = Literal["auto", "torch", "onnx"]
+PredictBackend = Literal["auto", "torch", "onnx", "executorch"]
 PREDICT_BACKENDS: tuple[PredictBackend, ...] = get_args(PredictBackend)
 
 
@@ -70,6 +73,78 @@ class OnnxBackend:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
+
+
+PTE_METADATA_METHOD = "medclassify_metadata"  # an ExecuTorch program's constant method holding the bundle description
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """ExecuTorch's C++ runtime prints CPU-probing notes on file descriptor 2 when it starts; what
+    goes wrong is raised as an exception, so the notes are dropped."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def quiet_executorch_import() -> Iterator[None]:
+    """Importing ExecuTorch (through torchao) logs a deprecation note of torch's pytree registry on
+    every start; a user of medclassify cannot act on it."""
+    import logging
+
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class ExecuTorchBackend:
+    """Logits from an ExecuTorch program (``.pte``) through ExecuTorch's runtime, one image at a time
+    (the program is exported for batch 1, as a device runs it)."""
+
+    name = "executorch"
+
+    def __init__(self, path: Path):
+        try:
+            with quiet_executorch_import():
+                from executorch.runtime import Runtime
+        except ImportError:
+            raise CheckpointError(
+                f"{path}: an ExecuTorch program needs the executorch package: pip install 'medclassify[edge]'"
+            ) from None
+        try:
+            with _native_stderr_silenced():
+                program = Runtime.get().load_program(path)
+                if PTE_METADATA_METHOD not in program.method_names:
+                    raise CheckpointError(
+                        f"{path}: an ExecuTorch program without medclassify metadata; "
+                        "export it with 'medclassify export RUN --format executorch'"
+                    )
+                description = program.load_method(PTE_METADATA_METHOD).execute([])[0]
+                self.forward = program.load_method("forward")
+        except CheckpointError:
+            raise
+        except Exception as exc:  # the runtime raises RuntimeError or ValueError for a damaged program
+            raise CheckpointError(f"{path}: not a readable ExecuTorch program ({first_line(exc)})") from None
+        try:
+            self.metadata = json.loads(bytes(description.numpy()).decode())
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: its medclassify metadata is not valid JSON ({first_line(exc)})") from None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        images = torch.from_numpy(np.ascontiguousarray(batch))
+        return np.concatenate([self.forward.execute([images[i : i + 1]])[0].numpy() for i in range(len(batch))])
 
 
 @dataclass
@@ -177,10 +252,12 @@ class Predictor:
 
         Args:
             path: a run folder (its ``best.pt``; with ``backend="auto"`` its ``model.onnx`` when that
-                was exported from the current ``best.pt``), a ``.pt`` bundle, an ``.onnx`` export or a
-                Hub folder (``export --format hub``).
+                was exported from the current ``best.pt``), a ``.pt`` bundle, an ``.onnx`` export (int8
+                too), an ExecuTorch ``.pte`` program or a Hub folder (``export --format hub``). A run's
+                own export is checked against the MD5 ``exports.json`` recorded for it.
             device: where a PyTorch model runs: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-            backend: ``auto``, ``torch`` (PyTorch) or ``onnx`` (ONNX Runtime, without importing torch).
+            backend: ``auto``, ``torch`` (PyTorch), ``onnx`` (ONNX Runtime, without importing torch) or
+                ``executorch`` (ExecuTorch's runtime; for a run folder, its ``model.pte``).
             calibrated: apply the bundle's temperature, operating point and conformal sets; False
                 ignores them (PyTorch bundles; an ONNX graph holds its temperature).
 
@@ -194,35 +271,43 @@ class Predictor:
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"{path}: no such run folder or model file")
-        if path.suffix.lower() == ".onnx":
-            if backend == "torch":
+        file_backends = {".onnx": "onnx", ".pte": "executorch"}
+        if path.suffix.lower() in file_backends:
+            needed = file_backends[path.suffix.lower()]
+            if backend not in ("auto", needed):
                 raise CheckpointError(
-                    f"{path}: an ONNX model runs with backend onnx or auto, not torch", parameters=("backend",)
+                    f"{path}: {'an ONNX model' if needed == 'onnx' else 'an ExecuTorch program'} runs with "
+                    f"backend {needed} or auto, not {backend}",
+                    parameters=("backend",),
                 )
             if recorded_export(path.parent, path.name) is not None:  # a run's own export: checked as model.onnx is
-                path = current_onnx_export(path.parent, path.parent / BEST_FILE, path.name)
-            return cls._onnx(path)
+                path = current_export(path.parent, path.parent / BEST_FILE, path.name)
+            return cls._exported(path)
         checkpoint = path / BEST_FILE if path.is_dir() else path
         if path.is_dir() and not checkpoint.is_file() and is_hub_folder(path):
-            if backend == "onnx":
+            if backend not in ("auto", "torch"):
                 raise CheckpointError(
-                    f"{path}: a Hub folder runs with backend torch or auto, not onnx", parameters=("backend",)
+                    f"{path}: a Hub folder runs with backend torch or auto, not {backend}", parameters=("backend",)
                 )
             source, state = path, load_hub_folder(path)
         else:
             if path.is_dir():
                 if not checkpoint.is_file():
                     raise CheckpointError(f"{path}: no best.pt; not a finished medclassify run folder")
+                if backend == "executorch":
+                    return cls._exported(current_export(path, checkpoint, PTE_FILE))
                 if backend == "onnx" or (backend == "auto" and (path / ONNX_FILE).is_file()):
                     try:
-                        return cls._onnx(current_onnx_export(path, checkpoint))
+                        return cls._exported(current_export(path, checkpoint))
                     except CheckpointError as exc:
                         if backend == "onnx":
                             raise
                         warnings.warn(f"{exc} (using best.pt with PyTorch meanwhile)", stacklevel=2)
-            elif backend == "onnx":
+            elif backend in ("onnx", "executorch"):
                 raise CheckpointError(
-                    f"{path}: a PyTorch bundle; export it to ONNX first ('medclassify export {path}')"
+                    f"{path}: a PyTorch bundle; export its run folder first ('medclassify export RUN"
+                    f"{'' if backend == 'onnx' else ' --format executorch'}')",
+                    parameters=("backend",),
                 )
             from ..runs import load_checkpoint
 
@@ -233,8 +318,10 @@ class Predictor:
         return cls(metadata, TorchBackend(state, source, device), source, calibrated)
 
     @classmethod
-    def _onnx(cls, path: Path) -> Predictor:
-        backend = OnnxBackend(path)
+    def _exported(cls, path: Path) -> Predictor:
+        backend: OnnxBackend | ExecuTorchBackend = (
+            ExecuTorchBackend(path) if path.suffix.lower() == ".pte" else OnnxBackend(path)
+        )
         return cls(backend.metadata, backend, path)
 
     @property
@@ -242,7 +329,9 @@ class Predictor:
         """The ``torch.nn.Module`` (PyTorch bundles only; Grad-CAM needs it)."""
         model = getattr(self.backend, "model", None)
         if model is None:
-            raise CheckpointError(f"{self.source}: an ONNX model has no gradients; use the run folder or its best.pt")
+            raise CheckpointError(
+                f"{self.source}: an exported model has no gradients; use the run folder or its best.pt"
+            )
         return model
 
     # ---- images -> model input ---------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_path, file_md5, folder_lock
 from ..runs.files import BEST_FILE, RunDir
 from ..tasks import Task
-from .bundle import current_onnx_export, onnx_metadata
+from .bundle import current_export, onnx_metadata
 from .export import export_model, onnx_properties, record_export
 from .predictor import OnnxBackend, Predictor
 
@@ -45,40 +45,47 @@ GATE_RESAMPLES = 1000
 
 
 @dataclass
-class QuantizationResult:
-    """What ``quantize_run`` wrote and measured."""
+class GatedExport:
+    """A model written for a smaller runtime after it was run on the test split beside the float32
+    model: what ``quantize_run`` and ``export_executorch`` return and record in ``exports.json``."""
 
     path: Path
+    format: str  # "onnx-int8", "executorch" or "executorch-int8"
     bytes: int
-    float_bytes: int
-    method: str
-    calibration_images: int
-    gate: dict  # float32 and int8 test figures, their differences with intervals, McNemar, agreement
-    conformal: dict | None  # the int8 model's coverage of the run's conformal sets, beside float32's
-    operating_point: dict | None  # the int8 model's sensitivity/specificity at the run's threshold
+    reference: str  # the float32 model it was compared with, in words
+    reference_bytes: int | None  # that model's file size, when it is a file of the same kind
+    candidate: str  # the key of this model's figures in gate, conformal and operating_point
+    calibration: dict | None  # int8: {"method", "images"}
+    gate: dict  # float32 and candidate test figures, their differences with intervals, McNemar, agreement
+    conformal: dict | None  # the candidate's coverage of the run's conformal sets, beside float32's
+    operating_point: dict | None  # the candidate's sensitivity/specificity at the run's threshold
 
     def lines(self) -> list[str]:
         """The outcome as the command line prints it."""
-        gate = self.gate
+        gate, name = self.gate, self.candidate
         acc = gate["difference"]["acc"]
+        size = f"{self.format}, {self.bytes / 1e6:.2f} MB"
+        if self.reference_bytes:
+            size += f", {self.bytes / self.reference_bytes:.0%} of float32's {self.reference_bytes / 1e6:.2f} MB"
+        if self.calibration:
+            size += f"; {self.calibration['method']} calibration on {self.calibration['images']} training images"
         lines = [
-            f"wrote {self.path} (int8, {self.bytes / 1e6:.2f} MB, {self.bytes / self.float_bytes:.0%} of float32's "
-            f"{self.float_bytes / 1e6:.2f} MB; {self.method} calibration on {self.calibration_images} training images)",
-            f"test accuracy: float32 {gate['float32']['acc']:.4f}, int8 {gate['int8']['acc']:.4f} "
+            f"wrote {self.path} ({size})",
+            f"test accuracy: {self.reference} {gate['float32']['acc']:.4f}, {name} {gate[name]['acc']:.4f} "
             f"(difference {acc['difference']:+.4f}, 95% CI {acc['ci_low']:+.4f} to {acc['ci_high']:+.4f}; "
             f"McNemar p = {gate['mcnemar']['p_value']:.3g}); same class for {gate['agreement']:.2%} of "
             f"{gate['images']} images; largest probability difference {gate['max_probability_difference']:.3g}",
         ]
         if self.conformal:
             lines.append(
-                f"conformal sets: test coverage float32 {self.conformal['float32']:.4f}, int8 "
-                f"{self.conformal['int8']:.4f} (target {self.conformal['target']:.2f})"
+                f"conformal sets: test coverage float32 {self.conformal['float32']:.4f}, {name} "
+                f"{self.conformal[name]:.4f} (target {self.conformal['target']:.2f})"
             )
         if self.operating_point:
             point = self.operating_point
             lines.append(
-                f"operating point (threshold {point['threshold']:.4g} for '{point['positive_class']}'): int8 "
-                f"sensitivity {point['int8']['sensitivity']:.4f}, specificity {point['int8']['specificity']:.4f}; "
+                f"operating point (threshold {point['threshold']:.4g} for '{point['positive_class']}'): {name} "
+                f"sensitivity {point[name]['sensitivity']:.4f}, specificity {point[name]['specificity']:.4f}; "
                 f"float32 {point['float32']['sensitivity']:.4f}, {point['float32']['specificity']:.4f}"
             )
         return lines
@@ -115,22 +122,24 @@ def _onnx_probabilities(path: Path, pixels: np.ndarray) -> np.ndarray:
     return Predictor(backend.metadata, backend, path).predict_pixels(pixels)
 
 
-def _gate(y_true: np.ndarray, float_prob: np.ndarray, int8_prob: np.ndarray, task: Task) -> dict:
+def _gate(y_true: np.ndarray, float_prob: np.ndarray, candidate_prob: np.ndarray, task: Task, candidate: str) -> dict:
     from ..evaluation.stats import Side, bootstrap_difference, mcnemar
 
-    float_side, int8_side = Side(y_true, [float_prob], task), Side(y_true, [int8_prob], task)
+    float_side, candidate_side = Side(y_true, [float_prob], task), Side(y_true, [candidate_prob], task)
     return {
         "images": len(y_true),
         "float32": {name: float_side.metric(name) for name in ("acc", "auc", "f1_macro")},
-        "int8": {name: int8_side.metric(name) for name in ("acc", "auc", "f1_macro")},
-        "difference": bootstrap_difference(float_side, int8_side, paired=True, n_boot=GATE_RESAMPLES),
-        "mcnemar": mcnemar(float_side, int8_side),
-        "agreement": float(np.mean(float_prob.argmax(1) == int8_prob.argmax(1))),
-        "max_probability_difference": float(np.abs(float_prob - int8_prob).max()),
+        candidate: {name: candidate_side.metric(name) for name in ("acc", "auc", "f1_macro")},
+        "difference": bootstrap_difference(float_side, candidate_side, paired=True, n_boot=GATE_RESAMPLES),
+        "mcnemar": mcnemar(float_side, candidate_side),
+        "agreement": float(np.mean(float_prob.argmax(1) == candidate_prob.argmax(1))),
+        "max_probability_difference": float(np.abs(float_prob - candidate_prob).max()),
     }
 
 
-def _conformal(predictor: Predictor, y_true: np.ndarray, float_prob: np.ndarray, int8_prob: np.ndarray) -> dict | None:
+def _conformal(
+    predictor: Predictor, y_true: np.ndarray, float_prob: np.ndarray, candidate_prob: np.ndarray, candidate: str
+) -> dict | None:
     from ..evaluation.conformal import prediction_sets
 
     fitted = predictor.conformal
@@ -140,11 +149,11 @@ def _conformal(predictor: Predictor, y_true: np.ndarray, float_prob: np.ndarray,
     def coverage(prob: np.ndarray) -> float:
         return float(np.mean(prediction_sets(prob, fitted)[np.arange(len(y_true)), y_true]))
 
-    return {"target": 1 - fitted["alpha"], "float32": coverage(float_prob), "int8": coverage(int8_prob)}
+    return {"target": 1 - fitted["alpha"], "float32": coverage(float_prob), candidate: coverage(candidate_prob)}
 
 
 def _operating_point(
-    predictor: Predictor, y_true: np.ndarray, float_prob: np.ndarray, int8_prob: np.ndarray
+    predictor: Predictor, y_true: np.ndarray, float_prob: np.ndarray, candidate_prob: np.ndarray, candidate: str
 ) -> dict | None:
     from ..evaluation.threshold import operating_point
 
@@ -157,8 +166,113 @@ def _operating_point(
         "threshold": point["threshold"],
         "positive_class": point["positive_class"],
         "float32": operating_point(positive, float_prob[:, column], point["threshold"]),
-        "int8": operating_point(positive, int8_prob[:, column], point["threshold"]),
+        candidate: operating_point(positive, candidate_prob[:, column], point["threshold"]),
     }
+
+
+@dataclass
+class GateTarget:
+    """What a gated export is written for and judged on."""
+
+    run_dir: Path
+    predictor: Predictor  # the run's float32 model through PyTorch
+    train: Split
+    test: Split
+    max_drop: float
+
+
+def gate_target(run_dir: str | Path, data_dir: str | None, max_drop: object, what: str) -> GateTarget:
+    """The run, its model and the training and test splits a gated export needs; one-line errors for
+    a folder that is not a single-label run, data not at hand, or a ``max_drop`` that is not a number >= 0.
+
+    Args:
+        run_dir: the run folder.
+        data_dir: where the run's data are now, if they moved since training.
+        max_drop: the largest drop in test accuracy allowed, in percentage points.
+        what: the export in words, for the errors (``int8 quantization``).
+
+    Returns:
+        The run, its PyTorch predictor and its splits.
+    """
+    max_drop = check_max_drop(max_drop)
+    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    if not run_dir.is_dir() or not run.config_path.is_file() or not (run_dir / BEST_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir}: not a run folder; {what} is judged on a run's test split (an ensemble or a bundle has none)"
+        )
+    predictor = Predictor.from_run(run_dir, device="cpu", backend="torch")
+    if predictor.multi_label:
+        raise CheckpointError(f"{run_dir}: a multi-label run; {what} takes single-label runs")
+    from ..runs import load_run_data
+
+    try:
+        data = load_run_data(run.config(data_dir))
+    except DataError as exc:
+        raise DataError(
+            f"{run_dir}: {what} needs the run's training and test data ({exc}); pass data_dir where they are now",
+            parameters=("data_dir",),
+        ) from None
+    return GateTarget(run_dir, predictor, data.splits["train"], data.splits["test"], max_drop)
+
+
+def check_calibration_images(calibration_images: object) -> int:
+    if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
+        raise ConfigError(
+            f"calibration_images must be a whole number >= 1, got {calibration_images!r}",
+            parameters=("calibration_images",),
+        )
+    return calibration_images
+
+
+def calibration_pixels(target: GateTarget, count: int) -> np.ndarray:
+    """``count`` training images (uint8, at the model's size), drawn class by class."""
+    return target.train.images.numpy()[stratified_sample(target.train.labels.numpy(), count)]
+
+
+def judge(
+    target: GateTarget,
+    out: Path,
+    candidate: str,
+    float_prob: np.ndarray,
+    candidate_prob: np.ndarray,
+) -> tuple[dict, dict | None, dict | None]:
+    """The gate's figures, the conformal coverage and the operating point of a candidate model's
+    test probabilities beside float32's; a one-line :class:`CheckpointError` when its accuracy drops
+    by more than the target's ``max_drop`` (the caller then writes nothing)."""
+    y_true = target.test.labels.numpy()
+    predictor = target.predictor
+    gate = _gate(y_true, float_prob, candidate_prob, Task(predictor.task), candidate)
+    drop = 100 * (gate["float32"]["acc"] - gate[candidate]["acc"])
+    if drop > target.max_drop:
+        raise CheckpointError(
+            f"{out}: {candidate} test accuracy {gate[candidate]['acc']:.4f} against float32's "
+            f"{gate['float32']['acc']:.4f}, a drop of {drop:.2f} points, more than max_drop {target.max_drop:g}; "
+            "nothing was written",
+            parameters=("max_drop",),
+        )
+    return (
+        gate,
+        _conformal(predictor, y_true, float_prob, candidate_prob, candidate),
+        _operating_point(predictor, y_true, float_prob, candidate_prob, candidate),
+    )
+
+
+def record_gated(target: GateTarget, result: GatedExport) -> None:
+    """The gated export's digest and figures in the run's ``exports.json``."""
+    record_export(
+        target.run_dir,
+        result.path,
+        result.format,
+        file_md5(target.run_dir / BEST_FILE),
+        {
+            "gate": result.gate,
+            "max_drop": target.max_drop,
+            "calibration": result.calibration,
+            "conformal": result.conformal,
+            "operating_point": result.operating_point,
+        },
+    )
 
 
 def quantize_run(
@@ -167,7 +281,7 @@ def quantize_run(
     max_drop: float = DEFAULT_MAX_DROP,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     data_dir: str | None = None,
-) -> QuantizationResult:
+) -> GatedExport:
     """Write ``RUN/model.int8.onnx``, an int8 copy of the run's model, if it keeps the accuracy.
 
     Args:
@@ -181,58 +295,25 @@ def quantize_run(
     Returns:
         Where the int8 model went, its size against float32's, and the gate's figures.
     """
-    max_drop = check_max_drop(max_drop)
     if calibration_method not in CALIBRATION_METHODS:
         raise ConfigError(
             f"calibration_method {calibration_method!r}: expected one of {', '.join(CALIBRATION_METHODS)}",
             parameters=("calibration_method",),
         )
-    if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
-        raise ConfigError(
-            f"calibration_images must be a whole number >= 1, got {calibration_images!r}",
-            parameters=("calibration_images",),
-        )
-    run_dir = Path(run_dir)
-    run = RunDir(run_dir)
-    if not run_dir.is_dir() or not run.config_path.is_file() or not (run_dir / BEST_FILE).is_file():
-        raise CheckpointError(
-            f"{run_dir}: not a run folder; int8 quantization calibrates on a run's training split "
-            "(an ensemble or a bundle has none)"
-        )
-    predictor = Predictor.from_run(run_dir, device="cpu", backend="torch")
-    if predictor.multi_label:
-        raise CheckpointError(f"{run_dir}: a multi-label run; int8 quantization takes single-label runs")
-    from ..runs import load_run_data
-
+    count = check_calibration_images(calibration_images)
+    target = gate_target(run_dir, data_dir, max_drop, "int8 quantization")
     try:
-        data = load_run_data(run.config(data_dir))
-    except DataError as exc:
-        raise DataError(
-            f"{run_dir}: int8 quantization needs the run's training and test data ({exc}); "
-            "pass data_dir where they are now",
-            parameters=("data_dir",),
-        ) from None
-    try:
-        float_path = current_onnx_export(run_dir, run_dir / BEST_FILE)
+        float_path = current_export(target.run_dir, target.run_dir / BEST_FILE)
     except CheckpointError:  # none yet, or from an older best.pt: the float32 export (checked against PyTorch) first
-        float_path = export_model(run_dir, data_dir=data_dir).path
-    train, test = data.splits["train"], data.splits["test"]
-    sample = stratified_sample(train.labels.numpy(), calibration_images)
-    calibration = train.images.numpy()[sample]
-    with folder_lock(run_dir, "export"):
-        return _quantize(predictor, run_dir, float_path, calibration, test, calibration_method, max_drop)
+        float_path = export_model(target.run_dir, data_dir=data_dir).path
+    with folder_lock(target.run_dir, "export"):
+        return _quantize(target, float_path, calibration_pixels(target, count), calibration_method)
 
 
-def _quantize(
-    predictor: Predictor,
-    run_dir: Path,
-    float_path: Path,
-    calibration: np.ndarray,
-    test: Split,
-    method: str,
-    max_drop: float,
-) -> QuantizationResult:
-    import onnx
+def quantize_onnx(float_path: Path, out: Path, calibration: np.ndarray, method: str) -> None:
+    """ONNX Runtime's static quantization of ``float_path`` into ``out``: pre-processing (BatchNorm
+    folded), QDQ, per-channel 7-bit int8 weights, uint8 activations calibrated on ``calibration``
+    (the model's normalised float32 input, N x C x H x W) with ``method``."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -241,8 +322,6 @@ def _quantize(
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    normalise = predictor.normalise
 
     # batches of one size: ONNX Runtime's histogram calibrators (percentile, entropy) fail on a
     # shorter last batch ("inhomogeneous shape")
@@ -254,22 +333,20 @@ def _quantize(
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             start = next(self.batches, None)
-            return None if start is None else {"images": normalise(calibration[start : start + batch])}
+            return None if start is None else {"images": calibration[start : start + batch]}
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    out = run_dir / QUANTIZED_FILE
-    with tempfile.TemporaryDirectory() as scratch, atomic_path(out) as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(float_path), str(prepared))
-        quantized = Path(scratch) / "int8.onnx"
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their bins and tensors
             quantize_static(
                 str(prepared),
-                str(quantized),
+                str(out),
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
@@ -280,6 +357,15 @@ def _quantize(
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
             )
+
+
+def _quantize(target: GateTarget, float_path: Path, calibration: np.ndarray, method: str) -> GatedExport:
+    import onnx
+
+    out = target.run_dir / QUANTIZED_FILE
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(out) as tmp:
+        quantized = Path(scratch) / "int8.onnx"
+        quantize_onnx(float_path, quantized, target.predictor.normalise(calibration), method)
         proto = onnx.load(str(quantized))
         del proto.metadata_props[:]
         metadata = {**onnx_metadata(float_path), "format": "onnx-int8", "quantization": method}
@@ -287,40 +373,22 @@ def _quantize(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
-        pixels, y_true = test.images.numpy(), test.labels.numpy()
-        float_prob = _onnx_probabilities(float_path, pixels)
-        int8_prob = _onnx_probabilities(tmp, pixels)
-        task = Task(predictor.task)
-        gate = _gate(y_true, float_prob, int8_prob, task)
-        drop = 100 * (gate["float32"]["acc"] - gate["int8"]["acc"])
-        if drop > max_drop:
-            raise CheckpointError(
-                f"{out}: int8 test accuracy {gate['int8']['acc']:.4f} against float32's {gate['float32']['acc']:.4f}, "
-                f"a drop of {drop:.2f} points, more than max_drop {max_drop:g}; nothing was written",
-                parameters=("max_drop",),
-            )
+        pixels = target.test.images.numpy()
+        gate, conformal, point = judge(
+            target, out, "int8", _onnx_probabilities(float_path, pixels), _onnx_probabilities(tmp, pixels)
+        )
         size = tmp.stat().st_size
-    result = QuantizationResult(
-        out,
-        size,
-        float_path.stat().st_size,
-        method,
-        len(calibration),
-        gate,
-        _conformal(predictor, y_true, float_prob, int8_prob),
-        _operating_point(predictor, y_true, float_prob, int8_prob),
-    )
-    record_export(
-        run_dir,
+    result = GatedExport(
         out,
         "onnx-int8",
-        file_md5(run_dir / BEST_FILE),
-        {
-            "gate": gate,
-            "max_drop": max_drop,
-            "calibration": {"method": method, "images": len(calibration)},
-            "conformal": result.conformal,
-            "operating_point": result.operating_point,
-        },
+        size,
+        "float32",
+        float_path.stat().st_size,
+        "int8",
+        {"method": method, "images": len(calibration)},
+        gate,
+        conformal,
+        point,
     )
+    record_gated(target, result)
     return result

@@ -28,6 +28,7 @@ PREDICTIONS_FILE = "predictions.csv"
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 ONNX_FILE = "model.onnx"
+PTE_FILE = "model.pte"  # ExecuTorch
 RELIABILITY_FIGURE = "reliability"  # .png and .svg
 CONFORMAL_FIGURE = "conformal"  # .png and .svg
 ROBUSTNESS_TABLE = "robustness.csv"

@@ -182,7 +182,7 @@ def evaluate_run(
 class EvaluationResult:
     """A checkpoint's figures on the validation and test splits, and the files they were written to."""
 
-    checkpoint: Checkpoint
+    checkpoint: str  # "best", "last", or the exported file evaluated (model.int8.onnx)
     val: dict
     test: dict
     files: list[Path]

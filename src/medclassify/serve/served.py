@@ -8,7 +8,7 @@ import base64
 import io
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,6 @@ from PIL import Image
 from ..data.images import SourceImage
 from ..errors import CheckpointError, ConfigError
 from ..explain.gradcam import cam_maps, overlay_pixels, resize_map
-from ..inference.bundle import onnx_metadata
 from ..inference.predictor import Predictor
 from ..io import file_md5
 from ..runs.files import BEST_FILE
@@ -81,7 +80,7 @@ class ServedModel:
 
     @property
     def can_explain(self) -> bool:
-        return self.path.suffix.lower() != ".onnx"
+        return self.path.suffix.lower() not in (".onnx", ".pte")  # exported files hold no gradients
 
     def info(self) -> dict:
         metadata = self.predictor.metadata
@@ -104,7 +103,7 @@ class ServedModel:
         """The PyTorch predictor Grad-CAM needs; an ONNX-only model is a :class:`ConfigError`."""
         if not self.can_explain:
             raise ConfigError(
-                f"model '{self.name}' is an ONNX file without PyTorch weights; Grad-CAM needs the run folder or its best.pt"
+                f"model '{self.name}' is an exported file without PyTorch weights; Grad-CAM needs the run folder or its best.pt"
             )
         if self.explainer is None:
             torch_backed = self.predictor.backend.name == "pytorch"
@@ -132,13 +131,12 @@ def png_data_url(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def model_version(path: Path) -> str:
-    """The first 12 hex digits of the weights' MD5: an ONNX export shares its best.pt's version."""
+def model_version(path: Path, metadata: Mapping[str, object]) -> str:
+    """The first 12 hex digits of the weights' MD5: an export (ONNX, int8, ExecuTorch) shares its
+    best.pt's version, which its metadata records."""
     if path.is_dir():
         path = path / BEST_FILE
-    if path.suffix.lower() == ".onnx":
-        return onnx_metadata(path).get("checkpoint_md5", file_md5(path))[:12]
-    return file_md5(path)[:12]
+    return str(metadata.get("checkpoint_md5") or file_md5(path))[:12]
 
 
 def load_served_models(specs: list[str], device: str = "auto") -> dict[str, ServedModel]:
@@ -152,5 +150,5 @@ def load_served_models(specs: list[str], device: str = "auto") -> dict[str, Serv
         name = name or (path.name if path.is_dir() else path.stem)
         if name in models:
             raise CheckpointError(f"two models are named '{name}'; name them with NAME=PATH")
-        models[name] = ServedModel(name, path, predictor, model_version(source))
+        models[name] = ServedModel(name, path, predictor, model_version(source, predictor.metadata))
     return models

@@ -1,0 +1,119 @@
+"""The attribution methods and their measured faithfulness, on the quadrant task: the class is
+decided by a bright square in one quadrant, so a faithful map must put its mass there, and the
+model's output must fall when those pixels go."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import QUADRANT_OF_CLASS, one_line_error, quadrant_images
+from medclassify.cli import main
+from medclassify.explain import evaluate_explanations, explain_images
+from medclassify.explain.faithfulness import evaluate_method
+from medclassify.explain.methods import default_layer, default_layers, layer_description
+from medclassify.inference import Predictor
+from medclassify.models import create_model
+
+
+def quadrant_batch(per_quadrant: int = 2) -> tuple[list[np.ndarray], list[int]]:
+    images, quadrants = [], []
+    for name, quadrant in QUADRANT_OF_CLASS.items():
+        for array in quadrant_images(name, per_quadrant, seed=20 + quadrant):
+            images.append(array)
+            quadrants.append(quadrant)
+    return images, quadrants
+
+
+def share_in_quadrant(heatmap: np.ndarray, quadrant: int) -> float:
+    half = heatmap.shape[0] // 2
+    row, col = divmod(quadrant, 2)
+    return float(heatmap[row * half : (row + 1) * half, col * half : (col + 1) * half].sum() / heatmap.sum())
+
+
+@pytest.mark.parametrize(
+    "method", ["gradcam", "gradcam++", "scorecam", "layercam", "integrated-gradients", "occlusion"]
+)
+def test_a_faithful_method_puts_most_of_its_map_in_the_deciding_quadrant(quadrant_run, method):
+    images, quadrants = quadrant_batch()
+    explanations, _ = explain_images(Predictor.from_run(quadrant_run), images, method=method)
+    shares = [share_in_quadrant(e.heatmaps[method], q) for e, q in zip(explanations, quadrants)]
+    assert np.mean(shares) > 0.5, shares  # a map spread evenly would hold 0.25
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "layer"),
+    [("paper-cnn", 28, "features"), ("resnet18", 28, "layer3"), ("resnet18", 224, "layer4")],
+)
+def test_the_default_cam_layer_is_the_deepest_at_least_seven_pixels_wide(model, size, layer):
+    # ResNet-18 keeps its stem at stride 1 up to 64 px: 28 px leaves layer4 4 x 4, layer3 7 x 7
+    assert default_layer(create_model(model, 3, 5, size), 3, size) == layer
+
+
+def test_the_layer_a_cam_read_is_named_with_its_size(quadrant_run):
+    predictor = Predictor.from_run(quadrant_run)
+    assert layer_description(predictor, default_layers(predictor)) == "features (7 x 7)"
+
+
+@pytest.fixture(scope="module")
+def evaluation(quadrant_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain-evaluation")
+    return evaluate_explanations(quadrant_run, images=30, methods=["gradcam", "integrated-gradients"], out=out), out
+
+
+def test_faithful_maps_delete_faster_than_a_random_map_and_pass_the_sanity_check(evaluation):
+    result, out = evaluation
+    assert result.images == 30
+    for method in result.methods:
+        # removing the pixels the map ranks first lowers the class's probability sooner than random order
+        assert method.deletion_area.mean < result.random_deletion_area.mean, method.method
+        assert method.insertion_area.mean > result.random_insertion_area.mean, method.method
+        assert method.deletion_area.low <= method.deletion_area.mean <= method.deletion_area.high
+        # ROAD: removing the most relevant pixels costs more probability than removing the least relevant
+        assert method.road_combined > 0, method.method
+        assert method.sanity.passed, method.sanity
+        assert method.sanity.layers == ["classifier.3", "classifier.1", "features.3", "features.0"]
+    # Grad-CAM's maps change once the model's weights are random: rank correlation near 0
+    gradcam = next(m for m in result.methods if m.method == "gradcam")
+    assert abs(gradcam.sanity.final.mean) < 0.2, gradcam.sanity
+    integrated = next(m for m in result.methods if m.method == "integrated-gradients")
+    assert integrated.completeness_error is not None and integrated.completeness_error.mean < 0.01
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["images"] == 30 and sorted(saved["ranking"]) == ["gradcam", "integrated-gradients"]
+    assert saved["methods"][0]["layer"] == "features (7 x 7)"
+    assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_constant_method_fails_the_sanity_check(quadrant_run):
+    predictor = Predictor.from_run(quadrant_run)
+    images, _ = quadrant_batch()
+    batch = predictor.normalise(np.stack(images)[:, None])
+    targets = [int(k) for k in predictor.logits(batch).argmax(axis=1)]
+
+    def constant(images: np.ndarray, classes: list[int], model) -> np.ndarray:
+        return np.full((len(images), 28, 28), 0.5, dtype=np.float32)
+
+    result = evaluate_method(predictor, batch, targets, "gradcam", None, seed=0, maps_of=constant)
+    assert result.sanity.final.mean == 1.0 and not result.sanity.passed
+
+
+def test_the_evaluation_is_reproducible_with_the_same_seed(quadrant_run, tmp_path):
+    first = evaluate_explanations(quadrant_run, images=8, methods=["occlusion"], seed=3, out=tmp_path / "a")
+    second = evaluate_explanations(quadrant_run, images=8, methods=["occlusion"], seed=3, out=tmp_path / "b")
+    for a, b in zip(first.methods, second.methods):
+        a.seconds_per_image = b.seconds_per_image = a.evaluation_seconds = b.evaluation_seconds = 0.0
+        assert a == b
+    assert first.random_deletion_area == second.random_deletion_area
+
+
+def test_bad_input_is_one_line(quadrant_run, exported_run, tmp_path, capsys):
+    code = main(["explain", str(quadrant_run), "--evaluate", "--images", "0", "--out", str(tmp_path / "e")])
+    one_line_error(code, capsys.readouterr().err, "--images must be a whole number >= 1, got 0")
+    with pytest.raises(SystemExit) as exit_:
+        main(["explain", str(quadrant_run), "x.png", "--method", "saliency"])
+    assert exit_.value.code == 2 and "invalid choice: 'saliency'" in capsys.readouterr().err
+    code = main(["explain", str(exported_run / "model.onnx"), "x.png", "--method", "integrated-gradients"])
+    assert code == 2 and "not torch" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
