@@ -104,6 +104,20 @@ def test_upload_shows_the_class_the_probabilities_and_the_heatmap(server, browse
         )
     )
 
+    # the method selector: another method's overlay, named in its caption
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "method")).select_by_visible_text("Occlusion")
+    browser.find_element(By.ID, "files").send_keys(str(tmp_path / "scan.png"))
+    occlusion = wait.until(
+        ready.presence_of_element_located((By.CSS_SELECTOR, "img[alt='Occlusion for bottom-right']"))
+    )
+    wait.until(
+        lambda driver: (
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", occlusion) >= 224
+        )
+    )
+
     browser.find_element(By.ID, "files").send_keys(str(tmp_path / "broken.png"))
     error = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, ".card .error")))
     assert error.text.startswith("Rejected: broken.png: not a readable image")

@@ -201,10 +201,11 @@ def test_effective_batch_must_divide_over_the_processes(one_batch_data, tmp_path
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'medclassify[ray]')"
 )
-def test_study_on_a_local_ray_instance_gives_the_local_results(tmp_path, monkeypatch):
+def test_study_on_a_local_ray_instance_gives_the_local_results(tmp_path, monkeypatch, request):
     # a temporary folder of this test's own (short: Ray's socket paths are limited), so that a Ray
     # instance of a test running beside it in another worker does not count as left behind
     private = Path(tempfile.mkdtemp(prefix="t"))
+    request.addfinalizer(lambda: shutil.rmtree(private, ignore_errors=True))
     monkeypatch.setattr(tempfile, "tempdir", str(private))
     data = write_study_files(tmp_path / "data", ["bloodmnist"], sizes=(28,))
     study = Study.from_dict(
@@ -221,7 +222,6 @@ def test_study_on_a_local_ray_instance_gives_the_local_results(tmp_path, monkeyp
     ray_folders = set(Path(tempfile.gettempdir()).glob("ray*"))
     statuses = run_study(study, tmp_path / "ray", data_dir=str(data), quiet=True, backend="ray", workers=2)
     assert set(Path(tempfile.gettempdir()).glob("ray*")) <= ray_folders  # the local Ray instance took its files with it
-    shutil.rmtree(private)
     assert [s.state for s in statuses] == ["trained", "trained"]
     timing = {"train_seconds", "images_per_s"}  # wall-clock figures, the only ones that may differ
     rows = {

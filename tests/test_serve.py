@@ -90,6 +90,19 @@ def test_explain_returns_a_png_overlay(client):
         assert image.format == "PNG" and image.size == (240, 240)  # 40 px enlarged 6x to reach 224
 
 
+def test_explain_draws_the_chosen_method_and_refuses_an_unknown_one(client):
+    image = png_bytes(quadrant_images("top-right", 1, size=40)[0])
+    grad_cam, occlusion = (
+        client.post(f"/v1/predict?explain=true&method={m}", files=[upload("x.png", image)]).json()["predictions"][0][
+            "heatmap"
+        ]
+        for m in ("gradcam", "occlusion")
+    )
+    assert occlusion.startswith("data:image/png;base64,") and occlusion != grad_cam
+    answer = client.post("/v1/predict?explain=true&method=saliency", files=[upload("x.png", image)])
+    assert answer.status_code == 422 and "gradcam" in answer.text
+
+
 def test_client_file_names_never_become_paths(client, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     answer = client.post(

@@ -48,7 +48,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--evaluate",
         action="store_true",
-        help="measure how faithful each method's maps are on the run's test split, and the sanity check",
+        help="measure how faithful each method's maps are on the run's test split, and the sanity check (default: off)",
     )
     parser.add_argument(
         "--images",

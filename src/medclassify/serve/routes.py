@@ -23,6 +23,7 @@ from ..data.images import (
     model_input,
     read_image_bytes,
 )
+from ..defaults import EXPLAIN_METHODS, AttributionMethod
 from ..errors import DataError, MedclassifyError
 from ..inference.predictor import Predictions, Predictor
 from .limits import PixelBudget
@@ -212,7 +213,11 @@ async def predict(
         list[UploadFile], File(description="one or more PNG, JPEG, TIFF, BMP or DICOM files", min_length=1)
     ],
     model: Annotated[str | None, Query(description="a name from /v1/models (default: the first model)")] = None,
-    explain: Annotated[bool, Query(description="add the Grad-CAM overlay of the predicted class")] = False,
+    explain: Annotated[bool, Query(description="add the overlay of the predicted class (see 'method')")] = False,
+    method: Annotated[
+        AttributionMethod,
+        Query(description="with explain: the attribution method (Grad-CAM by default; see 'explain --evaluate')"),
+    ] = EXPLAIN_METHODS[0],
     top: Annotated[int, Query(ge=1, le=100, description="classes listed in 'top'")] = 3,
     preview: Annotated[
         bool, Query(description="add the decoded image as a PNG (e.g. for DICOM, which browsers cannot show)")
@@ -245,7 +250,7 @@ async def predict(
         async with service.explain_locks[served.name]:
             try:
                 drawn = await asyncio.to_thread(
-                    served.heatmaps, sources, pixels, [int(k) for k in probabilities.argmax(axis=1)]
+                    served.heatmaps, sources, pixels, [int(k) for k in probabilities.argmax(axis=1)], method
                 )
                 heatmaps = [*drawn]
             except MedclassifyError as exc:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import SourceImage
+from ..defaults import EXPLAIN_METHODS, AttributionMethod
 from ..errors import CheckpointError, ConfigError
 from ..explain.gradcam import cam_maps, overlay_pixels, resize_map
 from ..inference.predictor import Predictor
@@ -100,10 +101,10 @@ class ServedModel:
         }
 
     def explain_predictor(self) -> Predictor:
-        """The PyTorch predictor Grad-CAM needs; an ONNX-only model is a :class:`ConfigError`."""
+        """The PyTorch predictor the explanations need; an exported file is a :class:`ConfigError`."""
         if not self.can_explain:
             raise ConfigError(
-                f"model '{self.name}' is an exported file without PyTorch weights; Grad-CAM needs the run folder or its best.pt"
+                f"model '{self.name}' is an exported file without PyTorch weights; explanations need the run folder or its best.pt"
             )
         if self.explainer is None:
             torch_backed = self.predictor.backend.name == "pytorch"
@@ -112,11 +113,18 @@ class ServedModel:
             )
         return self.explainer
 
-    def heatmaps(self, sources: list[SourceImage], pixels: np.ndarray, classes: list[int]) -> list[str]:
-        """Grad-CAM overlays of the given classes as PNG data URLs, from the sources and their model
-        input ``pixels`` (the bundle's size and channels; runs in a worker thread)."""
+    def heatmaps(
+        self,
+        sources: list[SourceImage],
+        pixels: np.ndarray,
+        classes: list[int],
+        method: AttributionMethod = EXPLAIN_METHODS[0],
+    ) -> list[str]:
+        """Overlays of ``method`` (Grad-CAM by default) for the given classes as PNG data URLs, from
+        the sources and their model input ``pixels`` (the bundle's size and channels; runs in a
+        worker thread)."""
         predictor = self.explain_predictor()
-        maps = cam_maps(predictor, predictor.normalise(pixels), classes)
+        maps = cam_maps(predictor, predictor.normalise(pixels), classes, method=method)
         urls = []
         for source, heatmap in zip(sources, maps):
             height, width = source.pixels.shape[:2]

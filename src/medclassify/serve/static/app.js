@@ -7,6 +7,7 @@ const drop = document.getElementById("drop");
 const results = document.getElementById("results");
 const statusLine = document.getElementById("status");
 const explainBox = document.getElementById("explain");
+const methodSelect = document.getElementById("method");
 const BROWSER_IMAGES = ["image/png", "image/jpeg", "image/bmp"];
 let models = [];
 
@@ -23,6 +24,7 @@ function describeModel() {
   const acc = info.test_metrics && info.test_metrics.acc != null ? `, test accuracy ${info.test_metrics.acc.toFixed(3)}` : "";
   modelInfo.textContent = `${info.architecture} on ${info.dataset}, ${info.classes.length} classes, ${info.image_size} px${acc}`;
   explainBox.disabled = !info.explain;
+  methodSelect.disabled = !info.explain;
 }
 
 async function loadModels() {
@@ -72,7 +74,8 @@ async function classify(file, before) {
   body.append("files", file, file.name);
   const shown = BROWSER_IMAGES.includes(file.type);  // DICOM and TIFF: the server sends the decoded image
   const query = new URLSearchParams({ model: modelSelect.value, explain: String(explainBox.checked && !explainBox.disabled),
-                                      preview: String(!shown) });
+                                      method: methodSelect.value, preview: String(!shown) });
+  const methodName = methodSelect.options[methodSelect.selectedIndex].text;
   try {
     const response = await fetch(`/v1/predict?${query}`, { method: "POST", body });
     const answer = await response.json();
@@ -86,7 +89,7 @@ async function classify(file, before) {
       const images = element("div", { class: "images" });
       if (shown) images.append(figure(URL.createObjectURL(file), "image"));
       else if (prediction.image) images.append(figure(prediction.image, "image"));
-      if (prediction.heatmap) images.append(figure(prediction.heatmap, `Grad-CAM for ${prediction.prediction}`));
+      if (prediction.heatmap) images.append(figure(prediction.heatmap, `${methodName} for ${prediction.prediction}`));
       if (images.childElementCount) card.append(images);
       const verdict = element("p", { class: "verdict" });
       if (answer.predictions.length > 1) verdict.append(`${prediction.file}: `);
