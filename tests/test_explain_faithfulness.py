@@ -5,6 +5,7 @@ model's output must fall when those pixels go."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,3 +118,18 @@ def test_bad_input_is_one_line(quadrant_run, exported_run, tmp_path, capsys):
     code = main(["explain", str(exported_run / "model.onnx"), "x.png", "--method", "integrated-gradients"])
     assert code == 2 and "not torch" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_the_runs_model_card_says_which_explanations_can_be_trusted(quadrant_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(quadrant_run, run)
+    result = evaluate_explanations(run, images=10, methods=["gradcam", "occlusion"])
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "## Which explanations can be trusted" in card and str(run / "MODEL_CARD.md") in result.files
+    for method in result.methods:
+        verdict = "passes" if method.sanity.passed else "fails"
+        row = f"| {method.method} | {method.deletion_area.mean:.3f} ("
+        assert row in card and f"{method.sanity.final.mean:.2f}, {verdict} |" in card
+    # the table follows the ranking written beside it
+    ranking = json.loads((run / "explain" / "evaluation.json").read_text())["ranking"]
+    assert card.index(f"| {ranking[0]} |") < card.index(f"| {ranking[1]} |")

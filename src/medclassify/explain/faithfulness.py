@@ -336,8 +336,10 @@ def evaluate_explanations(
     out: str | Path | None = None,
 ) -> ExplanationEvaluation:
     """Measure each method (default: all) on ``images`` class-stratified test images of a run and
-    write ``evaluation.json`` and ``evaluation.png`` into ``out`` (default ``RUN/explain``)."""
-    from ..runs import RunDir, load_run_data
+    write ``evaluation.json`` and ``evaluation.png`` into ``out`` (default ``RUN/explain``, and then
+    the run's model card gains the section "Which explanations can be trusted")."""
+    from ..runs import RunDir, load_run_data, write_model_card
+    from ..runs.files import EXPLAIN_EVALUATION_FILE
     from .methods import check_method
 
     check_images(images)
@@ -370,11 +372,14 @@ def evaluate_explanations(
         random_insertion_curve=[float(v) for v in insertion.mean(axis=0)],
         methods=[evaluate_method(predictor, batch, targets, m, layer, seed) for m in chosen_methods],
     )
-    folder = Path(out) if out is not None else run_dir / "explain"
-    folder.mkdir(parents=True, exist_ok=True)
-    figure = evaluation_figure(evaluation, folder / "evaluation")
-    evaluation.files = [str(folder / "evaluation.json"), str(figure)]
-    write_json(folder / "evaluation.json", {**asdict(evaluation), "ranking": evaluation.ranking()})
+    own = run_dir / EXPLAIN_EVALUATION_FILE
+    record = Path(out) / own.name if out is not None else own
+    record.parent.mkdir(parents=True, exist_ok=True)
+    figure = evaluation_figure(evaluation, record.with_suffix(""))
+    evaluation.files = [str(record), str(figure)]
+    write_json(record, {**asdict(evaluation), "ranking": evaluation.ranking()})
+    if record.resolve() == own.resolve():  # the run's own record: its model card says what it measured
+        evaluation.files.append(str(write_model_card(run_dir)))
     return evaluation
 
 

@@ -10,6 +10,7 @@ true of every run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -19,7 +20,7 @@ from ..data.catalog import FOLDER_NAME, DatasetInfo, get_dataset_info
 from ..defaults import CARD_RESAMPLES
 from ..io import atomic_path
 from ..tasks import Task
-from .files import MODEL_CARD_FILE, RunDir
+from .files import EXPLAIN_EVALUATION_FILE, MODEL_CARD_FILE, RunDir
 
 MEDMNIST_CITATION = (
     "J. Yang, R. Shi, D. Wei et al., MedMNIST v2 - a large-scale lightweight benchmark for 2D and 3D "
@@ -187,6 +188,7 @@ def model_card(run_dir: str | Path) -> str:
             ],
         )
     lines += _calibration_lines(metrics)
+    lines += explanation_lines(run.path / EXPLAIN_EVALUATION_FILE)
     lines += _limitations(record, metrics, info)
     lines += [
         "",
@@ -262,6 +264,83 @@ def _calibration_lines(metrics: dict) -> list[str]:
             f"{robustness['clean_acc']:.4f} clean; mCE {robustness['mce']:.4f}; the hardest corruption is "
             f"{robustness['worst_corruption']} (error {robustness['ce'][robustness['worst_corruption']]:.4f}).",
         ]
+    return lines
+
+
+def _interval(estimate: dict) -> str:
+    return f"{estimate['mean']:.3f} ({estimate['low']:.3f}–{estimate['high']:.3f})"
+
+
+def explanation_lines(path: Path) -> list[str]:
+    """ "Which explanations can be trusted", from what ``explain --evaluate`` wrote (nothing when it
+    has not run): every sentence says what the numbers show and nothing else."""
+    if not path.is_file():
+        return []
+    evaluation = json.loads(path.read_text(encoding="utf-8"))
+    methods = {m["method"]: m for m in evaluation["methods"]}
+    random_deletion, random_insertion = evaluation["random_deletion_area"], evaluation["random_insertion_area"]
+    lines = [
+        "",
+        "## Which explanations can be trusted",
+        "",
+        f"Measured with `medclassify explain RUN --evaluate` on {evaluation['images']} class-stratified test images "
+        f"(seed {evaluation['seed']}). Deletion: the area under the explained class's probability as the pixels "
+        "the map ranks first are blurred away (lower is more faithful); insertion: as they are revealed on the "
+        "blurred image (higher is more faithful); a random map's areas are "
+        f"{_interval(random_deletion)} and {_interval(random_insertion)}. ROAD: the mean of (least relevant first "
+        "− most relevant first) / 2 of the probability's change under noisy imputation (higher is more faithful). "
+        "Sanity: the rank correlation of each map with the map of the same model with every layer re-initialised; "
+        "below 0.5 passes. Methods in the order of their mean rank over deletion, insertion and ROAD:",
+        "",
+    ]
+    rows = []
+    for name in evaluation["ranking"]:
+        m = methods[name]
+        verdict = "passes" if m["sanity"]["passed"] else "fails"
+        rows.append(
+            [
+                name,
+                _interval(m["deletion_area"]),
+                _interval(m["insertion_area"]),
+                f"{m['road_combined']:.3f}",
+                f"{m['sanity']['final']['mean']:.2f}, {verdict}",
+                f"{m['seconds_per_image']:.4f}",
+            ]
+        )
+    lines += _table(["method", "deletion", "insertion", "ROAD", "sanity", "s/image"], rows)
+    below = [n for n in evaluation["ranking"] if methods[n]["deletion_area"]["high"] < random_deletion["low"]]
+    above = [n for n in evaluation["ranking"] if methods[n]["insertion_area"]["low"] > random_insertion["high"]]
+    failed = [n for n in evaluation["ranking"] if not methods[n]["sanity"]["passed"]]
+    trusted = [n for n in evaluation["ranking"] if n in below and n not in failed]
+    lines += [
+        "",
+        (
+            f"Deletion separates {', '.join(below)} from the random map (intervals apart)"
+            if below
+            else "No method's deletion interval lies below the random map's"
+        )
+        + "; "
+        + (
+            f"insertion separates {', '.join(above)}."
+            if above
+            else "no method's insertion interval lies above the random map's: insertion separates no method from "
+            "a random map for this model."
+        ),
+        (
+            f"{', '.join(failed)} {'fails' if len(failed) == 1 else 'fail'} the sanity check: "
+            f"{'its' if len(failed) == 1 else 'their'} maps stay alike when the model's weights are random, so "
+            f"{'it shows' if len(failed) == 1 else 'they show'} the image more than the model."
+            if failed
+            else "Every method passes the sanity check."
+        ),
+        (
+            f"Most trustworthy here: {trusted[0]} (the first method in the order above that both beats the random "
+            "map on deletion and passes the sanity check)."
+            if trusted
+            else "No method both beats the random map on deletion and passes the sanity check: read these maps as "
+            "hypotheses, not as evidence."
+        ),
+    ]
     return lines
 
 

@@ -35,6 +35,7 @@ ROBUSTNESS_TABLE = "robustness.csv"
 ROBUSTNESS_IMAGES = "robustness.npz"  # per test image: right or wrong, clean and under each corruption
 ROBUSTNESS_FIGURE = "robustness"  # .png and .svg
 MODEL_CARD_FILE = "MODEL_CARD.md"
+EXPLAIN_EVALUATION_FILE = "explain/evaluation.json"  # what explain --evaluate measured
 # Any of these in a folder means a run was (or is being) written there.
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE)
 
