@@ -133,3 +133,23 @@ def test_the_runs_model_card_says_which_explanations_can_be_trusted(quadrant_run
     # the table follows the ranking written beside it
     ranking = json.loads((run / "explain" / "evaluation.json").read_text())["ranking"]
     assert card.index(f"| {ranking[0]} |") < card.index(f"| {ranking[1]} |")
+
+
+def test_predict_draws_the_heatmaps_of_the_chosen_method(quadrant_run, exported_run, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(quadrant_images("top-left", 1)[0]).save(tmp_path / "scan.png")
+    out = tmp_path / "cams"
+    code = main(
+        ["predict", str(quadrant_run), str(tmp_path / "scan.png"), "--explain", "layercam", "--explain-dir", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 0 and "top-left" in captured.out and f"wrote {out / 'scan_layercam.png'}" in captured.err
+    assert (out / "scan_layercam.png").read_bytes()[:4] == b"\x89PNG"
+    # an exported file has no gradients: refused before anything is predicted or written
+    code = main(["predict", str(exported_run / "model.onnx"), str(tmp_path / "scan.png"), "--explain", "gradcam"])
+    captured = capsys.readouterr()
+    one_line_error(code, captured.err, "not torch")
+    assert "top-left" not in captured.out
+    code = main(["predict", str(quadrant_run), str(tmp_path / "scan.png"), "--explain-dir", str(tmp_path / "x")])
+    one_line_error(code, capsys.readouterr().err, "--explain-dir is where --explain writes")

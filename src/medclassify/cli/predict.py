@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..defaults import PREDICT_BATCH_SIZE
+from ..defaults import EXPLAIN_METHODS, PREDICT_BATCH_SIZE
 from ..errors import MedclassifyError
 from .common import Command, add_device_option, add_run_argument, add_switch, report_skipped
 
@@ -14,6 +14,7 @@ PREDICT_EPILOG = """examples:
   medclassify predict runs/demo cell.png
   medclassify predict runs/blood28 new_images/ --out predictions.csv
   medclassify predict runs/blood28/model.onnx scan.dcm stack.npz --out predictions.json
+  medclassify predict runs/blood28 cell.png --explain gradcam    # and runs/blood28/explain/cell_gradcam.png
 
 Each image is converted as the training images were: 8-bit RGB (DICOM: rescale slope/intercept, then
 the file's window; MONOCHROME1 inverted), bicubic resize to the model's size, grey by luma for
@@ -42,6 +43,16 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: the run's model.onnx when it was exported from its best.pt, else PyTorch; executorch: the "
         "run's model.pte (an exported file given as RUN is run by its own runtime) (default: auto)",
+    )
+    parser.add_argument(
+        "--explain",
+        metavar="METHOD",
+        choices=(*EXPLAIN_METHODS, "all"),
+        help=f"also draw each image's heatmap of its predicted class with METHOD ({', '.join(EXPLAIN_METHODS)} or "
+        "all), as 'medclassify explain' does; needs the PyTorch model (default: none)",
+    )
+    parser.add_argument(
+        "--explain-dir", metavar="DIR", help="with --explain: where the PNG files go (default: RUN/explain)"
     )
     add_device_option(parser)
     add_switch(parser, "quiet", "no progress bar")
@@ -93,7 +104,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise MedclassifyError(f"--out {out}: expected a .csv or .json file name")
+    if args.explain_dir and not args.explain:
+        raise MedclassifyError("--explain-dir is where --explain writes: give --explain METHOD too")
     predictor = Predictor.from_run(args.run, device=args.device, backend=args.backend)
+    # the model the heatmaps need is loaded before any prediction, so a file without it stops here
+    explainer = (
+        (
+            predictor
+            if predictor.backend.name == "pytorch"
+            else Predictor.from_run(args.run, device=args.device, backend="torch")
+        )
+        if args.explain
+        else None
+    )
     predictions = predictor.predict(args.images, batch_size=args.batch_size, progress=not args.quiet)
     report_skipped("predict", predictions.skipped, len(predictions))
     from ..text import shorten
@@ -133,6 +156,16 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         _write_predictions(out, predictions, args.top, predictor.describe())
         print(f"wrote {out}", file=sys.stderr)
+    if explainer is not None:
+        from ..explain import explain_images, write_overlays
+
+        source = Path(args.run)
+        folder = (
+            Path(args.explain_dir) if args.explain_dir else (source if source.is_dir() else source.parent) / "explain"
+        )
+        explanations, _ = explain_images(explainer, args.images, method=args.explain)
+        for path in write_overlays(explanations, folder):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
