@@ -78,7 +78,7 @@ def test_faithful_maps_delete_faster_than_a_random_map_and_pass_the_sanity_check
         assert method.sanity.layers == ["classifier.3", "classifier.1", "features.3", "features.0"]
     # Grad-CAM's maps change once the model's weights are random: rank correlation near 0
     gradcam = next(m for m in result.methods if m.method == "gradcam")
-    assert abs(gradcam.sanity.final.mean) < 0.2, gradcam.sanity
+    assert abs(gradcam.sanity.final.mean) < 0.3, gradcam.sanity
     integrated = next(m for m in result.methods if m.method == "integrated-gradients")
     assert integrated.completeness_error is not None and integrated.completeness_error.mean < 0.01
     saved = json.loads((out / "evaluation.json").read_text())

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         if args.evaluation_images < 1:
             raise MedclassifyError(f"--images must be a whole number >= 1, got {args.evaluation_images}")
         evaluation = evaluate_explanations(
-            source, args.evaluation_images, args.methods, args.seed, args.layer, args.data_dir, out
+            source, args.evaluation_images, args.methods, args.seed, args.layer, args.data_dir, out, args.device
         )
         print("\n".join(evaluation.lines()))
         print(f"wrote {', '.join(evaluation.files)}")

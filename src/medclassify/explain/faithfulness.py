@@ -165,7 +165,8 @@ def pixel_order(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def target_probability(model: torch.nn.Module, batch: torch.Tensor, targets: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         probabilities = torch.softmax(model(batch), dim=1)
-    return probabilities[torch.arange(len(batch)), torch.from_numpy(targets)].cpu().numpy()
+    rows, classes = torch.arange(len(batch), device=batch.device), torch.from_numpy(targets).to(batch.device)
+    return probabilities[rows, classes].cpu().numpy()
 
 
 def deletion_insertion(
@@ -178,8 +179,8 @@ def deletion_insertion(
     counts = [round(pixels * k / CURVE_STEPS) for k in range(CURVE_STEPS + 1)]
     deletion, insertion = np.empty((n, len(counts))), np.empty((n, len(counts)))
     for i in range(n):
-        ranks = torch.empty(pixels, dtype=torch.long)
-        ranks[torch.from_numpy(order[i])] = torch.arange(pixels)
+        ranks = torch.empty(pixels, dtype=torch.long, device=inputs.device)
+        ranks[torch.from_numpy(order[i]).to(inputs.device)] = torch.arange(pixels, device=inputs.device)
         chosen = torch.stack([ranks < count for count in counts]).view(len(counts), 1, height, width)
         image, blur = inputs[i : i + 1], base[i : i + 1]
         target = np.full(len(counts), targets[i])
@@ -262,7 +263,7 @@ def evaluate_method(
     started = time.perf_counter()
     maps = compute(batch, targets, model)
     seconds = (time.perf_counter() - started) / len(batch)
-    inputs, chosen = torch.from_numpy(batch), np.asarray(targets)
+    inputs, chosen = torch.from_numpy(batch).to(next(model.parameters()).device), np.asarray(targets)
     rng = np.random.default_rng(seed)
     deletion, insertion = deletion_insertion(model, inputs, chosen, pixel_order(maps, rng))
     most, least = road_changes(model, inputs, maps, chosen, seed)
@@ -320,8 +321,8 @@ def _completeness_errors(
         _, delta = input_attributions(model, chunk, baseline, classes, "integrated-gradients")
         assert delta is not None  # Integrated Gradients always returns it
         with torch.no_grad():
-            rows = torch.arange(len(chunk))
-            difference = (model(chunk)[rows, classes] - model(baseline)[rows, classes]).numpy()
+            rows = torch.arange(len(chunk), device=chunk.device)
+            difference = (model(chunk)[rows, classes] - model(baseline)[rows, classes]).cpu().numpy()
         errors.append(np.abs(delta) / np.maximum(np.abs(difference), 1e-12))
     return np.concatenate(errors)
 
@@ -334,6 +335,7 @@ def evaluate_explanations(
     layer: str | None = None,
     data_dir: str | None = None,
     out: str | Path | None = None,
+    device: str = "auto",
 ) -> ExplanationEvaluation:
     """Measure each method (default: all) on ``images`` class-stratified test images of a run and
     write ``evaluation.json`` and ``evaluation.png`` into ``out`` (default ``RUN/explain``, and then
@@ -345,7 +347,7 @@ def evaluate_explanations(
     check_images(images)
     chosen_methods = [check_method(m) for m in (methods or METHODS)]
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, backend="torch")
+    predictor = Predictor.from_run(run_dir, device=device, backend="torch")
     if predictor.multi_label:
         raise ConfigError(
             "explanations are measured for single-label runs; this run is multi-label", parameters=("run_dir",)
@@ -356,7 +358,7 @@ def evaluate_explanations(
     batch = predictor.normalise(test.images.numpy()[picked])
     targets = [int(k) for k in predictor.predict_pixels(test.images.numpy()[picked]).argmax(axis=1)]
     model = predictor.model.eval()
-    inputs = torch.from_numpy(batch)
+    inputs = torch.from_numpy(batch).to(next(model.parameters()).device)
     random_maps = np.random.default_rng(seed).random((len(batch), predictor.size, predictor.size), dtype=np.float32)
     deletion, insertion = deletion_insertion(
         model, inputs, np.asarray(targets), pixel_order(random_maps, np.random.default_rng(seed))
