@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.integrate import trapezoid
 from scipy.stats import spearmanr
 from torchvision.transforms.functional import gaussian_blur
 
@@ -173,7 +174,7 @@ def deletion_insertion(
     model: torch.nn.Module, inputs: torch.Tensor, targets: np.ndarray, order: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the class probability after each step of deletion and of insertion (N x steps+1)."""
-    n, channels, height, width = inputs.shape
+    n, _, height, width = inputs.shape
     pixels = height * width
     base = blurred(inputs)
     counts = [round(pixels * k / CURVE_STEPS) for k in range(CURVE_STEPS + 1)]
@@ -191,7 +192,7 @@ def deletion_insertion(
 
 def curve_area(curves: np.ndarray) -> np.ndarray:
     """Each curve's area over the share of pixels, 0 to 1 (trapezoids)."""
-    return np.trapezoid(curves, dx=1 / CURVE_STEPS, axis=1)
+    return trapezoid(curves, dx=1 / CURVE_STEPS, axis=1)  # scipy's: numpy < 2 has no np.trapezoid
 
 
 def road_changes(
