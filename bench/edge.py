@@ -25,23 +25,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from timing import benchmark_metadata, timed
+
 FORMATS = ("pytorch", "onnx-float32", "onnx-int8", "executorch-float32", "executorch-int8")
 THROUGHPUT_BATCH = 64
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def peak_rss_mb() -> float:
@@ -51,17 +42,6 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     raise OSError("/proc/self/status has no VmHWM line (not Linux)")
-
-
-def timed(run, batch: np.ndarray, repeats: int, warm_up: int) -> list[float]:
-    for _ in range(warm_up):  # allocator, thread pool, lazy initialisation
-        run(batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def runner(fmt: str, path: Path, threads: int):
@@ -127,11 +107,7 @@ def write_formats(name: str, size: int, channels: int, classes: int, folder: Pat
 
     torch.manual_seed(0)
     model = create_model(name, channels, classes, size).eval()
-    metadata = {
-        "model": {"name": name, "in_channels": channels, "num_classes": classes, "image_size": size},
-        "preprocessing": {"size": size, "channels": channels, "mean": [0.5] * channels, "std": [0.5] * channels},
-        "dataset": {"name": "benchmark", "task": "multi-class", "class_names": [str(k) for k in range(classes)]},
-    }
+    metadata = benchmark_metadata(name, size, channels, classes)
     stem = folder / f"{name}-{size}"
     weights = stem.with_suffix(".pt")
     torch.save(
@@ -232,6 +208,7 @@ def main() -> None:
     import torch
 
     from medclassify import __version__
+    from medclassify.runtime.environment import cpu_model
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = [
@@ -243,7 +220,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "edge",
-                "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+                "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
                 "versions": {
                     "medclassify": __version__,
                     "torch": torch.__version__,

@@ -32,29 +32,19 @@ from medclassify import __version__
 from medclassify.inference.export import write_onnx
 from medclassify.models import create_model
 from medclassify.runs import save_checkpoint
+from timing import benchmark_metadata, timed
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
     return round(float(np.percentile(seconds, q)) * 1000, 3)
 
 
-def timed(run, batch: np.ndarray, repeats: int) -> list[float]:
-    for _ in range(10):  # warm-up: allocator, thread pool, lazy initialisation
-        run(batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - started)
-    return times
-
-
 def runtime_figures(run, size: int, channels: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     one = rng.standard_normal((1, channels, size, size), dtype=np.float32)
     many = rng.standard_normal((64, channels, size, size), dtype=np.float32)
-    single = timed(run, one, repeats)
-    batched = timed(run, many, max(repeats // 10, 10))
+    single = timed(run, one, repeats, warm_up=10)
+    batched = timed(run, many, max(repeats // 10, 10), warm_up=10)
     return {
         "batch1_p50_ms": percentile_ms(single, 50),
         "batch1_p95_ms": percentile_ms(single, 95),
@@ -66,11 +56,7 @@ def runtime_figures(run, size: int, channels: int, repeats: int) -> dict:
 def bench_model(name: str, size: int, channels: int, classes: int, repeats: int, folder: Path) -> dict:
     torch.manual_seed(0)
     model = create_model(name, channels, classes, size).eval()
-    metadata = {
-        "model": {"name": name, "in_channels": channels, "num_classes": classes, "image_size": size},
-        "preprocessing": {"size": size, "channels": channels, "mean": [0.5] * channels, "std": [0.5] * channels},
-        "dataset": {"name": "benchmark", "task": "multi-class", "class_names": [str(k) for k in range(classes)]},
-    }
+    metadata = benchmark_metadata(name, size, channels, classes)
     bundle, exported = folder / f"{name}.pt", folder / f"{name}.onnx"
     save_checkpoint(bundle, {**metadata, "model_state": model.state_dict()})
     write_onnx(model, metadata, exported, channels, size)

@@ -107,16 +107,10 @@ def run(args: argparse.Namespace) -> int:
     if args.explain_dir and not args.explain:
         raise MedclassifyError("--explain-dir is where --explain writes: give --explain METHOD too")
     predictor = Predictor.from_run(args.run, device=args.device, backend=args.backend)
-    # the model the heatmaps need is loaded before any prediction, so a file without it stops here
-    explainer = (
-        (
-            predictor
-            if predictor.backend.name == "pytorch"
-            else Predictor.from_run(args.run, device=args.device, backend="torch")
-        )
-        if args.explain
-        else None
-    )
+    explainer = None
+    if args.explain:  # loaded before any prediction, so that a file without PyTorch weights stops here
+        torch_backed = predictor.backend.name == "pytorch"
+        explainer = predictor if torch_backed else Predictor.from_run(args.run, device=args.device, backend="torch")
     predictions = predictor.predict(args.images, batch_size=args.batch_size, progress=not args.quiet)
     report_skipped("predict", predictions.skipped, len(predictions))
     from ..text import shorten
