@@ -15,6 +15,8 @@ from ..io import atomic_path
 from ..tasks import Task
 from .metrics import calibration_error, predicted_labels
 
+LEGEND_POINTS = 8  # the smallest legend text a printed figure can still be read at
+
 
 def subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
     """A figure of its own and its axes, as ``pyplot.subplots`` makes them, but without pyplot: no

@@ -31,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.lines import Line2D
 from scipy.integrate import trapezoid
 from scipy.stats import spearmanr
 from torchvision.transforms.functional import gaussian_blur
 
 from ..defaults import EVALUATION_IMAGES
 from ..errors import ConfigError
-from ..evaluation.figures import save_figure, subplots
+from ..evaluation.figures import LEGEND_POINTS, save_figure, subplots
 from ..evaluation.robustness import bootstrap_means
 from ..inference.predictor import Predictor
 from ..inference.quantize import stratified_sample
@@ -387,28 +388,52 @@ def evaluate_explanations(
 
 
 def evaluation_figure(evaluation: ExplanationEvaluation, path: Path) -> Path:
-    """Deletion and insertion curves of every method beside the random map's, and the sanity cascade."""
-    figure, (deletion, insertion, sanity) = subplots(1, 3, figsize=(15, 4.6))
+    """Deletion and insertion curves of every method beside the random map's and the sanity cascade,
+    in a 2 x 2 grid whose fourth cell is the legend they share (the figure is read at a page's width)."""
+    figure, axes = subplots(2, 2, figsize=(9, 7.6))
+    (deletion, insertion), (sanity, legend) = axes
     fractions = evaluation.fractions
+    colours = {m.method: f"C{k}" for k, m in enumerate(evaluation.methods)}
     for axis, kind in ((deletion, "deletion"), (insertion, "insertion")):
         for m in evaluation.methods:
-            area = getattr(m, f"{kind}_area").mean
-            axis.plot(fractions, getattr(m, f"{kind}_curve"), label=f"{m.method} ({area:.3f})")
-        floor = getattr(evaluation, f"random_{kind}_area").mean
-        axis.plot(fractions, getattr(evaluation, f"random_{kind}_curve"), "k--", label=f"random map ({floor:.3f})")
+            axis.plot(fractions, getattr(m, f"{kind}_curve"), color=colours[m.method])
+        axis.plot(fractions, getattr(evaluation, f"random_{kind}_curve"), "k--")
         axis.set_xlabel("share of pixels " + ("removed (blurred)" if kind == "deletion" else "revealed"))
         axis.set_ylabel("probability of the explained class")
-        axis.set_title(f"{kind.capitalize()} (area; {'lower' if kind == 'deletion' else 'higher'} is more faithful)")
-        axis.legend(fontsize=7)
+        axis.set_title(
+            f"{kind.capitalize()} ({'lower' if kind == 'deletion' else 'higher'} area: more faithful)", fontsize=10
+        )
     for m in evaluation.methods:
-        steps = range(1, len(m.sanity.correlation) + 1)
-        sanity.plot(steps, m.sanity.correlation, marker="o", label=m.method)
-    sanity.axhline(SANITY_PASS_BELOW, color="grey", linestyle=":", label=f"pass below {SANITY_PASS_BELOW}")
+        sanity.plot(range(1, len(m.sanity.correlation) + 1), m.sanity.correlation, marker="o", color=colours[m.method])
+    sanity.axhline(SANITY_PASS_BELOW, color="grey", linestyle=":")
     sanity.set_xlabel("weighted layers re-initialised, from the top")
-    sanity.set_ylabel("rank correlation with the trained model's maps")
-    sanity.set_title("Model-randomisation sanity check")
-    sanity.legend(fontsize=7)
+    sanity.set_ylabel("rank correlation with the trained maps")
+    sanity.set_title(f"Sanity check (passes below {SANITY_PASS_BELOW})", fontsize=10)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colours[m.method],
+            label=f"{m.method}: {m.deletion_area.mean:.3f} / {m.insertion_area.mean:.3f}; "
+            f"r {m.sanity.final.mean:.2f} {'pass' if m.sanity.passed else 'FAIL'}",
+        )
+        for m in evaluation.methods
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="k",
+            linestyle="--",
+            label=f"random map: {evaluation.random_deletion_area.mean:.3f} / {evaluation.random_insertion_area.mean:.3f}",
+        )
+    )
+    legend.axis("off")
+    legend.legend(
+        handles=handles, loc="center", fontsize=LEGEND_POINTS, title="deletion / insertion area; sanity", frameon=False
+    )
     figure.suptitle(
-        f"Explanations of {Path(evaluation.run).name}: {evaluation.images} test images, seed {evaluation.seed}"
+        f"Explanations of {Path(evaluation.run).name}: {evaluation.images} test images, seed {evaluation.seed}",
+        fontsize=11,
     )
     return save_figure(figure, path, formats=("png",))[0]

@@ -10,14 +10,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
-from ..evaluation.figures import reliability, rescaled, save_figure, subplots
+from ..evaluation.figures import LEGEND_POINTS, reliability, rescaled, save_figure, subplots
 from ..tasks import Task
 from ..text import shorten
 from .texts import METRIC_NAMES, dataset_title, experiment_title, row_title
 
 METRIC_LABELS = METRIC_NAMES["en"]
 FPR_GRID = np.linspace(0.0, 1.0, 201)
-LEGEND_POINTS = 8  # the smallest legend text a printed figure can still be read at
 # panels per row of a grid figure: two 4-inch panels at 150 dpi fit the report's page width without
 # shrinking, so its text keeps the size it was drawn at
 GRID_COLUMNS = 2
