@@ -605,7 +605,7 @@ def test_write_overlays_takes_a_str_folder(quadrant_run, tmp_path):
         Predictor.from_run(quadrant_run, backend="torch"), [quadrant_images("top-left", 1)[0]]
     )
     paths = write_overlays(explanations, str(tmp_path / "cams"))
-    assert [p.name for p in paths] == ["array_0_gradcam.png"] and paths[0].is_file()
+    assert [p.name for p in paths] == ["array_0_layercam.png"] and paths[0].is_file()
 
 
 def test_legends_sit_outside_and_single_epochs_show(tmp_path):

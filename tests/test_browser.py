@@ -1,7 +1,7 @@
 """End to end: 'medclassify serve' on a loopback port, the web page in headless Chromium (Debian's
 chromium + chromedriver, driven by Selenium), an image uploaded, the predicted class and the
-Grad-CAM overlay on the page. Skipped, with the reason, where Chromium is not installed (.ci/run
-installs it when it runs as root)."""
+overlay of the default method (LayerCAM) on the page. Skipped, with the reason, where Chromium is not
+installed (.ci/run installs it when it runs as root)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_upload_shows_the_class_the_probabilities_and_the_heatmap(server, browse
         fill = bar.find_element(By.CSS_SELECTOR, ".fill").rect["width"]
         assert track > 50 and fill == pytest.approx(shown * track, abs=1.5), (shown, fill, track)
     assert not browser.find_elements(By.CSS_SELECTOR, ".card .prediction-set")  # no conformal calibration
-    heatmap = browser.find_element(By.CSS_SELECTOR, "img[alt='Grad-CAM for bottom-right']")
+    heatmap = browser.find_element(By.CSS_SELECTOR, "img[alt='LayerCAM for bottom-right']")
     assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
     wait.until(
         lambda driver: (

@@ -53,6 +53,8 @@ def test_study_expands_the_grid_with_per_experiment_settings(tmp_path):
             "match may use dataset, size, model, variant, seed, not lr",
         ),
         ({"seeds": 0}, "seeds: a count from 1 to 1000 or a list of seeds, got 0"),
+        ({"explain": {"methods": ["saliency"]}}, "explain.methods.0: Input should be 'gradcam', 'gradcam\\+\\+'"),
+        ({"explain": {"images": 0}}, "explain.images: Input should be greater than or equal to 1, got 0"),
     ],
 )
 def test_bad_studies_are_rejected_before_training(values, message):

@@ -1,4 +1,4 @@
-"""Grad-CAM on the quadrant task (see test_inference): the heatmap must peak in the quadrant that
+"""Heatmaps (the default method) on the quadrant task (see test_inference): the heatmap must peak in the quadrant that
 decides the class, have the input image's size, and the files must be readable PNGs."""
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ def test_cli_writes_overlays_and_the_test_split_grid(quadrant_run, tmp_path, cap
     )
     captured = capsys.readouterr()
     assert code == 0 and "skipped" in captured.err and "broken.png" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["scan_gradcam.png", "two_0_gradcam.png", "two_1_gradcam.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["scan_layercam.png", "two_0_layercam.png", "two_1_layercam.png"]
     assert "scan.png: top-right p=" in captured.out
-    with Image.open(out / "scan_gradcam.png") as image:
+    with Image.open(out / "scan_layercam.png") as image:
         assert image.format == "PNG" and image.width >= 800
 
     assert main(["explain", str(quadrant_run), "--out", str(out), "--per-class", "1"]) == 0
-    with Image.open(out / "gradcam_test_grid.png") as image:
+    with Image.open(out / "layercam_test_grid.png") as image:
         assert image.format == "PNG" and image.height > image.width  # one row per class (4), two columns
 
 

@@ -10,13 +10,15 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import QUADRANT_OF_CLASS, one_line_error, quadrant_images
+from helpers import QUADRANT_OF_CLASS, one_line_error, quadrant_images, write_study_files
 from medclassify.cli import main
+from medclassify.experiments import Study
 from medclassify.explain import evaluate_explanations, explain_images
 from medclassify.explain.faithfulness import evaluate_method
 from medclassify.explain.methods import default_layer, default_layers, layer_description
 from medclassify.inference import Predictor
 from medclassify.models import create_model
+from medclassify.reporting.report import write_study_outputs
 
 
 def quadrant_batch(per_quadrant: int = 2) -> tuple[list[np.ndarray], list[int]]:
@@ -37,11 +39,12 @@ def share_in_quadrant(heatmap: np.ndarray, quadrant: int) -> float:
 @pytest.mark.parametrize(
     "method", ["gradcam", "gradcam++", "scorecam", "layercam", "integrated-gradients", "occlusion"]
 )
-def test_a_faithful_method_puts_most_of_its_map_in_the_deciding_quadrant(quadrant_run, method):
+def test_a_faithful_method_puts_most_of_its_map_in_the_deciding_quadrant(quadrant_run, method, capsys):
     images, quadrants = quadrant_batch()
     explanations, _ = explain_images(Predictor.from_run(quadrant_run), images, method=method)
     shares = [share_in_quadrant(e.heatmaps[method], q) for e, q in zip(explanations, quadrants)]
     assert np.mean(shares) > 0.5, shares  # a map spread evenly would hold 0.25
+    assert "it/s" not in capsys.readouterr().err  # no library's progress bar between the command's lines
 
 
 @pytest.mark.parametrize(
@@ -153,3 +156,65 @@ def test_predict_draws_the_heatmaps_of_the_chosen_method(quadrant_run, exported_
     assert "top-left" not in captured.out
     code = main(["predict", str(quadrant_run), str(tmp_path / "scan.png"), "--explain-dir", str(tmp_path / "x")])
     one_line_error(code, capsys.readouterr().err, "--explain-dir is where --explain writes")
+
+
+def _estimate(mean: float, half_width: float = 0.05) -> dict:
+    return {"mean": mean, "low": mean - half_width, "high": mean + half_width}
+
+
+def test_a_study_measures_each_experiments_first_seed_and_its_report_says_which_explanations_to_trust(tmp_path):
+    data = write_study_files(tmp_path / "data", ["bloodmnist", "pneumoniamnist"], sizes=(28,))
+    study_yaml = tmp_path / "study.yaml"
+    study_yaml.write_text(
+        "name: maps\ndatasets: [bloodmnist, pneumoniamnist]\nsizes: [28]\nseeds: [0, 1]\ntrain: {epochs: 1}\n"
+        "explain: {methods: [gradcam], images: 100}\n"
+    )
+    out = tmp_path / "study"
+    args = ["run", str(study_yaml), "--out", str(out), "--data-dir", str(data), "--no-verify", "--bootstrap", "20"]
+    assert main([*args, "--quiet"]) == 0
+    runs = out / "runs"
+    blood = runs / "bloodmnist_28_paper-cnn_seed0" / "explain" / "evaluation.json"
+    measured = json.loads(blood.read_text())
+    # 100 images asked, the test split holds 40: all of them; the second seed is not measured
+    assert measured["images"] == 40 and [m["method"] for m in measured["methods"]] == ["gradcam"]
+    assert (runs / "pneumoniamnist_28_paper-cnn_seed0" / "explain" / "evaluation.json").is_file()
+    assert not (runs / "bloodmnist_28_paper-cnn_seed1" / "explain").exists()
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "### Which explanations can be trusted" in report
+    gradcam = next(m for m in measured["methods"] if m["method"] == "gradcam")
+    deletion = gradcam["deletion_area"]
+    cell = f"{deletion['mean']:.4f}<br>({deletion['low']:.4f}–{deletion['high']:.4f})"
+    assert f"| BloodMNIST · 28 px · paper-cnn, seed 0 | gradcam | {cell} |" in report
+
+    # measured once: running the study again keeps the record
+    written = blood.stat().st_mtime_ns
+    assert main([*args, "--quiet"]) == 0
+    assert blood.stat().st_mtime_ns == written
+
+    # the sentences follow the numbers: a hand-made record where both methods beat the random map on
+    # deletion, only eigencam on insertion, and eigencam fails the sanity check
+    methods = []
+    for name, deletion, insertion, passed in (("eigencam", 0.2, 0.8, False), ("gradcam", 0.3, 0.62, True)):
+        method = {**gradcam, "method": name, "deletion_area": _estimate(deletion)}
+        method["insertion_area"] = _estimate(insertion)
+        method["sanity"] = {**gradcam["sanity"], "passed": passed, "final": _estimate(0.9 if not passed else -0.1)}
+        methods.append(method)
+    record = {**measured, "methods": methods, "ranking": ["eigencam", "gradcam"]}
+    record["random_deletion_area"] = record["random_insertion_area"] = _estimate(0.6)
+    blood.write_text(json.dumps(record))
+    (runs / "pneumoniamnist_28_paper-cnn_seed0" / "explain" / "evaluation.json").unlink()
+    study = Study.from_yaml(study_yaml)
+    write_study_outputs(study, out, n_boot=20)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert (
+        "BloodMNIST · 28 px · paper-cnn: deletion separates eigencam, gradcam from the random map (intervals "
+        "apart); insertion separates eigencam; eigencam fails the sanity check (its maps stay alike when the "
+        "weights are random); the most trustworthy is gradcam (" in report
+    )
+    assert "Explanations not measured for: PneumoniaMNIST · 28 px · paper-cnn (add `explain: {}`" in report
+    assert "| BloodMNIST · 28 px · paper-cnn, seed 0 | random map | 0.6000<br>(0.5500–0.6500) |" in report
+    assert report.index("| eigencam |") < report.index("| gradcam |")
+    write_study_outputs(study, out, n_boot=20, lang="zh")
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "### 哪些解释可以信任" in report and "eigencam 未通过合理性检验" in report
+    assert "最可信的是 gradcam" in report and "以下实验未测量解释：PneumoniaMNIST · 28 px · paper-cnn" in report

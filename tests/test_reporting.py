@@ -564,8 +564,6 @@ def test_study_figures_read_as_a_reviewer_needs(tmp_path, monkeypatch):
     """What a reader sees in the figures: whole-epoch ticks; every ROC curve from (0, 0); one metric
     chart of dots with interval whiskers on an axis zoomed to the intervals (ensembles included);
     legends of at least 8 pt; under each reliability panel the images per bin, sparse bins hatched."""
-    import matplotlib
-
     from medclassify.evaluation.metrics import classification_metrics
     from medclassify.experiments.results import Experiment, ensemble_rows, results_rows
     from medclassify.reporting import figures as study_figures_module
@@ -647,7 +645,6 @@ def test_study_figures_read_as_a_reviewer_needs(tmp_path, monkeypatch):
     assert [round(p.get_height()) for p in counts.patches] == expected.tolist()
     hatched = [p for p in first.patches if p.get_hatch()]
     assert len(hatched) == int(np.sum((expected > 0) & (expected < 10)))
-    matplotlib.pyplot.close("all")
 
 
 def test_a_setting_the_compared_variant_switches_off_is_not_called_another_difference():

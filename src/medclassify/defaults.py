@@ -15,7 +15,10 @@ GRID_PER_CLASS = 2  # correct and wrong examples per class in the Grad-CAM grid
 AttributionMethod = Literal[
     "gradcam", "gradcam++", "scorecam", "eigencam", "layercam", "integrated-gradients", "occlusion"
 ]  # explanation methods: five class-activation maps (grad-cam), two input attributions (captum)
-EXPLAIN_METHODS: tuple[AttributionMethod, ...] = get_args(AttributionMethod)  # the first is the default
+EXPLAIN_METHODS: tuple[AttributionMethod, ...] = get_args(AttributionMethod)
+# The default explanation: the most faithful in the measured runs, as fast as Grad-CAM (the measurements:
+# docs/guide/predict-explain-export.md, "How far to trust a heatmap").
+DEFAULT_EXPLAIN_METHOD: AttributionMethod = "layercam"
 EVALUATION_IMAGES = 200  # test images behind 'explain --evaluate'
 BOOTSTRAP_RESAMPLES = 1000  # resamples behind every confidence interval of a study
 ConformalScore = Literal["lac", "aps"]  # conformal prediction-set scores

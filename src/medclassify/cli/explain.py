@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..defaults import EVALUATION_IMAGES, EXPLAIN_METHODS, GRID_PER_CLASS
+from ..defaults import DEFAULT_EXPLAIN_METHOD, EVALUATION_IMAGES, EXPLAIN_METHODS, GRID_PER_CLASS
 from ..errors import MedclassifyError
 from .common import Command, add_device_option, add_run_argument, add_run_data_option, report_skipped
 
@@ -35,7 +35,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method",
-        default=EXPLAIN_METHODS[0],
+        default=DEFAULT_EXPLAIN_METHOD,
         choices=(*EXPLAIN_METHODS, "all"),
         help="attribution method; all: one panel per method (default: %(default)s)",
     )

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    "serve models over HTTP: a JSON API and a web page for drag-and-drop prediction with Grad-CAM",
+    "serve models over HTTP: a JSON API and a web page for drag-and-drop prediction with heatmaps",
     SERVE_EPILOG,
     add_options,
     run,

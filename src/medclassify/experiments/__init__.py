@@ -2,6 +2,14 @@
 
 from .results import Experiment, load_experiments, results_rows
 from .runner import run_study
-from .study import Study, experiment_name
+from .study import Study, StudyExplanations, experiment_name
 
-__all__ = ["Experiment", "Study", "experiment_name", "load_experiments", "results_rows", "run_study"]
+__all__ = [
+    "Experiment",
+    "Study",
+    "StudyExplanations",
+    "experiment_name",
+    "load_experiments",
+    "results_rows",
+    "run_study",
+]

@@ -331,3 +331,16 @@ def robustness_rows(experiments: list[Experiment], n_boot: int = BOOTSTRAP_RESAM
             }
         )
     return rows
+
+
+def explanation_records(experiments: list[Experiment]) -> dict[str, tuple[int, dict]]:
+    """Per experiment name, the seed and ``explain --evaluate`` record of its first run that has
+    one (a study measures each experiment's first seed); experiments without any are left out."""
+    records = {}
+    for e in experiments:
+        for run_dir, seed in zip(e.run_dirs, e.seeds, strict=True):
+            evaluation = RunDir(run_dir).explanation_evaluation()
+            if evaluation is not None:
+                records[e.name] = (seed, evaluation)
+                break
+    return records

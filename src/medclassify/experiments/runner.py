@@ -22,9 +22,10 @@ from ..data import FOLDER_NAME
 from ..errors import ConfigError, DataError, first_line
 from ..io import CONNECT_SECONDS, connection_refused
 from ..runs import RunDir
+from ..tasks import Task
 from ..training import train
 from ..training.tracking import finish_study_run, study_run
-from .study import Study
+from .study import Study, StudyExplanations
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def run_study(
     With ``workers`` > 1, experiments run in that many processes, each with its share of the cores;
     every experiment is seeded on its own, so the numbers equal those of a sequential run. With
     ``backend="ray"`` they are Ray tasks instead, on the cluster at ``address`` (default: a Ray
-    instance started on this machine), ``workers`` at a time.
+    instance started on this machine), ``workers`` at a time. A study with ``explain`` settings then
+    measures the explanations of each experiment's first-seed run (:func:`measure_explanations`),
+    skipping those measured before.
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}", parameters=("workers",))
@@ -189,8 +192,60 @@ def run_study(
                 raise
     if parent:
         finish_study_run(parent)
+    if study.explain is not None:
+        measure_explanations(study.explain, explained_runs(study, configs), log, data_dir)
     order = {c.run_dir(): i for i, c in enumerate(configs)}
     return sorted(statuses, key=lambda s: order[s.run_dir])
+
+
+def explained_runs(study: Study, configs: list[TrainConfig]) -> list[TrainConfig]:
+    """Each experiment's run of its first seed: the one whose explanations a study measures."""
+    first: dict[tuple, TrainConfig] = {}
+    for cell, config in zip(study.cells(), configs, strict=True):
+        first.setdefault((cell["dataset"], cell["size"], cell["model"], cell["variant"]), config)
+    return list(first.values())
+
+
+def explanations_measured(run: RunDir, wanted: StudyExplanations) -> bool:
+    """Whether the run's ``explain --evaluate`` record already holds the study's methods, on its
+    number of test images (all of them when the test split is smaller) with its seed."""
+    evaluation = run.explanation_evaluation()
+    if evaluation is None:
+        return False
+    test_images = run.record()["data"]["source"]["split_sizes"]["test"]
+    return (
+        evaluation["seed"] == wanted.seed
+        and evaluation["images"] == min(wanted.images, test_images)
+        and set(wanted.methods) <= {m["method"] for m in evaluation["methods"]}
+    )
+
+
+def measure_explanations(
+    wanted: StudyExplanations, configs: list[TrainConfig], log, data_dir: str | None = None
+) -> None:
+    """``explain --evaluate`` with the study's methods on each of these runs that has finished and
+    has no such record yet (multi-label runs are skipped: the measures are single-label); ``data_dir``:
+    where the data are now, if not where the runs were trained from."""
+    from ..explain import evaluate_explanations
+
+    pending = []
+    for run in (RunDir(c.run_dir()) for c in configs if is_complete(c)):
+        if run.record()["data"]["task"] == Task.MULTI_LABEL:
+            log(f"{run.path.name}: multi-label; its explanations are not measured")
+        elif not explanations_measured(run, wanted):
+            pending.append(run)
+    if not pending:
+        return
+    log(
+        f"measuring the explanations of {len(pending)} run(s): {', '.join(wanted.methods)} "
+        f"on {wanted.images} test images each"
+    )
+    for k, run in enumerate(pending, start=1):
+        started = time.perf_counter()
+        evaluate_explanations(run.path, wanted.images, wanted.methods, wanted.seed, data_dir=data_dir)
+        log(
+            f"[{k}/{len(pending)}] {run.path.name}: explanations measured in {_duration(time.perf_counter() - started)}"
+        )
 
 
 def _run_on_ray(pending: list[TrainConfig], workers: int, address: str | None, finished, log) -> None:

@@ -14,6 +14,9 @@ variants:             # optional: named training settings, one more axis of the 
 experiments:          # optional per-experiment settings, matched on dataset/size/model/variant/seed
   - match: {size: 64}
     train: {batch_size: 64}
+explain:              # optional: measure each experiment's explanations (explain --evaluate) on its
+  methods: [gradcam, integrated-gradients]   # first seed's run; default: all seven methods
+  images: 200         # class-stratified test images (the default)
 ```
 """
 
@@ -28,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ..config import MAX_SEED, TrainConfig, read_yaml_mapping, validation_line
 from ..data import FOLDER_NAME
+from ..defaults import EVALUATION_IMAGES, EXPLAIN_METHODS, AttributionMethod
 from ..errors import ConfigError
 
 GRID_KEYS = ("dataset", "size", "model", "variant", "seed")
@@ -51,6 +55,12 @@ class _Experiment(BaseModel):
     train: dict[StrictStr, Any] = {}
 
 
+class _Explain(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    methods: Annotated[list[AttributionMethod], Field(min_length=1)] = list(EXPLAIN_METHODS)
+    images: Annotated[StrictInt, Field(ge=1, le=100_000)] = EVALUATION_IMAGES
+
+
 class StudySchema(BaseModel):
     """The study YAML's shape and types, checked before anything runs (TrainConfig keys inside
     ``train`` are checked by TrainConfig's own types)."""
@@ -64,6 +74,16 @@ class StudySchema(BaseModel):
     train: dict[StrictStr, Any] = {}
     variants: dict[Annotated[StrictStr, Field(pattern=VARIANT_PATTERN)], dict[StrictStr, Any]] = {}
     experiments: list[_Experiment] = []
+    explain: _Explain | None = None
+
+
+@dataclass
+class StudyExplanations:
+    """Which explanation methods a study measures (``explain --evaluate``), and on how many test images."""
+
+    methods: list[str] = field(default_factory=lambda: list(EXPLAIN_METHODS))
+    images: int = EVALUATION_IMAGES
+    seed: int = 0  # the image sample's, as explain --evaluate's default
 
 
 @dataclass
@@ -78,6 +98,7 @@ class Study:
     train: dict = field(default_factory=dict)
     variants: dict[str, dict] = field(default_factory=dict)  # name -> TrainConfig keys; an axis of the grid
     experiments: list[dict] = field(default_factory=list)
+    explain: StudyExplanations | None = None  # measure the explanations of each experiment's first seed
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "study") -> Study:
@@ -110,6 +131,9 @@ class Study:
             train=dict(checked.train),
             variants={name: dict(settings) for name, settings in checked.variants.items()},
             experiments=[entry.model_dump() for entry in checked.experiments],
+            explain=None
+            if checked.explain is None
+            else StudyExplanations(list(dict.fromkeys(checked.explain.methods)), checked.explain.images),
         )
         study.validate(source)
         return study

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from scipy.integrate import trapezoid
 from scipy.stats import spearmanr
 from torchvision.transforms.functional import gaussian_blur
@@ -406,6 +407,7 @@ def evaluation_figure(evaluation: ExplanationEvaluation, path: Path) -> Path:
     for m in evaluation.methods:
         sanity.plot(range(1, len(m.sanity.correlation) + 1), m.sanity.correlation, marker="o", color=colours[m.method])
     sanity.axhline(SANITY_PASS_BELOW, color="grey", linestyle=":")
+    sanity.xaxis.set_major_locator(MaxNLocator(integer=True))  # a count of layers
     sanity.set_xlabel("weighted layers re-initialised, from the top")
     sanity.set_ylabel("rank correlation with the trained maps")
     sanity.set_title(f"Sanity check (passes below {SANITY_PASS_BELOW})", fontsize=10)

@@ -1,4 +1,4 @@
-"""Heatmaps (Grad-CAM by default; every method of :mod:`.methods`) for single images and for a
+"""Heatmaps (LayerCAM by default; every method of :mod:`.methods`) for single images and for a
 run's test split, drawn over the image.
 
 A CAM's target layer is by default the deepest whose feature map is at least 7 pixels wide
@@ -228,7 +228,7 @@ def split_grid(
     out: Path,
     per_class: int = GRID_PER_CLASS,
     layer: str | None = None,
-    title: str = "Grad-CAM: correct and wrong predictions per class",
+    title: str = "Correct and wrong predictions per class",
     method: AttributionMethod = DEFAULT_METHOD,
 ) -> Path:
     """A grid figure: one row per class, ``per_class`` correct then ``per_class`` wrong test images,

@@ -10,15 +10,23 @@ themselves.
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 import numpy as np
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+import tqdm
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, score_cam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from ..defaults import EXPLAIN_METHODS, AttributionMethod
+from ..defaults import DEFAULT_EXPLAIN_METHOD, EXPLAIN_METHODS, AttributionMethod
 from ..errors import ConfigError
 from ..inference.predictor import Predictor
 from ..models import ENSEMBLE_NAME, cam_layer_names
+
+# Score-CAM draws a progress bar per image on stderr (hundreds in one evaluation, between the
+# command's own lines), with no option to turn it off: its module sees a tqdm that draws nothing.
+score_cam.tqdm = SimpleNamespace(tqdm=functools.partial(tqdm.tqdm, disable=True))
 
 METHODS = EXPLAIN_METHODS
 CAM_METHODS = {
@@ -28,7 +36,7 @@ CAM_METHODS = {
     "eigencam": EigenCAM,
     "layercam": LayerCAM,
 }
-DEFAULT_METHOD: AttributionMethod = EXPLAIN_METHODS[0]
+DEFAULT_METHOD = DEFAULT_EXPLAIN_METHOD
 MIN_CAM_SIDE = 7  # pixels of a feature map a CAM is read from, at the least (ResNet-18 at 224 px: 7)
 INTEGRATED_GRADIENTS_STEPS = 64
 OCCLUSION_WINDOWS = 7  # an occluding square of size // 7 pixels (4 at 28 px, 32 at 224 px), moved by half of it

@@ -20,6 +20,7 @@ from ..evaluation.robustness import bootstrap_mean_difference
 from ..experiments.results import (
     conformal_rows,
     ensemble_rows,
+    explanation_records,
     load_experiments,
     operating_point_rows,
     results_rows,
@@ -28,6 +29,7 @@ from ..experiments.results import (
 )
 from ..io import atomic_path
 from ..models import available_models
+from ..runs.card import explanation_verdict
 from ..tasks import Task
 from .discussion import Comparison, compare, harder_dataset, overfitting
 from .figures import MIN_BIN_IMAGES, study_figures
@@ -46,6 +48,11 @@ def _ci(d: dict) -> str:
 
 def _with_ci(value: float, ci: list[float]) -> str:
     return f"{value:.4f}{LINE}({ci[0]:.4f}–{ci[1]:.4f})"
+
+
+def _estimate(estimate: dict) -> str:
+    """An explanation measure (a mean over images with its bootstrap interval) as a cell."""
+    return _with_ci(estimate["mean"], [estimate["low"], estimate["high"]])
 
 
 def _level(experiment, factor: str, t: dict) -> str:
@@ -550,6 +557,85 @@ class _Report:
             )
             self.add(("p", sentence))
 
+    def explanations(self) -> None:
+        """Which explanation methods each experiment's measured maps support: the table of every
+        method's faithfulness and sanity, then one sentence per experiment from those numbers."""
+        t, measured = self.t, explanation_records(self.experiments)
+        if not measured:
+            return
+        several_seeds = any(len(e.seeds) > 1 for e in self.experiments)
+        evaluations = [evaluation for _, evaluation in measured.values()]
+        self.add(
+            ("h3", t["explain_title"]),
+            (
+                "p",
+                t["explain_intro"].format(
+                    images=" / ".join(map(str, sorted({v["images"] for v in evaluations}))),
+                    seed=" / ".join(map(str, sorted({v["seed"] for v in evaluations}))),
+                ),
+            ),
+        )
+        body = []
+        for name, (seed, evaluation) in measured.items():
+            title = self.title_of[name] + (t["explain_seed"].format(seed=seed) if several_seeds else "")
+            methods = {m["method"]: m for m in evaluation["methods"]}
+            body.append(
+                [
+                    title,
+                    t["explain_random"],
+                    _estimate(evaluation["random_deletion_area"]),
+                    _estimate(evaluation["random_insertion_area"]),
+                    "–",
+                    "–",
+                    "–",
+                ]
+            )
+            for method in evaluation["ranking"]:
+                m = methods[method]
+                sanity = m["sanity"]
+                body.append(
+                    [
+                        title,
+                        method,
+                        _estimate(m["deletion_area"]),
+                        _estimate(m["insertion_area"]),
+                        f"{m['road_combined']:.3f}",
+                        f"{sanity['final']['mean']:.2f}{LINE}{t['explain_pass' if sanity['passed'] else 'explain_fail']}",
+                        f"{m['seconds_per_image']:.4f}",
+                    ]
+                )
+        self.table(t["explain_caption"], t["explain_header"], body)
+        firsts = []
+        for name, (_, evaluation) in measured.items():
+            verdict = explanation_verdict(evaluation)
+            parts = [
+                t["explain_deletion"].format(methods=", ".join(verdict.beats_random_deletion))
+                if verdict.beats_random_deletion
+                else t["explain_no_deletion"],
+                t["explain_insertion"].format(methods=", ".join(verdict.beats_random_insertion))
+                if verdict.beats_random_insertion
+                else t["explain_no_insertion"],
+                t["explain_failed" if len(verdict.fails_sanity) == 1 else "explain_failed_many"].format(
+                    methods=", ".join(verdict.fails_sanity)
+                )
+                if verdict.fails_sanity
+                else t["explain_all_pass"],
+                t["explain_trusted"].format(method=verdict.trusted[0]) if verdict.trusted else t["explain_none"],
+            ]
+            self.add(
+                ("p", t["explain_sentence"].format(experiment=self.title_of[name], parts=t["explain_join"].join(parts)))
+            )
+            if verdict.trusted:
+                firsts.append(verdict.trusted[0])
+        if len(measured) > 1 and firsts:
+            counts = ", ".join(
+                t["explain_count"].format(method=m, k=firsts.count(m), n=len(measured)) for m in dict.fromkeys(firsts)
+            )
+            self.add(("p", t["explain_summary"].format(counts=counts)))
+        unmeasured = [self.title_of[e.name] for e in self.experiments if e.name not in measured]
+        if unmeasured:
+            self.add(("p", t["explain_unmeasured"].format(names=", ".join(unmeasured))))
+
     def limitations(self) -> None:
         t, experiments = self.t, self.experiments
         limits = [t["limit_general"]]
@@ -593,6 +679,7 @@ SECTIONS = (
     _Report.discussion,
     _Report.split_shift,
     _Report.overfitting,
+    _Report.explanations,
     _Report.limitations,
     _Report.appendix,
 )

@@ -10,7 +10,7 @@ true of every run.
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -20,7 +20,7 @@ from ..data.catalog import FOLDER_NAME, DatasetInfo, get_dataset_info
 from ..defaults import CARD_RESAMPLES
 from ..io import atomic_path
 from ..tasks import Task
-from .files import EXPLAIN_EVALUATION_FILE, MODEL_CARD_FILE, RunDir
+from .files import MODEL_CARD_FILE, RunDir
 
 MEDMNIST_CITATION = (
     "J. Yang, R. Shi, D. Wei et al., MedMNIST v2 - a large-scale lightweight benchmark for 2D and 3D "
@@ -188,7 +188,7 @@ def model_card(run_dir: str | Path) -> str:
             ],
         )
     lines += _calibration_lines(metrics)
-    lines += explanation_lines(run.path / EXPLAIN_EVALUATION_FILE)
+    lines += explanation_lines(run.explanation_evaluation())
     lines += _limitations(record, metrics, info)
     lines += [
         "",
@@ -271,12 +271,37 @@ def _interval(estimate: dict) -> str:
     return f"{estimate['mean']:.3f} ({estimate['low']:.3f}–{estimate['high']:.3f})"
 
 
-def explanation_lines(path: Path) -> list[str]:
+@dataclass
+class ExplanationVerdict:
+    """What an explanation evaluation supports, each list in the evaluation's ranking order."""
+
+    beats_random_deletion: list[str]  # deletion interval wholly below the random map's
+    beats_random_insertion: list[str]  # insertion interval wholly above the random map's
+    fails_sanity: list[str]
+    trusted: list[str]  # beats the random map on deletion and passes the sanity check
+
+
+def explanation_verdict(evaluation: dict) -> ExplanationVerdict:
+    """The verdict on ``explain --evaluate``'s record: which methods the intervals separate from a
+    random map, which fail the sanity check, and which are left trustworthy."""
+    methods = {m["method"]: m for m in evaluation["methods"]}
+    ranking = evaluation["ranking"]
+    random_deletion, random_insertion = evaluation["random_deletion_area"], evaluation["random_insertion_area"]
+    below = [n for n in ranking if methods[n]["deletion_area"]["high"] < random_deletion["low"]]
+    failed = [n for n in ranking if not methods[n]["sanity"]["passed"]]
+    return ExplanationVerdict(
+        beats_random_deletion=below,
+        beats_random_insertion=[n for n in ranking if methods[n]["insertion_area"]["low"] > random_insertion["high"]],
+        fails_sanity=failed,
+        trusted=[n for n in below if n not in failed],
+    )
+
+
+def explanation_lines(evaluation: dict | None) -> list[str]:
     """ "Which explanations can be trusted", from what ``explain --evaluate`` wrote (nothing when it
     has not run): every sentence says what the numbers show and nothing else."""
-    if not path.is_file():
+    if evaluation is None:
         return []
-    evaluation = json.loads(path.read_text(encoding="utf-8"))
     methods = {m["method"]: m for m in evaluation["methods"]}
     random_deletion, random_insertion = evaluation["random_deletion_area"], evaluation["random_insertion_area"]
     lines = [
@@ -296,22 +321,20 @@ def explanation_lines(path: Path) -> list[str]:
     rows = []
     for name in evaluation["ranking"]:
         m = methods[name]
-        verdict = "passes" if m["sanity"]["passed"] else "fails"
+        sanity = "passes" if m["sanity"]["passed"] else "fails"
         rows.append(
             [
                 name,
                 _interval(m["deletion_area"]),
                 _interval(m["insertion_area"]),
                 f"{m['road_combined']:.3f}",
-                f"{m['sanity']['final']['mean']:.2f}, {verdict}",
+                f"{m['sanity']['final']['mean']:.2f}, {sanity}",
                 f"{m['seconds_per_image']:.4f}",
             ]
         )
     lines += _table(["method", "deletion", "insertion", "ROAD", "sanity", "s/image"], rows)
-    below = [n for n in evaluation["ranking"] if methods[n]["deletion_area"]["high"] < random_deletion["low"]]
-    above = [n for n in evaluation["ranking"] if methods[n]["insertion_area"]["low"] > random_insertion["high"]]
-    failed = [n for n in evaluation["ranking"] if not methods[n]["sanity"]["passed"]]
-    trusted = [n for n in evaluation["ranking"] if n in below and n not in failed]
+    verdict = explanation_verdict(evaluation)
+    below, above, failed = verdict.beats_random_deletion, verdict.beats_random_insertion, verdict.fails_sanity
     lines += [
         "",
         (
@@ -334,9 +357,9 @@ def explanation_lines(path: Path) -> list[str]:
             else "Every method passes the sanity check."
         ),
         (
-            f"Most trustworthy here: {trusted[0]} (the first method in the order above that both beats the random "
-            "map on deletion and passes the sanity check)."
-            if trusted
+            f"Most trustworthy here: {verdict.trusted[0]} (the first method in the order above that both beats the "
+            "random map on deletion and passes the sanity check)."
+            if verdict.trusted
             else "No method both beats the random map on deletion and passes the sanity check: read these maps as "
             "hypotheses, not as evidence."
         ),

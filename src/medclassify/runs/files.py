@@ -208,6 +208,19 @@ class RunDir:
             raise CheckpointError(f"{self.metrics_path}: expected a mapping with the 'val' and 'test' figures")
         return metrics
 
+    def explanation_evaluation(self) -> dict | None:
+        """What ``explain --evaluate`` measured (``explain/evaluation.json``), None before it ran."""
+        path = self.path / EXPLAIN_EVALUATION_FILE
+        if not path.is_file():
+            return None
+        try:
+            evaluation = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not readable ({first_line(exc)})") from None
+        if not isinstance(evaluation, dict) or not isinstance(evaluation.get("methods"), list):
+            raise CheckpointError(f"{path}: expected explain --evaluate's record with its 'methods'")
+        return evaluation
+
     def history(self) -> list[dict]:
         """``history.csv``: one row per epoch, every figure a number."""
         rows = read_csv(self.history_path)

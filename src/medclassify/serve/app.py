@@ -52,7 +52,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         title="medclassify",
         version=__version__,
         description="Classify medical images with models trained by medclassify, and see where the network looked "
-        "(Grad-CAM). A research tool, not a diagnosis.",
+        "(seven attribution methods, LayerCAM by default). A research tool, not a diagnosis.",
         lifespan=lifespan,
     )
     app.state.service = shared

@@ -23,7 +23,7 @@ from ..data.images import (
     model_input,
     read_image_bytes,
 )
-from ..defaults import EXPLAIN_METHODS, AttributionMethod
+from ..defaults import DEFAULT_EXPLAIN_METHOD, AttributionMethod
 from ..errors import DataError, MedclassifyError
 from ..inference.predictor import Predictions, Predictor
 from .limits import PixelBudget
@@ -216,8 +216,8 @@ async def predict(
     explain: Annotated[bool, Query(description="add the overlay of the predicted class (see 'method')")] = False,
     method: Annotated[
         AttributionMethod,
-        Query(description="with explain: the attribution method (Grad-CAM by default; see 'explain --evaluate')"),
-    ] = EXPLAIN_METHODS[0],
+        Query(description="with explain: the attribution method (LayerCAM by default; see 'explain --evaluate')"),
+    ] = DEFAULT_EXPLAIN_METHOD,
     top: Annotated[int, Query(ge=1, le=100, description="classes listed in 'top'")] = 3,
     preview: Annotated[
         bool, Query(description="add the decoded image as a PNG (e.g. for DICOM, which browsers cannot show)")

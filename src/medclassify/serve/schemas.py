@@ -31,7 +31,7 @@ class ModelInfo(BaseModel):
     image_size: int = Field(description="images are resized to image_size x image_size", examples=[28])
     channels: int = Field(examples=[3])
     backend: str = Field(description="pytorch or onnxruntime", examples=["onnxruntime"])
-    explain: bool = Field(description="whether ?explain=true (Grad-CAM) is available", examples=[True])
+    explain: bool = Field(description="whether ?explain=true (the heatmaps) is available", examples=[True])
     test_metrics: dict[str, float | int | None] | None = Field(
         description="the run's test-split figures (n, acc, auc, f1_macro)",
         examples=[{"n": 3421, "acc": 0.9243, "auc": 0.9942, "f1_macro": 0.9145}],
@@ -73,7 +73,7 @@ class Prediction(BaseModel):
     )
     heatmap: str | None = Field(
         None,
-        description="with ?explain=true: the Grad-CAM overlay of the predicted class, a PNG data URL",
+        description="with ?explain=true: the overlay of the predicted class (the chosen method), a PNG data URL",
         examples=["data:image/png;base64,iVBORw0KGgo..."],
     )
     decision: str | None = Field(

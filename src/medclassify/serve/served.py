@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import SourceImage
-from ..defaults import EXPLAIN_METHODS, AttributionMethod
+from ..defaults import DEFAULT_EXPLAIN_METHOD, AttributionMethod
 from ..errors import CheckpointError, ConfigError
 from ..explain.gradcam import cam_maps, overlay_pixels, resize_map
 from ..inference.predictor import Predictor
@@ -118,9 +118,9 @@ class ServedModel:
         sources: list[SourceImage],
         pixels: np.ndarray,
         classes: list[int],
-        method: AttributionMethod = EXPLAIN_METHODS[0],
+        method: AttributionMethod = DEFAULT_EXPLAIN_METHOD,
     ) -> list[str]:
-        """Overlays of ``method`` (Grad-CAM by default) for the given classes as PNG data URLs, from
+        """Overlays of ``method`` (LayerCAM by default) for the given classes as PNG data URLs, from
         the sources and their model input ``pixels`` (the bundle's size and channels; runs in a
         worker thread)."""
         predictor = self.explain_predictor()
