@@ -211,7 +211,7 @@ def test_a_study_measures_each_experiments_first_seed_and_its_report_says_which_
         "apart); insertion separates eigencam; eigencam fails the sanity check (its maps stay alike when the "
         "weights are random); the most trustworthy is gradcam (" in report
     )
-    assert "Explanations not measured for: PneumoniaMNIST · 28 px · paper-cnn (add `explain: {}`" in report
+    assert 'Explanations not measured for: PneumoniaMNIST · 28 px · paper-cnn (add "explain: {}"' in report
     assert "| BloodMNIST · 28 px · paper-cnn, seed 0 | random map | 0.6000<br>(0.5500–0.6500) |" in report
     assert report.index("| eigencam |") < report.index("| gradcam |")
     write_study_outputs(study, out, n_boot=20, lang="zh")
