@@ -206,13 +206,12 @@ def explained_runs(study: Study, configs: list[TrainConfig]) -> list[TrainConfig
     return list(first.values())
 
 
-def explanations_measured(run: RunDir, wanted: StudyExplanations) -> bool:
+def explanations_measured(run: RunDir, wanted: StudyExplanations, test_images: int) -> bool:
     """Whether the run's ``explain --evaluate`` record already holds the study's methods, on its
-    number of test images (all of them when the test split is smaller) with its seed."""
+    number of test images (all ``test_images`` when the test split is smaller) with its seed."""
     evaluation = run.explanation_evaluation()
     if evaluation is None:
         return False
-    test_images = run.record()["data"]["source"]["split_sizes"]["test"]
     return (
         evaluation["seed"] == wanted.seed
         and evaluation["images"] == min(wanted.images, test_images)
@@ -230,9 +229,10 @@ def measure_explanations(
 
     pending = []
     for run in (RunDir(c.run_dir()) for c in configs if is_complete(c)):
-        if run.record()["data"]["task"] == Task.MULTI_LABEL:
+        data = run.record()["data"]
+        if data["task"] == Task.MULTI_LABEL:
             log(f"{run.path.name}: multi-label; its explanations are not measured")
-        elif not explanations_measured(run, wanted):
+        elif not explanations_measured(run, wanted, data["source"]["split_sizes"]["test"]):
             pending.append(run)
     if not pending:
         return
