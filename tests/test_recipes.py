@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -123,6 +124,9 @@ def test_early_stopping_ends_a_run_and_records_it(blood_dir, tmp_path):
     )
     result = train(config)
     assert result.metrics["epochs_run"] == 3, "a rate of 1e-9 leaves val accuracy flat: epochs 2 and 3 bring nothing"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped_by"] == "early_stopping"
+    card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    assert "Training ended after epoch 3 of 8: validation acc stopped improving (early stopping)." in card
 
 
 def test_balanced_sampler_draws_classes_evenly():

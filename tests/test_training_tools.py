@@ -100,23 +100,68 @@ def test_plan_fits_the_epochs_and_the_final_evaluation_into_the_budget():
         plan_epochs(20, 10, 1000, 4000, 12000, 2000, 4000)
 
 
+def test_the_budget_ends_training_early_only_when_the_run_went_slower_than_planned():
+    plan = plan_epochs(600, 10, 1000, 4000, 12000, 2000, 4000, test_views=2, epoch_overhead_s=0.5, card_s=9.0)
+    assert (plan.epoch_s, plan.final_s, plan.epochs) == (pytest.approx(13.0), pytest.approx(13.0), 42)
+    # at the planned pace (or faster) no epoch ends training: 10 s + 41 epochs + the next + the end = 569 s
+    assert not any(plan.out_of_time(10 + 13.0 * epoch, 13.0) for epoch in range(1, plan.epochs))
+    assert not plan.out_of_time(10 + 13.0 * 41, 6.5)
+    # epoch 41 took twice its 13 s: 556 s spent, and one more epoch and the end at that pace, 2 x 26 s, give 608 s
+    assert plan.out_of_time(10 + 13.0 * 40 + 26.0, 26.0)
+    assert not plan.out_of_time(10 + 13.0 * 39 + 26.0, 26.0)  # one epoch earlier it still fits: 595 s
+
+
 @pytest.mark.slow
-def test_time_budget_ends_in_time_records_its_epochs_and_resumes_to_the_same_run(blood_dir, tmp_path, monkeypatch):
-    budget = 30  # room for two epochs even while another test worker slows the first one
+def test_a_run_that_slows_down_stops_at_an_epochs_end_within_its_budget_and_says_why(
+    blood_dir, tmp_path, monkeypatch, caplog
+):
+    budget = 40  # the run's own work takes about 8 s here, up to twice that beside another test worker
     config = TrainConfig(
-        dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, model="bn-cnn",
-        schedule="onecycle", time_budget=f"{budget}s", out=str(tmp_path / "budget"),
+        dataset="bloodmnist", data_dir=str(blood_dir), verify=False, model="bn-cnn", epochs=100,
+        time_budget=f"{budget}s", out=str(tmp_path / "slowed"),
     )  # fmt: skip
+    real_epoch, calls = trainer.train_one_epoch, {"n": 0}
+
+    def second_epoch_slowed(*args, **kwargs):  # as if another job took the machine during epoch 2
+        calls["n"] += 1
+        if calls["n"] == 2:
+            # half the budget gone in one epoch: spent so far + another epoch at this pace > the budget
+            time.sleep(0.5 * budget)
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", second_epoch_slowed)
     started = time.perf_counter()
-    straight = train(config)
+    with caplog.at_level("INFO", logger="medclassify"):
+        result = train(config)
     elapsed = time.perf_counter() - started
-    # the epochs are planned from the first epoch's speed; a test running beside this one in another
-    # worker can slow the later ones, so the run may end a little after the budget
-    assert elapsed < 1.2 * budget
+    record = json.loads((tmp_path / "slowed" / "config.json").read_text())
+    planned = record["config"]["epochs"]
+    assert planned == record["time_budget"]["epochs"] >= 3  # the plan, from the first steps' speed, had room for more
+    assert result.metrics["epochs_run"] == 2 and elapsed < budget
+    metrics = json.loads((tmp_path / "slowed" / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "time_budget" and metrics["epochs_run"] == 2
+    assert f"so training stops after epoch 2 of {planned}" in caplog.text
+    card = (tmp_path / "slowed" / "MODEL_CARD.md").read_text()
+    assert (
+        f"Training ended after epoch 2 of {planned}: the run went slower than planned and its 40 s time budget" in card
+    )
+    # --resume knows the run ended: nothing more is trained
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    assert train(replace(config, resume=True)).already_complete
+
+
+@pytest.mark.slow
+def test_time_budget_records_its_epochs_and_resumes_to_the_same_run(blood_dir, tmp_path, monkeypatch):
+    config = TrainConfig(
+        dataset="bloodmnist", data_dir=str(blood_dir), verify=False, quiet=True, model="bn-cnn", epochs=3,
+        schedule="onecycle", time_budget="60s", out=str(tmp_path / "budget"),
+    )  # fmt: skip
+    straight = train(config)
     record = json.loads((tmp_path / "budget" / "config.json").read_text())
-    epochs = record["time_budget"]["epochs"]
-    assert epochs >= 2 and straight.metrics["epochs_run"] == epochs
-    assert record["config"]["epochs"] == epochs and record["config"]["time_budget"] is None
+    # three short epochs fit in a minute: the budget and --epochs are both limits, the smaller decides
+    assert record["time_budget"]["epochs"] == 3 and straight.metrics["epochs_run"] == 3
+    assert record["config"]["epochs"] == 3 and record["config"]["time_budget"] is None
+    assert json.loads((tmp_path / "budget" / "metrics.json").read_text())["stopped_by"] is None
 
     # the recorded config trains as many epochs; interrupted and resumed under the budget option, too
     again = replace(TrainConfig(**record["config"]), out=str(tmp_path / "again"))
@@ -124,7 +169,7 @@ def test_time_budget_ends_in_time_records_its_epochs_and_resumes_to_the_same_run
     with pytest.raises(KeyboardInterrupt):
         train(again)
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
-    resumed = train(replace(again, time_budget=f"{budget}s", epochs=1, resume=True))
+    resumed = train(replace(again, time_budget="60s", epochs=1, resume=True))
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]
     assert resumed.metrics["test"] == straight.metrics["test"]
 

@@ -106,6 +106,20 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     ]
 
 
+def _early_end(metrics: dict, record: dict) -> str:
+    """The sentence saying why training ended before its planned epochs, or nothing."""
+    stopped_by = metrics.get("stopped_by")
+    if stopped_by == "early_stopping":
+        reason = f"validation {metrics.get('select_metric')} stopped improving (early stopping)"
+    elif stopped_by == "time_budget":
+        reason = (
+            f"the run went slower than planned and its {record['time_budget']['budget_s']:g} s time budget ran short"
+        )
+    else:
+        return ""
+    return f" Training ended after epoch {metrics.get('epochs_run')} of {record['config']['epochs']}: {reason}."
+
+
 def model_card(run_dir: str | Path) -> str:
     """The run's model card as Markdown with YAML front matter."""
     run = RunDir(run_dir)
@@ -160,8 +174,8 @@ def model_card(run_dir: str | Path) -> str:
     lines += [
         "",
         f"Best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')} (selected on validation "
-        f"{metrics.get('select_metric')}). The full configuration, versions and data checksums are in the "
-        "run's `config.json`.",
+        f"{metrics.get('select_metric')}).{_early_end(metrics, record)} The full configuration, versions and data "
+        "checksums are in the run's `config.json`.",
         "",
         f"## Results on the test split ({test['n']:,} images)",
         "",

@@ -3,7 +3,9 @@
 The trainer times a few training steps and a validation pass on copies of the model (the run's own
 model, optimiser and random streams are left as they were), and :func:`plan_epochs` turns those
 rates into the number of epochs that fits. The chosen number goes into the run's config, so that
-``--resume`` and a re-run from ``config.json`` train exactly as many.
+``--resume`` and a re-run from ``config.json`` train exactly as many. Should the machine slow down
+during the run, :meth:`BudgetPlan.out_of_time` ends training at an epoch's end instead of letting the
+run overrun its budget.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ class BudgetPlan:
 
     def record(self) -> dict:
         return {key: round(value, 3) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+    def out_of_time(self, elapsed_s: float, last_epoch_s: float) -> bool:
+        """Whether one more epoch and the final evaluation, each slowed as much as the last epoch was
+        against the plan, would end after the budget: the machine got slower than when it was timed
+        (another job started beside the run). At the planned pace this is never true, since the plan
+        leaves the budget's last ``1 - PLANNED_SHARE`` free."""
+        pace = max(1.0, last_epoch_s / self.epoch_s)
+        return elapsed_s + pace * (self.epoch_s + self.final_s) > self.budget_s
 
 
 def images_per_second(step: Callable[[], int], warmup: int = 2, seconds: float = MEASURE_SECONDS) -> float:

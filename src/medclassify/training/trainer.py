@@ -114,17 +114,25 @@ class Stateful(Protocol):
 
 @dataclass
 class Progress:
-    """How far a run got: the last finished epoch, the best one, and one history row per epoch."""
+    """How far a run got: the last finished epoch, the best one, one history row per epoch, and
+    whether the time budget ended training before its planned epochs."""
 
     epoch: int = 0
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    out_of_time: bool = False
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "best_epoch": self.best_epoch, "history": self.history}
+        return {
+            "epoch": self.epoch,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "out_of_time": self.out_of_time,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.best_epoch, self.history = state["epoch"], state["best_epoch"], state["history"]
+        self.out_of_time = state.get("out_of_time", False)  # last.pt of runs before the budget's guard lacks it
 
 
 class ProcessRng:
@@ -309,7 +317,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
                 raise
             session.log_start()
             for epoch in range(session.progress.epoch + 1, session.config.epochs + 1):
-                if session.stopper.should_stop:
+                if session.stopper.should_stop or session.progress.out_of_time:
                     break
                 row = session.run_epoch(epoch)
                 if on_epoch is not None:
@@ -378,6 +386,7 @@ class TrainingSession:
     ema: Any = None  # torch.optim.swa_utils.AveragedModel with --ema-decay
     mixer: Any = None  # MixUp/CutMix with --mix
     budget: BudgetPlan | None = None  # how --time-budget chose the epochs
+    started: float = 0.0  # when the run began (time.perf_counter()): the time budget counts from here
     progress: Progress = field(default_factory=Progress)
     trained: torch.nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun
     frozen: bool | None = None  # None until the first epoch sets it
@@ -396,6 +405,7 @@ class TrainingSession:
                 f"batch_size {config.batch_size} is the effective batch and must divide evenly over {context.world_size} processes",
                 parameters=("batch_size",),
             )
+        started = time.perf_counter() if started is None else started
         environment.configure_allocator()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
@@ -442,7 +452,7 @@ class TrainingSession:
             else:
                 budget = _plan_budget(
                     config, context, device, data, normalization, model, criterion, loader, amp, train_autocast,
-                    mixer, time.perf_counter() if started is None else started,
+                    mixer, started,
                 )  # fmt: skip
                 epochs = budget.epochs
             config = _with_epochs(config, epochs)
@@ -469,6 +479,7 @@ class TrainingSession:
             ema=ema,
             mixer=mixer,
             budget=budget,
+            started=started,
         )
 
     @property
@@ -540,7 +551,9 @@ class TrainingSession:
         for key, obj in self.stateful().items():
             obj.load_state_dict(state[key])
         self.progress.load_state_dict(state)
-        if (self.progress.epoch >= self.config.epochs or self.stopper.should_stop) and self.run.is_finished():
+        progress = self.progress
+        ended = progress.epoch >= self.config.epochs or self.stopper.should_stop or progress.out_of_time
+        if ended and self.run.is_finished():
             self.log(
                 f"{self.run.path} is already complete ({self.progress.epoch} epochs); nothing was trained or written"
             )
@@ -697,6 +710,7 @@ class TrainingSession:
             tracker.log_epoch(row)
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
         improved = self.stopper.step(selected)  # every process sees the same gathered metrics, so they agree
+        out_of_time = self._out_of_time(epoch, time.perf_counter() - started)
         if improved:
             progress.best_epoch = epoch
             if self.main:
@@ -718,7 +732,25 @@ class TrainingSession:
         )
         if self.stopper.should_stop:
             self.log(f"early stopping: no better validation {config.select_metric} for {config.early_stopping} epochs")
+        if out_of_time:
+            self.log(out_of_time)
         return row
+
+    def _out_of_time(self, epoch: int, epoch_s: float) -> str | None:
+        """After an epoch that took ``epoch_s``: whether the time budget ends training here (recorded
+        in the progress, so that ``--resume`` knows) and the line that says why."""
+        budget, config = self.budget, self.config
+        if budget is None or epoch >= config.epochs or self.stopper.should_stop:
+            return None
+        late = budget.out_of_time(time.perf_counter() - self.started, epoch_s)
+        self.progress.out_of_time = any(gather(self.context, late))  # the processes stop together
+        if not self.progress.out_of_time:
+            return None
+        return (
+            f"time budget: epoch {epoch} took {epoch_s:.1f} s against the {budget.epoch_s:.1f} s planned; "
+            f"another epoch and the evaluation would end after {budget.budget_s:g} s, so training stops "
+            f"after epoch {epoch} of {config.epochs}"
+        )
 
     def _save_best(self, row: dict) -> None:
         save_checkpoint(
@@ -757,6 +789,7 @@ class TrainingSession:
                 "checkpoint": run.best_path.name,
                 "best_epoch": progress.best_epoch,
                 "epochs_run": len(progress.history),
+                "stopped_by": self._stopped_by(),
                 "select_metric": config.select_metric,
                 "tta": config.tta,
                 "load_average_end": load_average(),
@@ -779,6 +812,12 @@ class TrainingSession:
         barrier(self.context)
         summary = cast(RunMetrics, {"best_epoch": progress.best_epoch, "epochs_run": len(progress.history), **metrics})
         return RunResult(run.path, summary, progress.history)
+
+    def _stopped_by(self) -> str | None:
+        """What ended training before its planned epochs, if anything."""
+        if self.progress.out_of_time:
+            return "time_budget"
+        return "early_stopping" if self.stopper.should_stop and self.progress.epoch < self.config.epochs else None
 
     def _calibrate(self) -> dict:
         """Fit the temperature, the operating point and/or the conformal sets on validation; their
@@ -906,7 +945,7 @@ def _plan_budget(
         torch.cuda.set_rng_state(cuda_rng, device)
     plan = plan_epochs(
         budget_s,
-        time.perf_counter() - (started if started is not None else overhead_started),
+        time.perf_counter() - started,
         train_ips,
         eval_ips,
         -(-len(data.splits["train"]) // context.world_size),
