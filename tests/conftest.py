@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from helpers import QUADRANT_CLASSES, quadrant_images, write_medmnist_npz
@@ -148,7 +149,19 @@ def built_site(tmp_path_factory) -> Path:
     return site
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker gets its share of the cores for PyTorch, and so do the
+    commands it starts (through ``OMP_NUM_THREADS``, unless the caller set it): with one worker per
+    core, workers of several threads each wait on each other's threads and the suite runs slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
-    """'-n auto' (the default in pyproject.toml): one worker per core, at most four; each worker
-    trains the session's shared runs again, and PyTorch already uses several cores per process."""
+    """'-n auto' (the default in pyproject.toml): one worker per core, at most four, since each
+    worker trains the session's shared runs again; on more cores, each worker's PyTorch takes its
+    share of them (:func:`pytest_configure`)."""
     return max(1, min(os.cpu_count() or 1, 4))
