@@ -317,7 +317,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -
                 raise
             session.log_start()
             for epoch in range(session.progress.epoch + 1, session.config.epochs + 1):
-                if session.stopper.should_stop or session.progress.out_of_time:
+                if session.stopped_early:
                     break
                 row = session.run_epoch(epoch)
                 if on_epoch is not None:
@@ -486,6 +486,11 @@ class TrainingSession:
     def main(self) -> bool:
         return self.context.is_main
 
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping or the time budget ended training before its planned epochs."""
+        return self.stopper.should_stop or self.progress.out_of_time
+
     def open_trackers(self) -> None:
         """TensorBoard / MLflow as ``--track`` asks (the main process only)."""
         if self.main:
@@ -551,9 +556,7 @@ class TrainingSession:
         for key, obj in self.stateful().items():
             obj.load_state_dict(state[key])
         self.progress.load_state_dict(state)
-        progress = self.progress
-        ended = progress.epoch >= self.config.epochs or self.stopper.should_stop or progress.out_of_time
-        if ended and self.run.is_finished():
+        if (self.progress.epoch >= self.config.epochs or self.stopped_early) and self.run.is_finished():
             self.log(
                 f"{self.run.path} is already complete ({self.progress.epoch} epochs); nothing was trained or written"
             )
@@ -710,7 +713,7 @@ class TrainingSession:
             tracker.log_epoch(row)
         selected = {"auc": val["auc"], "acc": val["acc"], "f1": val["f1_macro"], "loss": val_loss}[config.select_metric]
         improved = self.stopper.step(selected)  # every process sees the same gathered metrics, so they agree
-        out_of_time = self._out_of_time(epoch, time.perf_counter() - started)
+        budget_stop = self._time_budget_stop(epoch, time.perf_counter() - started)
         if improved:
             progress.best_epoch = epoch
             if self.main:
@@ -732,11 +735,11 @@ class TrainingSession:
         )
         if self.stopper.should_stop:
             self.log(f"early stopping: no better validation {config.select_metric} for {config.early_stopping} epochs")
-        if out_of_time:
-            self.log(out_of_time)
+        if budget_stop:
+            self.log(budget_stop)
         return row
 
-    def _out_of_time(self, epoch: int, epoch_s: float) -> str | None:
+    def _time_budget_stop(self, epoch: int, epoch_s: float) -> str | None:
         """After an epoch that took ``epoch_s``: whether the time budget ends training here (recorded
         in the progress, so that ``--resume`` knows) and the line that says why."""
         budget, config = self.budget, self.config
